@@ -1,0 +1,40 @@
+"""resil: measure how neural networks survive hardware faults.
+
+The core verbs are :func:`sites` (what can be faulted) and :func:`inject` (apply faults for a
+block); faults are :class:`Fault` objects or a columnar :class:`FaultSet`, acting through
+fault models (:class:`BitFlip`, :class:`StuckAt` ...) on a site's :mod:`encoding <resil.encodings>`.
+
+Example:
+    >>> import torch, resil
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    >>> with resil.inject(net, resil.Fault("0.weight", (1, 2), bit=30)):
+    ...     pass
+"""
+
+from .discovery import sites
+from .encodings import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, Encoding, FloatEncoding, IntEncoding
+from .errors import FaultError
+from .fault_models import (
+    BitFlip,
+    Burst,
+    FaultModel,
+    RandomValue,
+    StuckAt,
+    ValueFunction,
+    Zero,
+    fault_model_from_spec,
+    fault_model_names,
+    register_fault_model,
+)
+from .faults import Fault, FaultSet
+from .injection import Injection, inject
+from .site import Adapter, Site, SiteList
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BFLOAT16", "FLOAT16", "FLOAT32", "FLOAT64", "Adapter", "BitFlip", "Burst", "Encoding", "Fault",
+    "FaultError", "FaultModel", "FaultSet", "FloatEncoding", "Injection", "IntEncoding", "RandomValue",
+    "Site", "SiteList", "StuckAt", "ValueFunction", "Zero", "fault_model_from_spec", "fault_model_names",
+    "inject", "register_fault_model", "sites",
+]

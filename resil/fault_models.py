@@ -1,0 +1,214 @@
+"""Fault models: pure, vectorized functions on integer codes.
+
+A fault model receives the codes of the faulted elements (int64), one bit mask per element
+(the bits the fault names) and the site's :class:`~resil.encodings.Encoding`, and returns the
+faulty codes. Because it sees only codes, every model works on every encoding.
+
+Example:
+    >>> import torch
+    >>> from resil.encodings import IntEncoding
+    >>> from resil.fault_models import BitFlip, StuckAt
+    >>> enc = IntEncoding(8)
+    >>> BitFlip().apply(torch.tensor([5]), torch.tensor([0b10]), enc)
+    tensor([7])
+    >>> StuckAt(0).apply(torch.tensor([5]), torch.tensor([0b100]), enc)
+    tensor([1])
+
+Add your own with a frozen dataclass registered by name::
+
+    @resil.register_fault_model("invert")
+    @dataclass(frozen=True)
+    class Invert(resil.FaultModel):
+        uses_bits = False
+        def apply(self, codes, mask, encoding):
+            return codes ^ ((1 << encoding.bits) - 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+
+from .encodings import Encoding
+from .errors import FaultError
+
+_REGISTRY: dict[str, type[FaultModel]] = {}
+M = TypeVar("M", bound="type[FaultModel]")
+
+
+def register_fault_model(name: str) -> Callable[[M], M]:
+    """Class decorator that registers a fault model under ``name`` (used by :meth:`FaultModel.spec`)."""
+
+    def deco(cls: M) -> M:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise FaultError(f"a fault model named {name!r} is already registered ({_REGISTRY[name].__name__})")
+        cls.registered_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def fault_model_names() -> list[str]:
+    """Names of every registered fault model."""
+    return sorted(_REGISTRY)
+
+
+class FaultModel:
+    """Base class of fault models (subclasses are frozen dataclasses)."""
+
+    registered_name: ClassVar[str] = ""
+    #: whether the model acts on the bits a fault names (a fault then needs at least one bit)
+    uses_bits: ClassVar[bool] = True
+    #: whether the model is a pure XOR with the mask (lets injection merge duplicates by XOR)
+    is_xor: ClassVar[bool] = False
+
+    def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        """Return the faulty codes for ``codes`` (int64) given per-element bit ``mask``."""
+        raise NotImplementedError
+
+    def mask(self, bits: Sequence[int]) -> int:
+        """The bit mask a fault naming ``bits`` covers."""
+        m = 0
+        for b in bits:
+            if not 0 <= int(b) < 64:
+                raise FaultError(f"bit {b} is outside any encoding (bits are 0..63, 0 = least significant)")
+            m |= 1 << int(b)
+        return m - (1 << 64) if m >= 1 << 63 else m
+
+    def masks(self, bits: np.ndarray) -> np.ndarray:
+        """Vectorized :meth:`mask` for one bit per fault (``bits`` already checked to be 0..63)."""
+        return np.left_shift(np.int64(1), bits.astype(np.int64))
+
+    def not_applicable(self, encoding: Encoding, kind: str) -> str | None:
+        """A reason why this model cannot act on a site of this encoding and kind, or None."""
+        return None
+
+    def spec(self) -> str:
+        """A string that :func:`fault_model_from_spec` turns back into an equal model."""
+        if not self.registered_name or _REGISTRY.get(self.registered_name) is not type(self):
+            raise FaultError(
+                f"{type(self).__name__} is not registered, so it cannot be serialized; "
+                "register it with @resil.register_fault_model(name) on a frozen dataclass"
+            )
+        params = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        return self.registered_name + (":" + json.dumps(params, sort_keys=True) if params else "")
+
+
+def fault_model_from_spec(spec: str) -> FaultModel:
+    """Rebuild a fault model from :meth:`FaultModel.spec` output, e.g. ``'stuck_at:{"value": 1}'``."""
+    name, _, params = spec.partition(":")
+    if name not in _REGISTRY:
+        raise FaultError(f"unknown fault model {name!r}; registered: {', '.join(fault_model_names())}")
+    try:
+        kwargs: dict[str, Any] = json.loads(params) if params else {}
+        return _REGISTRY[name](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise FaultError(f"bad parameters for fault model {name!r}: {params!r} ({e})") from None
+
+
+@register_fault_model("bitflip")
+@dataclass(frozen=True)
+class BitFlip(FaultModel):
+    """Invert the named bits (one or several)."""
+
+    is_xor: ClassVar[bool] = True
+
+    def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        return codes ^ mask
+
+
+@register_fault_model("burst")
+@dataclass(frozen=True)
+class Burst(BitFlip):
+    """Invert ``length`` adjacent bits starting at the fault's bit (towards the most significant)."""
+
+    length: int = 2
+
+    def __post_init__(self) -> None:
+        if self.length < 1:
+            raise FaultError(f"a burst needs a length of at least 1, not {self.length}")
+
+    def mask(self, bits: Sequence[int]) -> int:
+        if len(bits) != 1:
+            raise FaultError(f"a burst starts at exactly one bit, got {list(bits)}")
+        return int(self.masks(np.array(bits))[0])
+
+    def masks(self, bits: np.ndarray) -> np.ndarray:
+        bits = bits.astype(np.int64)
+        if (bits + self.length > 64).any():
+            raise FaultError(f"a burst of {self.length} bits from bit {int(bits.max())} runs past bit 63")
+        run = np.int64((1 << self.length) - 1) if self.length < 64 else np.int64(-1)
+        return np.left_shift(run, bits)
+
+
+@register_fault_model("stuck_at")
+@dataclass(frozen=True)
+class StuckAt(FaultModel):
+    """Force the named bits to ``value`` (0 or 1)."""
+
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.value not in (0, 1):
+            raise FaultError(f"StuckAt takes 0 or 1, not {self.value!r}")
+
+    def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        return codes | mask if self.value else codes & ~mask
+
+
+@register_fault_model("zero")
+@dataclass(frozen=True)
+class Zero(FaultModel):
+    """Replace the value by the encoding's zero (all bits of the word)."""
+
+    uses_bits: ClassVar[bool] = False
+
+    def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        zero = encoding.encode(torch.zeros(codes.shape[-1:], device=codes.device))
+        return zero.expand_as(codes).clone()
+
+
+@register_fault_model("random_value")
+@dataclass(frozen=True)
+class RandomValue(FaultModel):
+    """Replace the word by a code drawn uniformly over the encoding's codes.
+
+    The draw is seeded: the same fault set gives the same values on every forward pass.
+    """
+
+    seed: int = 0
+    uses_bits: ClassVar[bool] = False
+
+    def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        if encoding.bits >= 64:
+            drawn = torch.randint(-(1 << 63), (1 << 63) - 1, codes.shape, generator=g, dtype=torch.int64)
+        else:
+            drawn = torch.randint(0, 1 << encoding.bits, codes.shape, generator=g, dtype=torch.int64)
+        return drawn.to(codes.device)
+
+
+@dataclass(frozen=True)
+class ValueFunction(FaultModel):
+    """Apply a user function to the decoded values: ``new_values = fn(values)``.
+
+    Example:
+        >>> import torch
+        >>> from resil.encodings import FLOAT32
+        >>> neg = ValueFunction(lambda v: -v)
+        >>> FLOAT32.decode(neg.apply(FLOAT32.encode(torch.tensor([2.0])), torch.tensor([0]), FLOAT32))
+        tensor([-2.])
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    uses_bits: ClassVar[bool] = False
+
+    def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+        return encoding.encode(self.fn(encoding.decode(codes)))

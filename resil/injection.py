@@ -1,0 +1,124 @@
+"""``resil.inject``: scoped, nestable, exception-safe fault injection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from .discovery import sites as list_sites
+from .errors import FaultError, unknown_site
+from .faults import Fault, FaultSet
+from .injectors import ELEMENT_BITS
+from .plan import ElementPlan
+from .site import Site, SiteList, SitePlan
+
+Faults = Fault | Sequence[Fault] | FaultSet
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What an :func:`inject` block applied: the fault set and the sites it touched."""
+
+    faults: FaultSet
+    sites: tuple[Site, ...]
+
+
+def as_fault_set(faults: Faults, site_list: SiteList) -> FaultSet:
+    """A :class:`FaultSet` from a Fault, a list of Faults or a FaultSet."""
+    if isinstance(faults, FaultSet):
+        return faults
+    if isinstance(faults, Fault):
+        faults = [faults]
+    if not all(isinstance(f, Fault) for f in faults):
+        raise FaultError("inject takes a Fault, a list of Faults or a FaultSet")
+    names = {f.site for f in faults}
+    for n in names:
+        if n not in site_list:
+            raise unknown_site(n, site_list.names())
+    return FaultSet.from_faults(faults, {n: site_list[n].shape for n in names})
+
+
+def compile_faults(fs: FaultSet, site_list: SiteList) -> list[tuple[Site, SitePlan]]:
+    """Validate ``fs`` against the sites and merge it into one plan per site.
+
+    Raises:
+        FaultError: naming the first problem found; nothing has been modified.
+    """
+    order = np.argsort(fs.site, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, fs.site[order][1:] != fs.site[order][:-1], True]) if len(fs) else np.zeros(1, dtype=np.int64)
+    plans = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rows = order[a:b]
+        site = site_list[fs.site_names[fs.site[rows[0]]]]
+        plans.append((site, _site_plan(site, fs, rows)))
+    return plans
+
+
+def _site_plan(site: Site, fs: FaultSet, rows: np.ndarray) -> SitePlan:
+    index, mask, batch, model = fs.index[rows], fs.mask[rows], fs.batch[rows], fs.model[rows]
+    if site.numel is not None and index.max() >= site.numel:
+        bad = int(index[index >= site.numel][0])
+        shape = tuple(site.shape or ())
+        raise FaultError(f"index {bad} is outside site {site.name!r} of shape {shape} ({site.numel} elements)")
+    bits = site.encoding.bits
+    if bits < 64 and ((mask < 0) | (mask >= (1 << bits))).any():
+        bad_mask = int(mask[(mask < 0) | (mask >= (1 << bits))][0]) & ((1 << 64) - 1)
+        raise FaultError(f"bit {bad_mask.bit_length() - 1} is outside the {bits}-bit {site.encoding.name} encoding of site {site.name!r}")
+    for m in np.unique(model):
+        why = fs.models[m].not_applicable(site.encoding, site.kind)
+        if why:
+            raise FaultError(f"{type(fs.models[m]).__name__} does not apply to site {site.name!r}: {why}")
+    per = batch >= 0
+    if per.any() and not site.batched:
+        raise FaultError(f"site {site.name!r} is a stored {site.kind}; faults on it cannot name a batch element")
+    if index.max() > (1 << ELEMENT_BITS) - 1:
+        raise FaultError(f"index {int(index.max())} is too large")
+    everyone = ~per
+    return SitePlan(
+        ElementPlan.build(index[everyone], mask[everyone], model[everyone], fs.models) if everyone.any() else None,
+        ElementPlan.build((batch[per] << ELEMENT_BITS) | index[per], mask[per], model[per], fs.models) if per.any() else None,
+    )
+
+
+@contextmanager
+def inject(model: nn.Module, faults: Faults, *, sites: SiteList | None = None) -> Iterator[Injection]:
+    """Apply ``faults`` to ``model`` for the duration of the block.
+
+    Stored tensors (weights, buffers) are corrupted in place and restored bit-exactly on exit,
+    however the block exits; computed tensors (activations) are corrupted by forward hooks that
+    are removed on exit. Faults on the same element combine in order (two flips of one bit
+    cancel). Blocks nest. Works under ``no_grad``, ``inference_mode`` and with gradients on.
+
+    Args:
+        model: the model.
+        faults: a :class:`Fault`, a list of them, or a :class:`FaultSet`.
+        sites: the model's sites, if already listed (saves the walk in tight loops).
+
+    Raises:
+        FaultError: before anything is modified, if a fault names an unknown site, an element
+            outside its tensor, a bit outside its encoding, or a fault model that does not apply.
+
+    Example:
+        >>> import torch, resil
+        >>> lin = torch.nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(1.0)
+        >>> with resil.inject(lin, resil.Fault("weight", 0, bit=31)):
+        ...     lin(torch.ones(1, 1)).item()
+        -1.0
+        >>> lin.weight.item()
+        1.0
+    """
+    site_list = sites if sites is not None else list_sites(model)
+    fs = as_fault_set(faults, site_list)
+    plans = compile_faults(fs, site_list)
+    undo = []
+    try:
+        for site, plan in plans:
+            undo.append(site.install(plan))
+        yield Injection(fs, tuple(s for s, _ in plans))
+    finally:
+        for u in reversed(undo):
+            u()

@@ -1,0 +1,132 @@
+"""Sites (named, addressable fault spaces of a model) and the adapter interface that makes them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .encodings import Encoding
+from .plan import ElementPlan
+
+Undo = Callable[[], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Site:
+    """One named fault space, e.g. ``conv1.weight`` (stored) or ``conv1:out`` (computed).
+
+    Attributes:
+        name: stable name used in faults.
+        kind: ``weight``, ``bias``, ``parameter``, ``buffer``, ``activation`` ...
+        shape: element shape (for activations: per sample, without the batch dimension);
+            None while unknown (list the sites with an example input to learn it).
+        encoding: how the elements are stored in bits.
+        adapter: the adapter that owns the site and knows how to inject into it.
+        module: the module the site belongs to.
+        batched: whether faults may name a batch element (computed tensors).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None
+    encoding: Encoding
+    adapter: Adapter = field(repr=False)
+    module: nn.Module = field(repr=False)
+    attr: str = field(default="", repr=False)
+    batched: bool = False
+
+    @property
+    def bits(self) -> int:
+        """Bit width of one element."""
+        return self.encoding.bits
+
+    @property
+    def numel(self) -> int | None:
+        """Number of elements (None while the shape is unknown)."""
+        return None if self.shape is None else math.prod(self.shape)
+
+    def install(self, plan: SitePlan) -> Undo:
+        """Apply ``plan`` to the model; return the function that undoes it."""
+        return self.adapter.install(self, plan)
+
+
+@dataclass
+class SitePlan:
+    """The faults of one site: every-sample faults and per-sample faults (key = batch << 40 | element)."""
+
+    all_samples: ElementPlan | None
+    per_sample: ElementPlan | None
+
+
+class Adapter:
+    """Knows one family of modules: enumerates their sites and injects into them.
+
+    Register an adapter for a module type with :func:`resil.adapters.register_adapter`.
+    """
+
+    name: str = "adapter"
+    #: if True, the walk does not enumerate this module's submodules separately
+    claims_children: bool = False
+
+    def sites(self, prefix: str, module: nn.Module) -> Iterable[Site]:
+        """The sites of ``module`` (named ``prefix`` inside the model)."""
+        raise NotImplementedError
+
+    def install(self, site: Site, plan: SitePlan) -> Undo:
+        """Corrupt ``site`` according to ``plan``; return the undo function."""
+        raise NotImplementedError
+
+
+class SiteList:
+    """The sites of one model, in model order, addressable by name.
+
+    Example:
+        >>> import torch, resil
+        >>> s = resil.sites(torch.nn.Linear(3, 2))
+        >>> [x.name for x in s]
+        ['weight', 'bias', ':out']
+        >>> s["weight"].shape
+        (2, 3)
+    """
+
+    def __init__(self, sites: Iterable[Site]) -> None:
+        self._by_name = {s.name: s for s in sites}
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __getitem__(self, name: str) -> Site:
+        from .errors import unknown_site
+
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise unknown_site(name, self._by_name) from None
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def of_kind(self, *kinds: str) -> SiteList:
+        """The sites whose kind is one of ``kinds``."""
+        return SiteList(s for s in self if s.kind in kinds)
+
+    def shapes(self) -> dict[str, tuple[int, ...] | None]:
+        return {s.name: s.shape for s in self}
+
+    def table(self) -> str:
+        """A text table: name, kind, shape, encoding, number of fault bits."""
+        rows = [("site", "kind", "shape", "encoding", "bits")]
+        for s in self:
+            n = s.numel
+            rows.append((s.name, s.kind, "?" if s.shape is None else str(tuple(s.shape)), s.encoding.name, "?" if n is None else f"{n * s.bits:,}"))
+        w = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w[i]) if i < 4 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
