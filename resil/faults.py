@@ -84,25 +84,30 @@ class FaultSet:
         model: FaultModel | Sequence[FaultModel] | None = None,
         batch: int | Sequence[int] | np.ndarray | None = None,
     ) -> None:
-        idx = _int_column("index", index)
-        n = len(idx) if idx.ndim else 1
-        idx = np.broadcast_to(idx, (n,))
+        ints = {k: _int_column(k, v) for k, v in (("index", index), ("bit", bit), ("mask", mask), ("batch", batch)) if v is not None}
+        lengths = [a.shape for a in ints.values()] + [(len(v),) for v in (site, model) if v is not None and not isinstance(v, (str, FaultModel))]
+        try:
+            n = int(np.prod(np.broadcast_shapes(*lengths))) if lengths else 1
+            ints = {k: np.broadcast_to(a, (n,)) for k, a in ints.items()}
+        except ValueError:
+            raise FaultError(f"fault set columns have different lengths: {', '.join(f'{k} {a.shape}' for k, a in ints.items())}") from None
+        idx = ints["index"]
         self.site_names, self.site = _categorical("site", site, n, str)
         self.models, self.model = _categorical("model", BitFlip() if model is None else model, n, FaultModel)
         if bit is not None and mask is not None:
             raise FaultError("give either bit or mask, not both")
         masks = np.zeros(n, dtype=np.int64)
         if mask is not None:
-            masks[:] = np.broadcast_to(_int_column("mask", mask), (n,))
+            masks[:] = ints["mask"]
         elif bit is not None:
-            bits = np.broadcast_to(_int_column("bit", bit), (n,))
+            bits = ints["bit"]
             if ((bits < 0) | (bits > 63)).any():
                 raise FaultError(f"bit {int(bits[(bits < 0) | (bits > 63)][0])} is outside any encoding (bits are 0..63)")
             for m, fm in enumerate(self.models):
                 sel = self.model == m
                 if fm.uses_bits and sel.any():
                     masks[sel] = fm.masks(bits[sel])
-        batches = np.full(n, -1, dtype=np.int64) if batch is None else np.broadcast_to(_int_column("batch", batch), (n,)).copy()
+        batches = np.full(n, -1, dtype=np.int64) if batch is None else ints["batch"].copy()
         self._cols: dict[str, np.ndarray] = {"index": np.ascontiguousarray(idx, dtype=np.int64), "mask": masks, "batch": batches}
         self._check()
 
@@ -167,7 +172,7 @@ class FaultSet:
         if missing:
             raise FaultError(f"fault set dict lacks the column(s) {sorted(missing)}")
         spec, spec_code = np.unique(np.asarray(d["model"], dtype=str), return_inverse=True)
-        models = [fault_model_from_spec(s) for s in spec]
+        models = [fault_model_from_spec(str(s)) for s in spec]
         return cls(site=np.asarray(d["site"], dtype=str), index=d["index"], mask=d["mask"], model=[models[i] for i in spec_code.reshape(-1)], batch=d.get("batch"))
 
     # -- access -------------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+import torch
+from torch import nn
+
+import resil
+from resil.adapters import adapter_for, register_adapter
+from resil.site import Adapter
+
+
+def test_dense_sites_name_every_parameter_buffer_and_leaf_output(cnn, images):
+    s = resil.sites(cnn, images)
+    expected_stored = {n for n, _ in cnn.named_parameters()} | {"bn1.running_mean", "bn1.running_var"}
+    stored = {x.name for x in s if not x.batched}
+    assert stored == expected_stored
+    leaves = {n for n, m in cnn.named_modules() if n and not list(m.children())}
+    assert {x.name for x in s if x.batched} == {f"{n}:out" for n in leaves}
+    assert s["conv1.weight"].kind == "weight" and s["fc.bias"].kind == "bias"
+    assert s["bn1.weight"].kind == "weight" and s["bn1.running_var"].kind == "buffer"
+    assert s["conv1.weight"].shape == (4, 1, 3, 3) and s["conv1.weight"].bits == 32
+    assert s["conv1:out"].shape == (4, 16, 16) and s["conv1:out"].kind == "activation"
+    assert s["fc:out"].shape == (10,)
+    # num_batches_tracked is an int64 counter, not a stored value of the network
+    assert "bn1.num_batches_tracked" not in s
+
+
+def test_embedding_and_half_precision_sites():
+    emb = nn.Embedding(5, 3).to(torch.float16)
+    s = resil.sites(emb)
+    assert s["weight"].encoding is resil.FLOAT16 and s["weight"].numel == 15
+
+
+def test_shapes_are_remembered_and_table_lists_bits(cnn, images):
+    resil.sites(cnn, images)
+    s = resil.sites(cnn)
+    assert s["conv2:out"].shape == (8, 8, 8)
+    table = s.table()
+    assert "conv1.weight" in table and f"{36 * 32:,}" in table
+
+
+def test_unknown_site_suggests_closest(cnn):
+    s = resil.sites(cnn)
+    try:
+        s["conv1.wieght"]
+    except resil.FaultError as e:
+        assert "'conv1.weight'" in str(e)
+    else:
+        raise AssertionError("no error")
+
+
+def test_registered_adapter_takes_over_its_module_type():
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    class CustomAdapter(Adapter):
+        name = "custom"
+        claims_children = True
+
+        def sites(self, prefix, module):
+            dense = adapter_for(nn.Linear(1, 1))
+            for site in dense.sites(prefix + ".inner", module.inner):
+                if not site.batched:
+                    yield site
+
+    register_adapter(Custom, CustomAdapter())
+    net = nn.Sequential(Custom(), nn.ReLU())
+    names = resil.sites(net).names()
+    assert names == ["0.inner.weight", "0.inner.bias", "1:out"]
