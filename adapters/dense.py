@@ -41,5 +41,5 @@ class DenseAdapter(Adapter):
     def install(self, site: Site, plan: SitePlan) -> Undo:
         if site.batched:
             return hook_output(site, plan)
-        assert plan.all_samples is not None and site.shape is not None
-        return corrupt_stored(getattr(site.module, site.attr), site.encoding, plan.all_samples, site.shape)
+        assert site.shape is not None
+        return corrupt_stored(getattr(site.module, site.attr), site.encoding, plan.stored(), site.shape)

@@ -28,6 +28,7 @@ from .fault_models import (
 )
 from .faults import Fault, FaultSet
 from .injection import Injection, inject
+from .injectors import reset_steps
 from .site import Adapter, Site, SiteList
 
 __version__ = "0.1.0"
@@ -36,5 +37,5 @@ __all__ = [
     "BFLOAT16", "FLOAT16", "FLOAT32", "FLOAT64", "Adapter", "BitFlip", "Burst", "Encoding", "Fault",
     "FaultError", "FaultModel", "FaultSet", "FloatEncoding", "Injection", "IntEncoding", "RandomValue",
     "Site", "SiteList", "StuckAt", "ValueFunction", "Zero", "fault_model_from_spec", "fault_model_names",
-    "inject", "register_fault_model", "sites",
+    "inject", "register_fault_model", "reset_steps", "sites",
 ]

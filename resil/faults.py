@@ -20,6 +20,10 @@ from .errors import FaultError
 from .fault_models import BitFlip, FaultModel, fault_model_from_spec
 
 Index = Union[int, tuple[int, ...]]
+Step = Union[int, tuple[int, int], None]
+
+#: the stop of a time window that never ends: a permanent fault
+FOREVER = 1 << 62
 Bits = Union[int, Sequence[int], None]
 
 
@@ -33,6 +37,9 @@ class Fault:
         bit: bit position(s), 0 = least significant; None for models that replace the whole word.
         model: the fault model (default: :class:`~resil.BitFlip`).
         batch: for activation sites, the batch element to corrupt; None corrupts every element.
+        step: for computed sites (activations, neuron state, spikes), the time step(s) the
+            fault is present: ``t`` (transient, one step), ``(start, stop)`` (steps
+            ``start <= t < stop``) or None (permanent: every step).
     """
 
     site: str
@@ -40,6 +47,17 @@ class Fault:
     bit: Bits = None
     model: FaultModel = field(default_factory=BitFlip)
     batch: int | None = None
+    step: Step = None
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The steps ``(start, stop)`` the fault is present (stop exclusive)."""
+        if self.step is None:
+            return (0, FOREVER)
+        if isinstance(self.step, (int, np.integer)):
+            return (int(self.step), int(self.step) + 1)
+        start, stop = self.step
+        return (int(start), int(stop))
 
     @property
     def bits(self) -> tuple[int, ...]:
@@ -58,7 +76,8 @@ class Fault:
 
 
 class FaultSet:
-    """Many faults as columns: ``site``, ``index`` (flat), ``mask``, ``model``, ``batch``.
+    """Many faults as columns: ``site``, ``index`` (flat), ``mask``, ``model``, ``batch``,
+    ``t_start`` and ``t_stop`` (the steps a fault is present, stop exclusive).
 
     Build one from columns (scalars broadcast), from :class:`Fault` objects
     (:meth:`from_faults`), or from a plain dict of arrays (:meth:`from_dict`).
@@ -70,9 +89,11 @@ class FaultSet:
         mask: bit masks (int64), for faults covering several bits.
         model: one fault model, or one per fault (default: bit flip).
         batch: batch element per fault for activation sites; -1 or None = every element.
+        step: first time step each fault is present (None: permanent, every step).
+        step_stop: the step each fault ends (exclusive); default ``step + 1`` (transient).
     """
 
-    COLUMNS = ("index", "mask", "batch")
+    COLUMNS = ("index", "mask", "batch", "t_start", "t_stop")
 
     def __init__(
         self,
@@ -83,8 +104,11 @@ class FaultSet:
         mask: int | Sequence[int] | np.ndarray | None = None,
         model: FaultModel | Sequence[FaultModel] | None = None,
         batch: int | Sequence[int] | np.ndarray | None = None,
+        step: int | Sequence[int] | np.ndarray | None = None,
+        step_stop: int | Sequence[int] | np.ndarray | None = None,
     ) -> None:
-        ints = {k: _int_column(k, v) for k, v in (("index", index), ("bit", bit), ("mask", mask), ("batch", batch)) if v is not None}
+        columns = (("index", index), ("bit", bit), ("mask", mask), ("batch", batch), ("step", step), ("step_stop", step_stop))
+        ints = {k: _int_column(k, v) for k, v in columns if v is not None}
         lengths = [a.shape for a in ints.values()] + [(len(v),) for v in (site, model) if v is not None and not isinstance(v, (str, FaultModel))]
         try:
             n = int(np.prod(np.broadcast_shapes(*lengths))) if lengths else 1
@@ -108,7 +132,12 @@ class FaultSet:
                 if fm.uses_bits and sel.any():
                     masks[sel] = fm.masks(bits[sel])
         batches = np.full(n, -1, dtype=np.int64) if batch is None else ints["batch"].copy()
-        self._cols: dict[str, np.ndarray] = {"index": np.ascontiguousarray(idx, dtype=np.int64), "mask": masks, "batch": batches}
+        if step is None and step_stop is not None:
+            raise FaultError("step_stop needs step")
+        t_start = np.zeros(n, dtype=np.int64) if step is None else ints["step"].copy()
+        t_stop = np.full(n, FOREVER, dtype=np.int64) if step is None else (t_start + 1 if step_stop is None else ints["step_stop"].copy())
+        self._cols: dict[str, np.ndarray] = {
+            "index": np.ascontiguousarray(idx, dtype=np.int64), "mask": masks, "batch": batches, "t_start": t_start, "t_stop": t_stop}
         self._check()
 
     # -- construction -------------------------------------------------------------------------
@@ -143,6 +172,8 @@ class FaultSet:
             mask=np.array([f.mask for f in faults], dtype=np.int64),
             model=[f.model for f in faults],
             batch=np.array([-1 if f.batch is None else f.batch for f in faults], dtype=np.int64),
+            step=np.array([f.window[0] for f in faults], dtype=np.int64),
+            step_stop=np.array([f.window[1] for f in faults], dtype=np.int64),
         )
 
     @classmethod
@@ -173,7 +204,9 @@ class FaultSet:
             raise FaultError(f"fault set dict lacks the column(s) {sorted(missing)}")
         spec, spec_code = np.unique(np.asarray(d["model"], dtype=str), return_inverse=True)
         models = [fault_model_from_spec(str(s)) for s in spec]
-        return cls(site=np.asarray(d["site"], dtype=str), index=d["index"], mask=d["mask"], model=[models[i] for i in spec_code.reshape(-1)], batch=d.get("batch"))
+        return cls(
+            site=np.asarray(d["site"], dtype=str), index=d["index"], mask=d["mask"], model=[models[i] for i in spec_code.reshape(-1)],
+            batch=d.get("batch"), step=d.get("t_start"), step_stop=d.get("t_stop"))
 
     # -- access -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -192,6 +225,7 @@ class FaultSet:
                 bit=_bits_of(int(self.mask[i])) or None,
                 model=m,
                 batch=None if self.batch[i] < 0 else int(self.batch[i]),
+                step=_step_of(int(self.t_start[i]), int(self.t_stop[i])),
             )
 
     def __repr__(self) -> str:
@@ -209,6 +243,14 @@ class FaultSet:
     def batch(self) -> np.ndarray:
         return self._cols["batch"]
 
+    @property
+    def t_start(self) -> np.ndarray:
+        return self._cols["t_start"]
+
+    @property
+    def t_stop(self) -> np.ndarray:
+        return self._cols["t_stop"]
+
     def _check(self) -> None:
         n = len(self.site)
         for c, v in self._cols.items():
@@ -218,10 +260,19 @@ class FaultSet:
             raise FaultError(f"negative element index {int(self.index[self.index < 0][0])}")
         if (self.batch < -1).any():
             raise FaultError(f"batch element {int(self.batch[self.batch < -1][0])} is negative (use -1 or None for every element)")
+        if (self.t_start < 0).any() or (self.t_stop <= self.t_start).any():
+            bad = int(np.flatnonzero((self.t_start < 0) | (self.t_stop <= self.t_start))[0])
+            raise FaultError(f"fault {bad} has the empty or negative step window [{int(self.t_start[bad])}, {int(self.t_stop[bad])})")
         for m, fm in enumerate(self.models):
             sel = self.model == m
             if fm.uses_bits and (self.mask[sel] == 0).any():
                 raise FaultError(f"{type(fm).__name__} needs a bit; fault {int(np.flatnonzero(sel & (self.mask == 0))[0])} names none")
+
+
+def _step_of(start: int, stop: int) -> Step:
+    if (start, stop) == (0, FOREVER):
+        return None
+    return start if stop == start + 1 else (start, stop)
 
 
 def _bits_of(mask: int) -> tuple[int, ...]:

@@ -11,10 +11,10 @@ from torch import nn
 
 from .discovery import sites as list_sites
 from .errors import FaultError, unknown_site
-from .faults import Fault, FaultSet
+from .faults import FOREVER, Fault, FaultSet
 from .injectors import ELEMENT_BITS
 from .plan import ElementPlan
-from .site import Site, SiteList, SitePlan
+from .site import Site, SiteList, SitePlan, WindowPlan
 
 Faults = Fault | Sequence[Fault] | FaultSet
 
@@ -77,11 +77,20 @@ def _site_plan(site: Site, fs: FaultSet, rows: np.ndarray) -> SitePlan:
         raise FaultError(f"site {site.name!r} is a stored {site.kind}; faults on it cannot name a batch element")
     if index.max() > (1 << ELEMENT_BITS) - 1:
         raise FaultError(f"index {int(index.max())} is too large")
-    everyone = ~per
-    return SitePlan(
-        ElementPlan.build(index[everyone], mask[everyone], model[everyone], fs.models) if everyone.any() else None,
-        ElementPlan.build((batch[per] << ELEMENT_BITS) | index[per], mask[per], model[per], fs.models) if per.any() else None,
-    )
+    start, stop = fs.t_start[rows], fs.t_stop[rows]
+    windows = np.unique(np.stack([start, stop]), axis=1).T
+    if not site.batched and (len(windows) > 1 or tuple(windows[0]) != (0, FOREVER)):
+        raise FaultError(f"site {site.name!r} is a stored {site.kind}: its faults are permanent and cannot name time steps")
+    plans = []
+    for t0, t1 in windows:
+        inside = (start == t0) & (stop == t1)
+        every, one = inside & ~per, inside & per
+        plans.append(WindowPlan(
+            int(t0), int(t1),
+            ElementPlan.build(index[every], mask[every], model[every], fs.models) if every.any() else None,
+            ElementPlan.build((batch[one] << ELEMENT_BITS) | index[one], mask[one], model[one], fs.models) if one.any() else None,
+        ))
+    return SitePlan(plans)
 
 
 @contextmanager

@@ -7,14 +7,16 @@ precomputed plan.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from .encodings import Encoding, FloatEncoding, encoding_of, from_unsigned, to_unsigned
 from .errors import FaultError
 from .plan import ElementPlan
-from .site import Site, SitePlan, Undo
+from .site import Site, SitePlan, Undo, WindowPlan
 
 ELEMENT_BITS = 40
 ELEMENT_MASK = (1 << ELEMENT_BITS) - 1
@@ -53,26 +55,48 @@ def corrupt_stored(t: torch.Tensor, encoding: Encoding, plan: ElementPlan, shape
     return restore
 
 
-class OutputHook:
-    """A forward hook that corrupts a module's output tensor according to a :class:`SitePlan`."""
+class StepHook:
+    """Base of forward hooks that corrupt computed tensors according to a :class:`SitePlan`.
+
+    Counts its calls as time steps (reset by :func:`reset_steps`) and corrupts only with the
+    windows active at the current step.
+    """
 
     def __init__(self, site: Site, plan: SitePlan) -> None:
         self.site, self.plan = site, plan
+        self.step = 0
         self._device: torch.device | None = None
+        self._windows: list[_DeviceWindow] = []
 
-    def _plans_on(self, device: torch.device) -> tuple[ElementPlan | None, ElementPlan | None]:
+    def active(self, device: torch.device) -> list[_DeviceWindow]:
+        """The windows that apply at the current step, with their plans on ``device``."""
         if self._device != device:
-            self._all = self.plan.all_samples.to(device) if self.plan.all_samples else None
-            self._per = self.plan.per_sample.to(device) if self.plan.per_sample else None
-            self._keys_all = torch.from_numpy(self._all.keys).to(device) if self._all else None
-            if self._per:
-                k = torch.from_numpy(self._per.keys).to(device)
-                self._b, self._e = k >> ELEMENT_BITS, k & ELEMENT_MASK
+            self._windows = [_DeviceWindow(w, device) for w in self.plan.windows]
             self._device = device
-        return self._all, self._per
+        return [w for w in self._windows if w.start <= self.step < w.stop]
 
-    def corrupt(self, out: torch.Tensor) -> torch.Tensor:
-        """A corrupted copy of ``out`` (batch dimension first)."""
+    def corrupt_rows(self, raw: torch.Tensor, encoding: Encoding, windows: list[_DeviceWindow]) -> None:
+        """Corrupt ``raw`` in place: signed storage integers shaped ``(batch, elements)``."""
+        batch, n = raw.shape
+        for w in windows:
+            w.apply(raw, batch, n, encoding, self.site.name)
+
+    def __call__(self, module: torch.nn.Module, args: object, out: torch.Tensor) -> torch.Tensor | None:
+        try:
+            windows = self.active(out.device if isinstance(out, torch.Tensor) else torch.device("cpu"))
+            return self.corrupt(module, out, windows) if windows else None
+        finally:
+            self.step += 1
+
+    def corrupt(self, module: torch.nn.Module, out: object, windows: list[_DeviceWindow]) -> object:
+        """Return the corrupted output (or None to keep ``out``)."""
+        raise NotImplementedError
+
+
+class OutputHook(StepHook):
+    """Corrupts a module's output tensor (a corrupted copy; the original is left untouched)."""
+
+    def corrupt(self, module: torch.nn.Module, out: object, windows: list[_DeviceWindow]) -> torch.Tensor:
         if not isinstance(out, torch.Tensor):
             raise FaultError(f"site {self.site.name!r}: the module returned {type(out).__name__}, not a tensor")
         enc = encoding_of(out)
@@ -80,38 +104,72 @@ class OutputHook:
             raise FaultError(f"site {self.site.name!r}: cannot corrupt an output of dtype {out.dtype}")
         y = out.clone(memory_format=torch.contiguous_format)
         batch = y.shape[0] if y.dim() else 1
-        iv = y.view(enc.int_dtype).view(batch, -1)
-        n = iv.shape[1]
-        all_plan, per_plan = self._plans_on(y.device)
-        if all_plan is not None:
-            self._check_elements(int(all_plan.keys[-1]), n, y)
-            _apply_at(iv, (slice(None), self._keys_all), all_plan, enc)
-        if per_plan is not None:
-            self._check_elements(int((per_plan.keys & ELEMENT_MASK).max()), n, y)
-            top = int(per_plan.keys[-1] >> ELEMENT_BITS)
-            if top >= batch:
-                raise FaultError(f"site {self.site.name!r}: batch element {top} is outside the batch of {batch}")
-            _apply_at(iv.view(-1), self._b * n + self._e, per_plan, enc)
+        self.corrupt_rows(y.view(enc.int_dtype).view(batch, -1), enc, windows)
         return y
 
-    def _check_elements(self, top: int, n: int, y: torch.Tensor) -> None:
-        if top >= n:
-            raise FaultError(f"site {self.site.name!r}: element {top} is outside the output of shape {tuple(y.shape[1:])} ({n} elements per sample)")
 
-    def __call__(self, module: torch.nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
-        return self.corrupt(out)
+class _DeviceWindow:
+    """One window of a site plan with its element plans and index tensors on one device."""
+
+    def __init__(self, w: WindowPlan, device: torch.device) -> None:
+        self.start, self.stop = w.start, w.stop
+        self.all = w.all_samples.to(device) if w.all_samples else None
+        self.per = w.per_sample.to(device) if w.per_sample else None
+        if self.all:
+            self.keys_all = torch.from_numpy(self.all.keys).to(device)
+            self.top_all = int(self.all.keys[-1])
+        if self.per:
+            k = torch.from_numpy(self.per.keys).to(device)
+            self.b, self.e = k >> ELEMENT_BITS, k & ELEMENT_MASK
+            self.top_per = int((self.per.keys & ELEMENT_MASK).max())
+            self.top_batch = int(self.per.keys[-1] >> ELEMENT_BITS)
+
+    def apply(self, raw: torch.Tensor, batch: int, n: int, enc: Encoding, name: str) -> None:
+        if self.all:
+            _check_element(self.top_all, n, name)
+            _apply_at(raw, (slice(None), self.keys_all), self.all, enc)
+        if self.per:
+            _check_element(self.top_per, n, name)
+            if self.top_batch >= batch:
+                raise FaultError(f"site {name!r}: batch element {self.top_batch} is outside the batch of {batch}")
+            _apply_at(raw.view(-1), self.b * n + self.e, self.per, enc)
 
 
-def _apply_at(iv: torch.Tensor, index: object, plan: ElementPlan, enc: FloatEncoding) -> None:
-    old = iv[index]
+def _check_element(top: int, n: int, name: str) -> None:
+    if top >= n:
+        raise FaultError(f"site {name!r}: element {top} is outside the computed tensor ({n} elements per sample)")
+
+
+def _apply_at(raw: torch.Tensor, index: object, plan: ElementPlan, enc: Encoding) -> None:
+    old = raw[index]
     if plan.xor is not None:
-        iv[index] = old ^ from_unsigned(plan.xor, iv.dtype, enc.bits)
+        raw[index] = old ^ from_unsigned(plan.xor, raw.dtype, enc.bits)
     else:
-        iv[index] = from_unsigned(plan.apply(to_unsigned(old, enc.bits), enc), iv.dtype, enc.bits)
+        raw[index] = from_unsigned(plan.apply(to_unsigned(old, enc.bits), enc), raw.dtype, enc.bits)
 
 
-def hook_output(site: Site, plan: SitePlan, register: Callable[[OutputHook], torch.utils.hooks.RemovableHandle] | None = None) -> Undo:
-    """Install an :class:`OutputHook` on ``site.module`` (or through ``register``); return its remover."""
-    hook = OutputHook(site, plan)
-    handle = register(hook) if register else site.module.register_forward_hook(hook)
-    return handle.remove
+_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, list[StepHook]]" = weakref.WeakKeyDictionary()
+
+
+def register_step_hook(module: torch.nn.Module, hook: StepHook, register: Callable[[StepHook], RemovableHandle] | None = None) -> Undo:
+    """Register ``hook`` (as a forward hook of ``module``, or through ``register``); return its remover."""
+    handle = register(hook) if register else module.register_forward_hook(hook)
+    _ACTIVE.setdefault(module, []).append(hook)
+
+    def remove() -> None:
+        handle.remove()
+        _ACTIVE[module].remove(hook)
+
+    return remove
+
+
+def reset_steps(model: torch.nn.Module) -> None:
+    """Restart the step count of every active fault hook in ``model`` (call it before each sequence)."""
+    for m in model.modules():
+        for h in _ACTIVE.get(m, ()):
+            h.step = 0
+
+
+def hook_output(site: Site, plan: SitePlan) -> Undo:
+    """Install an :class:`OutputHook` on ``site.module``; return its remover."""
+    return register_step_hook(site.module, OutputHook(site, plan))

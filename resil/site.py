@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .encodings import Encoding
+from .faults import FOREVER
 from .plan import ElementPlan
 
 Undo = Callable[[], None]
@@ -54,11 +55,27 @@ class Site:
 
 
 @dataclass
-class SitePlan:
-    """The faults of one site: every-sample faults and per-sample faults (key = batch << 40 | element)."""
+class WindowPlan:
+    """Faults active at steps ``start <= t < stop``: every-sample faults and per-sample faults
+    (per-sample keys are ``batch << 40 | element``)."""
 
+    start: int
+    stop: int
     all_samples: ElementPlan | None
     per_sample: ElementPlan | None
+
+
+@dataclass
+class SitePlan:
+    """The faults of one site, one :class:`WindowPlan` per distinct time window."""
+
+    windows: list[WindowPlan]
+
+    def stored(self) -> ElementPlan:
+        """The plan of a stored tensor (permanent faults on every sample)."""
+        (w,) = self.windows
+        assert w.all_samples is not None and w.per_sample is None and (w.start, w.stop) == (0, FOREVER)
+        return w.all_samples
 
 
 class Adapter:

@@ -200,3 +200,23 @@ def test_runs_on_gpu(cnn, images):
     with resil.inject(net, [resil.Fault("conv1.weight", 0, bit=30), resil.Fault("conv1:out", 0, bit=30, batch=1)]):
         net(x)
     assert_bit_identical(net.cpu(), snap)
+
+
+@pytest.mark.parametrize("step, changed", [(2, [2]), ((1, 3), [1, 2]), (None, [0, 1, 2, 3])])
+def test_step_windows_select_the_calls_of_a_reused_module(step, changed):
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    clean = lin(x)
+    with torch.no_grad(), resil.inject(lin, resil.Fault(":out", 1, bit=30, step=step)):
+        outs = [lin(x) for _ in range(4)]
+        resil.reset_steps(lin)
+        again = [lin(x) for _ in range(4)]
+    for seq in (outs, again):
+        assert [t for t, y in enumerate(seq) if not torch.equal(y, clean)] == changed
+
+
+def test_stored_faults_cannot_name_steps(cnn):
+    with pytest.raises(resil.FaultError, match="stored weight: its faults are permanent"):
+        with resil.inject(cnn, resil.Fault("fc.weight", 0, bit=1, step=3)):
+            pass
