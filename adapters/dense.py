@@ -9,7 +9,9 @@ from torch import nn
 
 from resil.encodings import FLOAT_ENCODINGS, encoding_of
 from resil.injectors import corrupt_stored, hook_output
-from resil.site import Adapter, Site, SitePlan, Undo
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
+
+from .pruning import corrupt_pruned, live_elements, pruned_tensors
 
 
 def parameter_kind(name: str) -> str:
@@ -25,14 +27,19 @@ class DenseAdapter(Adapter):
 
     name = "dense"
 
-    def sites(self, prefix: str, module: nn.Module) -> Iterable[Site]:
+    def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
         dot = prefix + "." if prefix else ""
+        pruned = pruned_tensors(module)
+        masks = {n + "_mask" for n in pruned}
         for pname, p in module.named_parameters(recurse=False):
             enc = encoding_of(p)
-            if enc is not None:
-                yield Site(dot + pname, parameter_kind(pname), tuple(p.shape), enc, self, module, pname)
+            if enc is None:
+                continue
+            name = pname[: -len("_orig")] if pname.endswith("_orig") and pname[: -len("_orig")] in pruned else pname
+            live = live_elements(pruned[name][1]) if name in pruned and options.pruned == "live" else None
+            yield Site(dot + name, parameter_kind(name), tuple(p.shape), enc, self, module, name, live=live)
         for bname, b in module.named_buffers(recurse=False):
-            if b.dtype.is_floating_point and bname not in module._non_persistent_buffers_set:
+            if b.dtype.is_floating_point and bname not in module._non_persistent_buffers_set and bname not in masks:
                 yield Site(dot + bname, "buffer", tuple(b.shape), FLOAT_ENCODINGS[b.dtype], self, module, bname)
         if next(module.children(), None) is None:
             enc = FLOAT_ENCODINGS[torch.get_default_dtype()]
@@ -42,4 +49,7 @@ class DenseAdapter(Adapter):
         if site.batched:
             return hook_output(site, plan)
         assert site.shape is not None
+        pruned = pruned_tensors(site.module)
+        if site.attr in pruned:
+            return corrupt_pruned(*pruned[site.attr], site.encoding, plan.stored())
         return corrupt_stored(getattr(site.module, site.attr), site.encoding, plan.stored(), site.shape)

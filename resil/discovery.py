@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from .encodings import encoding_of
-from .site import Site, SiteList
+from .site import Site, SiteList, SiteOptions
 
 _OUTPUT_SHAPES: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[int, ...], torch.dtype]]]" = weakref.WeakKeyDictionary()
 
 
-def sites(model: nn.Module, example: Any = None) -> SiteList:
+def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> SiteList:
     """Every site of ``model``, in module order.
 
     Args:
@@ -24,6 +24,9 @@ def sites(model: nn.Module, example: Any = None) -> SiteList:
         example: optional example input (a tensor, or a tuple of positional arguments). With
             it, one forward pass records the shape (per sample) and dtype of every computed
             site; resil remembers them for this model.
+        pruned: policy for weights pruned with ``torch.nn.utils.prune``: ``"live"`` (only the
+            unpruned weights are fault sites, as in sparse storage) or ``"dense"`` (the pruned
+            zeros are stored cells too).
 
     Example:
         >>> import torch, resil
@@ -34,13 +37,14 @@ def sites(model: nn.Module, example: Any = None) -> SiteList:
     """
     from resil.adapters import adapter_for
 
+    options = SiteOptions(pruned=pruned)
     found: list[Site] = []
     claimed: list[str] = []
     for prefix, module in model.named_modules():
         if any(prefix == c or prefix.startswith(c + ".") for c in claimed):
             continue
         adapter = adapter_for(module)
-        found.extend(adapter.sites(prefix, module))
+        found.extend(adapter.sites(prefix, module, options))
         if adapter.claims_children:
             claimed.append(prefix)
     if example is not None:

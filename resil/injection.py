@@ -64,6 +64,14 @@ def _site_plan(site: Site, fs: FaultSet, rows: np.ndarray) -> SitePlan:
         bad = int(index[index >= site.numel][0])
         shape = tuple(site.shape or ())
         raise FaultError(f"index {bad} is outside site {site.name!r} of shape {shape} ({site.numel} elements)")
+    if site.live is not None:
+        pos = np.minimum(np.searchsorted(site.live, index), len(site.live) - 1)
+        missing = site.live[pos] != index if len(site.live) else np.ones(len(index), dtype=bool)
+        if missing.any():
+            raise FaultError(
+                f"element {int(index[missing][0])} of site {site.name!r} is not stored "
+                f"(the site stores {len(site.live)} of its {site.numel} elements; sample from site.elements())"
+            )
     bits = site.encoding.bits
     if bits < 64 and ((mask < 0) | (mask >= (1 << bits))).any():
         bad_mask = int(mask[(mask < 0) | (mask >= (1 << bits))][0]) & ((1 << 64) - 1)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
 
 from .encodings import Encoding
@@ -28,6 +29,8 @@ class Site:
         adapter: the adapter that owns the site and knows how to inject into it.
         module: the module the site belongs to.
         batched: whether faults may name a batch element (computed tensors).
+        live: when only some elements of the tensor are stored (e.g. the unpruned weights of a
+            sparse layer), their sorted flat indices; None when every element is stored.
     """
 
     name: str
@@ -38,6 +41,7 @@ class Site:
     module: nn.Module = field(repr=False)
     attr: str = field(default="", repr=False)
     batched: bool = False
+    live: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def bits(self) -> int:
@@ -46,8 +50,26 @@ class Site:
 
     @property
     def numel(self) -> int | None:
-        """Number of elements (None while the shape is unknown)."""
+        """Number of elements of the tensor (None while the shape is unknown)."""
         return None if self.shape is None else math.prod(self.shape)
+
+    @property
+    def size(self) -> int | None:
+        """Number of elements that can be faulted: the live ones, or all."""
+        return self.numel if self.live is None else len(self.live)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the tensor's elements that are not stored (0 for dense sites)."""
+        return 0.0 if self.live is None or not self.numel else 1 - len(self.live) / self.numel
+
+    def elements(self) -> np.ndarray:
+        """Flat indices of every element that can be faulted."""
+        if self.live is not None:
+            return self.live
+        if self.numel is None:
+            raise ValueError(f"site {self.name!r} has an unknown shape; list the sites with an example input")
+        return np.arange(self.numel, dtype=np.int64)
 
     def install(self, plan: SitePlan) -> Undo:
         """Apply ``plan`` to the model; return the function that undoes it."""
@@ -78,6 +100,23 @@ class SitePlan:
         return w.all_samples
 
 
+@dataclass(frozen=True)
+class SiteOptions:
+    """Choices that change which elements a site covers.
+
+    Attributes:
+        pruned: for weights pruned with ``torch.nn.utils.prune``: ``"live"`` (default; only the
+            unpruned weights are stored, as in sparse storage) or ``"dense"`` (the pruned zeros
+            are stored cells too, and a fault on them takes effect).
+    """
+
+    pruned: str = "live"
+
+    def __post_init__(self) -> None:
+        if self.pruned not in ("live", "dense"):
+            raise ValueError(f"pruned must be 'live' or 'dense', not {self.pruned!r}")
+
+
 class Adapter:
     """Knows one family of modules: enumerates their sites and injects into them.
 
@@ -88,7 +127,7 @@ class Adapter:
     #: if True, the walk does not enumerate this module's submodules separately
     claims_children: bool = False
 
-    def sites(self, prefix: str, module: nn.Module) -> Iterable[Site]:
+    def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
         """The sites of ``module`` (named ``prefix`` inside the model)."""
         raise NotImplementedError
 
@@ -143,7 +182,7 @@ class SiteList:
         """A text table: name, kind, shape, encoding, number of fault bits."""
         rows = [("site", "kind", "shape", "encoding", "bits")]
         for s in self:
-            n = s.numel
+            n = s.size
             rows.append((s.name, s.kind, "?" if s.shape is None else str(tuple(s.shape)), s.encoding.name, "?" if n is None else f"{n * s.bits:,}"))
         w = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w[i]) if i < 4 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)

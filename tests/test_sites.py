@@ -59,9 +59,9 @@ def test_registered_adapter_takes_over_its_module_type():
         name = "custom"
         claims_children = True
 
-        def sites(self, prefix, module):
+        def sites(self, prefix, module, options):
             dense = adapter_for(nn.Linear(1, 1))
-            for site in dense.sites(prefix + ".inner", module.inner):
+            for site in dense.sites(prefix + ".inner", module.inner, options):
                 if not site.batched:
                     yield site
 

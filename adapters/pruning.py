@@ -1,0 +1,63 @@
+"""Weights pruned with ``torch.nn.utils.prune``: the parameter ``<name>_orig`` times the buffer
+``<name>_mask``, recomputed by a forward pre-hook into the attribute ``<name>``.
+
+Two policies (:class:`resil.site.SiteOptions`): ``live`` (default) makes only the unpruned
+elements fault sites, as in sparse storage; ``dense`` treats the pruned zeros as stored cells,
+so a fault on them takes effect (the element is unmasked while the fault is in place).
+
+Networks pruned with torch-pruning have their channels physically removed: they are dense,
+smaller networks and need nothing from this module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from resil.encodings import FLOAT_ENCODINGS, Encoding, from_unsigned, to_unsigned
+from resil.injectors import int_view
+from resil.plan import ElementPlan
+from resil.site import Undo
+
+
+def pruned_tensors(module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{name: (orig, mask)}`` for every pruned tensor of ``module`` (its own, not its children's)."""
+    params = dict(module.named_parameters(recurse=False))
+    buffers = dict(module.named_buffers(recurse=False))
+    return {
+        n[: -len("_orig")]: (p, buffers[n[: -len("_orig")] + "_mask"])
+        for n, p in params.items()
+        if n.endswith("_orig") and n[: -len("_orig")] + "_mask" in buffers
+    }
+
+
+def live_elements(mask: torch.Tensor) -> np.ndarray:
+    """Sorted flat indices of the unpruned elements."""
+    return torch.flatten(mask).nonzero().reshape(-1).cpu().numpy().astype(np.int64)
+
+
+def corrupt_pruned(orig: torch.Tensor, mask: torch.Tensor, encoding: Encoding, plan: ElementPlan) -> Undo:
+    """Apply ``plan`` to the stored weight ``orig * mask`` (a pruned element stores 0).
+
+    Writes the faulty values into ``orig`` and unmasks the faulted elements; the returned
+    function restores both bit-exactly.
+    """
+    if orig.dtype not in FLOAT_ENCODINGS or not orig.is_contiguous() or not mask.is_contiguous():
+        raise TypeError("pruned tensors must be contiguous floating-point tensors")
+    raw, m = int_view(orig, encoding).view(-1), mask.detach().view(-1)
+    keys = torch.from_numpy(plan.keys).to(orig.device)
+    old_raw, old_mask = raw[keys], m[keys]
+    zero = from_unsigned(encoding.encode(torch.zeros(1)), raw.dtype, encoding.bits).to(orig.device)
+    stored = torch.where(old_mask != 0, old_raw, zero)
+    plan = plan.to(orig.device)
+    codes = to_unsigned(stored, encoding.bits)
+    new = codes ^ plan.xor if plan.xor is not None else plan.apply(codes, encoding)
+    raw[keys] = from_unsigned(new, raw.dtype, encoding.bits)
+    m[keys] = 1
+
+    def restore() -> None:
+        raw[keys] = old_raw
+        m[keys] = old_mask
+
+    return restore
