@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import sys
 from importlib.metadata import entry_points
 
 from torch import nn
@@ -24,6 +26,10 @@ from .dense import DenseAdapter
 
 _REGISTRY: dict[type, Adapter] = {}
 _entry_points_loaded = False
+#: adapters for third-party libraries, registered once the library has been imported
+#: (a model built from its modules has imported it), so resil never imports them itself
+_BUILTIN = {"snntorch": "resil.adapters.snn", "brevitas": "resil.adapters.quantized"}
+_builtin_loaded: set[str] = set()
 
 
 def register_adapter(module_type: type[nn.Module], adapter: Adapter) -> None:
@@ -36,6 +42,10 @@ def register_adapter(module_type: type[nn.Module], adapter: Adapter) -> None:
 def adapter_for(module: nn.Module) -> Adapter:
     """The adapter registered for the most specific type in ``type(module)``'s MRO."""
     _load_entry_points()
+    for library, adapter_module in _BUILTIN.items():
+        if library in sys.modules and library not in _builtin_loaded:
+            _builtin_loaded.add(library)
+            importlib.import_module(adapter_module).register()
     for cls in type(module).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]

@@ -46,11 +46,11 @@ def corrupt_pruned(orig: torch.Tensor, mask: torch.Tensor, encoding: Encoding, p
     if orig.dtype not in FLOAT_ENCODINGS or not orig.is_contiguous() or not mask.is_contiguous():
         raise TypeError("pruned tensors must be contiguous floating-point tensors")
     raw, m = int_view(orig, encoding).view(-1), mask.detach().view(-1)
+    plan = plan.to(orig.device)
     keys = torch.from_numpy(plan.keys).to(orig.device)
     old_raw, old_mask = raw[keys], m[keys]
     zero = from_unsigned(encoding.encode(torch.zeros(1)), raw.dtype, encoding.bits).to(orig.device)
     stored = torch.where(old_mask != 0, old_raw, zero)
-    plan = plan.to(orig.device)
     codes = to_unsigned(stored, encoding.bits)
     new = codes ^ plan.xor if plan.xor is not None else plan.apply(codes, encoding)
     raw[keys] = from_unsigned(new, raw.dtype, encoding.bits)

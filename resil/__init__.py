@@ -11,7 +11,7 @@ Example:
     ...     pass
 """
 
-from .discovery import sites
+from .discovery import reset, sites
 from .encodings import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, Encoding, FloatEncoding, IntEncoding
 from .errors import FaultError
 from .fault_models import (
@@ -37,5 +37,5 @@ __all__ = [
     "BFLOAT16", "FLOAT16", "FLOAT32", "FLOAT64", "Adapter", "BitFlip", "Burst", "Encoding", "Fault",
     "FaultError", "FaultModel", "FaultSet", "FloatEncoding", "Injection", "IntEncoding", "RandomValue",
     "Site", "SiteList", "StuckAt", "ValueFunction", "Zero", "fault_model_from_spec", "fault_model_names",
-    "inject", "register_fault_model", "reset_steps", "sites",
+    "inject", "register_fault_model", "reset", "reset_steps", "sites",
 ]

@@ -12,7 +12,13 @@ from torch import nn
 from .encodings import encoding_of
 from .site import Site, SiteList, SiteOptions
 
-_OUTPUT_SHAPES: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[int, ...], torch.dtype]]]" = weakref.WeakKeyDictionary()
+_OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], torch.dtype]]" = weakref.WeakKeyDictionary()
+
+
+def recorded_output(module: nn.Module) -> tuple[tuple[int, ...], torch.dtype] | None:
+    """Per-sample shape and dtype of ``module``'s (first) output tensor, as recorded by the
+    last ``resil.sites(model, example)`` call that ran it; None if never recorded."""
+    return _OUTPUTS.get(module)
 
 
 def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> SiteList:
@@ -23,7 +29,8 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
             for its type.
         example: optional example input (a tensor, or a tuple of positional arguments). With
             it, one forward pass records the shape (per sample) and dtype of every computed
-            site; resil remembers them for this model.
+            site; resil remembers them for this model. Stateful modules (spiking neurons) are
+            reset afterwards.
         pruned: policy for weights pruned with ``torch.nn.utils.prune``: ``"live"`` (only the
             unpruned weights are fault sites, as in sparse storage) or ``"dense"`` (the pruned
             zeros are stored cells too).
@@ -38,41 +45,62 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
     from resil.adapters import adapter_for
 
     options = SiteOptions(pruned=pruned)
+    if example is not None:
+        _record_outputs(model, example)
     found: list[Site] = []
     claimed: list[str] = []
     for prefix, module in model.named_modules():
         if any(prefix == c or prefix.startswith(c + ".") for c in claimed):
             continue
         adapter = adapter_for(module)
-        found.extend(adapter.sites(prefix, module, options))
+        found.extend(_with_output_shape(s) for s in adapter.sites(prefix, module, options))
         if adapter.claims_children:
             claimed.append(prefix)
-    if example is not None:
-        _record_output_shapes(model, [s for s in found if s.batched], example)
-    shapes = _OUTPUT_SHAPES.get(model, {})
-    return SiteList(_with_recorded_shape(s, shapes) for s in found)
+    return SiteList(found)
 
 
-def _with_recorded_shape(site: Site, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> Site:
-    if not site.batched or site.name not in shapes:
+def reset(model: nn.Module) -> None:
+    """Reset the state of every stateful module (e.g. spiking neurons' membranes) and the step
+    count of every active fault hook in ``model``: call it before each input sequence.
+
+    Unlike ``snntorch.utils.reset``, it resets the modules of ``model`` itself, deep copies
+    included.
+    """
+    from resil.adapters import adapter_for
+
+    from .injectors import reset_steps
+
+    for module in model.modules():
+        adapter_for(module).reset(module)
+    reset_steps(model)
+
+
+def _with_output_shape(site: Site) -> Site:
+    """A computed site whose adapter left the shape open takes its module's recorded output."""
+    out = _OUTPUTS.get(site.module)
+    if not site.batched or site.shape is not None or out is None:
         return site
-    shape, dtype = shapes[site.name]
-    enc = encoding_of(torch.empty(0, dtype=dtype)) or site.encoding
+    shape, dtype = out
+    enc = site.encoding
+    if enc.name in ("float64", "float32", "float16", "bfloat16"):
+        enc = encoding_of(torch.empty(0, dtype=dtype)) or enc
     return dataclasses.replace(site, shape=shape, encoding=enc)
 
 
-def _record_output_shapes(model: nn.Module, computed: list[Site], example: Any) -> None:
-    seen: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+def _record_outputs(model: nn.Module, example: Any) -> None:
     handles = []
-    for s in computed:
-        def record(mod: nn.Module, args: Any, out: Any, name: str = s.name) -> None:
-            if isinstance(out, torch.Tensor) and out.dim() > 0:
-                seen.setdefault(name, (tuple(out.shape[1:]), out.dtype))
-        handles.append(s.module.register_forward_hook(record))
+    seen: set[nn.Module] = set()
+    for module in model.modules():
+        def record(mod: nn.Module, args: Any, out: Any) -> None:
+            first = out[0] if isinstance(out, (tuple, list)) and out else out
+            if mod not in seen and isinstance(first, torch.Tensor) and first.dim() > 0:
+                seen.add(mod)
+                _OUTPUTS[mod] = (tuple(first.shape[1:]), first.dtype)
+        handles.append(module.register_forward_hook(record))
     try:
         with torch.no_grad():
             model(*example) if isinstance(example, tuple) else model(example)
     finally:
         for h in handles:
             h.remove()
-    _OUTPUT_SHAPES[model] = seen
+        reset(model)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .discovery import sites as list_sites
 from .errors import FaultError, unknown_site
+from .fault_models import FaultModel
 from .faults import FOREVER, Fault, FaultSet
 from .injectors import ELEMENT_BITS
 from .plan import ElementPlan
@@ -48,18 +49,23 @@ def compile_faults(fs: FaultSet, site_list: SiteList) -> list[tuple[Site, SitePl
     Raises:
         FaultError: naming the first problem found; nothing has been modified.
     """
-    order = np.argsort(fs.site, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, fs.site[order][1:] != fs.site[order][:-1], True]) if len(fs) else np.zeros(1, dtype=np.int64)
+    codes = fs.site.astype(np.int16) if len(fs.site_names) < (1 << 15) else fs.site  # int16: radix sort
+    order = np.argsort(codes, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(fs.site, minlength=len(fs.site_names)))]
+    permanent = bool((fs.t_start == 0).all() and (fs.t_stop == FOREVER).all())
+    cols = {c: v[order] for c, v in (("index", fs.index), ("mask", fs.mask), ("batch", fs.batch), ("model", fs.model))}
+    if not permanent:
+        cols.update(t_start=fs.t_start[order], t_stop=fs.t_stop[order])
     plans = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        rows = order[a:b]
-        site = site_list[fs.site_names[fs.site[rows[0]]]]
-        plans.append((site, _site_plan(site, fs, rows)))
+    for s_code, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if a < b:
+            site = site_list[fs.site_names[s_code]]
+            plans.append((site, _site_plan(site, fs.models, {c: v[a:b] for c, v in cols.items()})))
     return plans
 
 
-def _site_plan(site: Site, fs: FaultSet, rows: np.ndarray) -> SitePlan:
-    index, mask, batch, model = fs.index[rows], fs.mask[rows], fs.batch[rows], fs.model[rows]
+def _site_plan(site: Site, models: tuple[FaultModel, ...], cols: dict[str, np.ndarray]) -> SitePlan:
+    index, mask, batch, model = cols["index"], cols["mask"], cols["batch"], cols["model"]
     if site.numel is not None and index.max() >= site.numel:
         bad = int(index[index >= site.numel][0])
         shape = tuple(site.shape or ())
@@ -76,29 +82,40 @@ def _site_plan(site: Site, fs: FaultSet, rows: np.ndarray) -> SitePlan:
     if bits < 64 and ((mask < 0) | (mask >= (1 << bits))).any():
         bad_mask = int(mask[(mask < 0) | (mask >= (1 << bits))][0]) & ((1 << 64) - 1)
         raise FaultError(f"bit {bad_mask.bit_length() - 1} is outside the {bits}-bit {site.encoding.name} encoding of site {site.name!r}")
-    for m in np.unique(model):
-        why = fs.models[m].not_applicable(site.encoding, site.kind)
+    for m in np.unique(model) if len(models) > 1 else (0,):
+        why = models[m].not_applicable(site.encoding, site.kind)
         if why:
-            raise FaultError(f"{type(fs.models[m]).__name__} does not apply to site {site.name!r}: {why}")
-    per = batch >= 0
-    if per.any() and not site.batched:
-        raise FaultError(f"site {site.name!r} is a stored {site.kind}; faults on it cannot name a batch element")
+            raise FaultError(f"{type(models[m]).__name__} does not apply to site {site.name!r}: {why}")
     if index.max() > (1 << ELEMENT_BITS) - 1:
         raise FaultError(f"index {int(index.max())} is too large")
-    start, stop = fs.t_start[rows], fs.t_stop[rows]
-    windows = np.unique(np.stack([start, stop]), axis=1).T
-    if not site.batched and (len(windows) > 1 or tuple(windows[0]) != (0, FOREVER)):
+    per = batch >= 0
+    any_per = bool(per.any())
+    if any_per and not site.batched:
+        raise FaultError(f"site {site.name!r} is a stored {site.kind}; faults on it cannot name a batch element")
+    if "t_start" not in cols:
+        return SitePlan([_window_plan(0, FOREVER, index, mask, model, batch, per if any_per else None, models)])
+    start, stop = cols["t_start"], cols["t_stop"]
+    windows = sorted({(int(a), int(b)) for a in np.unique(start) for b in np.unique(stop[start == a])})
+    if not site.batched and windows != [(0, FOREVER)]:
         raise FaultError(f"site {site.name!r} is a stored {site.kind}: its faults are permanent and cannot name time steps")
     plans = []
     for t0, t1 in windows:
         inside = (start == t0) & (stop == t1)
-        every, one = inside & ~per, inside & per
-        plans.append(WindowPlan(
-            int(t0), int(t1),
-            ElementPlan.build(index[every], mask[every], model[every], fs.models) if every.any() else None,
-            ElementPlan.build((batch[one] << ELEMENT_BITS) | index[one], mask[one], model[one], fs.models) if one.any() else None,
-        ))
+        plans.append(_window_plan(t0, t1, index[inside], mask[inside], model[inside], batch[inside], per[inside], models))
     return SitePlan(plans)
+
+
+def _window_plan(t0: int, t1: int, index: np.ndarray, mask: np.ndarray, model: np.ndarray, batch: np.ndarray,
+                 per: np.ndarray | None, models: tuple[FaultModel, ...]) -> WindowPlan:
+    """The plan of one time window: every-sample faults and per-sample faults (``per``)."""
+    if per is None or not per.any():
+        return WindowPlan(t0, t1, ElementPlan.build(index, mask, model, models) if len(index) else None, None)
+    every = ~per
+    return WindowPlan(
+        t0, t1,
+        ElementPlan.build(index[every], mask[every], model[every], models) if every.any() else None,
+        ElementPlan.build((batch[per] << ELEMENT_BITS) | index[per], mask[per], model[per], models),
+    )
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.utils.hooks import RemovableHandle
 
@@ -32,8 +33,18 @@ def int_view(t: torch.Tensor, encoding: Encoding) -> torch.Tensor:
 
 
 def corrupt_stored(t: torch.Tensor, encoding: Encoding, plan: ElementPlan, shape: tuple[int, ...]) -> Undo:
-    """Apply ``plan`` (keys = flat element indices) to ``t`` in place; return the restore function."""
+    """Apply ``plan`` (keys = flat element indices) to ``t`` in place; return the restore function.
+
+    Only the faulted elements are touched: XOR plans are undone by the same XOR, other plans
+    by writing back the saved codes of the faulted elements.
+    """
     raw = int_view(t, encoding)
+    if plan.xor is not None and raw.device.type == "cpu" and raw.is_contiguous():
+        flat = raw.view(-1).numpy()
+        masks = plan.xor.numpy().astype(flat.dtype)  # wraps to the storage's two's complement
+        np.bitwise_xor.at(flat, plan.keys, masks)
+        return lambda: np.bitwise_xor.at(flat, plan.keys, masks)
+    plan = plan.to(t.device)
     keys = torch.from_numpy(plan.keys).to(t.device)
     index: torch.Tensor | tuple[torch.Tensor, ...]
     if raw.is_contiguous():
@@ -42,7 +53,6 @@ def corrupt_stored(t: torch.Tensor, encoding: Encoding, plan: ElementPlan, shape
     else:
         index = torch.unravel_index(keys, shape)
     old = raw[index]
-    plan = plan.to(t.device)
     if plan.xor is not None:
         raw[index] = old ^ from_unsigned(plan.xor, raw.dtype, encoding.bits)
     else:
@@ -81,31 +91,58 @@ class StepHook:
         for w in windows:
             w.apply(raw, batch, n, encoding, self.site.name)
 
-    def __call__(self, module: torch.nn.Module, args: object, out: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, module: torch.nn.Module, args: tuple[object, ...], out: torch.Tensor) -> torch.Tensor | None:
         try:
             windows = self.active(out.device if isinstance(out, torch.Tensor) else torch.device("cpu"))
-            return self.corrupt(module, out, windows) if windows else None
+            return self.corrupt(module, args, out, windows) if windows else None
         finally:
             self.step += 1
 
-    def corrupt(self, module: torch.nn.Module, out: object, windows: list[_DeviceWindow]) -> object:
+    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[_DeviceWindow]) -> object:
         """Return the corrupted output (or None to keep ``out``)."""
         raise NotImplementedError
 
 
 class OutputHook(StepHook):
-    """Corrupts a module's output tensor (a corrupted copy; the original is left untouched)."""
+    """Corrupts a module's output tensor.
 
-    def corrupt(self, module: torch.nn.Module, out: object, windows: list[_DeviceWindow]) -> torch.Tensor:
+    The output is corrupted in place when nothing else can see it (no gradient recorded
+    through it, no storage shared with the module's inputs); otherwise a corrupted copy is
+    returned. Windows whose XOR faults cover many elements apply as one dense mask.
+    """
+
+    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[_DeviceWindow]) -> torch.Tensor:
         if not isinstance(out, torch.Tensor):
             raise FaultError(f"site {self.site.name!r}: the module returned {type(out).__name__}, not a tensor")
         enc = encoding_of(out)
         if not isinstance(enc, FloatEncoding):
             raise FaultError(f"site {self.site.name!r}: cannot corrupt an output of dtype {out.dtype}")
-        y = out.clone(memory_format=torch.contiguous_format)
-        batch = y.shape[0] if y.dim() else 1
-        self.corrupt_rows(y.view(enc.int_dtype).view(batch, -1), enc, windows)
+        batch = out.shape[0] if out.dim() else 1
+        n = out.numel() // max(batch, 1)
+        y = out if _private(out, args) else None
+        rest = []
+        for w in windows:
+            row = w.dense_row(n, enc, self.site.name)
+            if row is None:
+                rest.append(w)
+            elif y is None:
+                y = (out.contiguous().view(enc.int_dtype).view(batch, n) ^ row).view(enc.dtype).view(out.shape)
+            else:
+                y.view(enc.int_dtype).view(batch, n).bitwise_xor_(row)
+        if y is None:
+            y = out.clone(memory_format=torch.contiguous_format)
+        if rest:
+            self.corrupt_rows(y.view(enc.int_dtype).view(batch, n), enc, rest)
         return y
+
+
+def _private(out: torch.Tensor, args: tuple[object, ...]) -> bool:
+    """Whether ``out`` may be corrupted in place: contiguous, no autograd history to protect,
+    and no storage shared with an input (modules such as Flatten or Dropout return views)."""
+    if not out.is_contiguous() or (out.requires_grad and torch.is_grad_enabled()):
+        return False
+    ptr = out.untyped_storage().data_ptr()
+    return not any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == ptr for a in args)
 
 
 class _DeviceWindow:
@@ -123,6 +160,20 @@ class _DeviceWindow:
             self.b, self.e = k >> ELEMENT_BITS, k & ELEMENT_MASK
             self.top_per = int((self.per.keys & ELEMENT_MASK).max())
             self.top_batch = int(self.per.keys[-1] >> ELEMENT_BITS)
+
+    #: an every-sample XOR plan touching at least this share of a sample's elements applies as a dense mask
+    DENSE_SHARE = 1 / 16
+
+    def dense_row(self, n: int, enc: FloatEncoding, name: str) -> torch.Tensor | None:
+        """The plan as one XOR row over a sample's ``n`` elements, if it is a large XOR-only plan."""
+        if self.per is not None or self.all is None or self.all.xor is None or len(self.all.keys) < n * self.DENSE_SHARE:
+            return None
+        if getattr(self, "_row_n", None) != n:
+            _check_element(self.top_all, n, name)
+            row = torch.zeros(n, dtype=enc.int_dtype, device=self.keys_all.device)
+            row[self.keys_all] = from_unsigned(self.all.xor, enc.int_dtype, enc.bits)
+            self._row, self._row_n = row, n
+        return self._row
 
     def apply(self, raw: torch.Tensor, batch: int, n: int, enc: Encoding, name: str) -> None:
         if self.all:

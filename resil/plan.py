@@ -21,27 +21,30 @@ class ElementPlan:
     """Faults of one site merged per element.
 
     Attributes:
-        keys: sorted distinct element keys (int64, numpy).
-        xor: when every fault is a pure XOR, the merged mask per key (int64 codes); else None.
+        keys: sorted distinct element keys (int64, numpy); for an unmerged XOR plan, the keys
+            of the faults as given (duplicates allowed).
+        xor: when every fault is a pure XOR, the mask per key (int64 codes); else None.
         rounds: otherwise, ordered steps ``(positions into keys, masks, model)``.
+        merged: False for an XOR plan whose duplicate keys are not merged yet; such a plan is
+            applied with an accumulating XOR (``numpy.bitwise_xor.at``) or merged first.
     """
 
     keys: np.ndarray
     xor: torch.Tensor | None
     rounds: list[tuple[torch.Tensor, torch.Tensor, FaultModel]]
+    merged: bool = True
 
     @classmethod
     def build(cls, keys: np.ndarray, masks: np.ndarray, model_codes: np.ndarray, models: tuple[FaultModel, ...]) -> ElementPlan:
-        """Merge faults (in their given order) that hit the same key."""
+        """The plan of faults given in order; XOR-only plans stay unmerged until :meth:`merge`."""
+        used = np.unique(model_codes) if len(models) > 1 else (0,)
+        if all(models[m].is_xor for m in used):
+            return cls(keys, torch.from_numpy(masks), [], merged=False)
         order = np.argsort(keys, kind="stable")
         skeys, smasks = keys[order], masks[order]
-        starts = np.flatnonzero(np.r_[True, skeys[1:] != skeys[:-1]])
-        ukeys = skeys[starts]
-        used = np.unique(model_codes)
-        if all(models[m].is_xor for m in used):
-            merged = np.bitwise_xor.reduceat(smasks, starts) if len(smasks) else smasks
-            return cls(ukeys, torch.from_numpy(merged), [])
-        group = np.cumsum(np.r_[True, skeys[1:] != skeys[:-1]]) - 1
+        first = np.r_[True, skeys[1:] != skeys[:-1]]
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
         rank = np.arange(len(skeys)) - starts[group]
         smodels = model_codes[order]
         rounds = []
@@ -50,12 +53,24 @@ class ElementPlan:
             for m in np.unique(smodels[in_round]):
                 sel = in_round & (smodels == m)
                 rounds.append((torch.from_numpy(group[sel]), torch.from_numpy(smasks[sel]), models[m]))
-        return cls(ukeys, None, rounds)
+        return cls(skeys[starts], None, rounds)
+
+    def merge(self) -> ElementPlan:
+        """The same plan with distinct sorted keys (XOR masks of one key combined)."""
+        if self.merged:
+            return self
+        assert self.xor is not None
+        order = np.argsort(self.keys, kind="stable")
+        skeys, smasks = self.keys[order], self.xor.numpy()[order]
+        starts = np.flatnonzero(np.r_[True, skeys[1:] != skeys[:-1]])
+        return ElementPlan(skeys[starts], torch.from_numpy(np.bitwise_xor.reduceat(smasks, starts)), [])
 
     def to(self, device: torch.device) -> ElementPlan:
-        if self.xor is not None:
-            return ElementPlan(self.keys, self.xor.to(device), [])
-        return ElementPlan(self.keys, None, [(p.to(device), m.to(device), fm) for p, m, fm in self.rounds])
+        """The merged plan with its tensors on ``device``."""
+        plan = self.merge()
+        if plan.xor is not None:
+            return ElementPlan(plan.keys, plan.xor.to(device), [])
+        return ElementPlan(plan.keys, None, [(p.to(device), m.to(device), fm) for p, m, fm in plan.rounds])
 
     def apply(self, codes: torch.Tensor, encoding: Encoding, encodings: list[Encoding] | None = None) -> torch.Tensor:
         """Faulty codes for ``codes[..., k]`` = the codes of ``keys[k]`` (leading dims broadcast).

@@ -135,6 +135,9 @@ class Adapter:
         """Corrupt ``site`` according to ``plan``; return the undo function."""
         raise NotImplementedError
 
+    def reset(self, module: nn.Module) -> None:
+        """Reset the module's state before a new input sequence (stateful modules only)."""
+
 
 class SiteList:
     """The sites of one model, in model order, addressable by name.

@@ -220,3 +220,39 @@ def test_stored_faults_cannot_name_steps(cnn):
     with pytest.raises(resil.FaultError, match="stored weight: its faults are permanent"):
         with resil.inject(cnn, resil.Fault("fc.weight", 0, bit=1, step=3)):
             pass
+
+
+def test_many_activation_flips_with_duplicates_match_numpy():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 40), nn.ReLU(), nn.Linear(40, 3)).eval()
+    x = torch.randn(4, 5)
+    rng = np.random.default_rng(3)
+    index, bits = rng.integers(0, 40, 30), rng.integers(0, 30, 30)  # dense enough for the one-mask path; finite
+    h = net[0](x).detach().numpy().copy()
+    for i, b in zip(index, bits):
+        h.view(np.uint32)[:, i] ^= np.uint32(1 << int(b))
+    expected = net[2](torch.relu(torch.from_numpy(h)))
+    for mode in (torch.no_grad, torch.enable_grad):
+        with mode(), resil.inject(net, resil.FaultSet(site="0:out", index=index, bit=bits)):
+            got = net(x)
+        assert torch.equal(got, expected)
+
+
+def test_output_sharing_storage_with_its_input_is_copied_before_corruption():
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.same = nn.Linear(3, 3), nn.Identity()
+
+        def forward(self, x):
+            h = self.lin(x)
+            return self.same(h) + h
+
+    torch.manual_seed(0)
+    net, x = Residual().eval(), torch.randn(2, 3)
+    h = net.lin(x).detach().numpy().copy()
+    faulty = h.copy()
+    faulty.view(np.uint32)[:, 1] ^= np.uint32(1 << 30)
+    with torch.no_grad(), resil.inject(net, resil.Fault("same:out", 1, bit=30)):
+        got = net(x)
+    assert torch.equal(got, torch.from_numpy(faulty + h))
