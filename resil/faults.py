@@ -138,13 +138,16 @@ class FaultSet:
         t_stop = np.full(n, FOREVER, dtype=np.int64) if step is None else (t_start + 1 if step_stop is None else ints["step_stop"].copy())
         self._cols: dict[str, np.ndarray] = {
             "index": np.ascontiguousarray(idx, dtype=np.int64), "mask": masks, "batch": batches, "t_start": t_start, "t_stop": t_stop}
+        self._flags = {"permanent": True} if step is None else {}
+        if batch is None:
+            self._flags["per_sample"] = False
         self._check()
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def _from_columns(cls, site_names: tuple[str, ...], site: np.ndarray, models: tuple[FaultModel, ...], model: np.ndarray, cols: dict[str, np.ndarray]) -> FaultSet:
         fs = cls.__new__(cls)
-        fs.site_names, fs.site, fs.models, fs.model, fs._cols = site_names, site, models, model, cols
+        fs.site_names, fs.site, fs.models, fs.model, fs._cols, fs._flags = site_names, site, models, model, cols, {}
         fs._check()
         return fs
 
@@ -185,7 +188,7 @@ class FaultSet:
         models = tuple(dict.fromkeys(m for s in sets for m in s.models))
         spos = {n: i for i, n in enumerate(site_names)}
         mpos = {m: i for i, m in enumerate(models)}
-        site = np.concatenate([np.array([spos[n] for n in s.site_names], dtype=np.int32)[s.site] for s in sets])
+        site = np.concatenate([np.array([spos[n] for n in s.site_names], dtype=_code_dtype(len(site_names)))[s.site] for s in sets])
         model = np.concatenate([np.array([mpos[m] for m in s.models], dtype=np.int32)[s.model] for s in sets])
         cols = {c: np.concatenate([s._cols[c] for s in sets]) for c in cls.COLUMNS}
         return cls._from_columns(site_names, site, models, model, cols)
@@ -244,6 +247,20 @@ class FaultSet:
         return self._cols["batch"]
 
     @property
+    def permanent(self) -> bool:
+        """Whether every fault is present at every step."""
+        if "permanent" not in self._flags:
+            self._flags["permanent"] = bool((self.t_start == 0).all() and (self.t_stop == FOREVER).all())
+        return self._flags["permanent"]
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether some fault names a batch element."""
+        if "per_sample" not in self._flags:
+            self._flags["per_sample"] = bool((self.batch >= 0).any())
+        return self._flags["per_sample"]
+
+    @property
     def t_start(self) -> np.ndarray:
         return self._cols["t_start"]
 
@@ -275,6 +292,11 @@ def _step_of(start: int, stop: int) -> Step:
     return start if stop == start + 1 else (start, stop)
 
 
+def _code_dtype(n: int) -> type[np.integer]:
+    """int16 codes while they fit (numpy sorts them with a radix sort), else int32."""
+    return np.int16 if n < (1 << 15) else np.int32
+
+
 def _bits_of(mask: int) -> tuple[int, ...]:
     return tuple(b for b in range(64) if (mask >> b) & 1)
 
@@ -290,14 +312,14 @@ def _int_column(name: str, v: Any) -> np.ndarray:
 
 def _categorical(name: str, v: Any, n: int, kind: type) -> tuple[tuple[Any, ...], np.ndarray]:
     if isinstance(v, kind):
-        return (v,), np.zeros(n, dtype=np.int32)
+        return (v,), np.zeros(n, dtype=np.int16)
     values = list(v) if not isinstance(v, np.ndarray) else v.tolist()
     if len(values) != n:
         raise FaultError(f"{len(values)} {name} values for {n} faults")
     if kind is str:
         arr = np.asarray(values, dtype=str) if values else np.zeros(0, dtype=str)
         names, codes = np.unique(arr, return_inverse=True)
-        return tuple(str(x) for x in names), codes.astype(np.int32).reshape(-1)
+        return tuple(str(x) for x in names), codes.astype(_code_dtype(len(names))).reshape(-1)
     table: dict[Any, int] = {}
     codes = np.empty(n, dtype=np.int32)
     for i, x in enumerate(values):

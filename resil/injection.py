@@ -49,15 +49,23 @@ def compile_faults(fs: FaultSet, site_list: SiteList) -> list[tuple[Site, SitePl
     Raises:
         FaultError: naming the first problem found; nothing has been modified.
     """
-    codes = fs.site.astype(np.int16) if len(fs.site_names) < (1 << 15) else fs.site  # int16: radix sort
-    order = np.argsort(codes, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(fs.site, minlength=len(fs.site_names)))]
-    permanent = bool((fs.t_start == 0).all() and (fs.t_stop == FOREVER).all())
-    cols = {c: v[order] for c, v in (("index", fs.index), ("mask", fs.mask), ("batch", fs.batch), ("model", fs.model))}
-    if not permanent:
-        cols.update(t_start=fs.t_start[order], t_stop=fs.t_stop[order])
+    n_sites = len(fs.site_names)
+    needed = [("index", fs.index), ("mask", fs.mask)]
+    if fs.per_sample:
+        needed.append(("batch", fs.batch))
+    if len(fs.models) > 1:
+        needed.append(("model", fs.model))
+    if not fs.permanent:
+        needed += [("t_start", fs.t_start), ("t_stop", fs.t_stop)]
+    if n_sites == 1:
+        cols, bounds = dict(needed), np.array([0, len(fs)])
+    else:
+        order = np.argsort(fs.site, kind="stable")  # int16 codes: a radix sort
+        cols = {c: v[order] for c, v in needed}
+        bounds = np.r_[0, np.cumsum(np.bincount(fs.site, minlength=n_sites))]
     plans = []
-    for s_code, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for s_code in range(n_sites):
+        a, b = int(bounds[s_code]), int(bounds[s_code + 1])
         if a < b:
             site = site_list[fs.site_names[s_code]]
             plans.append((site, _site_plan(site, fs.models, {c: v[a:b] for c, v in cols.items()})))
@@ -65,8 +73,12 @@ def compile_faults(fs: FaultSet, site_list: SiteList) -> list[tuple[Site, SitePl
 
 
 def _site_plan(site: Site, models: tuple[FaultModel, ...], cols: dict[str, np.ndarray]) -> SitePlan:
-    index, mask, batch, model = cols["index"], cols["mask"], cols["batch"], cols["model"]
-    if site.numel is not None and index.max() >= site.numel:
+    index, mask = cols["index"], cols["mask"]
+    n = len(index)
+    batch = cols.get("batch", np.full(n, -1, dtype=np.int64))
+    model = cols.get("model", np.zeros(n, dtype=np.int32))
+    top = int(index.max())
+    if site.numel is not None and top >= site.numel:
         bad = int(index[index >= site.numel][0])
         shape = tuple(site.shape or ())
         raise FaultError(f"index {bad} is outside site {site.name!r} of shape {shape} ({site.numel} elements)")
@@ -79,17 +91,17 @@ def _site_plan(site: Site, models: tuple[FaultModel, ...], cols: dict[str, np.nd
                 f"(the site stores {len(site.live)} of its {site.numel} elements; sample from site.elements())"
             )
     bits = site.encoding.bits
-    if bits < 64 and ((mask < 0) | (mask >= (1 << bits))).any():
+    if bits < 64 and (mask.min() < 0 or mask.max() >= (1 << bits)):
         bad_mask = int(mask[(mask < 0) | (mask >= (1 << bits))][0]) & ((1 << 64) - 1)
         raise FaultError(f"bit {bad_mask.bit_length() - 1} is outside the {bits}-bit {site.encoding.name} encoding of site {site.name!r}")
     for m in np.unique(model) if len(models) > 1 else (0,):
         why = models[m].not_applicable(site.encoding, site.kind)
         if why:
             raise FaultError(f"{type(models[m]).__name__} does not apply to site {site.name!r}: {why}")
-    if index.max() > (1 << ELEMENT_BITS) - 1:
-        raise FaultError(f"index {int(index.max())} is too large")
+    if top > (1 << ELEMENT_BITS) - 1:
+        raise FaultError(f"index {top} is too large")
     per = batch >= 0
-    any_per = bool(per.any())
+    any_per = "batch" in cols and bool(per.any())
     if any_per and not site.batched:
         raise FaultError(f"site {site.name!r} is a stored {site.kind}; faults on it cannot name a batch element")
     if "t_start" not in cols:

@@ -35,15 +35,18 @@ def int_view(t: torch.Tensor, encoding: Encoding) -> torch.Tensor:
 def corrupt_stored(t: torch.Tensor, encoding: Encoding, plan: ElementPlan, shape: tuple[int, ...]) -> Undo:
     """Apply ``plan`` (keys = flat element indices) to ``t`` in place; return the restore function.
 
-    Only the faulted elements are touched: XOR plans are undone by the same XOR, other plans
-    by writing back the saved codes of the faulted elements.
+    Only the faulted elements are touched, and restored by writing back their saved codes.
     """
     raw = int_view(t, encoding)
     if plan.xor is not None and raw.device.type == "cpu" and raw.is_contiguous():
-        flat = raw.view(-1).numpy()
-        masks = plan.xor.numpy().astype(flat.dtype)  # wraps to the storage's two's complement
-        np.bitwise_xor.at(flat, plan.keys, masks)
-        return lambda: np.bitwise_xor.at(flat, plan.keys, masks)
+        flat, keys = raw.view(-1).numpy(), plan.keys
+        saved = flat[keys]  # duplicates save the same original code, so writing back is exact
+        np.bitwise_xor.at(flat, keys, plan.xor.numpy().astype(flat.dtype))  # wraps to two's complement
+
+        def write_back() -> None:
+            flat[keys] = saved
+
+        return write_back
     plan = plan.to(t.device)
     keys = torch.from_numpy(plan.keys).to(t.device)
     index: torch.Tensor | tuple[torch.Tensor, ...]
@@ -77,6 +80,7 @@ class StepHook:
         self.step = 0
         self._device: torch.device | None = None
         self._windows: list[_DeviceWindow] = []
+        self.active(_device_of(site.module))  # prepare the plans now, not in the first forward
 
     def active(self, device: torch.device) -> list[_DeviceWindow]:
         """The windows that apply at the current step, with their plans on ``device``."""
@@ -183,7 +187,16 @@ class _DeviceWindow:
             _check_element(self.top_per, n, name)
             if self.top_batch >= batch:
                 raise FaultError(f"site {name!r}: batch element {self.top_batch} is outside the batch of {batch}")
-            _apply_at(raw.view(-1), self.b * n + self.e, self.per, enc)
+            if getattr(self, "_pos_n", None) != n:
+                self._pos, self._pos_n = self.b * n + self.e, n
+            _apply_at(raw.view(-1), self._pos, self.per, enc)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU if it has none)."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _check_element(top: int, n: int, name: str) -> None:
@@ -191,7 +204,17 @@ def _check_element(top: int, n: int, name: str) -> None:
         raise FaultError(f"site {name!r}: element {top} is outside the computed tensor ({n} elements per sample)")
 
 
-def _apply_at(raw: torch.Tensor, index: object, plan: ElementPlan, enc: Encoding) -> None:
+def _apply_at(raw: torch.Tensor, index: tuple[object, ...] | torch.Tensor, plan: ElementPlan, enc: Encoding) -> None:
+    """Corrupt ``raw[index]`` in place (``index`` selects the plan's keys, which are distinct)."""
+    if raw.device.type == "cpu" and not raw.requires_grad:  # numpy indexing is much faster on the CPU
+        arr = raw.numpy()
+        np_index = tuple(i.numpy() if isinstance(i, torch.Tensor) else i for i in index) if isinstance(index, tuple) else index.numpy()
+        if plan.xor is not None:
+            arr[np_index] ^= plan.xor.numpy().astype(arr.dtype)
+        else:
+            old = torch.from_numpy(arr[np_index])
+            arr[np_index] = from_unsigned(plan.apply(to_unsigned(old, enc.bits), enc), raw.dtype, enc.bits).numpy()
+        return
     old = raw[index]
     if plan.xor is not None:
         raw[index] = old ^ from_unsigned(plan.xor, raw.dtype, enc.bits)
