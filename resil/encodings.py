@@ -13,7 +13,7 @@ Example:
     >>> hex(int(FLOAT32.encode(torch.tensor([1.0]))[0]))
     '0x3f800000'
     >>> IntEncoding(4, signed=True).decode(torch.tensor([0b1111]))
-    tensor([-1.])
+    tensor([-1.], dtype=torch.float64)
 """
 
 from __future__ import annotations
@@ -138,12 +138,15 @@ class IntEncoding(Encoding):
         return q.to(torch.int64) & ((1 << self.bits) - 1)
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
-        q = torch.round(values.to(torch.float64) / _as_tensor(self.scale, values)) + _as_tensor(self.zero_point, values)
+        """Values -> codes of the nearest integer in ``[qmin, qmax]`` (computed in float64)."""
+        v = values.to(torch.float64)
+        q = torch.round(v / _f64(self.scale, v)) + _f64(self.zero_point, v)
         return self.from_int(q.clamp(self.qmin, self.qmax).to(torch.int64))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        q = self.to_int(codes).to(torch.float64 if self.bits > 24 else torch.float32)
-        return (q - _as_tensor(self.zero_point, q)) * _as_tensor(self.scale, q)
+        """Codes -> ``(q - zero_point) * scale`` as float64 (exact for every code)."""
+        q = self.to_int(codes).to(torch.float64)
+        return (q - _f64(self.zero_point, q)) * _f64(self.scale, q)
 
     def at(self, flat_index: torch.Tensor, shape: tuple[int, ...]) -> "IntEncoding":
         if not isinstance(self.scale, torch.Tensor) and not isinstance(self.zero_point, torch.Tensor):
@@ -157,8 +160,8 @@ class IntEncoding(Encoding):
         return IntEncoding(self.bits, self.signed, pick(self.scale), pick(self.zero_point), self.name)
 
 
-def _as_tensor(v: float | int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(v, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32, device=like.device)
+def _f64(v: float | int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(v, dtype=torch.float64, device=like.device)
 
 
 def encoding_of(t: torch.Tensor) -> Encoding | None:

@@ -187,12 +187,12 @@ class RandomValue(FaultModel):
     uses_bits: ClassVar[bool] = False
 
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)  # uses every bit of the seed (torch's CPU generator keeps 32)
         if encoding.bits >= 64:
-            drawn = torch.randint(-(1 << 63), (1 << 63) - 1, codes.shape, generator=g, dtype=torch.int64)
+            drawn = rng.integers(-(1 << 63), (1 << 63) - 1, size=tuple(codes.shape), dtype=np.int64, endpoint=True)
         else:
-            drawn = torch.randint(0, 1 << encoding.bits, codes.shape, generator=g, dtype=torch.int64)
-        return drawn.to(codes.device)
+            drawn = rng.integers(0, 1 << encoding.bits, size=tuple(codes.shape), dtype=np.int64)
+        return torch.from_numpy(drawn).to(codes.device)
 
 
 @dataclass(frozen=True)
