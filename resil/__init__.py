@@ -12,7 +12,7 @@ Example:
 """
 
 from .discovery import reset, sites
-from .encodings import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, Encoding, FloatEncoding, IntEncoding
+from .encodings import BFLOAT16, FLOAT16, FLOAT32, FLOAT64, Encoding, FloatEncoding, IntEncoding, SpikeEncoding
 from .errors import FaultError
 from .fault_models import (
     BitFlip,
@@ -36,6 +36,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BFLOAT16", "FLOAT16", "FLOAT32", "FLOAT64", "Adapter", "BitFlip", "Burst", "Encoding", "Fault",
     "FaultError", "FaultModel", "FaultSet", "FloatEncoding", "Injection", "IntEncoding", "RandomValue",
-    "Site", "SiteList", "StuckAt", "ValueFunction", "Zero", "fault_model_from_spec", "fault_model_names",
+    "Site", "SiteList", "SpikeEncoding", "StuckAt", "ValueFunction", "Zero", "fault_model_from_spec", "fault_model_names",
     "inject", "register_fault_model", "reset", "reset_steps", "sites",
 ]

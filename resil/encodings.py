@@ -160,6 +160,26 @@ class IntEncoding(Encoding):
         return IntEncoding(self.bits, self.signed, pick(self.scale), pick(self.zero_point), self.name)
 
 
+@dataclass(frozen=True)
+class SpikeEncoding(Encoding):
+    """A binary spike: code 1 = a spike of value ``amplitude`` (snnTorch's graded_spikes_factor), 0 = none.
+
+    Example:
+        >>> SpikeEncoding().decode(torch.tensor([0, 1]))
+        tensor([0., 1.])
+    """
+
+    amplitude: float | torch.Tensor = 1.0
+    bits: int = 1
+    name: str = "spike"
+
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        return (values != 0).to(torch.int64)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes & 1).to(torch.float32) * torch.as_tensor(self.amplitude, dtype=torch.float32, device=codes.device)
+
+
 def _f64(v: float | int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(v, dtype=torch.float64, device=like.device)
 

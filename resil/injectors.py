@@ -79,17 +79,17 @@ class StepHook:
         self.site, self.plan = site, plan
         self.step = 0
         self._device: torch.device | None = None
-        self._windows: list[_DeviceWindow] = []
+        self._windows: list[DeviceWindow] = []
         self.active(_device_of(site.module))  # prepare the plans now, not in the first forward
 
-    def active(self, device: torch.device) -> list[_DeviceWindow]:
+    def active(self, device: torch.device) -> list[DeviceWindow]:
         """The windows that apply at the current step, with their plans on ``device``."""
         if self._device != device:
-            self._windows = [_DeviceWindow(w, device) for w in self.plan.windows]
+            self._windows = [DeviceWindow(w, device) for w in self.plan.windows]
             self._device = device
         return [w for w in self._windows if w.start <= self.step < w.stop]
 
-    def corrupt_rows(self, raw: torch.Tensor, encoding: Encoding, windows: list[_DeviceWindow]) -> None:
+    def corrupt_rows(self, raw: torch.Tensor, encoding: Encoding, windows: list[DeviceWindow]) -> None:
         """Corrupt ``raw`` in place: signed storage integers shaped ``(batch, elements)``."""
         batch, n = raw.shape
         for w in windows:
@@ -102,7 +102,7 @@ class StepHook:
         finally:
             self.step += 1
 
-    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[_DeviceWindow]) -> object:
+    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[DeviceWindow]) -> object:
         """Return the corrupted output (or None to keep ``out``)."""
         raise NotImplementedError
 
@@ -115,7 +115,7 @@ class OutputHook(StepHook):
     returned. Windows whose XOR faults cover many elements apply as one dense mask.
     """
 
-    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[_DeviceWindow]) -> torch.Tensor:
+    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[DeviceWindow]) -> torch.Tensor:
         if not isinstance(out, torch.Tensor):
             raise FaultError(f"site {self.site.name!r}: the module returned {type(out).__name__}, not a tensor")
         enc = encoding_of(out)
@@ -149,7 +149,7 @@ def _private(out: torch.Tensor, args: tuple[object, ...]) -> bool:
     return not any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == ptr for a in args)
 
 
-class _DeviceWindow:
+class DeviceWindow:
     """One window of a site plan with its element plans and index tensors on one device."""
 
     def __init__(self, w: WindowPlan, device: torch.device) -> None:
