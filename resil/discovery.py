@@ -50,7 +50,7 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
     found: list[Site] = []
     claimed: list[str] = []
     for prefix, module in model.named_modules():
-        if any(prefix == c or prefix.startswith(c + ".") for c in claimed):
+        if any(c == "" or prefix == c or prefix.startswith(c + ".") for c in claimed):  # "" = the model itself
             continue
         adapter = adapter_for(module)
         found.extend(_with_output_shape(s) for s in adapter.sites(prefix, module, options))

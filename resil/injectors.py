@@ -97,7 +97,7 @@ class StepHook:
 
     def __call__(self, module: torch.nn.Module, args: tuple[object, ...], out: torch.Tensor) -> torch.Tensor | None:
         try:
-            windows = self.active(out.device if isinstance(out, torch.Tensor) else torch.device("cpu"))
+            windows = self.active(_device_of_output(out, self._device))
             return self.corrupt(module, args, out, windows) if windows else None
         finally:
             self.step += 1
@@ -190,6 +190,13 @@ class DeviceWindow:
             if getattr(self, "_pos_n", None) != n:
                 self._pos, self._pos_n = self.b * n + self.e, n
             _apply_at(raw.view(-1), self._pos, self.per, enc)
+
+
+def _device_of_output(out: object, default: torch.device | None) -> torch.device:
+    """The device of a module output: a tensor, a tuple starting with one, or anything with ``.device``."""
+    first = out[0] if isinstance(out, (tuple, list)) and out else out
+    device = getattr(first, "device", None)
+    return device if isinstance(device, torch.device) else default or torch.device("cpu")
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
