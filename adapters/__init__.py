@@ -20,7 +20,10 @@ from importlib.metadata import entry_points
 
 from torch import nn
 
-from resil.site import Adapter
+from collections.abc import Iterable
+
+from resil.errors import FaultError
+from resil.site import Adapter, Site, SiteOptions
 
 from .dense import DenseAdapter
 
@@ -32,11 +35,30 @@ _BUILTIN = {"snntorch": "resil.adapters.snn", "brevitas": "resil.adapters.quanti
 _builtin_loaded: set[str] = set()
 
 
-def register_adapter(module_type: type[nn.Module], adapter: Adapter) -> None:
-    """Use ``adapter`` for modules of ``module_type`` and its subclasses (unless a subclass has its own)."""
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(f"register_adapter needs a torch.nn.Module subclass, got {module_type!r}")
+def register_adapter(module_type: type, adapter: Adapter) -> None:
+    """Use ``adapter`` for modules whose type has ``module_type`` in its MRO (a module class or a
+    mixin), unless a more specific class in the MRO has its own adapter."""
+    if not isinstance(module_type, type) or not isinstance(adapter, Adapter):
+        raise TypeError(f"register_adapter needs a class and a resil.Adapter, got {module_type!r} and {adapter!r}")
     _REGISTRY[module_type] = adapter
+
+
+class UnsupportedAdapter(Adapter):
+    """Stands for a family of modules no adapter describes yet: listing their sites fails clearly
+    instead of describing them wrongly as dense modules."""
+
+    name = "unsupported"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
+        cls = type(module)
+        raise FaultError(
+            f"no adapter describes module {prefix or '(the model)'!r} of type {cls.__module__}.{cls.__qualname__}: {self.reason}. "
+            f"Add one: subclass resil.Adapter and call resil.adapters.register_adapter({cls.__qualname__}, adapter), "
+            "or expose a registering function in the 'resil.adapters' entry-point group"
+        )
 
 
 def adapter_for(module: nn.Module) -> Adapter:
@@ -63,4 +85,4 @@ def _load_entry_points() -> None:
 
 register_adapter(nn.Module, DenseAdapter())
 
-__all__ = ["Adapter", "DenseAdapter", "adapter_for", "register_adapter"]
+__all__ = ["Adapter", "DenseAdapter", "UnsupportedAdapter", "adapter_for", "register_adapter"]

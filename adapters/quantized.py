@@ -56,7 +56,9 @@ from brevitas.nn import (
     QuantLinear,
     QuantScaleBias,
 )
+from brevitas.nn.mixin.base import QuantLayerMixin
 from brevitas.nn.quant_layer import QuantNonLinearActLayer
+from brevitas.nn.quant_rnn import QuantRecurrentStackBase
 from brevitas.quant_tensor import IntQuantTensor
 from torch import nn
 
@@ -66,7 +68,7 @@ from resil.injectors import DeviceWindow, StepHook, register_step_hook
 from resil.plan import ElementPlan
 from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
 
-from . import register_adapter
+from . import UnsupportedAdapter, register_adapter
 from .dense import DenseAdapter
 
 #: the Brevitas layer types this adapter describes (and their subclasses)
@@ -78,7 +80,11 @@ LAYER_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def register() -> None:
-    """Register :class:`QuantizedAdapter` for the Brevitas layer types."""
+    """Register :class:`QuantizedAdapter` for the Brevitas layer types; other Brevitas layers
+    (recurrent layers, pooling with truncation ...) get a clear error rather than a wrong site list."""
+    unsupported = UnsupportedAdapter("resil's quantized adapter does not describe this Brevitas layer yet")
+    register_adapter(QuantLayerMixin, unsupported)
+    register_adapter(QuantRecurrentStackBase, unsupported)
     adapter = QuantizedAdapter()
     for layer_type in LAYER_TYPES:
         register_adapter(layer_type, adapter)

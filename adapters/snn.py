@@ -43,7 +43,7 @@ from resil.errors import FaultError
 from resil.injectors import StepHook, DeviceWindow, corrupt_stored, register_step_hook
 from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
 
-from . import register_adapter
+from . import UnsupportedAdapter, register_adapter
 from .dense import parameter_kind
 
 STATES = ("syn", "syn_exc", "syn_inh", "mem")
@@ -127,6 +127,18 @@ class SpikeHook(StepHook):
         return None
 
 
+#: neurons that advance one time step per forward call (and their subclasses)
+STEP_NEURONS = ("Leaky", "Synaptic", "Alpha", "Lapicque", "RLeaky", "RSynaptic", "SLSTM", "SConv2dLSTM")
+
+
 def register() -> None:
-    """Register the spiking adapter for ``snntorch.SpikingNeuron`` (done automatically)."""
-    register_adapter(snntorch.SpikingNeuron, SpikingAdapter())
+    """Register the spiking adapter for the step-wise snnTorch neurons (done automatically).
+
+    Other ``SpikingNeuron`` subclasses (the sequence neurons of snnTorch 1.0 such as
+    ``StateLeaky``) process a whole sequence per call, which the step semantics above do not
+    describe: listing their sites raises a clear error.
+    """
+    register_adapter(snntorch.SpikingNeuron, UnsupportedAdapter("it processes whole sequences per call; resil's spiking adapter covers step-wise neurons"))
+    adapter = SpikingAdapter()
+    for name in STEP_NEURONS:
+        register_adapter(getattr(snntorch, name), adapter)
