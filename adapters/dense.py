@@ -45,6 +45,13 @@ class DenseAdapter(Adapter):
             enc = FLOAT_ENCODINGS[torch.get_default_dtype()]
             yield Site(prefix + ":out", "activation", None, enc, self, module, "out", batched=True)
 
+    def codes(self, site: Site) -> torch.Tensor:
+        pruned = pruned_tensors(site.module)
+        if site.attr in pruned:
+            orig, mask = pruned[site.attr]
+            return site.encoding.encode(torch.where(mask != 0, orig.detach(), torch.zeros_like(orig)))
+        return site.encoding.encode(getattr(site.module, site.attr).detach())
+
     def install(self, site: Site, plan: SitePlan) -> Undo:
         if site.batched:
             return hook_output(site, plan)

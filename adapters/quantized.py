@@ -116,6 +116,13 @@ class QuantizedAdapter(Adapter):
         else:
             yield Site(prefix + ":out", "activation", None, _probe_encoding(getattr(module, attr)), self, module, attr, batched=True)
 
+    def codes(self, site: Site) -> torch.Tensor:
+        with torch.no_grad():
+            qt = site.module.quant_weight() if site.attr == "weight" else site.module.quant_bias()
+        enc = site.encoding
+        assert isinstance(enc, IntEncoding)
+        return enc.from_int(torch.round(qt.value / qt.scale + qt.zero_point).to(torch.int64))
+
     def install(self, site: Site, plan: SitePlan) -> Undo:
         if site.batched:
             proxy = getattr(site.module, site.attr)

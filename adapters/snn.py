@@ -82,6 +82,10 @@ class SpikingAdapter(Adapter):
             return corrupt_stored(stored, site.encoding, plan.stored(), site.shape)
         return _per_neuron(site, stored, plan)
 
+    def codes(self, site: Site) -> torch.Tensor:
+        assert site.shape is not None
+        return site.encoding.encode(getattr(site.module, site.attr).detach().expand(site.shape))
+
     def reset(self, module: nn.Module) -> None:
         module.reset_mem()
 

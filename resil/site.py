@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from .encodings import Encoding
@@ -75,6 +76,19 @@ class Site:
         """Apply ``plan`` to the model; return the function that undoes it."""
         return self.adapter.install(self, plan)
 
+    def codes(self) -> torch.Tensor:
+        """The stored codes of a stored site, flat (int64, one per element of :attr:`shape`).
+
+        Example:
+            >>> import torch, resil
+            >>> lin = torch.nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(1.0)
+            >>> hex(int(resil.sites(lin)["weight"].codes()[0]))
+            '0x3f800000'
+        """
+        if self.batched:
+            raise ValueError(f"site {self.name!r} is computed during the forward pass; it has no stored codes")
+        return self.adapter.codes(self).reshape(-1)
+
 
 @dataclass
 class WindowPlan:
@@ -133,6 +147,10 @@ class Adapter:
 
     def install(self, site: Site, plan: SitePlan) -> Undo:
         """Corrupt ``site`` according to ``plan``; return the undo function."""
+        raise NotImplementedError
+
+    def codes(self, site: Site) -> torch.Tensor:
+        """The codes a stored site holds now (any shape with one code per element)."""
         raise NotImplementedError
 
     def reset(self, module: nn.Module) -> None:

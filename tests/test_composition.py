@@ -89,3 +89,15 @@ def test_adapters_from_entry_points_are_loaded(monkeypatch):
 def test_module_families_without_an_adapter_fail_clearly(module, name):
     with pytest.raises(resil.FaultError, match=rf"no adapter describes module '1' of type .*{name}.*register_adapter\({name}, adapter\)"):
         resil.sites(nn.Sequential(nn.Linear(4, 4), module()))
+
+
+def test_stored_codes_of_every_family_match_the_storage():
+    net, x = Mixed().eval(), torch.rand(2, 1, 8, 8)
+    s = resil.sites(net, x)
+    fc = (net.fc.weight_orig * net.fc.weight_mask).detach().numpy().reshape(-1)
+    assert s["fc.weight"].codes().tolist() == fc.view(np.uint32).tolist()
+    q = net.qconv.quant_weight().int().reshape(-1).tolist()
+    assert s["qconv.weight"].codes().tolist() == [v & 0xF for v in q]  # 4-bit two's complement
+    assert s["lif.threshold"].codes().tolist() == [0x3F800000] * 16
+    with pytest.raises(ValueError, match="no stored codes"):
+        s["lif.mem"].codes()
