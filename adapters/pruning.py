@@ -3,7 +3,8 @@
 
 Two policies (:class:`resil.site.SiteOptions`): ``live`` (default) makes only the unpruned
 elements fault sites, as in sparse storage; ``dense`` treats the pruned zeros as stored cells,
-so a fault on them takes effect (the element is unmasked while the fault is in place).
+so a fault on them takes effect (the element is unmasked while the fault is in place). A pruned
+cell stores +0.0 (code 0), whatever the sign of the weight it replaced.
 
 Networks pruned with torch-pruning have their channels physically removed: they are dense,
 smaller networks and need nothing from this module.

@@ -1,13 +1,22 @@
-"""Reference network definitions (as ``nn.Sequential`` with named stages)."""
+"""Reference network definitions (as ``nn.Sequential`` with named stages).
+
+Every network takes a batch of digits images ``[B, 1, 8, 8]`` and returns class scores
+``[B, 10]``, so the same evaluation code works for all of them. snnTorch and Brevitas are
+imported only when a spiking or quantized network is built, to keep ``import resil.models`` light.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
+from torch.nn.utils import prune
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
-def digits_cnn(width: int = 16) -> nn.Sequential:
+def digits_cnn(width: int = 16, hidden: int = 64) -> nn.Sequential:
     """The dense reference CNN for 1x8x8 digits: two 3x3 convs, a pool, two linear layers (~38k weights)."""
     return nn.Sequential(
         OrderedDict(
@@ -17,8 +26,106 @@ def digits_cnn(width: int = 16) -> nn.Sequential:
             relu2=nn.ReLU(),
             pool=nn.MaxPool2d(2),
             flatten=nn.Flatten(),
-            fc1=nn.Linear(2 * width * 16, 64),
+            fc1=nn.Linear(2 * width * 16, hidden),
             relu3=nn.ReLU(),
-            fc2=nn.Linear(64, 10),
+            fc2=nn.Linear(hidden, 10),
+        )
+    )
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, "weight")`` for every conv and linear layer: the tensors unstructured pruning acts on."""
+    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
+
+
+def masked_cnn() -> nn.Sequential:
+    """The dense CNN with the ``torch.nn.utils.prune`` reparametrization (``weight_orig`` and an
+    all-ones ``weight_mask``) on every conv and linear weight: a pruned checkpoint loads into it."""
+    model = digits_cnn()
+    for module, name in prunable_weights(model):
+        prune.identity(module, name)
+    return model
+
+
+class SpikingCNN(nn.Sequential):
+    """An ``nn.Sequential`` of layers and ``init_hidden=True`` snnTorch neurons run for ``steps``
+    time steps on the same (static) input, which acts as a constant input current (direct coding).
+
+    The last stage must be a neuron with ``output=True``; the class scores are its membrane
+    potential averaged over the steps. Every forward starts by resetting the state of every
+    neuron in the module (deep copies included), so outputs never depend on a previous call,
+    and ends by detaching the stored states, so the model can be deep-copied after a
+    grad-enabled forward.
+    """
+
+    def __init__(self, stages: OrderedDict[str, nn.Module], steps: int) -> None:
+        super().__init__(stages)
+        self.steps = steps
+
+    def neurons(self) -> list[nn.Module]:
+        """Every snnTorch neuron in the model."""
+        import snntorch
+
+        return [m for m in self.modules() if isinstance(m, snntorch.SpikingNeuron)]
+
+    def reset_states(self) -> None:
+        """Zero the state of every neuron (``reset_mem``; snnTorch's ``utils.reset`` misses copies)."""
+        for m in self.neurons():
+            m.reset_mem()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        self.reset_states()
+        total = torch.zeros(())
+        for _ in range(self.steps):
+            _spk, mem = super().forward(x)
+            total = total + mem
+        for m in self.neurons():
+            m.mem = m.mem.detach()
+        return total / self.steps
+
+
+def digits_snn(width: int = 16, hidden: int = 64, steps: int = 8, beta: float = 0.9) -> SpikingCNN:
+    """A spiking CNN for digits: Conv(1->width)+Leaky, 2x2 max pool, FC(->hidden)+Leaky,
+    FC(->10)+Leaky read out by its mean membrane potential over ``steps`` steps."""
+    import snntorch as snn
+
+    def lif(output: bool = False) -> nn.Module:
+        return snn.Leaky(beta=beta, init_hidden=True, output=output)
+
+    return SpikingCNN(
+        OrderedDict(
+            conv1=nn.Conv2d(1, width, 3, padding=1),
+            lif1=lif(),
+            pool=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(width * 16, hidden),
+            lif2=lif(),
+            fc2=nn.Linear(hidden, 10),
+            lif3=lif(output=True),
+        ),
+        steps,
+    )
+
+
+def digits_qcnn(bit_width: int, per_channel: bool = False, width: int = 16, hidden: int = 64) -> nn.Sequential:
+    """The dense CNN's shape in Brevitas layers for quantization-aware training: an unsigned input
+    quantizer, conv/linear weights of ``bit_width`` bits (narrow range, per-tensor or per-output-
+    channel float scale), ``bit_width``-bit unsigned QuantReLU activations; biases and logits float."""
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, Uint8ActPerTensorFloat
+
+    weights = {"weight_quant": Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat, "weight_bit_width": bit_width}
+    return nn.Sequential(
+        OrderedDict(
+            quant_in=qnn.QuantIdentity(act_quant=Uint8ActPerTensorFloat, bit_width=bit_width),
+            conv1=qnn.QuantConv2d(1, width, 3, padding=1, **weights),
+            relu1=qnn.QuantReLU(bit_width=bit_width),
+            conv2=qnn.QuantConv2d(width, 2 * width, 3, padding=1, **weights),
+            relu2=qnn.QuantReLU(bit_width=bit_width),
+            pool=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=qnn.QuantLinear(2 * width * 16, hidden, bias=True, **weights),
+            relu3=qnn.QuantReLU(bit_width=bit_width),
+            fc2=qnn.QuantLinear(hidden, 10, bias=True, **weights),
         )
     )
