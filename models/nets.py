@@ -52,11 +52,19 @@ class SpikingCNN(nn.Sequential):
     time steps on the same (static) input, which acts as a constant input current (direct coding).
 
     The last stage must be a neuron with ``output=True``; the class scores are its membrane
-    potential averaged over the steps. Every forward starts by resetting the state of every
-    neuron in the module (deep copies included), so outputs never depend on a previous call,
+    potential averaged over the steps. Every forward starts with :func:`resil.reset` (the state of
+    every neuron, deep copies included, and the time step of fault hooks: a fault at step t hits
+    step t of every forward), so outputs never depend on a previous call,
     and ends by detaching the stored states, so the model can be deep-copied after a
-    grad-enabled forward.
+    grad-enabled forward (snnTorch otherwise keeps non-leaf states that ``deepcopy`` rejects).
+
+    Why ``init_hidden=True``: the network stays a plain ``nn.Sequential`` with the dense CNN's
+    stage names (``conv1``, ``lif1``, ``fc1`` ...), one time step is one call of it, and each
+    neuron's state lives on the neuron module (``lif1.mem``), where forward hooks and resil's
+    spiking adapter find it; fault hooks behave the same as with explicit state.
     """
+
+    STATES = ("mem", "syn", "syn_exc", "syn_inh", "spk")
 
     def __init__(self, stages: OrderedDict[str, nn.Module], steps: int) -> None:
         super().__init__(stages)
@@ -68,19 +76,19 @@ class SpikingCNN(nn.Sequential):
 
         return [m for m in self.modules() if isinstance(m, snntorch.SpikingNeuron)]
 
-    def reset_states(self) -> None:
-        """Zero the state of every neuron (``reset_mem``; snnTorch's ``utils.reset`` misses copies)."""
-        for m in self.neurons():
-            m.reset_mem()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        self.reset_states()
-        total = torch.zeros(())
+        from resil.discovery import reset
+
+        reset(self)  # neuron states, and the step count of fault hooks: a forward is one sequence
+        total: torch.Tensor | float = 0.0
         for _ in range(self.steps):
             _spk, mem = super().forward(x)
             total = total + mem
         for m in self.neurons():
-            m.mem = m.mem.detach()
+            for name in self.STATES:
+                state = getattr(m, name, None)
+                if isinstance(state, torch.Tensor):
+                    setattr(m, name, state.detach())
         return total / self.steps
 
 
@@ -129,3 +137,22 @@ def digits_qcnn(bit_width: int, per_channel: bool = False, width: int = 16, hidd
             fc2=qnn.QuantLinear(hidden, 10, bias=True, **weights),
         )
     )
+
+
+def channel_pruned_state(model: nn.Module) -> dict[str, dict[str, object]]:
+    """``tp.state_dict(model)`` (torch-pruning's format: per-module tensors plus the layer
+    attributes such as ``out_channels``) restricted to parameters, buffers and plain
+    attributes, so it loads with ``torch.load(..., weights_only=True)``."""
+    import torch_pruning as tp
+
+    state = tp.state_dict(model)
+    tensors = {name: {k: entry[k] for k in ("_parameters", "_buffers")} for name, entry in state["full_state_dict"].items()}
+    return {"full_state_dict": tensors, "attributions": state["attributions"]}
+
+
+def load_channel_pruned(model: nn.Module, state: dict[str, dict[str, object]]) -> nn.Module:
+    """Resize the freshly built (unpruned) ``model`` to the pruned shapes of ``state`` and load
+    its weights, with ``tp.load_state_dict``."""
+    import torch_pruning as tp
+
+    return tp.load_state_dict(model, state_dict=state)

@@ -186,6 +186,10 @@ class RandomValue(FaultModel):
     seed: int = 0
     uses_bits: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise FaultError(f"RandomValue needs a non-negative integer seed, not {self.seed!r}")
+
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         rng = np.random.default_rng(self.seed)  # uses every bit of the seed (torch's CPU generator keeps 32)
         if encoding.bits >= 64:

