@@ -62,7 +62,7 @@ def compile_faults(fs: FaultSet, site_list: SiteList) -> list[tuple[Site, SitePl
     else:
         order = np.argsort(fs.site, kind="stable")  # int16 codes: a radix sort
         cols = {c: v[order] for c, v in needed}
-        bounds = np.r_[0, np.cumsum(np.bincount(fs.site, minlength=n_sites))]
+        bounds = np.searchsorted(fs.site[order], np.arange(n_sites + 1))
     plans = []
     for s_code in range(n_sites):
         a, b = int(bounds[s_code]), int(bounds[s_code + 1])
