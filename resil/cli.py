@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,28 +15,18 @@ from .errors import FaultError
 from .fault_models import StuckAt
 from .faults import Fault, FaultSet
 from .injection import inject
+from .loading import load_model
 
 
-def load_model(spec: str) -> tuple[nn.Module, torch.Tensor | None]:
-    """A bundled reference model name, or ``package.module:factory``; plus example inputs if known."""
+def model_and_example(spec: str) -> tuple[nn.Module, torch.Tensor | None]:
+    """The model, and two example inputs when it is a bundled reference model."""
     import resil.models as rm
 
-    if spec in rm.names():
-        return rm.load(spec), rm.dataset(spec).x_test[:2]
-    if ":" not in spec:
-        raise FaultError(f"unknown model {spec!r}: give a bundled name ({', '.join(rm.names())}) or package.module:factory")
-    module_name, _, factory = spec.partition(":")
-    try:
-        model = getattr(importlib.import_module(module_name), factory)()
-    except (ImportError, AttributeError) as e:
-        raise FaultError(f"cannot load model {spec!r}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise FaultError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model.eval(), None
+    return load_model(spec), (rm.dataset(spec).x_test[:2] if spec in rm.names() else None)
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
-    model, example = load_model(args.model)
+    model, example = model_and_example(args.model)
     if args.input_shape:
         example = torch.zeros(2, *(int(d) for d in args.input_shape.split(",")))
     print(sites(model, example).table())

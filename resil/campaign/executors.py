@@ -1,0 +1,57 @@
+"""Executors behind one seam, ``concurrent.futures.Executor``: in this process, local processes,
+or a Dask cluster (the ``dask`` extra) for users who outgrow one machine."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any
+
+from ..errors import FaultError
+
+
+class SerialExecutor(Executor):
+    """Runs each task at submission, in this process (the reference executor)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # delivered through the future, as other executors do
+            future.set_exception(e)
+        return future
+
+
+def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None) -> Executor:
+    """``serial``, ``process`` (``workers`` local processes) or ``dask`` (a local cluster of
+    ``workers`` processes, or the scheduler at ``address``)."""
+    if kind == "serial":
+        return SerialExecutor()
+    if kind == "process":
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    if kind == "dask":
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise FaultError("the dask executor needs the dask extra: pip install 'resil[dask]'") from None
+        client = Client(address) if address else Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+        return _DaskExecutor(client)
+    raise FaultError(f"unknown executor {kind!r}: serial, process or dask")
+
+
+class _DaskExecutor(Executor):
+    """A Dask client as a ``concurrent.futures.Executor`` that closes the client on shutdown."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.inner = client, client.get_executor(pure=False)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self.inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.inner.shutdown(wait=wait)
+        cluster = getattr(self.client, "cluster", None)
+        self.client.close()
+        if cluster is not None:
+            cluster.close()

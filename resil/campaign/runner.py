@@ -1,0 +1,167 @@
+"""Running a campaign: the golden run, then every scenario of every shard (inject, forward, classify)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..discovery import sites as list_sites
+from ..fault_models import fault_model_from_spec
+from ..injection import inject
+from ..loading import load_inputs, load_model
+from .outcomes import OUTCOMES, Golden, classify
+from .samplers import BitErrorRateSampler, ExhaustiveSampler, Sampler, Scenarios, UniformSampler
+from .space import FaultSpace, layer_of
+from .spec import CampaignSpec, spec_from_dict
+from .store import Store
+
+SAMPLERS: dict[str, type[Sampler]] = {"exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler}
+
+
+class CampaignRunner:
+    """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, golden run."""
+
+    def __init__(self, spec: CampaignSpec) -> None:
+        (model_name,) = spec.model.names
+        self.spec = spec
+        self.model = load_model(model_name)
+        self.inputs, self.labels = load_inputs(model_name, spec.data.dataset, spec.data.inputs)
+        self.sites = list_sites(self.model, self.inputs[:2], pruned=spec.sites.pruned)
+        self.fault_model = fault_model_from_spec(spec.faults.model)
+        self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits)
+        self.sampler = SAMPLERS[spec.sampler.kind](spec.sampler, self.space, self.fault_model, spec.seed)
+        self.golden = Golden(self.forward(), self.labels)
+
+    @property
+    def scenarios(self) -> int:
+        return self.sampler.count()
+
+    @property
+    def shards(self) -> int:
+        return -(-self.scenarios // self.spec.run.shard_size)
+
+    def forward(self) -> torch.Tensor:
+        """The model's output on the campaign inputs (in batches, without gradients)."""
+        b = self.spec.run.batch_size
+        with torch.no_grad():
+            return torch.cat([self.model(self.inputs[i : i + b]) for i in range(0, len(self.inputs), b)])
+
+    def manifest(self) -> dict[str, Any]:
+        acc = float((self.golden.top1 == self.labels).float().mean())
+        (model_name,) = self.spec.model.names
+        return {
+            "version": 1, "name": self.spec.name, "model": model_name, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
+            "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
+            "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": acc, "space": self.space.total,
+        }
+
+    def run_shard(self, shard: int) -> dict[str, Any]:
+        """The result rows (as columns) of one shard."""
+        size = self.spec.run.shard_size
+        ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
+        sc = self.sampler.draw(ids)
+        counts = {k: np.zeros(len(ids), dtype=np.int64) for k in (*OUTCOMES, "correct")}
+        for i in range(len(ids)):
+            if sc.masked[i]:
+                counts["masked"][i] = len(self.inputs)
+                counts["correct"][i] = int((self.golden.top1 == self.labels).sum())
+                continue
+            with inject(self.model, sc.of(i), sites=self.sites):
+                row = classify(self.forward(), self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
+            for k, v in row.items():
+                counts[k][i] = v
+        return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
+
+
+def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
+    """The descriptive columns of scenarios: their first fault's site, layer, kind, bit, and every fault."""
+    fs = sc.faults
+    by_name = {s.name: s for s in space.sites}
+    first = np.searchsorted(sc.owner, np.arange(len(sc.ids)))
+    has = first < len(sc.owner)
+    has[has] &= sc.owner[first[has]] == np.arange(len(sc.ids))[has]
+    names = np.array(fs.site_names, dtype=object)[fs.site] if len(fs) else np.zeros(0, dtype=object)
+    first_site = [names[f] if h else "" for f, h in zip(first, has)]
+    masks = fs.mask
+    single = (masks > 0) & ((masks & (masks - 1)) == 0)
+    bit_of = np.where(single, np.log2(np.where(single, masks, 1)).astype(np.int64), -1)
+    split = np.split(np.arange(len(fs)), np.searchsorted(sc.owner, np.arange(1, len(sc.ids))))
+    return {
+        "scenario": sc.ids,
+        "stratum": np.asarray(sc.stratum, dtype=str),
+        "site": np.array(first_site, dtype=str),
+        "layer": np.array([layer_of(by_name[s]) if s else "" for s in first_site], dtype=str),
+        "kind": np.array([by_name[s].kind if s else "" for s in first_site], dtype=str),
+        "bit": np.array([bit_of[f] if h else -1 for f, h in zip(first, has)], dtype=np.int64),
+        "n_faults": np.array([len(j) for j in split], dtype=np.int64),
+        "rate": sc.rate.astype(np.float64),
+        "weight": sc.weight.astype(np.float64),
+        "fault_sites": [names[j].astype(str).tolist() for j in split],
+        "fault_indices": [fs.index[j].tolist() for j in split],
+        "fault_masks": [masks[j].tolist() for j in split],
+    }
+
+
+_RUNNERS: dict[str, CampaignRunner] = {}
+
+
+def runner_for(spec: CampaignSpec) -> CampaignRunner:
+    """The process's runner for ``spec`` (built once)."""
+    key = spec.hash()
+    if key not in _RUNNERS:
+        _RUNNERS[key] = CampaignRunner(spec)
+    return _RUNNERS[key]
+
+
+def run_shard(spec: dict[str, Any], shard: int, threads: int = 1) -> dict[str, Any]:
+    """Run one shard of the campaign ``spec`` (a plain dict, so it pickles to any worker)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return runner_for(spec_from_dict(spec)).run_shard(shard)
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
+        progress: Callable[[int], None] | None = None) -> Store:
+    """Run (or continue) the campaign ``spec`` into the directory ``out``.
+
+    Shards are dispatched through ``executor`` (any ``concurrent.futures.Executor``; default:
+    in this process) and written as they complete; shards already stored are skipped.
+    ``progress(n)`` is called with the number of scenarios each finished shard held.
+
+    Example:
+        >>> import tempfile, resil.campaign as rc
+        >>> spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=4), data=rc.DataSpec(inputs=8))
+        >>> store = rc.run(spec, tempfile.mkdtemp())
+        >>> store.table().num_rows
+        4
+    """
+    from .executors import SerialExecutor
+
+    runner = runner_for(spec)
+    store = Store(out)
+    store.create(runner.manifest())
+    todo = [s for s in range(runner.shards) if s not in store.done()]
+    size = spec.run.shard_size
+    with (executor or SerialExecutor()) as ex:
+        futures: dict[Future[dict[str, Any]], int] = {ex.submit(run_shard, dataclasses.asdict(spec), s): s for s in todo}
+        for f in as_completed(futures):
+            shard = futures[f]
+            store.write(shard, f.result())
+            if progress:
+                progress(min(size, runner.scenarios - shard * size))
+    return store
+
+
+def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int], None] | None = None) -> Store:
+    """Continue the campaign stored in ``out``: run only its missing shards."""
+    spec = spec_from_dict(Store(out).manifest()["spec"], f"{out}/manifest.json")
+    return run(spec, out, executor, progress)

@@ -1,0 +1,72 @@
+"""The fault space of a campaign: the selected sites x their addressable elements x bit positions,
+numbered 0 .. total-1 so that samplers can draw from it uniformly or by stratum."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FaultError
+from ..site import Site, SiteList
+from .spec import FaultSpec, SiteSpec
+
+
+def layer_of(site: Site) -> str:
+    """The module a site belongs to: ``conv1`` for ``conv1.weight`` and ``conv1:out``."""
+    name = site.name.split(":")[0]
+    return name if site.batched else name.rsplit(".", 1)[0] if "." in name else ""
+
+
+@dataclass(frozen=True)
+class FaultSpace:
+    """Sites with their elements and bit positions; flat index = site offset + element * nbits + bit slot."""
+
+    sites: tuple[Site, ...]
+    elements: tuple[np.ndarray, ...]
+    bits: tuple[np.ndarray, ...]
+    offsets: np.ndarray  # (len(sites) + 1,), offsets[-1] == total
+
+    @classmethod
+    def select(cls, site_list: SiteList, sites: SiteSpec, faults: FaultSpec, uses_bits: bool = True) -> FaultSpace:
+        """The space of the sites matching ``sites`` with the bit positions of ``faults``.
+
+        Raises:
+            FaultError: if no site matches, or a site's shape is unknown.
+        """
+        chosen = [s for s in site_list if s.kind in sites.kinds and any(fnmatch.fnmatchcase(s.name, p) for p in sites.include)]
+        if not chosen:
+            raise FaultError(f"no site matches include={list(sites.include)} and kinds={list(sites.kinds)}; list them with `resil sites MODEL`")
+        elements, bits = [], []
+        for s in chosen:
+            if s.shape is None:
+                raise FaultError(f"site {s.name!r} has an unknown shape")
+            elements.append(s.elements())
+            allowed = np.arange(s.bits) if not faults.bits else np.array([b for b in faults.bits if b < s.bits], dtype=np.int64)
+            bits.append(allowed if uses_bits else np.array([-1]))
+        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
+        return cls(tuple(chosen), tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])
+
+    @property
+    def total(self) -> int:
+        """Number of (site, element, bit) fault locations."""
+        return int(self.offsets[-1])
+
+    def locate(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(site position, element index, bit)`` of flat fault locations (vectorized)."""
+        flat = np.asarray(flat, dtype=np.int64)
+        if len(flat) and (flat.min() < 0 or flat.max() >= self.total):
+            raise FaultError(f"fault location outside the space of {self.total} locations")
+        site = np.searchsorted(self.offsets, flat, side="right") - 1
+        element, bit = np.empty_like(flat), np.empty_like(flat)
+        for s in np.unique(site):
+            sel = site == s
+            local = flat[sel] - self.offsets[s]
+            nb = len(self.bits[s])
+            element[sel], bit[sel] = self.elements[s][local // nb], self.bits[s][local % nb]
+        return site, element, bit
+
+    def site_range(self, position: int) -> tuple[int, int]:
+        """The flat locations ``[start, stop)`` of one site."""
+        return int(self.offsets[position]), int(self.offsets[position + 1])

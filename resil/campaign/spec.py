@@ -1,0 +1,239 @@
+"""Campaign specifications: frozen dataclasses, loadable from TOML (``version = 1``).
+
+Example campaign file::
+
+    version = 1
+    name = "dense-uniform"
+    seed = 0
+
+    [model]
+    names = ["dense-cnn"]        # bundled reference models or "package.module:factory"
+
+    [data]
+    inputs = 256                 # the first N test inputs of the model's dataset
+
+    [sites]
+    include = ["*"]              # glob patterns on site names
+    kinds = ["weight", "bias"]   # weight, bias, parameter, buffer, activation, state, spike
+    pruned = "live"              # or "dense"
+
+    [faults]
+    model = "bitflip"            # a registered fault model spec, e.g. 'stuck_at:{"value": 1}'
+    bits = []                    # restrict bit positions (empty: every bit of each site)
+
+    [sampler]
+    kind = "uniform"             # exhaustive | uniform | ber | sfi | importance
+    scenarios = 2000
+    faults_per_scenario = 1
+
+    [outcome]
+    criterion = "top1"           # or "relative" (with threshold) for non-classification outputs
+
+    [run]
+    shard_size = 100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FaultError
+from ..fault_models import fault_model_from_spec
+
+SPEC_VERSION = 1
+SAMPLERS = ("exhaustive", "uniform", "ber", "sfi", "importance")
+KINDS = ("weight", "bias", "parameter", "buffer", "activation", "state", "spike")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which models: bundled reference names or ``package.module:factory`` (one campaign each)."""
+
+    names: tuple[str, ...] = ("dense-cnn",)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which inputs: the first ``inputs`` test inputs of ``dataset`` (default: the model's)."""
+
+    dataset: str = ""
+    inputs: int = 256
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Which sites: names matching any ``include`` glob, of one of ``kinds``."""
+
+    include: tuple[str, ...] = ("*",)
+    kinds: tuple[str, ...] = ("weight", "bias")
+    pruned: str = "live"
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Which fault model, on which bit positions (empty: all)."""
+
+    model: str = "bitflip"
+    bits: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How scenarios are drawn.
+
+    Attributes:
+        kind: ``exhaustive`` (every site x element x bit), ``uniform`` (``scenarios`` scenarios of
+            ``faults_per_scenario`` faults), ``ber`` (every bit faulty with probability p, for each
+            p in ``rates``, ``scenarios`` scenarios per rate), ``sfi`` (Leveugle sample size for
+            ``margin``/``confidence``/``p`` per stratum of ``granularity``: network, layer,
+            layer_bit; ``data_aware`` skips stuck-at faults equal to the stored bit), or
+            ``importance`` (sensitivity-driven with a ``uniform_share`` defensive mixture).
+    """
+
+    kind: str = "uniform"
+    scenarios: int = 1000
+    faults_per_scenario: int = 1
+    rates: tuple[float, ...] = ()
+    margin: float = 0.01
+    confidence: float = 0.99
+    p: float = 0.5
+    granularity: str = "network"
+    data_aware: bool = False
+    uniform_share: float = 0.1
+
+
+@dataclass(frozen=True)
+class OutcomeSpec:
+    """How a faulty output is judged: ``top1`` (critical if top-1 differs from the golden top-1)
+    or ``relative`` (critical if max |y - golden| / max |golden| exceeds ``threshold``)."""
+
+    criterion: str = "top1"
+    threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Execution: scenarios per shard (the unit of storage and resumption) and input batch size."""
+
+    shard_size: int = 100
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A whole campaign; one model per campaign (see :meth:`per_model`)."""
+
+    name: str = "campaign"
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    sites: SiteSpec = field(default_factory=SiteSpec)
+    faults: FaultSpec = field(default_factory=FaultSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    outcome: OutcomeSpec = field(default_factory=OutcomeSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def per_model(self) -> list[CampaignSpec]:
+        """One spec per model name (named ``<name>/<model>`` when there are several)."""
+        if len(self.model.names) == 1:
+            return [self]
+        return [dataclasses.replace(self, name=f"{self.name}/{m}", model=ModelSpec((m,))) for m in self.model.names]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready dict (the inverse of :func:`spec_from_dict`)."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A short hash of everything that determines the results."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": FaultSpec, "sampler": SamplerSpec, "outcome": OutcomeSpec, "run": RunSpec}
+
+
+def spec_from_dict(d: dict[str, Any], source: str = "campaign spec") -> CampaignSpec:
+    """Build a :class:`CampaignSpec` from a dict (as read from TOML), naming any unknown key."""
+    d = dict(d)
+    version = d.pop("version", None)
+    if version != SPEC_VERSION:
+        raise FaultError(f"{source}: version must be {SPEC_VERSION}, got {version!r}")
+    top = {f.name for f in dataclasses.fields(CampaignSpec)} - set(_SECTIONS) - {"version"}
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise FaultError(f"{source}: [{key}] must be a table")
+            cls = _SECTIONS[key]
+            known = {f.name: f for f in dataclasses.fields(cls)}
+            unknown = set(value) - set(known)
+            if unknown:
+                raise FaultError(f"{source}: unknown key(s) {sorted(unknown)} in [{key}]; known: {sorted(known)}")
+            kwargs[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        elif key in top:
+            kwargs[key] = value
+        else:
+            raise FaultError(f"{source}: unknown key {key!r}; known: {sorted(top | set(_SECTIONS) | {'version'})}")
+    try:
+        return CampaignSpec(**kwargs)
+    except TypeError as e:
+        raise FaultError(f"{source}: {e}") from None
+
+
+def load_spec(path: str | Path) -> CampaignSpec:
+    """Read a campaign TOML file.
+
+    Raises:
+        FaultError: naming the file and the problem (syntax, unknown key, bad value).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FaultError(f"campaign file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FaultError(f"{path}: not valid TOML: {e}") from None
+    return spec_from_dict(data, str(path))
+
+
+def _validate(s: CampaignSpec) -> None:
+    def bad(msg: str) -> FaultError:
+        return FaultError(f"campaign {s.name!r}: {msg}")
+
+    if s.version != SPEC_VERSION:
+        raise bad(f"version must be {SPEC_VERSION}")
+    if not s.model.names or not all(isinstance(n, str) and n for n in s.model.names):
+        raise bad("[model] names must list at least one model")
+    if s.data.inputs < 1:
+        raise bad(f"[data] inputs must be >= 1, not {s.data.inputs}")
+    if not s.sites.kinds or set(s.sites.kinds) - set(KINDS):
+        raise bad(f"[sites] kinds must be among {KINDS}, not {list(s.sites.kinds)}")
+    if s.sites.pruned not in ("live", "dense"):
+        raise bad(f"[sites] pruned must be 'live' or 'dense', not {s.sites.pruned!r}")
+    fault_model_from_spec(s.faults.model)  # raises FaultError naming an unknown model
+    if any(not 0 <= b < 64 for b in s.faults.bits):
+        raise bad(f"[faults] bits must be in 0..63, not {list(s.faults.bits)}")
+    sm = s.sampler
+    if sm.kind not in SAMPLERS:
+        raise bad(f"[sampler] kind must be one of {SAMPLERS}, not {sm.kind!r}")
+    if sm.scenarios < 1 or sm.faults_per_scenario < 1:
+        raise bad("[sampler] scenarios and faults_per_scenario must be >= 1")
+    if sm.kind == "ber" and (not sm.rates or any(not 0 < r < 1 for r in sm.rates)):
+        raise bad(f"[sampler] kind 'ber' needs rates in (0, 1), got {list(sm.rates)}")
+    if sm.kind == "sfi" and sm.granularity not in ("network", "layer", "layer_bit"):
+        raise bad(f"[sampler] granularity must be network, layer or layer_bit, not {sm.granularity!r}")
+    if not (0 < sm.margin < 1 and 0 < sm.confidence < 1 and 0 < sm.p < 1 and 0 < sm.uniform_share <= 1):
+        raise bad("[sampler] margin, confidence and p must be in (0, 1), uniform_share in (0, 1]")
+    if s.outcome.criterion not in ("top1", "relative"):
+        raise bad(f"[outcome] criterion must be 'top1' or 'relative', not {s.outcome.criterion!r}")
+    if s.run.shard_size < 1 or s.run.batch_size < 1:
+        raise bad("[run] shard_size and batch_size must be >= 1")
