@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ from .fault_models import StuckAt
 from .faults import Fault, FaultSet
 from .injection import inject
 from .loading import load_model
+
+if TYPE_CHECKING:
+    from .campaign import CampaignSpec
 
 
 def model_and_example(spec: str) -> tuple[nn.Module, torch.Tensor | None]:
@@ -83,6 +88,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _campaign_dirs(spec: "CampaignSpec", out: Path) -> list[tuple["CampaignSpec", Path]]:
+    """One directory per model: ``out`` itself for one model, ``out/<model>`` for several."""
+    specs = spec.per_model()
+    return [(s, out if len(specs) == 1 else out / s.model.names[0].replace(":", "_").replace("/", "_")) for s in specs]
+
+
+def _run_all(jobs: list[tuple["CampaignSpec | None", Path]], args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .campaign import make_executor, resume, run
+
+    for spec, out in jobs:
+        label = spec.name if spec else out.name
+        with tqdm(desc=label, unit="scen", dynamic_ncols=True) as bar:
+            def progress(n: int, remaining: int) -> None:
+                if remaining:
+                    bar.reset(total=remaining)
+                bar.update(n)
+
+            executor = make_executor(args.executor, args.workers, args.address)
+            store = run(spec, out, executor, progress) if spec else resume(out, executor, progress)
+        m = store.manifest()
+        print(f"{label}: {m['scenarios']} scenarios x {m['inputs']} inputs -> {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .campaign import load_spec
+
+    spec = load_spec(args.spec)
+    return _run_all(list(_campaign_dirs(spec, Path(args.out))), args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .campaign import Store
+
+    jobs: list[tuple[CampaignSpec | None, Path]] = []
+    for d in map(Path, args.dirs):
+        found = [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
+        if not found:
+            raise FaultError(f"{d} holds no campaign (no manifest.json in it or its subdirectories)")
+        jobs += [(None, f) for f in found]
+        for f in found:
+            Store(f).manifest()
+    return _run_all(jobs, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    dirs: list[Path] = []
+    for d in map(Path, args.dirs):
+        dirs += [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
+    if not dirs:
+        raise FaultError(f"no campaign directory among {args.dirs}")
+    print(write_report(dirs, Path(args.out)))
+    return 0
+
+
+def _executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("serial", "process", "dask"), default="serial", help="where shards run (default: this process)")
+    p.add_argument("--workers", type=int, default=2, help="processes for the process and dask executors")
+    p.add_argument("--address", help="address of a running Dask scheduler (dask executor)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resil", description="Fault injection for dense, spiking, pruned and quantized PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--random-flips", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=cmd_demo)
+    r = sub.add_parser("run", help="run a campaign file into a result directory")
+    r.add_argument("spec", help="campaign TOML file")
+    r.add_argument("--out", required=True, help="result directory (one subdirectory per model when the file lists several)")
+    _executor_options(r)
+    r.set_defaults(run=cmd_run)
+    re = sub.add_parser("resume", help="run the missing shards of stored campaigns")
+    re.add_argument("dirs", nargs="+")
+    _executor_options(re)
+    re.set_defaults(run=cmd_resume)
+    rp = sub.add_parser("report", help="write PNG figures and one HTML report for campaigns (side by side)")
+    rp.add_argument("dirs", nargs="+", help="campaign directories (or parents of several)")
+    rp.add_argument("--out", default="report", help="report directory (default: ./report)")
+    rp.set_defaults(run=cmd_report)
     return p
 
 

@@ -130,12 +130,13 @@ def run_shard(spec: dict[str, Any], shard: int, threads: int = 1) -> dict[str, A
 
 
 def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
-        progress: Callable[[int], None] | None = None) -> Store:
+        progress: Callable[[int, int], None] | None = None) -> Store:
     """Run (or continue) the campaign ``spec`` into the directory ``out``.
 
     Shards are dispatched through ``executor`` (any ``concurrent.futures.Executor``; default:
     in this process) and written as they complete; shards already stored are skipped.
-    ``progress(n)`` is called with the number of scenarios each finished shard held.
+    ``progress(n, remaining)`` is called once with ``n = 0`` and the number of scenarios to run,
+    then with the number of scenarios of each finished shard.
 
     Example:
         >>> import tempfile, resil.campaign as rc
@@ -151,17 +152,19 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     store.create(runner.manifest())
     todo = [s for s in range(runner.shards) if s not in store.done()]
     size = spec.run.shard_size
+    if progress:
+        progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
     with (executor or SerialExecutor()) as ex:
         futures: dict[Future[dict[str, Any]], int] = {ex.submit(run_shard, dataclasses.asdict(spec), s): s for s in todo}
         for f in as_completed(futures):
             shard = futures[f]
             store.write(shard, f.result())
             if progress:
-                progress(min(size, runner.scenarios - shard * size))
+                progress(min(size, runner.scenarios - shard * size), 0)
     return store
 
 
-def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int], None] | None = None) -> Store:
+def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int, int], None] | None = None) -> Store:
     """Continue the campaign stored in ``out``: run only its missing shards."""
     spec = spec_from_dict(Store(out).manifest()["spec"], f"{out}/manifest.json")
     return run(spec, out, executor, progress)

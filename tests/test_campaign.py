@@ -1,0 +1,144 @@
+"""Campaigns: spec files, outcomes against a hand computation, sharding, store, resume, executors."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resil
+import resil.campaign as rc
+import resil.models as rm
+
+SPEC = """
+version = 1
+name = "t"
+seed = 3
+[model]
+names = ["dense-cnn"]
+[data]
+inputs = {inputs}
+[sampler]
+kind = "uniform"
+scenarios = {scenarios}
+[run]
+shard_size = {shard}
+"""
+
+
+def write_spec(tmp_path: Path, inputs=32, scenarios=40, shard=7, extra="") -> Path:
+    p = tmp_path / "spec.toml"
+    p.write_text(SPEC.format(inputs=inputs, scenarios=scenarios, shard=shard) + extra)
+    return p
+
+
+def table(store: rc.Store):
+    return store.table().to_pandas().drop(columns=[]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("version = 2", "version must be 1"),
+    ("version = 1\nbogus = 3", "unknown key 'bogus'"),
+    ("version = 1\n[sampler]\nkind = 'magic'", "kind must be one of"),
+    ("version = 1\n[sampler]\nscenario = 5", r"unknown key\(s\) \['scenario'\] in \[sampler\]"),
+    ("version = 1\n[faults]\nmodel = 'nope'", "unknown fault model 'nope'"),
+    ("version = 1\n[sampler]\nkind = 'ber'", "needs rates"),
+    ("version = 1\n[sites]\nkinds = ['weights']", "kinds must be among"),
+    ("version = [", "not valid TOML"),
+])
+def test_bad_campaign_files_are_named(tmp_path, text, message):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(resil.FaultError, match=message):
+        rc.load_spec(p)
+
+
+def test_outcomes_match_a_hand_computation(tmp_path):
+    spec = rc.load_spec(write_spec(tmp_path, inputs=48, scenarios=30))
+    df = table(rc.run(spec, tmp_path / "out"))
+    model = rm.load("dense-cnn")
+    x, y = rm.dataset("digits").x_test[:48], rm.dataset("digits").y_test[:48]
+    with torch.no_grad():
+        golden = model(x)
+    for _, row in df.iterrows():
+        (site,), (index,), (mask,) = row.fault_sites, row.fault_indices, row.fault_masks
+        faulty_model = copy.deepcopy(model)
+        w = dict(faulty_model.named_parameters())[site].detach().numpy().reshape(-1)
+        w.view(np.uint32)[index] ^= np.uint32(mask)
+        with torch.no_grad():
+            out = faulty_model(x)
+        finite = torch.isfinite(out).all(1)
+        same = (out == golden).all(1) & finite
+        critical = (out.argmax(1) != golden.argmax(1)) & ~same & finite
+        assert row.non_finite == int((~finite).sum())
+        assert row.masked == int(same.sum()) and row.critical == int(critical.sum())
+        assert row.tolerable == 48 - row.masked - row.critical - row.non_finite
+        assert row.correct == int(((out.argmax(1) == y) & finite).sum())
+        assert row.bit == int(np.log2(mask)) and row.layer == site.rsplit(".", 1)[0]
+
+
+def test_sharding_does_not_change_the_scenarios(tmp_path):
+    a = rc.run(rc.load_spec(write_spec(tmp_path, shard=7)), tmp_path / "a")
+    b = rc.run(rc.load_spec(write_spec(tmp_path, shard=40)), tmp_path / "b")
+    assert table(a).equals(table(b))
+    assert len(list((tmp_path / "a" / "parts").glob("*.parquet"))) == 6
+
+
+def test_exhaustive_and_ber_samplers(tmp_path):
+    spec = rc.CampaignSpec(sites=rc.SiteSpec(include=("fc2.bias",)), sampler=rc.SamplerSpec(kind="exhaustive"), data=rc.DataSpec(inputs=16))
+    df = table(rc.run(spec, tmp_path / "ex"))
+    assert len(df) == 10 * 32
+    assert sorted(zip(df.fault_indices.map(lambda v: v[0]), df.bit)) == [(i, b) for i in range(10) for b in range(32)]
+    ber = rc.CampaignSpec(sites=rc.SiteSpec(include=("fc*",)), sampler=rc.SamplerSpec(kind="ber", rates=(1e-5, 1e-3), scenarios=30),
+                          data=rc.DataSpec(inputs=8), run=rc.RunSpec(shard_size=16))
+    df = table(rc.run(ber, tmp_path / "ber"))
+    space = (512 * 64 + 64 + 640 + 10) * 32
+    for p in (1e-5, 1e-3):
+        n = df[df.rate == p].n_faults
+        assert len(n) == 30
+        assert abs(n.mean() - space * p) < 4 * np.sqrt(space * p * (1 - p) / 30) + 1  # binomial mean
+
+
+def test_store_keeps_another_campaign_intact(tmp_path):
+    rc.run(rc.load_spec(write_spec(tmp_path)), tmp_path / "out")
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "out" / "parts").iterdir())
+    other = rc.load_spec(write_spec(tmp_path, scenarios=41))
+    with pytest.raises(resil.FaultError, match="holds another campaign"):
+        rc.run(other, tmp_path / "out")
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "out" / "parts").iterdir()) == before
+    with pytest.raises(resil.FaultError, match="not a campaign directory"):
+        rc.resume(tmp_path)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    spec_file = write_spec(tmp_path, inputs=359, scenarios=1500, shard=25)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "resil", "run", str(spec_file), "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((out / "parts").glob("shard-*.parquet"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "parts").glob("shard-*.parquet")))
+    assert 3 <= done < 60, "the run was not killed mid-way"
+    resumed = table(rc.resume(out))
+    uninterrupted = table(rc.run(rc.load_spec(spec_file), tmp_path / "whole"))
+    assert resumed.equals(uninterrupted)
+    assert resumed.scenario.is_unique and len(resumed) == 1500
+    assert not list((out / "parts").glob(".*tmp"))
+
+
+def test_serial_process_and_dask_executors_give_identical_tables(tmp_path):
+    spec = rc.load_spec(write_spec(tmp_path, inputs=16, scenarios=24, shard=6))
+    serial = table(rc.run(spec, tmp_path / "serial"))
+    process = table(rc.run(spec, tmp_path / "process", rc.make_executor("process", 2)))
+    dask = table(rc.run(spec, tmp_path / "dask", rc.make_executor("dask", 2)))
+    assert serial.equals(process) and serial.equals(dask)
