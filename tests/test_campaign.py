@@ -21,8 +21,9 @@ version = 1
 name = "t"
 seed = 3
 [model]
-names = ["dense-cnn"]
+names = ["{model}"]
 [data]
+dataset = "digits"
 inputs = {inputs}
 [sampler]
 kind = "uniform"
@@ -32,9 +33,9 @@ shard_size = {shard}
 """
 
 
-def write_spec(tmp_path: Path, inputs=32, scenarios=40, shard=7, extra="") -> Path:
+def write_spec(tmp_path: Path, inputs=32, scenarios=40, shard=7, model="dense-cnn") -> Path:
     p = tmp_path / "spec.toml"
-    p.write_text(SPEC.format(inputs=inputs, scenarios=scenarios, shard=shard) + extra)
+    p.write_text(SPEC.format(inputs=inputs, scenarios=scenarios, shard=shard, model=model))
     return p
 
 
@@ -116,10 +117,13 @@ def test_store_keeps_another_campaign_intact(tmp_path):
         rc.resume(tmp_path)
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    spec_file = write_spec(tmp_path, inputs=359, scenarios=1500, shard=25)
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    # every scenario takes >= 5 ms, so 60 shards of 25 take >= 7.5 s: time enough to kill the run
+    spec_file = write_spec(tmp_path, inputs=64, scenarios=1500, shard=25, model="slow_models:slow_cnn")
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tests_dir = str(Path(__file__).parent)
+    monkeypatch.syspath_prepend(tests_dir)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "resil", "run", str(spec_file), "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
