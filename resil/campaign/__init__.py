@@ -8,6 +8,7 @@ Example:
 """
 
 from .executors import SerialExecutor, make_executor
+from .metrics import by_stratum, failure_estimate
 from .outcomes import OUTCOMES, Golden, classify
 from .runner import CampaignRunner, resume, run
 from .samplers import Sampler, Scenarios
@@ -17,6 +18,6 @@ from .store import Store
 
 __all__ = [
     "OUTCOMES", "CampaignRunner", "CampaignSpec", "DataSpec", "FaultSpace", "FaultSpec", "Golden", "ModelSpec", "OutcomeSpec",
-    "RunSpec", "Sampler", "SamplerSpec", "Scenarios", "SerialExecutor", "SiteSpec", "Store", "classify", "load_spec",
+    "RunSpec", "Sampler", "by_stratum", "failure_estimate", "SamplerSpec", "Scenarios", "SerialExecutor", "SiteSpec", "Store", "classify", "load_spec",
     "make_executor", "resume", "run", "spec_from_dict",
 ]

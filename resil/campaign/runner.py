@@ -16,12 +16,13 @@ from ..fault_models import fault_model_from_spec
 from ..injection import inject
 from ..loading import load_inputs, load_model
 from .outcomes import OUTCOMES, Golden, classify
-from .samplers import BitErrorRateSampler, ExhaustiveSampler, Sampler, Scenarios, UniformSampler
+from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
 
-SAMPLERS: dict[str, type[Sampler]] = {"exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler}
+SAMPLERS: dict[str, type[Sampler]] = {
+    "exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler, "sfi": StatisticalSampler}
 
 
 class CampaignRunner:
@@ -35,8 +36,17 @@ class CampaignRunner:
         self.sites = list_sites(self.model, self.inputs[:2], pruned=spec.sites.pruned)
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits)
-        self.sampler = SAMPLERS[spec.sampler.kind](spec.sampler, self.space, self.fault_model, spec.seed)
         self.golden = Golden(self.forward(), self.labels)
+        self.sampler = self._sampler()
+
+    def _sampler(self) -> Sampler:
+        s = self.spec
+        if s.sampler.kind == "importance":
+            from .sensitivity import sensitivity_scores
+
+            scores = sensitivity_scores(self.model, self.inputs, self.golden.top1, self.space)
+            return ImportanceSampler(s.sampler, self.space, self.fault_model, s.seed, scores)
+        return SAMPLERS[s.sampler.kind](s.sampler, self.space, self.fault_model, s.seed)
 
     @property
     def scenarios(self) -> int:
@@ -59,6 +69,7 @@ class CampaignRunner:
             "version": 1, "name": self.spec.name, "model": model_name, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": acc, "space": self.space.total,
+            "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
         }
 
     def run_shard(self, shard: int) -> dict[str, Any]:

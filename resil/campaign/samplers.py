@@ -118,3 +118,85 @@ class BitErrorRateSampler(Sampler):
 def layers(space: FaultSpace) -> np.ndarray:
     """The layer of every site of the space."""
     return np.array([layer_of(s) for s in space.sites], dtype=object)
+
+
+class StatisticalSampler(Sampler):
+    """Statistical fault injection: per stratum (the whole network, each layer, or each layer x
+    bit position), the Leveugle sample size for ``margin``/``confidence``/``p``, drawn without
+    replacement (a seeded permutation of the stratum's locations).
+
+    With ``data_aware`` and a stuck-at model, locations whose stored bit already equals the
+    stuck value are masked by construction: they are left out of the locations to sample and
+    reported by :meth:`strata` (``known_masked``), so estimators count them as masked.
+    """
+
+    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int) -> None:
+        from ..fault_models import StuckAt
+        from ..statistics import leveugle_sample_size
+
+        super().__init__(spec, space, model, seed)
+        active: dict[str, list[np.ndarray]] = {}
+        population: dict[str, int] = {}
+        site_layers = layers(space)
+        for s, site in enumerate(space.sites):
+            start, stop = space.site_range(s)
+            nb = len(space.bits[s])
+            locations = np.arange(start, stop)
+            slot = (locations - start) % nb
+            stratum = np.full(len(locations), "network" if spec.granularity == "network" else str(site_layers[s]), dtype=object)
+            if spec.granularity == "layer_bit":
+                stratum = np.array([f"{site_layers[s]}/b{b}" for b in space.bits[s]], dtype=object)[slot]
+            keep = np.ones(len(locations), dtype=bool)
+            if spec.data_aware and isinstance(model, StuckAt):
+                codes = site.codes().numpy()[space.elements[s]]
+                keep = ((codes[(locations - start) // nb] >> space.bits[s][slot]) & 1) != model.value
+            for name in dict.fromkeys(stratum):
+                in_stratum = stratum == name
+                population[name] = population.get(name, 0) + int(in_stratum.sum())
+                active.setdefault(name, []).append(locations[in_stratum & keep])
+        self.names = list(active)
+        self.populations = population
+        self.active = [np.concatenate(active[n]) for n in self.names]
+        self.samples = np.array([leveugle_sample_size(len(a), spec.margin, spec.confidence, spec.p) if len(a) else 0 for a in self.active])
+        self.starts = np.r_[0, np.cumsum(self.samples)]
+        self._perms: dict[int, np.ndarray] = {}
+
+    def strata(self) -> dict[str, dict[str, int]]:
+        """Per stratum: its population, the locations known masked (data-aware) and the sample size."""
+        return {n: {"population": self.populations[n], "known_masked": self.populations[n] - len(a), "samples": int(k)}
+                for n, a, k in zip(self.names, self.active, self.samples)}
+
+    def count(self) -> int:
+        return int(self.starts[-1])
+
+    def draw(self, ids: np.ndarray) -> Scenarios:
+        ids = np.asarray(ids, dtype=np.int64)
+        h = np.searchsorted(self.starts, ids, side="right") - 1
+        flat = []
+        for i, stratum in zip(ids, h):
+            if stratum not in self._perms:
+                self._perms[stratum] = np.random.default_rng([self.seed, int(stratum)]).permutation(len(self.active[stratum]))
+            flat.append(self.active[stratum][self._perms[stratum][[i - self.starts[stratum]]]])
+        return self._scenarios(ids, flat, stratum=np.array([self.names[s] for s in h], dtype=object))
+
+
+class ImportanceSampler(Sampler):
+    """Importance sampling of single faults: location drawn with probability q (a defensive
+    mixture of sensitivity scores and the uniform distribution), weighted by ``1 / (N q)`` so
+    that weighted means estimate the uniform-sampling failure rate without bias."""
+
+    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int, scores: np.ndarray) -> None:
+        from ..statistics import defensive_mixture, importance_weights
+
+        super().__init__(spec, space, model, seed)
+        q = defensive_mixture(scores, spec.uniform_share)
+        self.cdf = np.cumsum(q)
+        self.weights = importance_weights(q)
+
+    def count(self) -> int:
+        return self.spec.scenarios
+
+    def draw(self, ids: np.ndarray) -> Scenarios:
+        u = np.array([rng_for(self.seed, i).random() for i in ids])
+        flat = np.minimum(np.searchsorted(self.cdf, u * self.cdf[-1], side="right"), self.space.total - 1)
+        return self._scenarios(ids, [np.array([f]) for f in flat], weight=self.weights[flat])

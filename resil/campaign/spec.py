@@ -229,6 +229,10 @@ def _validate(s: CampaignSpec) -> None:
         raise bad("[sampler] scenarios and faults_per_scenario must be >= 1")
     if sm.kind == "ber" and (not sm.rates or any(not 0 < r < 1 for r in sm.rates)):
         raise bad(f"[sampler] kind 'ber' needs rates in (0, 1), got {list(sm.rates)}")
+    if sm.kind == "importance" and sm.faults_per_scenario != 1:
+        raise bad("[sampler] kind 'importance' draws single faults: faults_per_scenario must be 1")
+    if sm.data_aware and not s.faults.model.startswith("stuck_at"):
+        raise bad("[sampler] data_aware applies to stuck-at fault models only")
     if sm.kind == "sfi" and sm.granularity not in ("network", "layer", "layer_bit"):
         raise bad(f"[sampler] granularity must be network, layer or layer_bit, not {sm.granularity!r}")
     if not (0 < sm.margin < 1 and 0 < sm.confidence < 1 and 0 < sm.p < 1 and 0 < sm.uniform_share <= 1):
