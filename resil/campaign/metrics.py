@@ -1,5 +1,13 @@
-"""Campaign metrics: the failure probability (critical SDC or non-finite output per fault x input)
-and the accuracy under faults, with confidence intervals, estimated as each sampler requires."""
+"""Campaign metrics: the failure probability and the accuracy under faults, with confidence
+intervals, estimated as each sampler requires.
+
+The unit is the fault scenario: a scenario's failure fraction is the share of the inputs on
+which it causes a critical SDC or a non-finite output, and the failure probability is the mean
+failure fraction over the fault space (for single faults, the vulnerability factor). Intervals
+count scenarios, not scenario x input pairs, since the inputs of one scenario are not
+independent trials: a Wilson interval with the summed fractions as successes (exact for 0/1
+fractions, conservative otherwise).
+"""
 
 from __future__ import annotations
 
@@ -23,35 +31,33 @@ def failure_estimate(campaign: str | Path | Store, confidence: float = 0.95) -> 
     """
     store = campaign if isinstance(campaign, Store) else Store(campaign)
     manifest, df = store.manifest(), store.table().to_pandas()
-    fails = (df.critical + df.non_finite).to_numpy()
-    inputs = df.inputs.to_numpy()
+    fraction = ((df.critical + df.non_finite) / df.inputs).to_numpy()
     if manifest["sampler"] == "importance":
-        return importance_estimate(fails / inputs, df.weight.to_numpy(), confidence)
+        return importance_estimate(fraction, df.weight.to_numpy(), confidence)
     if manifest["sampler"] == "sfi":
-        strata = manifest["strata"]
-        per = df.assign(fails=fails).groupby("stratum")[["fails", "inputs"]].sum()
+        per = df.assign(fraction=fraction).groupby("stratum")["fraction"].agg(["sum", "count"])
         k, n, N = [], [], []
-        for name, info in strata.items():
+        for name, info in manifest["strata"].items():
             if info["samples"]:
-                k.append(per.loc[name, "fails"])
-                n.append(per.loc[name, "inputs"])
-                N.append((info["population"] - info["known_masked"]) * manifest["inputs"])
-            if info["known_masked"]:
-                k.append(0)
-                n.append(info["known_masked"] * manifest["inputs"])
-                N.append(info["known_masked"] * manifest["inputs"])
+                k.append(per.loc[name, "sum"])
+                n.append(per.loc[name, "count"])
+                N.append(info["population"] - info["known_masked"])
+            if info["known_masked"]:  # data-aware: known masked without simulation
+                k.append(0.0)
+                n.append(info["known_masked"])
+                N.append(info["known_masked"])
         return combine_strata(np.array(k), np.array(n), np.array(N), confidence)
-    low, high = wilson_interval(int(fails.sum()), int(inputs.sum()), confidence)
-    return Estimate(float(fails.sum() / inputs.sum()), float(low), float(high), int(inputs.sum()), float(inputs.sum()))
+    low, high = wilson_interval(float(fraction.sum()), len(fraction), confidence)
+    return Estimate(float(fraction.mean()), float(low), float(high), len(fraction), float(len(fraction)))
 
 
 def by_stratum(campaign: str | Path | Store, confidence: float = 0.95) -> pd.DataFrame:
-    """Failure probability and accuracy per stratum, with Wilson intervals."""
+    """Per stratum: scenarios, mean failure fraction and accuracy under faults, with Wilson intervals over scenarios."""
     store = campaign if isinstance(campaign, Store) else Store(campaign)
     df = store.table().to_pandas()
-    g = df.assign(fails=df.critical + df.non_finite).groupby("stratum", sort=False)[["fails", "correct", "inputs"]].sum()
-    g["failure"] = g.fails / g.inputs
-    g["failure_low"], g["failure_high"] = wilson_interval(g.fails.to_numpy(), g.inputs.to_numpy(), confidence)
-    g["accuracy"] = g.correct / g.inputs
-    g["accuracy_low"], g["accuracy_high"] = wilson_interval(g.correct.to_numpy(), g.inputs.to_numpy(), confidence)
+    df = df.assign(failure=(df.critical + df.non_finite) / df.inputs, accuracy=df.correct / df.inputs)
+    g = df.groupby("stratum", sort=False).agg(scenarios=("scenario", "count"), failure=("failure", "sum"), accuracy=("accuracy", "sum"))
+    for col in ("failure", "accuracy"):
+        g[f"{col}_low"], g[f"{col}_high"] = wilson_interval(g[col].to_numpy(), g.scenarios.to_numpy(), confidence)
+        g[col] = g[col] / g.scenarios
     return g
