@@ -117,8 +117,13 @@ def _run_all(jobs: list[tuple["CampaignSpec | None", Path]], args: argparse.Name
 def cmd_run(args: argparse.Namespace) -> int:
     from .campaign import load_spec
 
-    spec = load_spec(args.spec)
-    return _run_all(list(_campaign_dirs(spec, Path(args.out))), args)
+    specs = [load_spec(f) for f in args.spec]  # every file checked before any work starts
+    out = Path(args.out)
+    jobs = [job for spec in specs for job in _campaign_dirs(spec, out if len(specs) == 1 else out / spec.name)]
+    _run_all(jobs, args)
+    if args.report:
+        print(write_report_for([d for _, d in jobs], Path(args.report)))
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -135,15 +140,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run_all(jobs, args)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def write_report_for(dirs: list[Path], out: Path) -> Path:
+    """The report of the campaigns in ``dirs`` (each a campaign or a parent of several)."""
     from .report import write_report
 
-    dirs: list[Path] = []
-    for d in map(Path, args.dirs):
-        dirs += [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
-    if not dirs:
-        raise FaultError(f"no campaign directory among {args.dirs}")
-    print(write_report(dirs, Path(args.out)))
+    found: list[Path] = []
+    for d in dirs:
+        found += [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
+    if not found:
+        raise FaultError(f"no campaign directory among {[str(d) for d in dirs]}")
+    return write_report(found, out)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(write_report_for([Path(d) for d in args.dirs], Path(args.out)))
     return 0
 
 
@@ -166,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=cmd_demo)
     r = sub.add_parser("run", help="run a campaign file into a result directory")
-    r.add_argument("spec", help="campaign TOML file")
-    r.add_argument("--out", required=True, help="result directory (one subdirectory per model when the file lists several)")
+    r.add_argument("spec", nargs="+", help="campaign TOML file(s)")
+    r.add_argument("--out", required=True,
+                   help="result directory (with several files, one subdirectory per file; with several models, one per model)")
+    r.add_argument("--report", help="write the report of these campaigns into this directory afterwards")
     _executor_options(r)
     r.set_defaults(run=cmd_run)
     re = sub.add_parser("resume", help="run the missing shards of stored campaigns")

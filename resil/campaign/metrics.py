@@ -30,7 +30,11 @@ def failure_estimate(campaign: str | Path | Store, confidence: float = 0.95) -> 
     - ``importance``: the unbiased weighted mean of per-fault failure fractions, with its CLT interval.
     """
     store = campaign if isinstance(campaign, Store) else Store(campaign)
-    manifest, df = store.manifest(), store.table().to_pandas()
+    return estimate_failure(store.manifest(), store.table().to_pandas(), confidence)
+
+
+def estimate_failure(manifest: dict, df: pd.DataFrame, confidence: float = 0.95) -> Estimate:
+    """:func:`failure_estimate` from a campaign's manifest and result table."""
     fraction = ((df.critical + df.non_finite) / df.inputs).to_numpy()
     if manifest["sampler"] == "importance":
         return importance_estimate(fraction, df.weight.to_numpy(), confidence)

@@ -1,0 +1,557 @@
+"""Campaign reports: load result directories, summarise them with Wilson intervals, draw
+comparison figures and write one self-contained HTML page.
+
+A campaign directory holds ``manifest.json`` and ``parts/shard-NNNNNN.parquet`` (one row per
+scenario with outcome counts over the inputs; see :mod:`resil.campaign.store`). A *trial* is one
+(scenario, input) pair: the failure probability of a group is ``sum(critical + non_finite) /
+sum(inputs)`` and its accuracy ``sum(correct) / sum(inputs)``, each with a Wilson 95% interval.
+Importance-sampled campaigns (``weight != 1``) use weighted means instead, with intervals over
+Kish's effective number of trials.
+
+Example:
+    >>> from resil.report import load_campaign, by_group, plot_layers, write_report
+    >>> dense = load_campaign("runs/dense-cnn")  # doctest: +SKIP
+    >>> by_group(dense, ["layer", "bit"]).head()  # doctest: +SKIP
+    >>> fig, ax = plot_layers([dense, load_campaign("runs/pruned-cnn")])  # doctest: +SKIP
+    >>> write_report(["runs/dense-cnn", "runs/pruned-cnn"], "reports/cnn")  # doctest: +SKIP
+    PosixPath('reports/cnn/report.html')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+
+from resil.campaign.metrics import estimate_failure
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm, Normalize, to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from .errors import FaultError
+from .report_html import render_html
+
+__all__ = [
+    "Campaign", "by_group", "load_campaign", "plot_bit_heatmap", "plot_bits", "plot_layers", "plot_rate", "rank_campaigns",
+    "summary", "write_report",
+]
+
+#: per-scenario counts over the inputs; masked + tolerable + critical + non_finite == inputs
+COUNTS = ("inputs", "masked", "tolerable", "critical", "non_finite", "correct")
+#: columns every part file must have
+COLUMNS = ("scenario", "stratum", "site", "layer", "kind", "bit", "n_faults", "rate", "weight", *COUNTS)
+#: manifest keys the report reads
+MANIFEST_KEYS = ("version", "name", "model", "sampler", "inputs", "scenarios", "golden_accuracy")
+
+PathLike = Union[str, os.PathLike[str]]
+GroupBy = Union[str, Sequence[str]]
+Campaigns = Union["Campaign", Sequence["Campaign"]]
+
+
+@dataclass(frozen=True, eq=False)
+class Campaign:
+    """One campaign's results: its name, its manifest and one row per scenario.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"layer": ["fc", "conv1"], "inputs": [10, 10], "critical": [2, 5],
+        ...                   "non_finite": [1, 0], "correct": [7, 5], "weight": [1.0, 1.0]})
+        >>> c = Campaign("demo", {"sampler": "uniform"}, t.assign(rate=float("nan")))
+        >>> c.weighted, c.ber
+        (False, False)
+    """
+
+    name: str
+    manifest: dict[str, Any]
+    table: pd.DataFrame
+
+    @property
+    def ber(self) -> bool:
+        """True for a bit-error-rate campaign (its ``rate`` column is set). Its scenarios hold many
+        faults, so the figures per layer and per bit leave it out."""
+        return bool(self.table["rate"].notna().any())
+
+    @property
+    def weighted(self) -> bool:
+        """True for importance-sampled results (some scenario weight differs from 1)."""
+        return bool((self.table["weight"] != 1.0).any())
+
+
+def load_campaign(directory: PathLike) -> Campaign:
+    """Read a campaign directory: the manifest and every part, concatenated in scenario order.
+
+    Example:
+        >>> c = load_campaign("runs/dense-cnn")  # doctest: +SKIP
+        >>> c.name, len(c.table), c.manifest["sampler"]  # doctest: +SKIP
+        ('dense-cnn', 2000, 'uniform')
+
+    Raises:
+        FaultError: naming the directory when the manifest or the parts are missing or malformed.
+    """
+    root = Path(directory)
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FaultError(f"{root} is not a campaign directory: it has no manifest.json") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FaultError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise FaultError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise FaultError(f"{path} lacks {', '.join(missing)}")
+    if manifest["version"] != 1:
+        raise FaultError(f"{path} has version {manifest['version']!r}; this resil reads version 1")
+    parts = sorted((root / "parts").glob("shard-*.parquet"))
+    if not parts:
+        raise FaultError(f"{root} has no results: no parts/shard-*.parquet")
+    tables = []
+    for part in parts:
+        table = pd.read_parquet(part)
+        missing = [c for c in COLUMNS if c not in table.columns]
+        if missing:
+            raise FaultError(f"{part} lacks the columns {', '.join(missing)}")
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True).sort_values("scenario", kind="stable", ignore_index=True)
+    if table.empty:
+        raise FaultError(f"{root} has no results: its parts hold no scenarios")
+    return Campaign(str(manifest["name"]), manifest, table)
+
+
+def by_group(campaign: Campaign, by: GroupBy = "layer") -> pd.DataFrame:
+    """Failure probability and accuracy per group, with Wilson 95% intervals and the summed counts.
+
+    The failure probability of a group is the mean failure fraction of its scenarios (weighted
+    for importance-sampled campaigns); intervals count scenarios, not scenario x input pairs.
+
+    ``by`` is a column (``"layer"``, ``"bit"``, ``"kind"``, ``"rate"``, ``"site"``, ``"stratum"``
+    ...) or a list of them; ``[]`` gives one row for the whole campaign. Rows whose key is NaN
+    (the rate of a non-BER scenario) are left out. Groups are sorted, text in natural order
+    (``conv2`` before ``conv10``). Columns: the keys, ``scenarios``, the summed counts
+    (``inputs`` ... ``correct``), ``failures`` (critical + non-finite), ``failure``,
+    ``failure_low``, ``failure_high``, ``accuracy``, ``accuracy_low``, ``accuracy_high``.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"layer": ["fc", "fc", "conv1"], "inputs": [10, 10, 10], "masked": [8, 9, 5],
+        ...                   "tolerable": 0, "critical": [2, 0, 5], "non_finite": [0, 1, 0],
+        ...                   "correct": [8, 9, 5], "weight": 1.0})
+        >>> g = by_group(Campaign("demo", {}, t), "layer")
+        >>> g[["layer", "failures", "inputs", "failure"]].round(4).values.tolist()
+        [['conv1', 5, 10, 0.5], ['fc', 3, 20, 0.15]]
+        >>> bool((g.failure_low < g.failure).all() and (g.failure < g.failure_high).all())
+        True
+    """
+    from resil.statistics import wilson_interval
+
+    keys = [by] if isinstance(by, str) else list(by)
+    t = campaign.table
+    bad = [k for k in keys if k not in t.columns or k in COUNTS]
+    if bad:
+        allowed = [c for c in t.columns if c not in COUNTS]
+        raise FaultError(f"cannot group {campaign.name!r} by {', '.join(map(repr, bad))}; group by one of {allowed}")
+    w = t["weight"].to_numpy(dtype=float)
+    counts = {c: t[c].to_numpy(dtype=np.int64) for c in COUNTS}
+    failures = t["critical"].to_numpy(dtype=np.int64) + t["non_finite"].to_numpy(dtype=np.int64)
+    n = counts["inputs"]
+    frame = pd.DataFrame({
+        **({k: t[k].to_numpy() for k in keys} if keys else {"_all": np.zeros(len(t), dtype=np.int64)}),
+        "scenarios": np.ones(len(t), dtype=np.int64), **counts, "failures": failures,
+        "_w": w, "_w2": w * w, "_w_failure": w * failures / n, "_w_accuracy": w * counts["correct"] / n,
+    })
+    out = frame.groupby(keys or ["_all"], sort=False, dropna=True).sum().reset_index()
+    out["failure"] = out["_w_failure"] / out["_w"]
+    out["accuracy"] = out["_w_accuracy"] / out["_w"]
+    # the unit is the scenario (its inputs are not independent trials); Kish's effective count when weighted
+    trials = (out["_w"] ** 2 / out["_w2"]).to_numpy()
+    for m in ("failure", "accuracy"):
+        low, high = wilson_interval(out[m].to_numpy() * trials, trials)
+        out[f"{m}_low"], out[f"{m}_high"] = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    return _sorted(out.drop(columns=[c for c in out.columns if c.startswith("_")]), keys)
+
+
+def summary(campaigns: Campaigns) -> pd.DataFrame:
+    """One row per campaign: what ran and the overall failure probability and accuracy.
+
+    Columns: ``campaign`` (a unique label), ``model``, ``sampler``, ``scenarios`` (rows read),
+    ``planned`` (scenarios in the manifest), ``inputs`` (per scenario), ``golden_accuracy``, then
+    the estimates and intervals of :func:`by_group`.
+
+    Example:
+        >>> summary([load_campaign("runs/dense-cnn")])[["campaign", "failure"]]  # doctest: +SKIP
+    """
+    cs = _as_list(campaigns)
+    rows = []
+    for c, label in zip(cs, _labels(cs)):
+        total = by_group(c, []).iloc[0].to_dict()
+        overall = estimate_failure(c.manifest, c.table) if c.manifest.get("sampler") in ("sfi", "importance") else None
+        if overall is not None:  # stratified / re-weighted estimators
+            total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high)
+        rows.append({
+            "campaign": label, "model": c.manifest.get("model"), "sampler": c.manifest.get("sampler"),
+            "scenarios": int(total["scenarios"]), "planned": c.manifest.get("scenarios"), "inputs": c.manifest.get("inputs"),
+            "golden_accuracy": c.manifest.get("golden_accuracy"), "weighted": c.weighted,
+            **{k: float(total[k]) for k in ("failure", "failure_low", "failure_high", "accuracy", "accuracy_low", "accuracy_high")},
+        })
+    return pd.DataFrame(rows)
+
+
+def rank_campaigns(campaigns: Campaigns, by: GroupBy | None = None) -> pd.DataFrame:
+    """Rank campaigns by failure probability (rank 1 = most robust), overall or per group.
+
+    Groups present in only one campaign are left out (there is nothing to compare). Columns:
+    the keys, ``campaign``, ``rank``, ``failure``, ``failure_low``, ``failure_high``,
+    ``inputs``, ``scenarios``; sorted by group, then rank.
+
+    Example:
+        >>> cs = [load_campaign(d) for d in ("runs/dense-cnn", "runs/pruned-cnn")]  # doctest: +SKIP
+        >>> rank_campaigns(cs, "kind")  # doctest: +SKIP
+    """
+    cs = _as_list(campaigns)
+    keys = [] if by is None else [by] if isinstance(by, str) else list(by)
+    cols = [*keys, "campaign", "failure", "failure_low", "failure_high", "inputs", "scenarios"]
+    long = pd.concat([by_group(c, keys).assign(campaign=label)[cols] for c, label in zip(cs, _labels(cs))], ignore_index=True)
+    grouper = keys or np.zeros(len(long), dtype=np.int64)
+    long = long[long.groupby(grouper)["campaign"].transform("size") >= 2]
+    grouper = keys or np.zeros(len(long), dtype=np.int64)
+    long.insert(len(keys) + 1, "rank", long.groupby(grouper)["failure"].rank(method="min").astype(np.int64))
+    return _sorted(long, [*keys, "rank"])
+
+
+def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = None) -> tuple[Figure, Axes]:
+    """Accuracy (or failure probability, ``metric="failure"``) against the bit error rate.
+
+    One line per campaign that has rates (BER campaigns; others are skipped) with its Wilson
+    95% band, on a log rate axis; for accuracy, each campaign's fault-free accuracy is dashed.
+
+    Example:
+        >>> fig, ax = plot_rate([load_campaign("runs/dense-ber"), load_campaign("runs/snn-ber")])  # doctest: +SKIP
+        >>> fig.savefig("accuracy_vs_rate.png")  # doctest: +SKIP
+
+    Raises:
+        FaultError: for another metric, or when no campaign has bit error rates.
+    """
+    if metric not in ("accuracy", "failure"):
+        raise FaultError(f"metric must be 'accuracy' or 'failure', not {metric!r}")
+    cs = _as_list(campaigns)
+    fig, ax = _axes(ax, (7.5, 4.8))
+    golden = drawn = False
+    for i, (c, label) in enumerate(zip(cs, _labels(cs))):
+        g = by_group(c, "rate")
+        if g.empty:
+            continue
+        drawn = True
+        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=0.25, linewidth=0)
+        ax.plot(g["rate"], g[metric], marker=_marker(i), markersize=4, color=_color(i), label=label)
+        if metric == "accuracy" and c.manifest.get("golden_accuracy") is not None:
+            ax.axhline(c.manifest["golden_accuracy"], color=_color(i), linestyle="--", linewidth=1)
+            golden = True
+    if not drawn:
+        raise FaultError("no campaign has bit error rates (sampler 'ber'); nothing to plot against the rate")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(_percent())
+    ax.set_xlabel("bit error rate (probability that a bit is faulty)")
+    ax.set_ylabel("accuracy under faults" if metric == "accuracy" else "failure probability")
+    ax.set_title(("Accuracy" if metric == "accuracy" else "Failure probability") + " vs bit error rate")
+    ax.grid(True, which="major", alpha=0.3)
+    extra = [Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    if golden:
+        extra.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="fault-free accuracy"))
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return fig, ax
+
+
+def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None) -> tuple[Figure, Axes]:
+    """Failure probability per layer (of each scenario's first fault) as horizontal bars with
+    Wilson 95% error bars, layers top to bottom in natural order (the first campaign's first);
+    several campaigns give grouped bars (a layer gets a bar from each campaign that has it). Bit-error-rate
+    campaigns are left out (see :attr:`Campaign.ber`); colours follow the campaigns' positions.
+
+    Example:
+        >>> fig, ax = plot_layers([load_campaign("runs/dense-cnn"), load_campaign("runs/pruned-cnn")])  # doctest: +SKIP
+
+    Raises:
+        FaultError: when every campaign is a bit-error-rate campaign.
+    """
+    cs = _as_list(campaigns)
+    groups = {i: by_group(c, "layer").set_index("layer") for i, c in enumerate(cs) if not c.ber}
+    if not groups:
+        raise FaultError("every campaign is a bit-error-rate campaign; plot them with plot_rate")
+    layers = list(dict.fromkeys(layer for g in groups.values() for layer in g.index))
+    present = {layer: [i for i, g in groups.items() if layer in g.index] for layer in layers}
+    most = max(len(p) for p in present.values())
+    fig, ax = _axes(ax, (8.5, max(3.5, 1.6 + len(layers) * (0.1 + 0.2 * most))))
+    thickness = 0.8 / most
+    labels = _labels(cs)
+    for i, g in groups.items():
+        y = [row + (present[layer].index(i) - (len(present[layer]) - 1) / 2) * thickness
+             for row, layer in enumerate(layers) if layer in g.index]
+        g = g.loc[[layer for layer in layers if layer in g.index]]
+        xerr = np.vstack([g["failure"] - g["failure_low"], g["failure_high"] - g["failure"]])
+        ax.barh(y, g["failure"], thickness * 0.92, xerr=xerr, color=_color(i), label=labels[i],
+                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(i, dark=True)})
+    ax.set_yticks(np.arange(len(layers)), [_layer_name(layer) for layer in layers], fontsize=9)
+    ax.set_ylim(len(layers) - 0.5, -0.5)
+    if log:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_ylabel("layer (of the first fault in a scenario)")
+    ax.set_xlabel("failure probability (critical or non-finite output)")
+    ax.set_title("Failure probability per layer\n(error bars: 95% Wilson interval)", fontsize=11)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return fig, ax
+
+
+def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = None) -> tuple[Figure, Axes]:
+    """Failure probability against the bit position of single-bit faults, one line per campaign
+    with its Wilson 95% band. Whole-word and multi-bit scenarios (``bit == -1``) and
+    bit-error-rate campaigns are left out; colours follow the campaigns' positions.
+
+    ``log=None`` picks a symmetric-log y axis when the values span two decades or more, so the
+    mantissa bits stay visible next to the exponent bits while zeros still show.
+
+    Example:
+        >>> fig, ax = plot_bits([load_campaign("runs/dense-cnn"), load_campaign("runs/int8-cnn")])  # doctest: +SKIP
+
+    Raises:
+        FaultError: when no campaign has single-bit faults.
+    """
+    cs = _as_list(campaigns)
+    fig, ax = _axes(ax, (10.0, 4.8))
+    drawn = []
+    for i, (c, label) in enumerate(zip(cs, _labels(cs))):
+        g = by_group(c, "bit")
+        g = g[g["bit"] >= 0]
+        if c.ber or g.empty:
+            continue
+        drawn.append(g)
+        g = g.set_index("bit").reindex(range(g["bit"].min(), g["bit"].max() + 1)).reset_index()  # gaps break the line
+        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(i), alpha=0.25, linewidth=0)
+        ax.plot(g["bit"], g["failure"], marker=_marker(i), markersize=4, color=_color(i), label=label)
+    if not drawn:
+        raise FaultError("no campaign has single-bit faults (BER campaigns left out); nothing to plot per bit")
+    data = pd.concat(drawn)
+    positive = data["failure"].to_numpy()
+    positive = positive[positive > 0]
+    if log is None:
+        log = positive.size > 0 and positive.max() >= 100 * positive.min()
+    if log and positive.size:
+        ax.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())), linscale=0.5)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(_percent())
+    bits = np.arange(data["bit"].min(), data["bit"].max() + 1)
+    ax.set_xticks(bits if len(bits) <= 40 else bits[:: int(np.ceil(len(bits) / 32))])
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel("bit position (0 = least significant)")
+    ax.set_ylabel("failure probability" + (" (symmetric log)" if log else ""))
+    ax.set_title("Failure probability per bit position")
+    ax.grid(True, alpha=0.3)
+    handles = [*ax.get_legend_handles_labels()[0], Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return fig, ax
+
+
+def plot_bit_heatmap(campaigns: Campaigns, rows: str = "layer", log: bool = True, ax: Axes | None = None) -> tuple[Figure, Axes]:
+    """Heat map of the failure probability: columns are bit positions, rows are layers
+    (``rows="layer"``; prefixed by the campaign when there are several) or campaigns
+    (``rows="campaign"``); bit-error-rate campaigns are left out. Cells are annotated in percent
+    when the grid is small enough to read. Grey cells saw no failure (on the log scale), white
+    cells were not sampled.
+
+    Example:
+        >>> fig, ax = plot_bit_heatmap(load_campaign("runs/dense-cnn"))  # doctest: +SKIP
+
+    Raises:
+        FaultError: for another ``rows``, or when no campaign has single-bit faults.
+    """
+    if rows not in ("layer", "campaign"):
+        raise FaultError(f"rows must be 'layer' or 'campaign', not {rows!r}")
+    cs = _as_list(campaigns)
+    kept = [(c, label) for c, label in zip(cs, _labels(cs)) if not c.ber]
+    frames = []
+    for c, label in kept:
+        if rows == "campaign":
+            frames.append(by_group(c, "bit").assign(row=label))
+        else:
+            g = by_group(c, ["layer", "bit"])
+            frames.append(g.assign(row=[(f"{label}: " if len(kept) > 1 else "") + _layer_name(v) for v in g["layer"]]))
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["row", "bit", "failure"])
+    data = data[data["bit"] >= 0]
+    if data.empty:
+        raise FaultError("no campaign has single-bit faults (BER campaigns left out); nothing to map per bit")
+    names = list(dict.fromkeys(data["row"]))
+    bits = np.arange(data["bit"].min(), data["bit"].max() + 1)
+    grid = np.full((len(names), len(bits)), np.nan)
+    grid[[names.index(r) for r in data["row"]], np.searchsorted(bits, data["bit"])] = data["failure"]
+    fig, ax = _axes(ax, (max(6.5, 3.5 + 0.32 * len(bits)), max(2.8, 1.9 + 0.34 * len(names))))
+    positive = grid[grid > 0]
+    cmap = colormaps["viridis"].with_extremes(under="#d0d0d0", bad="white")
+    if log and positive.size and positive.max() > positive.min():
+        norm: Normalize = LogNorm(positive.min(), positive.max())
+        shown = np.where(grid == 0, positive.min() / 10, grid)
+    else:
+        norm, shown, log = Normalize(0, float(np.nanmax(grid)) or 1.0), grid, False
+    image = ax.imshow(shown, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    bar = fig.colorbar(image, ax=ax, extend="min" if log and (grid == 0).any() else "neither", pad=0.02)
+    bar.set_label("failure probability" + (" (log scale)" if log else ""), labelpad=8)
+    if log:
+        decades = np.log10(positive.max() / positive.min())
+        bar.locator = LogLocator(subs=(1.0, 2.0, 3.0, 5.0) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2.5 else (1.0,))
+        bar.ax.yaxis.set_minor_formatter(NullFormatter())
+    bar.formatter = _percent()
+    bar.update_ticks()
+    ax.set_xticks(np.arange(len(bits)), [str(b) for b in bits], fontsize=8)
+    ax.set_yticks(np.arange(len(names)), names, fontsize=9)
+    if len(bits) <= 40 and len(names) <= 40:
+        for (r, b), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                rgba = cmap(norm(shown[r, b]))
+                dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
+                ax.text(b, r, _short_pct(v), ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
+    ax.set_xlabel("bit position (0 = least significant)")
+    ax.set_ylabel("campaign" if rows == "campaign" else "layer")
+    notes = ["cells in %", *(["grey: no failure"] if log and (grid == 0).any() else []), *(["white: not sampled"] if np.isnan(grid).any() else [])]
+    ax.set_title("Failure probability per bit" + (" and layer" if rows == "layer" else "") + f"\n({'; '.join(notes)})", fontsize=11)
+    return fig, ax
+
+
+def write_report(dirs: Sequence[PathLike], out: PathLike) -> Path:
+    """Write a PNG for every figure that applies and one self-contained ``report.html`` into
+    ``out`` (created if needed), comparing the campaigns in ``dirs`` side by side. Campaigns are
+    ranked only against those of the same sampler (a BER failure probability is not comparable
+    with a single-fault one).
+
+    Figures without data are skipped: the rate plots need BER campaigns, the per-layer plot
+    other campaigns, the per-bit plots single-bit faults in them, the campaign heat map two such
+    campaigns. The page embeds the PNGs as base64 data URIs and has no external links, scripts
+    or style sheets.
+
+    Example:
+        >>> write_report(["runs/dense-cnn", "runs/pruned-cnn"], "reports/cnn")  # doctest: +SKIP
+        PosixPath('reports/cnn/report.html')
+
+    Raises:
+        FaultError: when ``dirs`` is empty or a directory is not a campaign.
+    """
+    loaded = [load_campaign(d) for d in dirs]
+    if not loaded:
+        raise FaultError("write_report needs at least one campaign directory")
+    campaigns = [Campaign(label, c.manifest, c.table) for c, label in zip(loaded, _labels(loaded))]
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    images = []
+    for filename, caption, fig in _figures(campaigns):
+        fig.savefig(root / filename, dpi=100, metadata={"Software": None})
+        images.append((filename, caption, (root / filename).read_bytes()))
+    samplers: dict[str, list[Campaign]] = {}
+    for c in campaigns:
+        samplers.setdefault(str(c.manifest["sampler"]), []).append(c)
+    comparisons = [(sampler, [c.name for c in group], {"": rank_campaigns(group), **{k: rank_campaigns(group, k) for k in _keys(group[0])}})
+                   for sampler, group in samplers.items() if len(group) > 1]
+    details = [(c.name, c.manifest, {k: by_group(c, k) for k in _keys(c)}) for c in campaigns]
+    path = root / "report.html"
+    path.write_text(render_html(summary(campaigns), comparisons, details, images), encoding="utf-8")
+    return path
+
+
+def _keys(c: Campaign) -> tuple[str, ...]:
+    """The groupings the page tabulates and ranks: per rate for BER campaigns, else per kind and layer."""
+    return ("rate",) if c.ber else ("kind", "layer")
+
+
+def _figures(cs: list[Campaign]) -> Iterator[tuple[str, str, Figure]]:
+    """(file name, caption, figure) for every figure whose data exist."""
+    band = "Shaded bands: 95% Wilson intervals."
+    if any(c.ber for c in cs):
+        yield "accuracy_vs_rate.png", f"Accuracy under faults vs bit error rate; dashed: fault-free accuracy. {band}", plot_rate(cs)[0]
+        yield "failure_vs_rate.png", f"Failure probability vs bit error rate. {band}", plot_rate(cs, "failure")[0]
+    single = [c for c in cs if not c.ber]
+    if single:
+        yield "failure_by_layer.png", "Failure probability per layer of the first fault; error bars: 95% Wilson intervals.", plot_layers(cs)[0]
+    with_bits = [c for c in single if (c.table["bit"] >= 0).any()]
+    if with_bits:
+        yield "failure_by_bit.png", f"Failure probability per bit position of single-bit faults. {band}", plot_bits(cs)[0]
+    if len(with_bits) > 1:
+        yield "heatmap_campaigns.png", "Failure probability per bit position, one row per campaign.", plot_bit_heatmap(cs, rows="campaign")[0]
+    for c, label in zip(cs, _labels(cs)):
+        if c in with_bits:
+            yield f"heatmap_{_slug(label)}.png", f"{label}: failure probability per layer and bit position.", plot_bit_heatmap(c)[0]
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows sorted by ``keys``: numbers by value, text in natural order."""
+    def rank(s: pd.Series) -> pd.Series:
+        if pd.api.types.is_numeric_dtype(s):
+            return s
+        natural = sorted(s.unique(), key=lambda v: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(v))])
+        return s.map({v: i for i, v in enumerate(natural)})
+
+    return frame.sort_values(keys, key=rank, kind="stable", ignore_index=True) if keys else frame
+
+
+def _as_list(campaigns: Campaigns) -> list[Campaign]:
+    cs = [campaigns] if isinstance(campaigns, Campaign) else list(campaigns)
+    if not cs:
+        raise FaultError("no campaign given")
+    return cs
+
+
+def _labels(cs: Sequence[Campaign]) -> list[str]:
+    """Unique display labels: the names, with the sampler (then a number) when names repeat."""
+    names = [c.name for c in cs]
+    if len(set(names)) < len(names):
+        names = [f"{c.name} ({c.manifest.get('sampler', '?')})" for c in cs]
+    if len(set(names)) < len(names):
+        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.get_figure(root=True), ax
+    fig = Figure(figsize=figsize, dpi=100, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _color(i: int, dark: bool = False) -> tuple[float, float, float]:
+    """The i-th campaign's colour (darker for error bars drawn over its own bars)."""
+    r, g, b = (0.55 * v if dark else v for v in to_rgb(f"C{i % 10}"))
+    return r, g, b
+
+
+def _marker(i: int) -> str:
+    return "os^Dv<>ph*"[i % 10]
+
+
+def _percent() -> FuncFormatter:
+    """Tick labels in percent with up to three significant digits (0.001 -> 0.1%)."""
+    return FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
+
+
+def _layer_name(layer: str) -> str:
+    return layer or "(no fault)"
+
+
+def _short_pct(p: float) -> str:
+    """A percentage in at most four characters for heat-map cells."""
+    v = 100 * p
+    return "0" if v == 0 else f"{v:.0f}" if v >= 9.95 else f"{v:.1f}" if v >= 0.95 else f"{v:.2g}".lstrip("0")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "campaign"

@@ -1,0 +1,171 @@
+"""The HTML page of :func:`resil.report.write_report`: tables and embedded PNGs, no external
+resources (inline style, images as base64 data URIs).
+
+Example:
+    >>> html_table(["layer", "failure"], [["conv1", pct(0.25)]]).count("<td")
+    2
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+#: a cell that shows a number (aligned right): "12", "3.5% [2, 4]", or "-" for none
+NUMBER = re.compile(r"^(-$|[-\d.])")
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 2em; max-width: 1400px; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } td.num { text-align: right; white-space: nowrap; }
+td.best { font-weight: bold; background: #e8f4e8; } td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption, p.note { color: #555; font-size: .9em; }
+"""
+
+
+def render_html(summary: pd.DataFrame, comparisons: Sequence[tuple[str, list[str], dict[str, pd.DataFrame]]],
+                details: Sequence[tuple[str, dict[str, Any], dict[str, pd.DataFrame]]], images: Sequence[tuple[str, str, bytes]]) -> str:
+    """The whole page.
+
+    Args:
+        summary: :func:`resil.report.summary` of the campaigns.
+        comparisons: per sampler shared by several campaigns: the sampler, those campaigns' labels
+            and their :func:`resil.report.rank_campaigns` tables by grouping key (``""`` = overall).
+        details: per campaign, its label, manifest and :func:`resil.report.by_group` tables by key.
+        images: (file name, caption, PNG bytes) per figure.
+    """
+    labels = list(summary["campaign"])
+    title = "resil report: " + ", ".join(labels)
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style>\n</head>\n<body>", f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", _summary(summary)]
+    if comparisons:
+        parts.append("<h2>Which variant is most robust</h2>")
+        for sampler, members, rankings in comparisons:
+            if summary["sampler"].nunique() > 1:
+                parts.append(f"<h3>Campaigns with the {html.escape(sampler)} sampler</h3>")
+            parts.append(_comparison(rankings, members))
+    if images:
+        parts.append("<h2>Figures</h2>")
+        for filename, caption, png in images:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(filename)}\">"
+                         f"<figcaption>{html.escape(filename)}: {html.escape(caption)}</figcaption></figure>")
+    for label, manifest, tables in details:
+        parts.append(f"<h2>{html.escape(label)}</h2>")
+        parts.append(f"<p class=\"note\">model {html.escape(str(manifest.get('model')))}, sampler "
+                     f"{html.escape(str(manifest.get('sampler')))}, spec hash {html.escape(str(manifest.get('spec_hash', '-')))}</p>")
+        for key, table in tables.items():
+            if not table.empty:
+                parts += [f"<h3>By {html.escape(key)}</h3>", _groups(table, key)]
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], best: Sequence[Sequence[bool]] | None = None) -> str:
+    """A table of already formatted cells (escaped here); numbers align right, ``best`` marks
+    cells to highlight."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for j, v in enumerate(row):
+            classes = " ".join(c for c, on in (("num", NUMBER.match(v)), ("best", best and best[i][j])) if on)
+            cells.append(f"<td class=\"{classes}\">{html.escape(v)}</td>" if classes else f"<td>{html.escape(v)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<div class=\"scroll\"><table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table></div>"
+
+
+def pct(p: float) -> str:
+    """A probability in percent with three significant digits.
+
+    Example:
+        >>> pct(0.012345), pct(1.0), pct(float("nan"))
+        ('1.23%', '100%', '-')
+    """
+    return "-" if pd.isna(p) else f"{100 * p:.3g}%"
+
+
+def pct_ci(p: float, low: float, high: float) -> str:
+    """A probability in percent with its interval.
+
+    Example:
+        >>> pct_ci(0.5, 0.4, 0.6)
+        '50% [40, 60]'
+    """
+    return f"{pct(p)} [{100 * low:.3g}, {100 * high:.3g}]"
+
+
+def _summary(s: pd.DataFrame) -> str:
+    header = ["campaign", "model", "sampler", "scenarios", "inputs per scenario", "golden accuracy",
+              "failure probability [95% CI]", "accuracy under faults [95% CI]"]
+    rows = []
+    for r in s.itertuples():
+        done = f"{r.scenarios}" if r.scenarios == r.planned else f"{r.scenarios} of {r.planned} (incomplete)"
+        star = " *" if r.weighted else ""
+        rows.append([r.campaign, str(r.model), str(r.sampler), done, str(r.inputs), pct(r.golden_accuracy),
+                     pct_ci(r.failure, r.failure_low, r.failure_high) + star, pct_ci(r.accuracy, r.accuracy_low, r.accuracy_high) + star])
+    note = ("<p class=\"note\">Failure = critical (top-1 differs from the fault-free top-1) or non-finite output; trials are "
+            "scenario &times; input pairs; intervals are Wilson 95%."
+            + (" * importance-sampled: weighted means, intervals over the effective number of trials." if s["weighted"].any() else "")
+            + "</p>")
+    return html_table(header, rows) + "\n" + note
+
+
+def _comparison(rankings: dict[str, pd.DataFrame], labels: list[str]) -> str:
+    header = ["group", *(f"{label} failure [95% CI]" for label in labels), "most robust", "ranking (most robust first)"]
+    rows, best = [], []
+    for key, table in rankings.items():
+        keys = [key] if key else []
+        for group, g in (table.groupby(keys, sort=False) if keys else [((), table)]):
+            name = "all scenarios" if not keys else f"{key} = {_value(group[0])}"
+            g = g.sort_values("rank", kind="stable")
+            cells = {r.campaign: pct_ci(r.failure, r.failure_low, r.failure_high) for r in g.itertuples()}
+            winners = list(g.loc[g["rank"] == 1, "campaign"])
+            rows.append([name, *(cells.get(label, "-") for label in labels), _verdict(g, winners), _ranking(g)])
+            best.append([False, *(label in winners for label in labels), False, False])
+    note = ("<p class=\"note\">Ranked by failure probability per group (lower is more robust); only groups that at least two "
+            "campaigns share, and only against campaigns of the same sampler.</p>")
+    return html_table(header, rows, best) + "\n" + note
+
+
+def _verdict(g: pd.DataFrame, winners: list[str]) -> str:
+    """The most robust campaign of a ranked group, qualified when the data do not separate it."""
+    if len(winners) > 1:
+        return "tie: " + ", ".join(winners)
+    top, runner_up = g.iloc[0], g.iloc[1]
+    if top["failure_high"] >= runner_up["failure_low"]:
+        return f"{top['campaign']} (not significant: 95% intervals overlap with {runner_up['campaign']})"
+    return str(top["campaign"])
+
+
+def _ranking(g: pd.DataFrame) -> str:
+    """Campaigns from most to least robust, '=' between equal ranks."""
+    text = str(g["campaign"].iloc[0])
+    for prev, (rank, name) in zip(g["rank"], zip(g["rank"].iloc[1:], g["campaign"].iloc[1:])):
+        text += f" {'=' if rank == prev else '<'} {name}"
+    return text
+
+
+def _groups(table: pd.DataFrame, key: str) -> str:
+    header = [key, "scenarios", "trials", "failures", "failure probability [95% CI]", "accuracy [95% CI]"]
+    rows = [[_value(getattr(r, key)), str(r.scenarios), str(r.inputs), str(r.failures), pct_ci(r.failure, r.failure_low, r.failure_high),
+             pct_ci(r.accuracy, r.accuracy_low, r.accuracy_high)] for r in table.itertuples()]
+    return html_table(header, rows)
+
+
+def _value(v: Any) -> str:
+    """A group key for display: rates as 1e-5, an empty layer as '(no fault)'."""
+    if isinstance(v, float):
+        if v == 0 or 0.1 <= abs(v) < 1e4:
+            return f"{v:.4g}"
+        mantissa, exponent = f"{v:.3e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return str(v) if v != "" else "(no fault)"
