@@ -146,3 +146,10 @@ def test_serial_process_and_dask_executors_give_identical_tables(tmp_path):
     process = table(rc.run(spec, tmp_path / "process", rc.make_executor("process", 2)))
     dask = table(rc.run(spec, tmp_path / "dask", rc.make_executor("dask", 2)))
     assert serial.equals(process) and serial.equals(dask)
+
+
+def test_relative_criterion_for_non_classification_outputs():
+    golden = rc.Golden(torch.tensor([[1.0, 2.0], [4.0, -2.0], [1.0, 1.0]]), torch.tensor([1, 0, 0]))
+    out = torch.tensor([[1.0, 2.0], [4.2, -2.0], [1.0, 1.5]])  # deviations 0, 0.2/4 = 5%, 0.5/1 = 50%
+    assert rc.classify(out, golden, "relative", threshold=0.1) == {"masked": 1, "tolerable": 1, "critical": 1, "non_finite": 0, "correct": 2}
+    assert rc.classify(out, golden, "relative", threshold=0.01)["critical"] == 2
