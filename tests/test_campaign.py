@@ -153,3 +153,14 @@ def test_relative_criterion_for_non_classification_outputs():
     out = torch.tensor([[1.0, 2.0], [4.2, -2.0], [1.0, 1.5]])  # deviations 0, 0.2/4 = 5%, 0.5/1 = 50%
     assert rc.classify(out, golden, "relative", threshold=0.1) == {"masked": 1, "tolerable": 1, "critical": 1, "non_finite": 0, "correct": 2}
     assert rc.classify(out, golden, "relative", threshold=0.01)["critical"] == 2
+
+
+@pytest.mark.parametrize("model, kinds", [("dense-cnn", ("weight", "bias", "activation")), ("pruned-80", ("weight",)),
+                                          ("int8", ("weight", "activation")), ("snn", ("weight", "state", "spike"))])
+def test_fast_mode_gives_the_plain_mode_table_bit_for_bit(tmp_path, model, kinds):
+    def spec(mode):
+        return rc.CampaignSpec(model=rc.ModelSpec((model,)), data=rc.DataSpec(inputs=40), sites=rc.SiteSpec(kinds=kinds),
+                               sampler=rc.SamplerSpec(kind="uniform", scenarios=60, faults_per_scenario=2), run=rc.RunSpec(mode=mode))
+    fast, plain = table(rc.run(spec("fast"), tmp_path / "fast")), table(rc.run(spec("plain"), tmp_path / "plain"))
+    assert fast.equals(plain)
+    assert (fast.masked < 40).any()  # faults that did something

@@ -18,6 +18,7 @@ from ..loading import load_inputs, load_model
 from .outcomes import OUTCOMES, Golden, classify
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .space import FaultSpace, layer_of
+from .suffix import SuffixForward
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
 
@@ -36,7 +37,8 @@ class CampaignRunner:
         self.sites = list_sites(self.model, self.inputs[:2], pruned=spec.sites.pruned)
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits)
-        self.golden = Golden(self.forward(), self.labels)
+        self.suffix = SuffixForward(self.model, self.inputs, spec.run.batch_size)
+        self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.forward(), self.labels)
         self.sampler = self._sampler()
 
     def _sampler(self) -> Sampler:
@@ -83,8 +85,10 @@ class CampaignRunner:
                 counts["masked"][i] = len(self.inputs)
                 counts["correct"][i] = int((self.golden.top1 == self.labels).sum())
                 continue
-            with inject(self.model, sc.of(i), sites=self.sites):
-                row = classify(self.forward(), self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
+            faults = sc.of(i)
+            with inject(self.model, faults, sites=self.sites) as applied:
+                out = self.suffix.run_from(self.suffix.first_stage(applied.sites)) if self.spec.run.mode == "fast" else self.forward()
+                row = classify(out, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
             for k, v in row.items():
                 counts[k][i] = v
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}

@@ -119,10 +119,13 @@ class OutcomeSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Execution: scenarios per shard (the unit of storage and resumption) and input batch size."""
+    """Execution: scenarios per shard (the unit of storage and resumption), input batch size, and
+    ``mode``: ``fast`` (run each scenario from its first faulted stage on, from cached golden
+    stage inputs; bit-identical results) or ``plain`` (a full forward per scenario, the reference)."""
 
     shard_size: int = 100
     batch_size: int = 512
+    mode: str = "fast"
 
 
 @dataclass(frozen=True)
@@ -239,5 +242,7 @@ def _validate(s: CampaignSpec) -> None:
         raise bad("[sampler] margin, confidence and p must be in (0, 1), uniform_share in (0, 1]")
     if s.outcome.criterion not in ("top1", "relative"):
         raise bad(f"[outcome] criterion must be 'top1' or 'relative', not {s.outcome.criterion!r}")
+    if s.run.mode not in ("fast", "plain"):
+        raise bad(f"[run] mode must be 'fast' or 'plain', not {s.run.mode!r}")
     if s.run.shard_size < 1 or s.run.batch_size < 1:
         raise bad("[run] shard_size and batch_size must be >= 1")
