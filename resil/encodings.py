@@ -48,12 +48,6 @@ class Encoding:
         """The encoding of the elements at ``flat_index`` (per-channel encodings narrow here)."""
         return self
 
-    def check_mask(self, mask: int) -> bool:
-        """True if every bit of ``mask`` lies inside this encoding's width."""
-        if self.bits >= 64:
-            return True
-        return 0 <= mask < (1 << self.bits)
-
 
 @dataclass(frozen=True)
 class FloatEncoding(Encoding):

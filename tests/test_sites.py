@@ -69,3 +69,9 @@ def test_registered_adapter_takes_over_its_module_type():
     net = nn.Sequential(Custom(), nn.ReLU())
     names = resil.sites(net).names()
     assert names == ["0.inner.weight", "0.inner.bias", "1:out"]
+
+
+def test_of_kind_filters_sites(cnn, images):
+    s = resil.sites(cnn, images)
+    assert [x.name for x in s.of_kind("bias")] == ["conv1.bias", "bn1.bias", "conv2.bias", "fc.bias"]
+    assert all(x.batched for x in s.of_kind("activation")) and len(s.of_kind("weight", "bias")) == 8
