@@ -164,3 +164,20 @@ def test_fast_mode_gives_the_plain_mode_table_bit_for_bit(tmp_path, model, kinds
     fast, plain = table(rc.run(spec("fast"), tmp_path / "fast")), table(rc.run(spec("plain"), tmp_path / "plain"))
     assert fast.equals(plain)
     assert (fast.masked < 40).any()  # faults that did something
+
+
+def test_fast_mode_skips_stuck_at_faults_that_change_nothing(tmp_path, monkeypatch):
+    def spec(mode):
+        return rc.CampaignSpec(data=rc.DataSpec(inputs=24), faults=rc.FaultSpec(model='stuck_at:{"value": 0}'),
+                               sampler=rc.SamplerSpec(kind="uniform", scenarios=80, faults_per_scenario=2), run=rc.RunSpec(mode=mode))
+    forwards = []
+    original = rc.runner.SuffixForward.run_from
+    monkeypatch.setattr(rc.runner.SuffixForward, "run_from", lambda self, k: forwards.append(k) or original(self, k))
+    fast = table(rc.run(spec("fast"), tmp_path / "fast"))
+    plain = table(rc.run(spec("plain"), tmp_path / "plain"))
+    assert fast.equals(plain)
+    # independent count: scenarios where some fault clears a bit that is set in the stored weight
+    model = rm.load("dense-cnn")
+    params = {n: p.detach().numpy().reshape(-1).view(np.uint32) for n, p in model.named_parameters()}
+    changing = sum(any(int(params[s][i]) & m for s, i, m in zip(r.fault_sites, r.fault_indices, r.fault_masks)) for r in fast.itertuples())
+    assert len(forwards) == changing < 80

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..discovery import sites as list_sites
-from ..fault_models import fault_model_from_spec
+from ..fault_models import StuckAt, Zero, fault_model_from_spec
 from ..injection import inject
 from ..loading import load_inputs, load_model
 from .outcomes import OUTCOMES, Golden, classify
@@ -38,6 +38,7 @@ class CampaignRunner:
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits)
         self.suffix = SuffixForward(self.model, self.inputs, spec.run.batch_size)
+        self._codes: dict[str, torch.Tensor] = {}
         self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.forward(), self.labels)
         self.sampler = self._sampler()
 
@@ -80,8 +81,9 @@ class CampaignRunner:
         ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
         sc = self.sampler.draw(ids)
         counts = {k: np.zeros(len(ids), dtype=np.int64) for k in (*OUTCOMES, "correct")}
+        unchanged = sc.masked | (self.changes_nothing(sc) if self.spec.run.mode == "fast" else False)
         for i in range(len(ids)):
-            if sc.masked[i]:
+            if unchanged[i]:
                 counts["masked"][i] = len(self.inputs)
                 counts["correct"][i] = int((self.golden.top1 == self.labels).sum())
                 continue
@@ -92,6 +94,29 @@ class CampaignRunner:
             for k, v in row.items():
                 counts[k][i] = v
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
+
+
+    def changes_nothing(self, sc: Scenarios) -> np.ndarray:
+        """Scenarios whose faults provably leave every stored code as it is (a stuck-at equal to
+        the stored bits, zeroing a stored zero): masked without a forward pass."""
+        fs = sc.faults
+        same = np.zeros(len(fs), dtype=bool)
+        for m, model in enumerate(fs.models):
+            if not isinstance(model, (StuckAt, Zero)):
+                continue
+            for s_code, name in enumerate(fs.site_names):
+                site = self.sites[name]
+                rows = np.flatnonzero((fs.model == m) & (fs.site == s_code))
+                if site.batched or not len(rows):
+                    continue
+                if name not in self._codes:
+                    self._codes[name] = site.codes()
+                codes = self._codes[name][torch.from_numpy(fs.index[rows])]
+                encoding = site.encoding.at(torch.from_numpy(fs.index[rows]), site.shape or ())
+                same[rows] = (model.apply(codes, torch.from_numpy(fs.mask[rows]), encoding) == codes).numpy()
+        per_scenario = np.ones(len(sc.ids), dtype=bool)
+        np.logical_and.at(per_scenario, sc.owner, same)
+        return per_scenario & (np.bincount(sc.owner, minlength=len(sc.ids)) > 0)
 
 
 def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:

@@ -120,8 +120,10 @@ class OutcomeSpec:
 @dataclass(frozen=True)
 class RunSpec:
     """Execution: scenarios per shard (the unit of storage and resumption), input batch size, and
-    ``mode``: ``fast`` (run each scenario from its first faulted stage on, from cached golden
-    stage inputs; bit-identical results) or ``plain`` (a full forward per scenario, the reference)."""
+    ``mode``: ``fast`` (scenarios whose faults provably change no stored code, such as a stuck-at
+    equal to the stored bit, are masked without a forward pass; the others run from their first
+    faulted stage on, from cached golden stage inputs; bit-identical results) or ``plain`` (a
+    full forward per scenario, the reference)."""
 
     shard_size: int = 100
     batch_size: int = 512
