@@ -1,10 +1,13 @@
-"""Suffix execution: cache the golden input of every stage of a sequential model and run each
-scenario only from the first stage its faults touch.
+"""Suffix execution: replay the golden outputs of the stages before the first faulted one.
 
-Everything before that stage equals the golden run, so the result is bit-identical to a full
-forward pass (same modules, same inputs, same batches) at the cost of the suffix only. Models
-that are not a plain ``nn.Sequential`` (their own ``forward``, e.g. a spiking network's time
-loop) run the full forward pass.
+The golden run records, for every stage (top-level child) of an ``nn.Sequential`` model, its
+output at every call; a scenario whose faults all sit in stage k or later then runs the model's
+own forward with stages 0..k-1 replaced by a replay of those outputs. Those stages cannot see
+the faults, so the stages from k on get exactly the inputs they would get in a full faulty
+forward: the result is bit-identical, at the cost of the suffix only. This covers plain
+sequential models and ``nn.Sequential`` subclasses whose forward loops over the stages, such as
+a spiking network's time loop (each step replays its own golden outputs). Other models run the
+full forward pass.
 """
 
 from __future__ import annotations
@@ -19,27 +22,28 @@ from ..site import Site
 
 
 class SuffixForward:
-    """Forward passes over fixed inputs that can start at any stage of a sequential model."""
+    """Forward passes over fixed input batches that can skip the stages before a given one."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, batch_size: int) -> None:
         self.model = model
         self.batches = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
-        self.sequential = type(model).forward is nn.Sequential.forward
-        self.stages: list[nn.Module] = list(model.children()) if self.sequential else [model]
+        self.stages: list[nn.Module] = list(model.children()) if isinstance(model, nn.Sequential) else []
         self.stage_of = {id(m): k for k, stage in enumerate(self.stages) for m in stage.modules()}
-        self.cache: list[list[Any]] = []
+        self.recorded: list[list[list[Any]]] = []  # [batch][stage][call] -> output
 
     def golden(self) -> torch.Tensor:
-        """The full forward pass, caching every stage's input."""
+        """The full forward pass, recording every stage's outputs."""
         outputs = []
-        with torch.no_grad():
-            for x in self.batches:
-                stage_inputs = []
-                for stage in self.stages:
-                    stage_inputs.append(x)
-                    x = stage(x)
-                self.cache.append(stage_inputs)
-                outputs.append(x)
+        for x in self.batches:
+            calls: list[list[Any]] = [[] for _ in self.stages]
+            handles = [stage.register_forward_hook(lambda m, a, o, k=k: calls[k].append(o)) for k, stage in enumerate(self.stages)]
+            try:
+                with torch.no_grad():
+                    outputs.append(self.model(x))
+            finally:
+                for h in handles:
+                    h.remove()
+            self.recorded.append(calls)
         return torch.cat(outputs)
 
     def first_stage(self, sites: Iterable[Site]) -> int:
@@ -47,12 +51,16 @@ class SuffixForward:
         return min((self.stage_of.get(id(s.module), 0) for s in sites), default=0)
 
     def run_from(self, stage: int) -> torch.Tensor:
-        """The output over all inputs, computing only stages ``stage`` onwards."""
+        """The output over all inputs, with stages before ``stage`` replayed from the golden run."""
         outputs = []
         with torch.no_grad():
-            for cached in self.cache:
-                x = cached[stage]
-                for module in self.stages[stage:]:
-                    x = module(x)
-                outputs.append(x)
+            for x, calls in zip(self.batches, self.recorded):
+                replays = [iter(calls[k]) for k in range(stage)]
+                for k in range(stage):
+                    self.stages[k].forward = lambda *args, r=replays[k], **kw: next(r)  # shadows the class's forward
+                try:
+                    outputs.append(self.model(x))
+                finally:
+                    for k in range(stage):
+                        del self.stages[k].forward
         return torch.cat(outputs)
