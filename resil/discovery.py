@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .encodings import encoding_of
+from .encodings import FloatEncoding, encoding_of
 from .site import Site, SiteList, SiteOptions
 
 _OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], torch.dtype]]" = weakref.WeakKeyDictionary()
@@ -82,7 +82,7 @@ def _with_output_shape(site: Site) -> Site:
         return site
     shape, dtype = out
     enc = site.encoding
-    if enc.name in ("float64", "float32", "float16", "bfloat16"):
+    if isinstance(enc, FloatEncoding):
         enc = encoding_of(torch.empty(0, dtype=dtype)) or enc
     return dataclasses.replace(site, shape=shape, encoding=enc)
 

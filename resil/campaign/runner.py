@@ -39,7 +39,7 @@ class CampaignRunner:
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits)
         self.suffix = SuffixForward(self.model, self.inputs, spec.run.batch_size)
         self._codes: dict[str, torch.Tensor] = {}
-        self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.forward(), self.labels)
+        self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.suffix.run_from(0), self.labels)
         self.sampler = self._sampler()
 
     def _sampler(self) -> Sampler:
@@ -58,12 +58,6 @@ class CampaignRunner:
     @property
     def shards(self) -> int:
         return -(-self.scenarios // self.spec.run.shard_size)
-
-    def forward(self) -> torch.Tensor:
-        """The model's output on the campaign inputs (in batches, without gradients)."""
-        b = self.spec.run.batch_size
-        with torch.no_grad():
-            return torch.cat([self.model(self.inputs[i : i + b]) for i in range(0, len(self.inputs), b)])
 
     def manifest(self) -> dict[str, Any]:
         acc = float((self.golden.top1 == self.labels).float().mean())
@@ -89,7 +83,7 @@ class CampaignRunner:
                 continue
             faults = sc.of(i)
             with inject(self.model, faults, sites=self.sites) as applied:
-                out = self.suffix.run_from(self.suffix.first_stage(applied.sites)) if self.spec.run.mode == "fast" else self.forward()
+                out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.spec.run.mode == "fast" else 0)
                 row = classify(out, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
             for k, v in row.items():
                 counts[k][i] = v

@@ -54,8 +54,8 @@ class SuffixForward:
         """The output over all inputs, with stages before ``stage`` replayed from the golden run."""
         outputs = []
         with torch.no_grad():
-            for x, calls in zip(self.batches, self.recorded):
-                replays = [iter(calls[k]) for k in range(stage)]
+            for b, x in enumerate(self.batches):
+                replays = [iter(self.recorded[b][k]) for k in range(stage)]  # stage 0: nothing recorded is needed
                 for k in range(stage):
                     self.stages[k].forward = lambda *args, r=replays[k], **kw: next(r)  # shadows the class's forward
                 try:
