@@ -1,0 +1,1 @@
+"""Vulnerability analysis: semi-analytical vulnerability factors, PVF, importance-sampling precision."""

@@ -1,0 +1,1 @@
+"""Hardening: fault-tolerant and fault-aware training, fault-tolerant architecture search."""
