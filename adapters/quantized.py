@@ -53,7 +53,9 @@ from brevitas.nn import (
     QuantConvTranspose3d,
     QuantEltwiseAdd,
     QuantEmbedding,
+    QuantIdentity,
     QuantLinear,
+    QuantReLU,
     QuantScaleBias,
 )
 from brevitas.nn.mixin.base import QuantLayerMixin
@@ -66,7 +68,7 @@ from resil.encodings import FLOAT_ENCODINGS, IntEncoding, to_unsigned
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, register_step_hook
 from resil.plan import ElementPlan
-from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, register_channel_local
 
 from . import UnsupportedAdapter, register_adapter
 from .dense import DenseAdapter
@@ -88,6 +90,7 @@ def register() -> None:
     adapter = QuantizedAdapter()
     for layer_type in LAYER_TYPES:
         register_adapter(layer_type, adapter)
+    register_channel_local(QuantReLU, QuantIdentity)  # elementwise; per-tensor scales are checked on the golden run
 
 
 def encoding_of_quant(qt: IntQuantTensor) -> IntEncoding:

@@ -69,6 +69,11 @@ class FaultModel:
     #: whether the model is a pure XOR with the mask (lets injection merge duplicates by XOR)
     is_xor: ClassVar[bool] = False
 
+    @property
+    def span(self) -> int:
+        """How many bits from a fault's bit the model touches (a burst's length; 1 otherwise)."""
+        return 1
+
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         """Return the faulty codes for ``codes`` (int64) given per-element bit ``mask``."""
         raise NotImplementedError
@@ -134,6 +139,10 @@ class Burst(BitFlip):
     def __post_init__(self) -> None:
         if self.length < 1:
             raise FaultError(f"a burst needs a length of at least 1, not {self.length}")
+
+    @property
+    def span(self) -> int:
+        return self.length
 
     def mask(self, bits: Sequence[int]) -> int:
         if len(bits) != 1:

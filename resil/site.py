@@ -207,3 +207,23 @@ class SiteList:
             rows.append((s.name, s.kind, "?" if s.shape is None else str(tuple(s.shape)), s.encoding.name, "?" if n is None else f"{n * s.bits:,}"))
         w = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w[i]) if i < 4 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
+#: module types that act on every channel alone (elementwise activations, pooling): a fault that
+#: touches some channels stays in those channels through them (the fast campaign path uses this)
+CHANNEL_LOCAL: set[type[nn.Module]] = {
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+}
+
+
+def register_channel_local(*types: type[nn.Module]) -> None:
+    """Declare module types that act on every channel alone (adapters call this for their own).
+
+    Example:
+        >>> from torch import nn
+        >>> register_channel_local(nn.Softplus); nn.Softplus in CHANNEL_LOCAL
+        True
+    """
+    CHANNEL_LOCAL.update(types)
+

@@ -170,9 +170,11 @@ def test_fast_mode_skips_stuck_at_faults_that_change_nothing(tmp_path, monkeypat
     def spec(mode):
         return rc.CampaignSpec(data=rc.DataSpec(inputs=24), faults=rc.FaultSpec(model='stuck_at:{"value": 0}'),
                                sampler=rc.SamplerSpec(kind="uniform", scenarios=80, faults_per_scenario=2), run=rc.RunSpec(mode=mode))
-    forwards = []
-    original = rc.runner.SuffixForward.run_from
+    forwards = []  # one entry per simulated scenario, alone or in a group
+    original, grouped = rc.runner.SuffixForward.run_from, rc.grouped.GroupedForward.outputs
     monkeypatch.setattr(rc.runner.SuffixForward, "run_from", lambda self, k: forwards.append(k) or original(self, k))
+    monkeypatch.setattr(rc.grouped.GroupedForward, "outputs",
+                        lambda self, k, sc, pos, sites: forwards.extend([k] * len(pos)) or grouped(self, k, sc, pos, sites))
     fast = table(rc.run(spec("fast"), tmp_path / "fast"))
     fast_forwards = len(forwards)
     plain = table(rc.run(spec("plain"), tmp_path / "plain"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 OUTCOMES = ("masked", "tolerable", "critical", "non_finite")
@@ -36,20 +37,34 @@ def classify(output: torch.Tensor, golden: Golden, criterion: str = "top1", thre
         >>> classify(torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, float("nan")]]), g)
         {'masked': 1, 'tolerable': 1, 'critical': 0, 'non_finite': 1, 'correct': 2}
     """
-    out = output.reshape(len(output), -1)
-    gold = golden.output.reshape(len(output), -1)
-    non_finite = ~torch.isfinite(out).all(1)
-    same = (out.view(torch.int32) == gold.view(torch.int32)).all(1) if out.dtype == torch.float32 else (out == gold).all(1)
-    if criterion == "top1":
-        failed = out.argmax(1) != golden.top1
+    return {k: int(v[0]) for k, v in classify_many(output.unsqueeze(0), golden, criterion, threshold).items()}
+
+
+def classify_many(outputs: torch.Tensor, golden: Golden, criterion: str = "top1", threshold: float = 0.0) -> dict[str, np.ndarray]:
+    """Count the outcomes of many faulty runs at once: ``outputs`` is ``[runs, inputs, ...]``.
+
+    Example:
+        >>> g = Golden(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+        >>> classify_many(torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]]), g)["critical"]
+        array([0, 1])
+    """
+    runs, n = outputs.shape[:2]
+    out = outputs.reshape(runs, n, -1)
+    gold = golden.output.reshape(1, n, -1)
+    non_finite = ~torch.isfinite(out).all(2)
+    if out.dtype == torch.float32:
+        same = (out.view(torch.int32) == gold.view(torch.int32)).all(2)
     else:
-        scale = gold.abs().amax(1).clamp_min(torch.finfo(gold.dtype).tiny)
-        failed = (out - gold).abs().amax(1) / scale > threshold
+        same = (out == gold).all(2)
+    top1 = out.argmax(2)
+    if criterion == "top1":
+        failed = top1 != golden.top1
+    else:
+        scale = gold.abs().amax(2).clamp_min(torch.finfo(gold.dtype).tiny)
+        failed = (out - gold).abs().amax(2) / scale > threshold
     masked = same & ~non_finite
     critical = failed & ~masked & ~non_finite
     tolerable = ~masked & ~critical & ~non_finite
-    correct = (out.argmax(1) == golden.labels) & ~non_finite
-    return {
-        "masked": int(masked.sum()), "tolerable": int(tolerable.sum()), "critical": int(critical.sum()),
-        "non_finite": int(non_finite.sum()), "correct": int(correct.sum()),
-    }
+    correct = (top1 == golden.labels) & ~non_finite
+    return {k: v.sum(1).numpy() for k, v in
+            (("masked", masked), ("tolerable", tolerable), ("critical", critical), ("non_finite", non_finite), ("correct", correct))}

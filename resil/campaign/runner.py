@@ -15,7 +15,8 @@ from ..discovery import sites as list_sites
 from ..fault_models import StuckAt, Zero, fault_model_from_spec
 from ..injection import inject
 from ..loading import load_inputs, load_model
-from .outcomes import OUTCOMES, Golden, classify
+from .grouped import GroupedForward, run_grouped
+from .outcomes import OUTCOMES, Golden, classify, classify_many
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .space import FaultSpace, layer_of
 from .suffix import SuffixForward
@@ -36,10 +37,11 @@ class CampaignRunner:
         self.inputs, self.labels = load_inputs(model_name, spec.data.dataset, spec.data.inputs)
         self.sites = list_sites(self.model, self.inputs[:2], pruned=spec.sites.pruned)
         self.fault_model = fault_model_from_spec(spec.faults.model)
-        self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits)
+        self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
         self.suffix = SuffixForward(self.model, self.inputs, spec.run.batch_size)
         self._codes: dict[str, torch.Tensor] = {}
         self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.suffix.run_from(0), self.labels)
+        self.grouped = GroupedForward(self.suffix)
         self.sampler = self._sampler()
 
     def _sampler(self) -> Sampler:
@@ -75,20 +77,25 @@ class CampaignRunner:
         ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
         sc = self.sampler.draw(ids)
         counts = {k: np.zeros(len(ids), dtype=np.int64) for k in (*OUTCOMES, "correct")}
-        unchanged = sc.masked | (self.changes_nothing(sc) if self.spec.run.mode == "fast" else False)
-        for i in range(len(ids)):
-            if unchanged[i]:
-                counts["masked"][i] = len(self.inputs)
-                counts["correct"][i] = int((self.golden.top1 == self.labels).sum())
-                continue
-            faults = sc.of(i)
+        fast = self.spec.run.mode == "fast"
+        unchanged = sc.masked | (self.changes_nothing(sc) if fast else False)
+        counts["masked"][unchanged] = len(self.inputs)
+        counts["correct"][unchanged] = int((self.golden.top1 == self.labels).sum())
+        todo = np.flatnonzero(~unchanged)
+        if fast:
+            todo = run_grouped(self.grouped, sc, todo, self.sites, self._classify_many, counts)
+        for i in todo:
+            faults = sc.of(int(i))
             with inject(self.model, faults, sites=self.sites) as applied:
-                out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.spec.run.mode == "fast" else 0)
+                out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if fast else 0)
                 row = classify(out, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
             for k, v in row.items():
                 counts[k][i] = v
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
 
+
+    def _classify_many(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        return classify_many(outputs, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
 
     def changes_nothing(self, sc: Scenarios) -> np.ndarray:
         """Scenarios whose faults provably leave every stored code as it is (a stuck-at equal to

@@ -29,8 +29,9 @@ class FaultSpace:
     offsets: np.ndarray  # (len(sites) + 1,), offsets[-1] == total
 
     @classmethod
-    def select(cls, site_list: SiteList, sites: SiteSpec, faults: FaultSpec, uses_bits: bool = True) -> FaultSpace:
-        """The space of the sites matching ``sites`` with the bit positions of ``faults``.
+    def select(cls, site_list: SiteList, sites: SiteSpec, faults: FaultSpec, uses_bits: bool = True, span: int = 1) -> FaultSpace:
+        """The space of the sites matching ``sites`` with the bit positions of ``faults`` (for a
+        fault model spanning ``span`` bits, the start bits whose span stays inside the element).
 
         Raises:
             FaultError: if no site matches, or a site's shape is unknown.
@@ -43,7 +44,7 @@ class FaultSpace:
             if s.shape is None:
                 raise FaultError(f"site {s.name!r} has an unknown shape")
             elements.append(s.elements())
-            allowed = np.arange(s.bits) if not faults.bits else np.array([b for b in faults.bits if b < s.bits], dtype=np.int64)
+            allowed = np.arange(s.bits - span + 1) if not faults.bits else np.array([b for b in faults.bits if b + span <= s.bits], dtype=np.int64)
             bits.append(allowed if uses_bits else np.array([-1]))
         sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
         return cls(tuple(chosen), tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])

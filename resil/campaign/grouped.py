@@ -1,0 +1,310 @@
+"""Many scenarios per forward pass.
+
+Scenarios whose faults all sit in one stage ``k`` of a plain ``nn.Sequential`` (every fault on
+every sample, permanent) share everything but stage ``k``'s output. For a group of them, stage
+``k`` runs once per scenario on its golden input (or, for faults in the weights and biases of a
+``Conv2d``/``Linear`` stage, only the output channels the faults touch are recomputed, for all
+scenarios in one call, and patched into copies of the golden output), then the stages after
+``k`` run once over the stacked outputs of the whole group.
+
+Both shortcuts are used only where a runtime check on the golden run shows they reproduce the
+per-scenario computation bit for bit for the exact shapes involved (kernels may pick other
+reduction orders for other shapes; the check compares bit patterns, once per shape):
+recomputed channels must equal the same channels of the full layer, and a stacked suffix must
+equal each scenario's suffix run alone. Where a check fails, the group falls back to one
+scenario at a time, so outcome tables stay identical to the plain path.
+
+Example:
+    >>> import torch
+    >>> from resil.campaign.suffix import SuffixForward
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> sf = SuffixForward(net, torch.randn(5, 4), batch_size=5); _ = sf.golden()
+    >>> GroupedForward(sf).sequential
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..fault_models import BitFlip, Burst, StuckAt, Zero
+from ..faults import FOREVER
+from ..injection import inject
+from ..site import CHANNEL_LOCAL, Site, SiteList
+from .samplers import Scenarios
+from .suffix import SuffixForward
+
+#: layers whose output channels can be recomputed alone, and fault models that are pure functions of the stored code
+PATCHABLE = (nn.Conv2d, nn.Linear)
+DETERMINISTIC = (BitFlip, Burst, StuckAt, Zero)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same values bit for bit (NaN payloads included)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        return bool(torch.equal(a.contiguous().view(ints), b.contiguous().view(ints)))
+    return bool(torch.equal(a, b))
+
+
+class GroupedForward:
+    """Outputs of many single-stage scenarios per pass over the later stages of a sequential model.
+
+    Args:
+        suffix: the campaign's :class:`SuffixForward`, after its golden run.
+        budget: the most elements one stacked stage output may hold (bounds memory).
+        max_group: the most scenarios evaluated together.
+    """
+
+    def __init__(self, suffix: SuffixForward, budget: int = 1 << 24, max_group: int = 256) -> None:
+        self.suffix = suffix
+        self.sequential = type(suffix.model).forward is nn.Sequential.forward and bool(suffix.stages)
+        self.budget = budget
+        self.max_group = max_group
+        self._exact: dict[tuple[object, ...], bool] = {}
+        self._codes: dict[str, torch.Tensor] = {}
+
+    # -- which scenarios, how many at once ---------------------------------------------------
+
+    def stages(self, sc: Scenarios, sites: SiteList) -> np.ndarray:
+        """Per scenario, the one stage all its faults sit in, or -1 when it must run alone."""
+        n = len(sc.ids)
+        fs = sc.faults
+        if not self.sequential or not len(fs):
+            return np.full(n, -1, dtype=np.int64)
+        site_stage = np.array([self.suffix.stage_of.get(id(sites[name].module), -1) for name in fs.site_names], dtype=np.int64)
+        stage = site_stage[fs.site.astype(np.int64)]
+        stage[(fs.batch >= 0) | (fs.t_start != 0) | (fs.t_stop != FOREVER)] = -1
+        lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        hi = np.full(n, -1, dtype=np.int64)
+        np.minimum.at(lo, sc.owner, stage)
+        np.maximum.at(hi, sc.owner, stage)
+        return np.where((lo == hi) & (lo >= 0), lo, -1)
+
+    def group_size(self, stage: int) -> int:
+        """How many scenarios of ``stage`` fit in the memory budget at once."""
+        widest = max(
+            (o.numel() for calls in self.suffix.recorded for outs in calls[stage:] for o in outs if isinstance(o, torch.Tensor)),
+            default=1,
+        )
+        return int(max(1, min(self.max_group, self.budget // max(widest, 1))))
+
+    # -- running a group ----------------------------------------------------------------------
+
+    def outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor:
+        """The model outputs ``[len(positions), inputs, ...]`` of scenarios whose faults all sit in ``stage``."""
+        per_batch = self._patched(stage, sc, positions, sites)
+        if per_batch is None:
+            per_batch = [(stage, h) for h in self._stage_alone(stage, sc, positions, sites)]
+        return torch.cat([self._after(reached + 1, b, h) for b, (reached, h) in enumerate(per_batch)], dim=1)
+
+    def _input(self, batch: int, stage: int) -> torch.Tensor:
+        return self.suffix.batches[batch] if stage == 0 else self.suffix.recorded[batch][stage - 1][0]
+
+    def _golden_out(self, batch: int, stage: int) -> torch.Tensor:
+        return self.suffix.recorded[batch][stage][0]
+
+    def _stage_alone(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[torch.Tensor]:
+        """Stage ``stage`` run once per scenario under its faults: ``[batch] -> [S, B, ...]``."""
+        module = self.suffix.stages[stage]
+        outs: list[list[torch.Tensor]] = [[] for _ in self.suffix.batches]
+        with torch.no_grad():
+            for p in positions:
+                with inject(self.suffix.model, sc.of(int(p)), sites=sites):
+                    for b in range(len(self.suffix.batches)):
+                        outs[b].append(module(self._input(b, stage)))
+        return [torch.stack(o) for o in outs]
+
+    def _after(self, stage: int, batch: int, h: torch.Tensor) -> torch.Tensor:
+        """Stages ``stage``.. over the stacked outputs ``h`` ``[S, B, ...]`` of the stage before."""
+        rest = self.suffix.stages[stage:]
+        if not rest:
+            return h
+        s, b = h.shape[:2]
+        with torch.no_grad():
+            if self._stacking_exact(stage, batch, s):
+                flat = h.reshape(s * b, *h.shape[2:])
+                for m in rest:
+                    flat = m(flat)
+                return flat.reshape(s, b, *flat.shape[1:])
+            outs = []
+            for one in h:
+                for m in rest:
+                    one = m(one)
+                outs.append(one)
+            return torch.stack(outs)
+
+    def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
+        """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden
+        input, each copy's golden output bit for bit (checked once per shape)."""
+        key = ("stack", stage, batch, s)
+        if key not in self._exact:
+            x = self._input(batch, stage)
+            flat = x.unsqueeze(0).expand(s, *x.shape).reshape(s * len(x), *x.shape[1:])
+            for m in self.suffix.stages[stage:]:
+                flat = m(flat)
+            want = self._golden_out(batch, len(self.suffix.stages) - 1)
+            self._exact[key] = same_bits(flat, want.unsqueeze(0).expand(s, *want.shape).reshape(flat.shape))
+        return self._exact[key]
+
+    # -- recomputing only the touched output channels ------------------------------------------
+
+    def _patchable(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[Site] | None:
+        module = self.suffix.stages[stage]
+        if not isinstance(module, PATCHABLE) or module._forward_hooks or module._forward_pre_hooks or getattr(module, "groups", 1) != 1:
+            return None
+        fs = sc.faults
+        used = np.isin(sc.owner, positions)
+        if not all(isinstance(fs.models[m], DETERMINISTIC) for m in np.unique(fs.model[used])):
+            return None
+        chosen = [sites[name] for name in fs.site_names]
+        for site in (chosen[c] for c in np.unique(fs.site[used])):
+            stored = getattr(module, site.attr, None)
+            if (site.module is not module or site.kind not in ("weight", "bias") or site.attr != site.kind or site.batched
+                    or site.live is not None or not isinstance(stored, torch.Tensor) or site.shape != tuple(stored.shape)):
+                return None
+        return chosen
+
+    def _values(self, site: Site, dtype: torch.dtype) -> torch.Tensor:
+        """The values a layer computes with for a stored site: its codes decoded (flat)."""
+        if site.name not in self._codes:
+            self._codes[site.name] = site.codes()
+        codes = self._codes[site.name]
+        return site.encoding.at(torch.arange(len(codes)), site.shape or ()).decode(codes).to(dtype)
+
+    def _patched(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[tuple[int, torch.Tensor]] | None:
+        """Per input batch, ``(last stage computed, its stacked outputs [S, B, ...])`` with only
+        the output channels the faults touch recomputed (and carried through the channel-local
+        stages after it), or None when the stage or the faults do not allow it (or an exactness
+        check fails). The layer computes with the decoded codes of its weight and bias sites
+        (for quantized layers: the dequantized integers); the check on the golden run confirms
+        that this reproduces the layer."""
+        chosen = self._patchable(stage, sc, positions, sites)
+        if chosen is None:
+            return None
+        module = self.suffix.stages[stage]
+        dtype = module.weight.dtype
+        weight, bias = self._layer_values(stage, sites)
+        channels = weight.shape[0]
+        per_channel = weight[0].numel()
+        fs = sc.faults
+        local = np.full(len(sc.ids), -1, dtype=np.int64)
+        local[positions] = np.arange(len(positions))
+        take = np.flatnonzero(local[sc.owner] >= 0)
+        scen = local[sc.owner[take]]
+        is_w = np.array([s.kind == "weight" for s in chosen])[fs.site[take].astype(np.int64)]
+        index = fs.index[take]
+        channel = np.where(is_w, index // per_channel, index)
+        element = np.where(is_w, index, channels * per_channel + index)  # bias elements after the weights
+        if len(np.unique(scen * (channels * (per_channel + 1)) + element)) != len(take):
+            return None  # two faults on one element of one scenario: let injection merge them
+        rows, row_of = np.unique(scen * channels + channel, return_inverse=True)
+        row_scen, row_channel = rows // channels, rows % channels
+        values = self._faulty_values(sc, take, chosen, dtype)
+        w_rows = weight.reshape(channels, -1)[torch.from_numpy(row_channel)].clone()
+        w_rows[torch.from_numpy(row_of[is_w]), torch.from_numpy(index[is_w] % per_channel)] = values[torch.from_numpy(is_w)]
+        b_rows = None if bias is None else bias[torch.from_numpy(row_channel)].clone()
+        if (~is_w).any():
+            if b_rows is None:
+                return None
+            b_rows[torch.from_numpy(row_of[~is_w])] = values[torch.from_numpy(~is_w)]
+        w_rows = w_rows.reshape(len(rows), *weight.shape[1:])
+        sel_c = torch.from_numpy(row_channel)
+        out = []
+        with torch.no_grad():
+            for b in range(len(self.suffix.batches)):
+                if not self._rows_exact(stage, b, len(rows), sites):
+                    return None
+                y, reached = self._layer(module, self._input(b, stage), w_rows, b_rows), stage
+                while self._local_exact(reached + 1, b, len(rows)):
+                    reached += 1
+                    y = self.suffix.stages[reached](y)
+                golden = self._golden_out(b, reached)
+                h = golden.unsqueeze(0).repeat(len(positions), *([1] * golden.dim()))
+                h[torch.from_numpy(row_scen), :, sel_c] = y.transpose(0, 1)
+                out.append((reached, h))
+        return out
+
+    @staticmethod
+    def _layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(module, nn.Conv2d):
+            return nn.Conv2d._conv_forward(module, x, weight, bias)
+        return nn.functional.linear(x, weight, bias)
+
+    def _layer_values(self, stage: int, sites: SiteList) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes."""
+        module = self.suffix.stages[stage]
+        found = {s.kind: s for s in sites if s.module is module and s.kind in ("weight", "bias") and s.attr == s.kind and not s.batched}
+        dtype = module.weight.dtype
+        weight = self._values(found["weight"], dtype).reshape(module.weight.shape) if "weight" in found else module.weight.detach()
+        if module.bias is None:
+            return weight, None
+        return weight, self._values(found["bias"], dtype) if "bias" in found else module.bias.detach()
+
+    def _rows_exact(self, stage: int, batch: int, n_rows: int, sites: SiteList) -> bool:
+        """Whether recomputing ``n_rows`` output channels alone reproduces them bit for bit."""
+        key = ("rows", stage, batch, n_rows)
+        if key not in self._exact:
+            weight, bias = self._layer_values(stage, sites)
+            pick = torch.arange(n_rows) % weight.shape[0]
+            y = self._layer(self.suffix.stages[stage], self._input(batch, stage), weight[pick], None if bias is None else bias[pick])
+            self._exact[key] = same_bits(y, self._golden_out(batch, stage)[:, pick])
+        return self._exact[key]
+
+    def _local_exact(self, stage: int, batch: int, n_rows: int) -> bool:
+        """Whether ``stage`` acts on each channel alone, so that running it on ``n_rows`` picked
+        channels reproduces those channels of its golden output bit for bit."""
+        if stage >= len(self.suffix.stages):
+            return False
+        module = self.suffix.stages[stage]
+        if type(module) not in CHANNEL_LOCAL or module._forward_hooks or module._forward_pre_hooks:
+            return False
+        key = ("local", stage, batch, n_rows)
+        if key not in self._exact:
+            before = self._golden_out(batch, stage - 1)
+            pick = torch.arange(n_rows) % before.shape[1]
+            self._exact[key] = same_bits(module(before[:, pick]), self._golden_out(batch, stage)[:, pick])
+        return self._exact[key]
+
+    def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], dtype: torch.dtype) -> torch.Tensor:
+        """The faulty value of every fault in ``take`` (in the stored dtype), from the fault models on the stored codes."""
+        fs = sc.faults
+        values = torch.empty(len(take), dtype=dtype)
+        site_col, model_col = fs.site[take].astype(np.int64), fs.model[take].astype(np.int64)
+        for s_code, site in enumerate(chosen):
+            for m_code, model in enumerate(fs.models):
+                rows = np.flatnonzero((site_col == s_code) & (model_col == m_code))
+                if not len(rows):
+                    continue
+                if site.name not in self._codes:
+                    self._codes[site.name] = site.codes()
+                idx = torch.from_numpy(fs.index[take[rows]])
+                codes = self._codes[site.name][idx]
+                faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]), site.encoding.at(idx, site.shape or ()))
+                values[torch.from_numpy(rows)] = site.encoding.at(idx, site.shape or ()).decode(faulty).to(dtype)
+        return values
+
+
+def run_grouped(
+    grouped: GroupedForward, sc: Scenarios, todo: np.ndarray, sites: SiteList,
+    classify: Callable[[torch.Tensor], dict[str, np.ndarray]], counts: dict[str, np.ndarray],
+) -> np.ndarray:
+    """Evaluate the groupable scenarios among positions ``todo`` into ``counts``; return the rest."""
+    stage_of = grouped.stages(sc, sites)
+    for stage in np.unique(stage_of[todo]):
+        if stage < 0:
+            continue
+        members = todo[stage_of[todo] == stage]
+        size = grouped.group_size(int(stage))
+        chunks = -(-len(members) // size)
+        for chunk in np.array_split(members, chunks):
+            rows = classify(grouped.outputs(int(stage), sc, chunk, sites))
+            for k, v in rows.items():
+                counts[k][chunk] = v
+    return todo[stage_of[todo] < 0]

@@ -1,0 +1,73 @@
+"""Many scenarios per forward pass must give the plain path's outcome table bit for bit."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import resil.campaign as rc
+from resil.campaign import grouped
+from resil.campaign.runner import CampaignRunner
+
+
+def tables(model, kinds, fault_model="bitflip", faults=2, inputs=150, batch_size=64, scenarios=240, shard_size=120):
+    out = {}
+    for mode in ("plain", "fast"):
+        spec = rc.CampaignSpec(
+            model=rc.ModelSpec((model,)), data=rc.DataSpec(inputs=inputs), sites=rc.SiteSpec(kinds=kinds),
+            faults=rc.FaultSpec(model=fault_model),
+            sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios, faults_per_scenario=faults),
+            run=rc.RunSpec(mode=mode, batch_size=batch_size, shard_size=shard_size))
+        runner = CampaignRunner(spec)
+        out[mode] = pd.concat([pd.DataFrame(runner.run_shard(s)) for s in range(runner.shards)], ignore_index=True)
+        out[mode + "_runner"] = runner
+    return out
+
+
+def assert_same(t):
+    for col in ("masked", "tolerable", "critical", "non_finite", "correct"):
+        np.testing.assert_array_equal(t["fast"][col].to_numpy(), t["plain"][col].to_numpy(), err_msg=col)
+
+
+@pytest.mark.parametrize("fault_model, faults", [("bitflip", 1), ("bitflip", 3), ('stuck_at:{"value": 1}', 2), ('burst:{"length": 3}', 1)])
+def test_grouped_weight_and_bias_faults_match_plain_over_several_input_batches(fault_model, faults):
+    t = tables("dense-cnn", ("weight", "bias"), fault_model, faults)
+    assert_same(t)
+    exact = t["fast_runner"].grouped._exact
+    assert any(k[0] == "rows" and v for k, v in exact.items())  # channels were recomputed alone
+    assert any(k[0] == "local" and v for k, v in exact.items())  # and carried through relu/pool alone
+    assert (t["fast"].masked < 150).sum() > 10
+
+
+def test_single_fault_scenarios_are_evaluated_in_groups(monkeypatch):
+    sizes = []
+    original = grouped.GroupedForward.outputs
+    monkeypatch.setattr(grouped.GroupedForward, "outputs", lambda self, k, sc, pos, sites: sizes.append(len(pos)) or original(self, k, sc, pos, sites))
+    t = tables("dense-cnn", ("weight",), faults=1, scenarios=200, shard_size=200)
+    assert_same(t)
+    assert max(sizes) > 50 and sum(sizes) == 200  # every single-stage scenario went through a group
+
+
+def test_failed_exactness_checks_fall_back_to_one_scenario_at_a_time(monkeypatch):
+    monkeypatch.setattr(grouped, "same_bits", lambda a, b: False)
+    t = tables("dense-cnn", ("weight", "bias"), scenarios=120)
+    assert_same(t)
+    assert not any(t["fast_runner"].grouped._exact.values())
+
+
+def test_grouped_activation_faults_match_plain():
+    assert_same(tables("dense-cnn", ("activation",), faults=1, scenarios=160))
+
+
+@pytest.mark.parametrize("model", ["int8", "pruned-80"])
+def test_grouped_faults_on_quantized_and_pruned_models_match_plain(model):
+    t = tables(model, ("weight",), faults=1, scenarios=200, shard_size=200)
+    assert_same(t)
+    assert (t["fast"].masked < 150).any()
+
+
+def test_same_bits_tells_nan_payloads_apart():
+    a = torch.tensor([float("nan")])
+    b = a.view(torch.int32).bitwise_xor(torch.tensor([1], dtype=torch.int32)).view(torch.float32)
+    assert grouped.same_bits(a, a.clone()) and not grouped.same_bits(a, b)
+    assert not grouped.same_bits(torch.zeros(2), torch.zeros(3))
