@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters.dense import DenseAdapter
+from ..encodings import FloatEncoding
 from ..fault_models import BitFlip, Burst, StuckAt, Zero
 from ..faults import FOREVER
 from ..injection import inject
@@ -99,7 +101,7 @@ class GroupedForward:
 
     def outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor:
         """The model outputs ``[len(positions), inputs, ...]`` of scenarios whose faults all sit in ``stage``."""
-        per_batch = self._patched(stage, sc, positions, sites)
+        per_batch = self._patched(stage, sc, positions, sites) or self._patched_output(stage, sc, positions, sites)
         if per_batch is None:
             per_batch = [(stage, h) for h in self._stage_alone(stage, sc, positions, sites)]
         return torch.cat([self._after(reached + 1, b, h) for b, (reached, h) in enumerate(per_batch)], dim=1)
@@ -215,20 +217,68 @@ class GroupedForward:
                 return None
             b_rows[torch.from_numpy(row_of[~is_w])] = values[torch.from_numpy(~is_w)]
         w_rows = w_rows.reshape(len(rows), *weight.shape[1:])
-        sel_c = torch.from_numpy(row_channel)
         out = []
         with torch.no_grad():
             for b in range(len(self.suffix.batches)):
                 if not self._rows_exact(stage, b, len(rows), sites):
                     return None
-                y, reached = self._layer(module, self._input(b, stage), w_rows, b_rows), stage
-                while self._local_exact(reached + 1, b, len(rows)):
-                    reached += 1
-                    y = self.suffix.stages[reached](y)
-                golden = self._golden_out(b, reached)
-                h = golden.unsqueeze(0).repeat(len(positions), *([1] * golden.dim()))
-                h[torch.from_numpy(row_scen), :, sel_c] = y.transpose(0, 1)
-                out.append((reached, h))
+                y = self._layer(module, self._input(b, stage), w_rows, b_rows)
+                out.append(self._widen(stage, b, y, row_scen, row_channel, len(positions)))
+        return out
+
+    def _widen(self, stage: int, batch: int, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray,
+               n_scen: int) -> tuple[int, torch.Tensor]:
+        """Carry the faulty channels ``y`` ``[B, rows, ...]`` of ``stage`` through the channel-local
+        stages after it, then patch them into stacked copies of the golden output there."""
+        reached = stage
+        while self._local_exact(reached + 1, batch, y.shape[1]):
+            reached += 1
+            y = self.suffix.stages[reached](y)
+        golden = self._golden_out(batch, reached)
+        h = golden.unsqueeze(0).repeat(n_scen, *([1] * golden.dim()))
+        h[torch.from_numpy(row_scen), :, torch.from_numpy(row_channel)] = y.transpose(0, 1)
+        return reached, h
+
+    def _patched_output(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[tuple[int, torch.Tensor]] | None:
+        """Like :meth:`_patched` for faults in the output activation of ``stage`` (on every
+        sample): the golden output's touched channels with the faults applied to their bits."""
+        module = self.suffix.stages[stage]
+        fs = sc.faults
+        used = np.isin(sc.owner, positions)
+        if not all(isinstance(fs.models[m], DETERMINISTIC) for m in np.unique(fs.model[used])):
+            return None
+        site_codes = np.unique(fs.site[used])
+        if len(site_codes) != 1:
+            return None
+        site = sites[fs.site_names[site_codes[0]]]
+        if (site.module is not module or site.kind != "activation" or not isinstance(site.adapter, DenseAdapter)
+                or not isinstance(site.encoding, FloatEncoding) or not site.shape):
+            return None
+        per_channel = int(np.prod(site.shape[1:], dtype=np.int64))
+        local = np.full(len(sc.ids), -1, dtype=np.int64)
+        local[positions] = np.arange(len(positions))
+        take = np.flatnonzero(local[sc.owner] >= 0)
+        scen, index = local[sc.owner[take]], fs.index[take]
+        if len(np.unique(scen * int(np.prod(site.shape)) + index)) != len(take):
+            return None  # two faults on one element of one scenario: let injection merge them
+        channel = index // per_channel
+        rows, row_of = np.unique(scen * site.shape[0] + channel, return_inverse=True)
+        row_scen, row_channel = rows // site.shape[0], rows % site.shape[0]
+        row_t, offset = torch.from_numpy(row_of), torch.from_numpy(index % per_channel)
+        out = []
+        with torch.no_grad():
+            for b in range(len(self.suffix.batches)):
+                golden = self._golden_out(b, stage)
+                if golden.dtype != site.encoding.dtype or tuple(golden.shape[1:]) != site.shape:
+                    return None
+                y = golden[:, torch.from_numpy(row_channel)].clone()
+                flat = y.view(len(golden), len(rows), per_channel)
+                for m in np.unique(fs.model[take]):
+                    sel = torch.from_numpy(np.flatnonzero(fs.model[take] == m))
+                    codes = site.encoding.encode(flat[:, row_t[sel], offset[sel]])
+                    mask = torch.from_numpy(fs.mask[take])[sel].expand_as(codes)
+                    flat[:, row_t[sel], offset[sel]] = site.encoding.decode(fs.models[m].apply(codes, mask, site.encoding))
+                out.append(self._widen(stage, b, y, row_scen, row_channel, len(positions)))
         return out
 
     @staticmethod

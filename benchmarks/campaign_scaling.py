@@ -1,0 +1,66 @@
+"""Campaign scaling: time per scenario and peak memory as the number of scenarios grows.
+
+Each size runs as its own process (so its peak resident memory is its own): a uniform
+single-bit weight-flip campaign on the dense reference CNN over 256 test inputs, fast mode,
+one thread, written shard by shard to a Parquet store in a temporary folder. Linear total cost
+shows as a flat time per scenario; bounded memory as a flat peak.
+
+    python benchmarks/campaign_scaling.py                        # 1k, 10k, 100k scenarios
+    python benchmarks/campaign_scaling.py --sizes 1000 1000000   # any sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def one(scenarios: int) -> dict[str, float]:
+    import torch
+
+    import resil.campaign as rc
+
+    torch.set_num_threads(1)
+    spec = rc.CampaignSpec(model=rc.ModelSpec(("dense-cnn",)), data=rc.DataSpec(inputs=256), sites=rc.SiteSpec(kinds=("weight",)),
+                           sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios), run=rc.RunSpec(shard_size=1000))
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        store = rc.run(spec, Path(out) / "campaign")
+        seconds = time.perf_counter() - t0
+        rows = len(store.table())
+        size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"scenarios": scenarios, "rows": rows, "seconds": seconds, "peak_mb": peak_mb, "store_mb": size / 2**20}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one)))
+        return 0
+    print("dense-cnn, uniform single-bit weight flips, 256 inputs, fast mode, 1 thread, shards of 1,000\n")
+    print(f"{'scenarios':>10s} {'total s':>9s} {'ms/scenario':>12s} {'peak RSS MB':>12s} {'store MB':>9s}")
+    ok = True
+    for n in args.sizes:
+        done = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr)
+            return 1
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        ok &= r["rows"] == n
+        print(f"{n:>10,d} {r['seconds']:9.1f} {1000 * r['seconds'] / n:12.3f} {r['peak_mb']:12.0f} {r['store_mb']:9.1f}")
+    print("\nevery scenario stored once" if ok else "\nROW COUNT MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
