@@ -31,18 +31,24 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return hits / len(x)
 
 
-def train(model: nn.Module, data: Dataset, recipe: Recipe = Recipe()) -> nn.Module:
-    """Train ``model`` on ``data.x_train`` with ``recipe``; returns it in eval mode."""
+def train(model: nn.Module, data: Dataset, recipe: Recipe = Recipe(),
+          loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """Train ``model`` on ``data.x_train`` with ``recipe``; returns it in eval mode.
+
+    ``loss(x, y)``, if given, computes a batch's loss itself (running the model), e.g.
+    :meth:`resil.training.FTT.loss`; the default is the cross-entropy of ``model(x)``.
+    """
     g = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    loss_fn = nn.CrossEntropyLoss()
+    ce = nn.CrossEntropyLoss()
+    loss_fn = (lambda x, y: ce(model(x), y)) if loss is None else loss
     for _ in range(recipe.epochs):
         model.train()
         order = torch.randperm(len(data.x_train), generator=g)
         for i in range(0, len(order), recipe.batch_size):
             rows = order[i : i + recipe.batch_size]
             opt.zero_grad()
-            loss_fn(model(data.x_train[rows]), data.y_train[rows]).backward()
+            loss_fn(data.x_train[rows], data.y_train[rows]).backward()
             opt.step()
     return model.eval()
 

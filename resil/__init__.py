@@ -27,6 +27,7 @@ from .fault_models import (
     register_fault_model,
 )
 from .faults import Fault, FaultSet
+from .ftnas import BitBias, DifferentialStuckAt  # FT-NAS fault models (registered: bit_bias, adsaf)
 from .injection import Injection, inject
 from .injectors import reset_steps
 from .site import Adapter, Site, SiteList
@@ -38,4 +39,5 @@ __all__ = [
     "FaultError", "FaultModel", "FaultSet", "FloatEncoding", "Injection", "IntEncoding", "RandomValue",
     "Site", "SiteList", "SpikeEncoding", "StuckAt", "ValueFunction", "Zero", "fault_model_from_spec", "fault_model_names",
     "inject", "register_fault_model", "reset", "reset_steps", "sites",
+    "BitBias", "DifferentialStuckAt",
 ]

@@ -1,1 +1,28 @@
-"""Hardening: fault-tolerant and fault-aware training, fault-tolerant architecture search."""
+"""Hardening: fault-tolerant and fault-aware training, fault-tolerant architecture search.
+
+Fault-tolerant training (FTT) from FT-NAS, with the fault processes of :mod:`resil.ftnas`
+(:class:`~resil.ftnas.MiBB`, :class:`~resil.ftnas.IBB`, :class:`~resil.ftnas.AdSAF`) redrawn on
+every forward pass with straight-through gradients:
+
+- :func:`prepare` / :class:`FTT`: use it from your own training loop (``ftt.loss(x, y)``), then
+  :meth:`FTT.convert` (or :func:`convert`) returns the plain model;
+- :func:`train_ftt`: the reference recipe (``resil.models.Recipe``) with the FTT loss;
+- :func:`faulty_accuracy`: accuracy under independent fault draws;
+- :func:`run_ftt`: normal vs FTT training of a bundled reference model, as an :class:`FTTResult`.
+
+Example:
+    >>> import torch
+    >>> from resil.ftnas import MiBB
+    >>> from resil.training import prepare
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 10))
+    >>> ftt = prepare(net, MiBB(p_m=1e-3), alpha=0.5)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    >>> for _ in range(2):
+    ...     opt.zero_grad(); ftt.loss(x, y).backward(); opt.step()
+    >>> net = ftt.convert()
+"""
+
+from .ftt import FTT, FTTResult, convert, faulty_accuracy, prepare, run_ftt, train_ftt
+
+__all__ = ["FTT", "FTTResult", "convert", "faulty_accuracy", "prepare", "run_ftt", "train_ftt"]

@@ -1,0 +1,497 @@
+"""Fault-tolerant training (FTT, from FT-NAS): train on a mix of clean and faulty forward passes.
+
+The loss of a batch is ``(1 - alpha) * CE(f(x), y) + alpha * CE(f_faulty(x), y)``, where
+``f_faulty`` draws fresh faults of the given processes (:class:`~resil.ftnas.MiBB`,
+:class:`~resil.ftnas.IBB`, :class:`~resil.ftnas.AdSAF`) on every forward pass, with
+straight-through gradients: the faulty value is used forward, and the gradient reaches the
+clean tensor as if the fault were not there (``faulty.detach() + (x - x.detach())``). For
+feature faults the gradient by default also flows through the fault's size, which dynamic fixed
+point makes proportional to the sample's range ``max|x|`` (``range_gradient``, see :class:`FTT`):
+with the plain estimator alone, training on MiBB lets feature magnitudes grow without bound.
+
+Prepare/convert style, from your own training loop::
+
+    ftt = resil.training.prepare(model, AdSAF(p=0.08), alpha=0.7)
+    for x, y in batches:
+        opt.zero_grad()
+        ftt.loss(x, y).backward()
+        opt.step()
+    model = ftt.convert()               # the plain model: no hooks, nothing swapped
+
+The model is never modified outside a :meth:`FTT.faulty` block (which :meth:`FTT.loss` opens for
+its faulty pass): the faults live in hooks installed on entry and removed on exit.
+
+Where faults go, found with :func:`resil.sites` (so the same code serves every adapter):
+
+- feature faults: the output of every conv and linear layer (``<layer>:out`` sites of modules
+  with a weight of 2 or more dimensions: ``nn.Conv*``, ``nn.Linear``, Brevitas ``QuantConv*``/
+  ``QuantLinear``, pruned layers), redrawn on every call of the layer (every time step of a
+  spiking network);
+- weight faults: every ``weight`` site of 2 or more dimensions, redrawn once per call of the
+  model (a spiking network keeps one draw for all its time steps, as a chip would). Float
+  weights are swapped for their faulty version while the model runs (for pruned layers the
+  stored ``weight_orig``, so pruned cells stay zero and only live weights get faults). Brevitas
+  weights get their faults **on the quantized values**: a hook on the layer's weight quantizer
+  corrupts the integer weights it outputs, the full cell being the largest code (127 for
+  int8), so the scale learned from the float weights is unchanged and faults stay on the grid.
+
+Example:
+    >>> import torch, resil
+    >>> from resil.ftnas import AdSAF
+    >>> from resil.training import prepare
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> before = [p.detach().clone() for p in net.parameters()]
+    >>> ftt = prepare(net, AdSAF(p=0.08), alpha=0.7, seed=0)
+    >>> loss = ftt.loss(torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1]))
+    >>> loss.backward()
+    >>> net = ftt.convert()
+    >>> all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..discovery import sites as list_sites
+from ..encodings import IntEncoding
+from ..errors import FaultError
+from ..ftnas import AdSAF, FaultProcess, FeatureFaults, _values, add_bit_bias, bias_values, fixed_point_scale, processes, stuck_cells
+from ..site import Site, SiteList
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _straight_through(faulty: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``faulty`` forward, the gradient of ``clean`` backward (exactly ``faulty`` in value)."""
+    if clean.requires_grad and torch.is_grad_enabled():
+        return faulty.detach() + (clean - clean.detach())
+    return faulty.detach()
+
+
+class _Generators:
+    """One seeded generator per device, so a run draws the same faults on any device."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self._by_device = seed, {}  # type: ignore[var-annotated]
+
+    def __call__(self, device: torch.device) -> torch.Generator:
+        if device not in self._by_device:
+            self._by_device[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._by_device[device]
+
+
+@dataclass
+class _WeightSite:
+    site: Site
+    process: AdSAF
+    live: torch.Tensor | None  # bool, the site's shape; None = every element
+    cells: torch.Tensor | None = None  # the current draw
+
+
+class FTT:
+    """Fault-tolerant training of ``model`` under fault processes (see the module docstring).
+
+    Args:
+        model: any model resil lists sites for (dense, spiking, pruned, Brevitas ...).
+        faults: one or several of :class:`~resil.ftnas.MiBB`, :class:`~resil.ftnas.IBB`,
+            :class:`~resil.ftnas.AdSAF`.
+        alpha: weight of the faulty loss, in [0, 1] (FT-NAS: 0.7 for adSAF, about 0.5 for MiBB).
+        example: optional example input (passed to :func:`resil.sites`).
+        seed: seed of the fault draws.
+        loss_fn: ``loss_fn(scores, y)``; default cross-entropy.
+        range_gradient: feature faults only. True (default): the gradient also flows through
+            the fault's size, which is proportional to the sample's range ``max|x|`` (dynamic
+            fixed point), so training learns to avoid outlier features that make every fault
+            large. False: the plain straight-through gradient (as if no fault were there). On
+            the digits CNN the plain one lets feature magnitudes grow without bound and
+            training collapses at MiBB ``p_m = 5e-4`` (see ``benchmarks/ftt.py``). Weight faults
+            always use the plain straight-through gradient.
+
+    Raises:
+        FaultError: for a bad ``alpha`` or fault process, or if no site gets faults.
+    """
+
+    def __init__(self, model: nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, alpha: float = 0.5,
+                 example: Any = None, seed: int = 0, loss_fn: LossFn | None = None, range_gradient: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise FaultError(f"FTT needs a torch.nn.Module, not {type(model).__name__}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise FaultError(f"alpha must be in [0, 1], not {alpha!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise FaultError(f"seed must be an integer, not {seed!r}")
+        self.model, self.alpha, self.seed, self.range_gradient = model, float(alpha), int(seed), bool(range_gradient)
+        self.faults = processes(faults)
+        self.loss_fn: LossFn = loss_fn or F.cross_entropy
+        self.sites: SiteList = list_sites(model, example)
+        self._features: list[tuple[nn.Module, int, FeatureFaults]] = []
+        self._weights: list[_WeightSite] = []
+        for proc in self.faults:
+            if isinstance(proc, FeatureFaults):
+                found = proc.sites(self.sites)
+                self._features += [(s.module, m, proc) for s, m in found]
+            else:
+                found = proc.sites(self.sites)
+                self._weights += [_WeightSite(s, proc, _live_mask(s)) for s in found]
+            if not found:
+                raise FaultError(f"{proc!r} selects no site of the model (its include globs match none of its "
+                                 f"{'conv/linear outputs' if isinstance(proc, FeatureFaults) else 'weights'})")
+        self._generators = _Generators(self.seed)
+        self._active = False
+        self._converted = False
+        #: the clean and faulty loss of the last :meth:`loss` call
+        self.last: tuple[float, float] | None = None
+
+    # -- faults -------------------------------------------------------------------------------
+    @contextmanager
+    def faulty(self) -> Iterator[FTT]:
+        """Run the model with fresh faults on every forward pass during the block.
+
+        Example:
+            >>> import torch
+            >>> from resil.ftnas import IBB
+            >>> net = torch.nn.Linear(3, 2)
+            >>> ftt = FTT(net, IBB(p=1.0))
+            >>> x = torch.rand(4, 3)
+            >>> with torch.no_grad(), ftt.faulty():
+            ...     changed = bool((net(x) != net(x)).any())   # two draws
+            >>> changed, torch.equal(net(x), net(x))
+            (True, True)
+        """
+        if self._converted:
+            raise FaultError("this FTT has been converted; prepare the model again")
+        if self._active:
+            raise FaultError("FTT.faulty() blocks do not nest")
+        handles = []
+        self._active = True
+        try:
+            for module, m, proc in self._features:
+                handles.append(module.register_forward_hook(self._feature_hook(m, proc)))
+            if self._weights:
+                swapped: list[tuple[dict[str, Any], str, Any]] = []
+                handles.append(self.model.register_forward_pre_hook(self._weights_in(swapped)))
+                handles.append(self.model.register_forward_hook(self._weights_out(swapped), always_call=True))
+                for ws in self._weights:
+                    proxy = _quant_proxy(ws.site)
+                    if proxy is not None:
+                        handles.append(proxy.register_forward_hook(self._quant_hook(ws)))
+            yield self
+        finally:
+            for h in reversed(handles):
+                h.remove()
+            for ws in self._weights:
+                ws.cells = None
+            self._active = False
+
+    def _feature_hook(self, m: int, proc: FeatureFaults) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, args: Any, out: Any) -> Any:
+            clean = _values(out)
+            generator = self._generators(clean.device)
+            if self.range_gradient and clean.requires_grad and torch.is_grad_enabled():
+                new = _range_aware_faults(proc, clean, m, generator)
+            else:
+                new = _straight_through(proc.corrupt(clean, m, generator), clean)
+            return new if isinstance(out, torch.Tensor) else out.set(value=new)
+        return hook
+
+    def _weights_in(self, swapped: list[tuple[dict[str, Any], str, Any]]) -> Callable[[nn.Module, Any], None]:
+        def pre(module: nn.Module, args: Any) -> None:
+            for ws in self._weights:
+                site = ws.site
+                table, name = _stored_parameter(site)
+                stored = table[name]
+                cells = ws.process.cell_states(tuple(stored.shape), self._generators(stored.device), stored.device)
+                if ws.live is not None:
+                    cells = cells * ws.live.to(stored.device)
+                ws.cells = cells
+                if _quant_proxy(site) is not None:
+                    continue  # faulted on the quantized values by the quantizer hook
+                w = stored.detach()
+                live = w if ws.live is None else w * ws.live.to(w.device)
+                faulty = stuck_cells(w, cells, live.abs().max())
+                swapped.append((table, name, stored))
+                if name != site.attr and site.attr in site.module.__dict__:
+                    # a pruned layer's weight = weight_orig * weight_mask, recomputed by its pre-hook
+                    # into a plain attribute: put the clean one back afterwards too
+                    swapped.append((site.module.__dict__, site.attr, site.module.__dict__[site.attr]))
+                table[name] = _straight_through(faulty, stored)
+        return pre
+
+    def _weights_out(self, swapped: list[tuple[dict[str, Any], str, Any]]) -> Callable[[nn.Module, Any, Any], None]:
+        def post(module: nn.Module, args: Any, out: Any) -> None:
+            while swapped:
+                table, name, stored = swapped.pop()
+                table[name] = stored
+        return post
+
+    def _quant_hook(self, ws: _WeightSite) -> Callable[[nn.Module, Any, Any], Any]:
+        enc = ws.site.encoding
+        assert isinstance(enc, IntEncoding)
+
+        def hook(proxy: nn.Module, args: Any, out: Any) -> Any:
+            if ws.cells is None:  # the quantizer ran outside a call of the model
+                return None
+            value = out.value
+            full = (enc.qmax - out.zero_point) * out.scale
+            return out.set(value=_straight_through(stuck_cells(value.detach(), ws.cells.to(value.device), full), value))
+        return hook
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(1 - alpha) * loss_fn(model(x), y) + alpha * loss_fn(model_with_fresh_faults(x), y)``.
+
+        Skips the pass whose weight is 0. The two parts are kept in :attr:`last`.
+        """
+        self._check_open()
+        zero = None
+        clean = self.loss_fn(self.model(x), y) if self.alpha < 1 else zero
+        if self.alpha > 0:
+            with self.faulty():
+                faulty = self.loss_fn(self.model(x), y)
+        else:
+            faulty = zero
+        self.last = (float(clean.detach()) if clean is not None else math.nan, float(faulty.detach()) if faulty is not None else math.nan)
+        if clean is None:
+            return self.alpha * faulty
+        if faulty is None:
+            return (1 - self.alpha) * clean
+        return (1 - self.alpha) * clean + self.alpha * faulty
+
+    def convert(self) -> nn.Module:
+        """End fault-tolerant training: return the plain model (it carries no FTT hook)."""
+        if self._active:
+            raise FaultError("convert() inside an FTT.faulty() block")
+        self._converted = True
+        return self.model
+
+    def _check_open(self) -> None:
+        if self._converted:
+            raise FaultError("this FTT has been converted; prepare the model again")
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, draws: int = 20, batch_size: int | None = None,
+                 progress: bool = False) -> np.ndarray:
+        """Faulty accuracy of the model on ``(x, y)`` for ``draws`` independent fault draws.
+
+        One draw is one pass over ``x`` (in batches of ``batch_size``, default all at once): the
+        weight faults of a draw are redrawn per batch, so keep ``batch_size`` None for
+        one chip per draw. Runs in eval mode without gradients.
+        """
+        from tqdm.auto import tqdm
+
+        if not isinstance(draws, int) or draws < 1:
+            raise FaultError(f"draws must be a positive integer, not {draws!r}")
+        self._check_open()
+        was_training = self.model.training
+        self.model.eval()
+        accs = []
+        step = batch_size or len(x)
+        try:
+            with torch.no_grad():
+                for _ in tqdm(range(draws), desc="fault draws", disable=not progress, leave=False):
+                    with self.faulty():
+                        hits = sum(int((self.model(x[i:i + step]).argmax(1) == y[i:i + step]).sum()) for i in range(0, len(x), step))
+                    accs.append(hits / len(x))
+        finally:
+            self.model.train(was_training)
+        return np.array(accs)
+
+
+def _range_aware_faults(proc: FeatureFaults, x: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
+    """Fresh feature faults on ``x`` whose values equal :meth:`FeatureFaults.corrupt`'s, with a
+    gradient that also sees the fault's dependence on the sample's range ``max|x|``.
+
+    A fault's bias is ``+-2**(k-7) * 2**scale`` and its clamp ``+-2**scale``, with
+    ``2**scale = ceil_pow2(max|x|)``; backward treats ``2**scale`` as ``c * max|x|`` (``c`` the
+    constant ratio of the forward pass), as a straight-through estimator of the rounding. A
+    faulty feature passes its gradient to ``x`` unchanged (straight through) unless clamped (then
+    to the range only); a clean feature is the identity.
+    """
+    flat = x.reshape(x.shape[0] if x.dim() else 1, -1)
+    hit, bits = proc.draw(tuple(flat.shape), m, generator, x.device)
+    if not len(hit):
+        return x
+    rows = hit // flat.shape[1]
+    scale = fixed_point_scale(flat)[rows]
+    top = flat.abs().amax(1)[rows]
+    bound = torch.ldexp(torch.ones_like(top), scale.to(top.dtype))  # 2**scale, exact
+    ratio = (bound / top.detach().clamp_min(torch.finfo(top.dtype).tiny)).detach()
+    d_bound = (top - top.detach()) * ratio  # zero in value; carries d(2**scale)/d(max|x|)
+    clean = flat.reshape(-1)[hit]
+    exact = add_bit_bias(clean.detach(), bits, scale)
+    unit = bias_values(bits, torch.zeros_like(scale), exact.dtype)  # bias / 2**scale
+    carrier = torch.where(exact >= bound, d_bound, torch.where(exact <= -bound, -d_bound, (clean - clean.detach()) + unit * d_bound))
+    return flat.reshape(-1).index_put((hit,), exact + carrier).view(x.shape)
+
+
+def _live_mask(site: Site) -> torch.Tensor | None:
+    if site.live is None:
+        return None
+    assert site.shape is not None and site.numel is not None
+    mask = torch.zeros(site.numel, dtype=torch.bool)
+    mask[torch.from_numpy(site.live)] = True
+    return mask.view(site.shape)
+
+
+def _quant_proxy(site: Site) -> nn.Module | None:
+    """The quantizer whose output holds the site's integer values (Brevitas weights), if any."""
+    if not isinstance(site.encoding, IntEncoding):
+        return None
+    proxy = getattr(site.module, site.attr + "_quant", None)
+    return proxy if isinstance(proxy, nn.Module) else None
+
+
+def _stored_parameter(site: Site) -> tuple[dict[str, Any], str]:
+    """The parameter table and name holding a weight site's stored values (``weight_orig`` of a pruned layer)."""
+    params = site.module._parameters
+    for name in (site.attr + "_orig", site.attr):
+        if isinstance(params.get(name), torch.Tensor):
+            return params, name
+    raise FaultError(f"site {site.name!r}: no parameter {site.attr!r} to fault on {type(site.module).__name__}")
+
+
+def prepare(model: nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, alpha: float = 0.5,
+            example: Any = None, seed: int = 0, loss_fn: LossFn | None = None, range_gradient: bool = True) -> FTT:
+    """Prepare ``model`` for fault-tolerant training (see :class:`FTT`); the model is not modified."""
+    return FTT(model, faults, alpha=alpha, example=example, seed=seed, loss_fn=loss_fn, range_gradient=range_gradient)
+
+
+def convert(ftt: FTT) -> nn.Module:
+    """End fault-tolerant training: the plain model (see :meth:`FTT.convert`)."""
+    return ftt.convert()
+
+
+def faulty_accuracy(model: nn.Module, faults: FaultProcess | Sequence[FaultProcess], x: torch.Tensor, y: torch.Tensor,
+                    *, draws: int = 20, seed: int = 0, progress: bool = False) -> np.ndarray:
+    """Accuracy of ``model`` on ``(x, y)`` under ``draws`` independent draws of ``faults`` (one
+    forward pass over all of ``x`` per draw). The same ``seed`` gives the same random numbers on
+    models of the same shape, so two models are compared on paired draws.
+
+    Example:
+        >>> import torch
+        >>> from resil.ftnas import AdSAF
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> faulty_accuracy(net, AdSAF(p=0.0), torch.rand(6, 4), torch.zeros(6, dtype=torch.long), draws=2).shape
+        (2,)
+    """
+    return FTT(model, faults, seed=seed).accuracy(x, y, draws=draws, progress=progress)
+
+
+# -- reference models: train normally and with FTT, compare -------------------------------------
+
+@dataclass
+class FTTResult:
+    """Normal vs fault-tolerant training of one model under one fault process.
+
+    Accuracies are fractions; ``*_faulty`` hold one accuracy per fault draw (the same draws for
+    both models). :meth:`to_dict` gives a JSON-ready dict.
+    """
+
+    model: str
+    faults: str
+    alpha: float
+    epochs: int
+    range_gradient: bool
+    clean_normal: float
+    clean_ftt: float
+    faulty_normal: list[float]
+    faulty_ftt: list[float]
+    seconds: float
+    trained: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def faulty_gain(self) -> float:
+        """Mean faulty accuracy gained by FTT (fraction)."""
+        return float(np.mean(self.faulty_ftt) - np.mean(self.faulty_normal))
+
+    @property
+    def clean_drop(self) -> float:
+        """Clean accuracy lost by FTT (fraction)."""
+        return self.clean_normal - self.clean_ftt
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("trained")
+        d.update(faulty_normal_mean=float(np.mean(self.faulty_normal)), faulty_ftt_mean=float(np.mean(self.faulty_ftt)),
+                 faulty_gain=self.faulty_gain, clean_drop=self.clean_drop)
+        return d
+
+
+def _spec(proc: FaultProcess) -> str:
+    params = ", ".join(f"{k}={v!r}" for k, v in asdict(proc).items() if not (k == "include" and v == ("*",)))
+    return f"{type(proc).__name__}({params})"
+
+
+def train_ftt(model: nn.Module, data: Any, recipe: Any, faults: FaultProcess | Sequence[FaultProcess], *,
+              alpha: float = 0.5, seed: int = 0, range_gradient: bool = True) -> nn.Module:
+    """Train ``model`` on ``data`` (a :class:`resil.models.Dataset`) with a :class:`resil.models.Recipe`
+    and the FTT loss; returns the plain model in eval mode."""
+    from resil.models.training import train
+
+    ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)  # no example: a forward would move training-mode statistics
+    train(model, data, recipe, loss=ftt.loss)
+    return ftt.convert().eval()
+
+
+def run_ftt(name: str, faults: FaultProcess | Sequence[FaultProcess], *, alpha: float = 0.5, epochs: int | None = None,
+            draws: int = 20, seed: int = 0, eval_seed: int = 1, normal: nn.Module | None = None,
+            range_gradient: bool = True, progress: bool = False) -> FTTResult:
+    """Harden the bundled reference model ``name`` with FTT and compare it with normal training.
+
+    Both arms use the model's recipe (same epochs, learning rate and data order; ``epochs``
+    overrides). Models trained from scratch (``dense-cnn``, ``snn``, ``int8``, ``int4``) are
+    built from the recipe's seed; the fine-tuned ones (``pruned-*``, ``structured-50``) start
+    from their shipped checkpoint in both arms. ``normal`` skips training the normal arm (pass the
+    model it would give, e.g. ``resil.models.load(name)`` for a from-scratch reference). Clean
+    accuracy is on the test set; faulty accuracy on the test set for ``draws`` fault draws,
+    paired between the two arms. Runs single-threaded.
+
+    Example (about a second):
+        >>> from resil.ftnas import AdSAF
+        >>> r = run_ftt("dense-cnn", AdSAF(p=0.08), alpha=0.7, epochs=1, draws=2)
+        >>> sorted(r.to_dict())[:4], len(r.faulty_ftt)
+        (['alpha', 'clean_drop', 'clean_ftt', 'clean_normal'], 2)
+    """
+    import resil.models as rm
+    from resil.models.training import accuracy, train
+
+    ref = rm.info(name)
+    procs = processes(faults)
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise FaultError(f"epochs must be a positive integer, not {epochs!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise FaultError(f"alpha must be in [0, 1], not {alpha!r}")
+    recipe = ref.recipe if epochs is None else type(ref.recipe)(**{**asdict(ref.recipe), "epochs": epochs})
+    data = rm.dataset(ref.dataset)
+    start = time.perf_counter()
+
+    def start_model() -> nn.Module:
+        torch.manual_seed(recipe.seed)
+        return ref.build() if ref.fit is None else rm.load(name)
+
+    with rm.single_thread():
+        if normal is None:
+            normal = train(start_model(), data, recipe)
+        hardened = train_ftt(start_model(), data, recipe, procs, alpha=alpha, seed=seed, range_gradient=range_gradient)
+        normal.eval()
+        x, y = data.x_test, data.y_test
+        result = FTTResult(
+            model=name, faults=" + ".join(_spec(p) for p in procs), alpha=float(alpha), epochs=recipe.epochs,
+            range_gradient=bool(range_gradient),
+            clean_normal=accuracy(normal, x, y), clean_ftt=accuracy(hardened, x, y),
+            faulty_normal=faulty_accuracy(normal, procs, x, y, draws=draws, seed=eval_seed, progress=progress).tolist(),
+            faulty_ftt=faulty_accuracy(hardened, procs, x, y, draws=draws, seed=eval_seed, progress=progress).tolist(),
+            seconds=0.0, trained=hardened)
+    result.seconds = time.perf_counter() - start
+    return result
