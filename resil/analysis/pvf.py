@@ -1,0 +1,507 @@
+"""Parameter Vulnerability Factor (PVF; Meta, arXiv 2405.01741) per parameter group.
+
+PVF(P) = Pr[output incorrect | corruption in parameter set P], estimated as D / N from N
+fault-injection trials on P. One **trial** is one fault scenario (one fault, or several, drawn in
+P) applied with :func:`resil.inject` and evaluated over all the evaluation inputs (one faulty
+forward pass over the batch, METHODS.md section 0). What makes a trial count as incorrect is
+explicit, ``per_trial``:
+
+- ``"fraction"`` (default): a trial contributes the share of evaluation inputs whose output is
+  incorrect, so D is the sum of the shares and PVF the mean share over trials: the probability
+  that a random (fault, input) pair gives an incorrect output. This is the failure probability of
+  :mod:`resil.campaign.metrics`.
+- ``"any"``: a trial counts 1 if the output of at least one evaluation input is incorrect.
+
+An output is **incorrect** by the task's criterion: :class:`Top1` (classification: top-1 differs
+from the golden top-1) or :class:`Deviation` (CTR / regression: ``|faulty - golden| > threshold``,
+absolute or relative); a non-finite output (NaN, inf) is always incorrect.
+
+Intervals are Wilson score intervals over trials (:func:`resil.statistics.wilson_interval`): exact
+binomial coverage for ``"any"``; conservative for ``"fraction"`` (a share in [0, 1] with mean p has
+variance at most p (1 - p)). Trials are drawn without replacement when one fault location per
+trial is used, and a group with no more locations than the requested trials is injected
+exhaustively (PVF exact). :func:`trials_needed` sizes N with Leveugle's formula, which is the
+normal (Wald) approximation with a finite population correction.
+
+Fault models: any of resil's (default a single bit flip, SBF). Several flips per trial
+(``faults_per_trial=k``: k distinct locations of P, MBF), adjacent bits (``Burst(length)``: one
+start bit per trial, MBBF) or a bit error rate (``ber=p``: every bit of P flips with probability p;
+a trial in which no bit flipped counts as correct).
+
+Example:
+    >>> import torch, resil
+    >>> from resil.analysis.pvf import pvf
+    >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    >>> result = pvf(net, torch.rand(8, 4), trials=50, progress=False)
+    >>> est = result["0"]                     # the layer "0": weight and bias, 15 x 32 bit locations
+    >>> est.trials, est.population, 0 <= est.low <= est.pvf <= est.high <= 1
+    (50, 480, True)
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..campaign.space import FaultSpace, layer_of
+from ..campaign.suffix import SuffixForward
+from ..discovery import sites as list_sites
+from ..errors import FaultError
+from ..fault_models import BitFlip, Burst, FaultModel
+from ..faults import FaultSet
+from ..injection import inject
+from ..site import Site, SiteList
+from ..statistics import leveugle_sample_size, wilson_interval
+
+__all__ = [
+    "Criterion", "Deviation", "PARAMETER_KINDS", "PVFEstimate", "PVFResult", "ParameterGroup", "Top1", "parameter_groups", "pvf",
+    "trials_needed",
+]
+
+#: site kinds that are model parameters (stored, learned): the default scope of PVF
+PARAMETER_KINDS = ("weight", "bias", "parameter")
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+class Criterion:
+    """Decides, per input, whether a faulty output is incorrect (subclass and implement :meth:`wrong`)."""
+
+    def wrong(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
+        """Boolean per input (rows of ``[B, K]`` outputs): incorrect apart from non-finite values."""
+        raise NotImplementedError
+
+    def incorrect(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
+        """Boolean per input: :meth:`wrong`, or any non-finite value in the input's output."""
+        out, gold = output.reshape(len(output), -1), golden.reshape(len(golden), -1)
+        return self.wrong(out, gold) | ~torch.isfinite(out).all(1)
+
+
+@dataclass(frozen=True)
+class Top1(Criterion):
+    """Classification: incorrect when the top-1 class differs from the golden top-1.
+
+    Example:
+        >>> Top1().incorrect(torch.tensor([[0.0, 1.0], [1.0, 0.0], [float("nan"), 0.0]]), torch.tensor([[0.0, 1.0]] * 3)).tolist()
+        [False, True, True]
+    """
+
+    def wrong(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
+        return output.argmax(1) != golden.argmax(1)
+
+    def __str__(self) -> str:
+        return "top-1 differs from golden top-1"
+
+
+@dataclass(frozen=True)
+class Deviation(Criterion):
+    """CTR / regression: incorrect when some output deviates from the golden one by more than
+    ``threshold``: ``|y - y_golden| > threshold`` (absolute), or with ``relative=True``
+    ``|y - y_golden| > threshold * max(|y_golden|)`` over the input's outputs.
+
+    Raises:
+        FaultError: if ``threshold`` is not a finite number >= 0.
+
+    Example:
+        >>> Deviation(0.1).incorrect(torch.tensor([0.55, 0.75, float("inf")]), torch.tensor([0.5, 0.5, 0.5])).tolist()
+        [False, True, True]
+    """
+
+    threshold: float
+    relative: bool = False
+
+    def __post_init__(self) -> None:
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t) or t < 0:
+            raise FaultError(f"Deviation threshold must be a finite number >= 0, got {t!r}")
+
+    def wrong(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
+        dev = (output.double() - golden.double()).abs().amax(1)
+        if self.relative:
+            return dev > self.threshold * golden.double().abs().amax(1)
+        return dev > self.threshold
+
+    def __str__(self) -> str:
+        return f"|y - golden| > {self.threshold:g}" + (" x max|golden|" if self.relative else "")
+
+
+def _criterion(criterion: Criterion | str) -> Criterion:
+    if isinstance(criterion, Criterion):
+        return criterion
+    if criterion == "top1":
+        return Top1()
+    raise FaultError(f"criterion must be 'top1', Top1() or Deviation(threshold), got {criterion!r}")
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    """A parameter set P: stored sites, optionally restricted to some bit positions."""
+
+    name: str
+    sites: tuple[Site, ...]
+    bits: tuple[int, ...] | None = None
+
+    def locations(self, width_bits: int = 1, whole_word: bool = False) -> FaultSpace:
+        """The fault locations: (site, element, start bit); a start bit leaves room for ``width_bits`` bits."""
+        elements, bits = [], []
+        for s in self.sites:
+            allowed = np.array([-1]) if whole_word else np.array(
+                [b for b in (self.bits if self.bits is not None else range(s.bits)) if b + width_bits <= s.bits], dtype=np.int64)
+            elements.append(s.elements())
+            bits.append(allowed)
+        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
+        return FaultSpace(self.sites, tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])
+
+    @property
+    def population(self) -> int:
+        """Number of single-bit fault locations (element x bit) in the group."""
+        return self.locations().total
+
+
+def parameter_groups(
+    sites: SiteList,
+    by: str | Mapping[str, str | Sequence[str]] | Sequence[str] = "layer",
+    *,
+    kinds: Sequence[str] = PARAMETER_KINDS,
+    bits: Sequence[int] | None = None,
+) -> dict[str, ParameterGroup]:
+    """Group a model's parameter sites.
+
+    Args:
+        sites: the model's sites (:func:`resil.sites`).
+        by: ``"layer"`` (the module owning the parameters, e.g. ``conv1``), ``"site"`` (each
+            tensor), ``"network"`` (all parameters), ``"bit"`` (one group per bit position over all
+            parameters), a mapping ``{group: glob or globs on site names}`` (components, e.g.
+            ``{"embedding": "emb.*"}``), or a list of layer or site names.
+        kinds: site kinds counted as parameters.
+        bits: restrict every group to these bit positions.
+
+    Raises:
+        FaultError: for an unknown grouping, a name or pattern that matches no parameter site
+            (with the closest names), or a bit outside every site's encoding.
+
+    Example:
+        >>> import torch, resil
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+        >>> g = parameter_groups(resil.sites(net), {"first": "0.*", "last": ["2.weight", "2.bias"]})
+        >>> {k: v.population for k, v in g.items()}
+        {'first': 192, 'last': 96}
+    """
+    params = [s for s in sites if s.kind in kinds and not s.batched]
+    if not params:
+        raise FaultError(f"the model has no parameter sites of kinds {list(kinds)}")
+    if bits is not None:
+        bits = tuple(int(b) for b in bits)
+        width = max(s.bits for s in params)
+        bad = [b for b in bits if not 0 <= b < width]
+        if not bits or bad:
+            raise FaultError(f"bits must be a non-empty list of positions in 0..{width - 1}, got {list(bits)}")
+    layers = {layer_of(s): None for s in params}
+    groups: dict[str, list[Site]] = {}
+    if isinstance(by, str):
+        if by == "layer":
+            for s in params:
+                groups.setdefault(layer_of(s) or "(model)", []).append(s)
+        elif by == "site":
+            groups = {s.name: [s] for s in params}
+        elif by == "network":
+            groups = {"network": params}
+        elif by == "bit":
+            width = max(s.bits for s in params)
+            return {f"bit {b}": ParameterGroup(f"bit {b}", tuple(s for s in params if b < s.bits), (b,))
+                    for b in (bits if bits is not None else range(width))}
+        else:
+            raise FaultError(f"unknown grouping {by!r}: 'layer', 'site', 'network', 'bit', a mapping or a list of names")
+    elif isinstance(by, Mapping):
+        if not by:
+            raise FaultError("the group mapping is empty")
+        for name, patterns in by.items():
+            pats = [patterns] if isinstance(patterns, str) else list(patterns)
+            chosen = [s for s in params if any(fnmatch.fnmatchcase(s.name, p) for p in pats)]
+            if not chosen:
+                raise FaultError(f"group {name!r}: {pats} matches no parameter site{_closest(pats[0], [s.name for s in params])}")
+            groups[str(name)] = chosen
+    else:
+        names = list(by)
+        if not names:
+            raise FaultError("the list of groups is empty")
+        for name in names:
+            chosen = [s for s in params if layer_of(s) == name] or [s for s in params if s.name == name]
+            if not chosen:
+                raise FaultError(f"unknown group {name!r}: no layer or parameter site of that name{_closest(name, [*layers, *(s.name for s in params)])}")
+            groups[name] = chosen
+    return {k: ParameterGroup(k, tuple(v), bits) for k, v in groups.items()}
+
+
+def _closest(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return f"; closest: {', '.join(close)}" if close else f"; known: {', '.join(list(dict.fromkeys(names))[:12])}"
+
+
+# --------------------------------------------------------------------------- results
+
+
+def trials_needed(margin: float, confidence: float = 0.95, population: int | float = float("inf"), p: float = 0.5,
+                  *, t: float | None = None) -> int:
+    """Trials for a PVF known within +-``margin`` at ``confidence``: Leveugle et al. (DATE 2009),
+    i.e. the normal (Wald) approximation n = t^2 p (1 - p) / e^2 with the finite population
+    correction n / (1 + (n - 1) / N); ``p = 0.5`` is the conservative choice.
+
+    Example:
+        >>> trials_needed(0.01), trials_needed(0.01, 0.99, t=2.58), trials_needed(0.01, 0.99, 2304, t=2.58)
+        (9604, 16641, 2024)
+    """
+    return leveugle_sample_size(population, margin, confidence, p, t=t)
+
+
+@dataclass(frozen=True)
+class PVFEstimate:
+    """PVF of one group: D / N with its Wilson interval.
+
+    Attributes:
+        pvf: D / N.
+        low, high: the Wilson interval at ``confidence``.
+        trials: N.
+        incorrect: D (a sum of shares for ``per_trial="fraction"``).
+        population: fault locations in the group (the trials' universe for one location per trial).
+        confidence: confidence level of the interval.
+        exhaustive: every location was injected once (PVF exact for single-location trials).
+    """
+
+    pvf: float
+    low: float
+    high: float
+    trials: int
+    incorrect: float
+    population: int
+    confidence: float
+    exhaustive: bool = False
+
+    @property
+    def margin(self) -> float:
+        """Half-width of the interval."""
+        return (self.high - self.low) / 2
+
+    @classmethod
+    def of(cls, incorrect: float, trials: int, population: int, confidence: float, exhaustive: bool = False) -> PVFEstimate:
+        low, high = wilson_interval(incorrect, trials, confidence)
+        return cls(incorrect / trials, float(low), float(high), trials, float(incorrect), population, confidence, exhaustive)
+
+
+@dataclass(frozen=True)
+class PVFResult:
+    """PVF per group, with every trial's record.
+
+    Attributes:
+        estimates: group name -> :class:`PVFEstimate`, in group order.
+        records: one row per trial: ``group``, ``trial``, ``n_faults``, ``site``, ``element`` and
+            ``bit`` of its first fault (bit -1 for whole-word models), ``incorrect`` (share of
+            inputs), ``any`` (some input incorrect), ``non_finite`` (share of inputs).
+        criterion, per_trial, fault_model, inputs: how the trials were judged and on how many inputs.
+    """
+
+    estimates: dict[str, PVFEstimate]
+    records: pd.DataFrame = field(repr=False)
+    criterion: Criterion
+    per_trial: str
+    fault_model: str
+    inputs: int
+
+    def __getitem__(self, group: str) -> PVFEstimate:
+        if group not in self.estimates:
+            raise FaultError(f"no group {group!r}{_closest(group, list(self.estimates))}")
+        return self.estimates[group]
+
+    def _outcome(self, df: pd.DataFrame) -> np.ndarray:
+        return (df["incorrect"] if self.per_trial == "fraction" else df["any"].astype(float)).to_numpy()
+
+    def by_bit(self, confidence: float | None = None) -> dict[int, PVFEstimate]:
+        """PVF per bit position of the trials' (first) fault, pooled over every group run (each
+        group weighted by its number of trials; use ``by="bit"`` for network-wide per-bit PVF)."""
+        conf = confidence or next(iter(self.estimates.values())).confidence
+        out = {}
+        for b, df in self.records[self.records.bit >= 0].groupby("bit"):
+            out[int(b)] = PVFEstimate.of(float(self._outcome(df).sum()), len(df), 0, conf)
+        return dict(sorted(out.items()))
+
+    def table(self, margin: float = 0.01) -> pd.DataFrame:
+        """One row per group: PVF, interval, N, D, population, and the Leveugle N for +-``margin``
+        with p = 0.5 (``n_for_margin``) and with p = the interval's upper end (``n_for_margin_p``)."""
+        rows = []
+        for name, e in self.estimates.items():
+            pop = e.population or float("inf")
+            rows.append({
+                "group": name, "pvf": e.pvf, "low": e.low, "high": e.high, "margin": e.margin, "trials": e.trials,
+                "incorrect": e.incorrect, "population": e.population, "exhaustive": e.exhaustive,
+                "n_for_margin": trials_needed(margin, e.confidence, pop),
+                "n_for_margin_p": trials_needed(margin, e.confidence, pop, p=min(0.5, max(e.high, 1e-9))),
+            })
+        return pd.DataFrame(rows).set_index("group")
+
+    def format(self, title: str = "", margin: float | None = None) -> str:
+        """A text table: group, PVF, interval, N, D, population; with ``margin``, also the
+        Leveugle N for +-``margin`` at p = 0.5 and at p = the interval's upper end."""
+        conf = next(iter(self.estimates.values())).confidence
+        extra = f" {f'N(+-{margin:.0%}) p=.5':>15s} {'p=high':>7s}" if margin else ""
+        head = f"{'group':36s} {'PVF':>8s}  {f'{conf:.0%} Wilson interval':>20s} {'N':>6s} {'D':>8s} {'population':>11s}{extra}"
+        lines = [title] if title else []
+        lines += [head, "-" * len(head)]
+        table = self.table(margin) if margin else None
+        for name, e in self.estimates.items():
+            line = f"{name:36s} {e.pvf:8.4f}  [{e.low:7.4f}, {e.high:7.4f}] {e.trials:6d} {e.incorrect:8.2f} {e.population:11,d}"
+            if table is not None:
+                line += f" {table.loc[name, 'n_for_margin']:15,d} {table.loc[name, 'n_for_margin_p']:7,d}"
+            lines.append(line + (" exhaustive" if e.exhaustive else ""))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- estimation
+
+
+def pvf(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    groups: str | Mapping[str, str | Sequence[str]] | Sequence[str] = "layer",
+    *,
+    trials: int | None = 1000,
+    margin: float | None = None,
+    confidence: float = 0.95,
+    fault_model: FaultModel | None = None,
+    faults_per_trial: int = 1,
+    ber: float | None = None,
+    bits: Sequence[int] | None = None,
+    criterion: Criterion | str = "top1",
+    per_trial: Literal["fraction", "any"] = "fraction",
+    kinds: Sequence[str] = PARAMETER_KINDS,
+    seed: int = 0,
+    batch_size: int = 512,
+    sites: SiteList | None = None,
+    progress: bool = True,
+) -> PVFResult:
+    """Estimate the PVF of each parameter group of ``model`` by fault injection.
+
+    Each trial draws its faults in the group (seeded from ``(seed, group position, trial)``),
+    applies them with :func:`resil.inject`, runs the evaluation inputs (only the stages from the
+    first faulted one for ``nn.Sequential`` models, bit-identical to a full pass) and judges the
+    outputs against the golden run with ``criterion``; see the module docstring for ``per_trial``.
+
+    Args:
+        model: the network (in the mode you want it evaluated, normally ``eval()``).
+        inputs: the evaluation inputs, one tensor ``[B, ...]``.
+        groups: parameter groups, see :func:`parameter_groups` (``"layer"``, ``"site"``,
+            ``"network"``, ``"bit"``, ``{name: globs}``, or a list of layer names).
+        trials: N per group (capped at the group's locations when one location is drawn per
+            trial: then every location is injected once). None: use ``margin``.
+        margin: with ``trials=None``, N per group = :func:`trials_needed` (``margin``,
+            ``confidence``, the group's population, p = 0.5).
+        confidence: confidence level of the intervals.
+        fault_model: a resil fault model (default :class:`~resil.BitFlip`, one bit).
+        faults_per_trial: k >= 1 distinct fault locations per trial (k bit flips: MBF).
+        ber: instead of a fixed count, every bit of the group is faulty with probability ``ber``.
+        bits: restrict faults to these bit positions.
+        criterion: ``"top1"`` / :class:`Top1`, or :class:`Deviation` (threshold on the output).
+        per_trial: ``"fraction"`` (share of inputs incorrect) or ``"any"`` (some input incorrect).
+        kinds: site kinds treated as parameters.
+        seed: random seed.
+        batch_size: inputs per forward pass.
+        sites: the model's sites, if already listed.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A :class:`PVFResult`.
+
+    Raises:
+        FaultError: before any injection, for bad arguments (unknown group, trials < 1, bad
+            threshold, bits outside the encoding, incompatible options).
+    """
+    crit = _criterion(criterion)
+    fm = BitFlip() if fault_model is None else fault_model
+    if not isinstance(fm, FaultModel):
+        raise FaultError(f"fault_model must be a resil FaultModel, got {fault_model!r}")
+    if per_trial not in ("fraction", "any"):
+        raise FaultError(f"per_trial must be 'fraction' or 'any', got {per_trial!r}")
+    if not 0 < confidence < 1:
+        raise FaultError(f"confidence must be in (0, 1), got {confidence!r}")
+    if trials is None:
+        if margin is None or not 0 < margin < 1:
+            raise FaultError(f"with trials=None give a margin in (0, 1), got {margin!r}")
+    elif isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise FaultError(f"trials must be an integer >= 1, got {trials!r}")
+    if isinstance(faults_per_trial, bool) or not isinstance(faults_per_trial, (int, np.integer)) or faults_per_trial < 1:
+        raise FaultError(f"faults_per_trial must be an integer >= 1, got {faults_per_trial!r}")
+    if ber is not None:
+        if faults_per_trial != 1:
+            raise FaultError("give either ber or faults_per_trial, not both")
+        if isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0 < ber < 1:
+            raise FaultError(f"ber must be in (0, 1), got {ber!r}")
+        if not fm.uses_bits:
+            raise FaultError(f"ber needs a bit-level fault model, not {type(fm).__name__}")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or len(inputs) < 1:
+        raise FaultError("inputs must be a tensor [B, ...] with B >= 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FaultError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    site_list = sites if sites is not None else list_sites(model)
+    chosen = parameter_groups(site_list, groups, kinds=kinds, bits=bits)
+    width = fm.length if isinstance(fm, Burst) else 1
+    spaces = {name: g.locations(width, whole_word=not fm.uses_bits) for name, g in chosen.items()}
+    for name, space in spaces.items():
+        if space.total == 0:
+            raise FaultError(f"group {name!r} has no fault locations for {type(fm).__name__} with bits {bits}")
+    single = ber is None and faults_per_trial == 1
+    plan: dict[str, tuple[int, bool]] = {}
+    for name, space in spaces.items():
+        n = int(trials) if trials is not None else trials_needed(margin, confidence, space.total)  # type: ignore[arg-type]
+        plan[name] = (min(n, space.total), n >= space.total) if single else (n, False)
+
+    suffix = SuffixForward(model, inputs, batch_size)
+    golden = suffix.golden()
+    bar = tqdm(total=sum(n for n, _ in plan.values()), desc="PVF trials", disable=not progress, leave=False)
+    records: list[dict[str, object]] = []
+    estimates: dict[str, PVFEstimate] = {}
+    try:
+        for g_pos, (name, space) in enumerate(spaces.items()):
+            n, exhaustive = plan[name]
+            rng = np.random.default_rng([seed, g_pos])
+            order = rng.permutation(space.total)[:n] if single else None
+            names = np.array([s.name for s in space.sites])
+            for i in range(n):
+                if single:
+                    flat = order[i : i + 1]  # type: ignore[index]
+                else:
+                    r = np.random.default_rng([seed, g_pos, i])
+                    k = r.binomial(space.total, ber) if ber is not None else min(faults_per_trial, space.total)
+                    flat = np.sort(r.choice(space.total, k, replace=False))
+                site, element, bit = space.locate(flat)
+                rec: dict[str, object] = {"group": name, "trial": i, "n_faults": len(flat), "site": names[site[0]] if len(flat) else "",
+                                          "element": int(element[0]) if len(flat) else -1, "bit": int(bit[0]) if len(flat) else -1}
+                if len(flat):
+                    fs = FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm)
+                    with inject(model, fs, sites=site_list) as applied:
+                        out = suffix.run_from(suffix.first_stage(applied.sites))
+                    wrong = crit.incorrect(out, golden)
+                    non_finite = ~torch.isfinite(out.reshape(len(out), -1)).all(1)
+                    rec.update(incorrect=int(wrong.sum()) / len(wrong), any=bool(wrong.any()), non_finite=int(non_finite.sum()) / len(wrong))
+                else:  # BER trial in which no bit flipped: nothing corrupted, output correct
+                    rec.update(incorrect=0.0, any=False, non_finite=0.0)
+                records.append(rec)
+                bar.update(1)
+            df = pd.DataFrame(records[-n:])
+            d = float(df["incorrect"].sum()) if per_trial == "fraction" else float(df["any"].sum())
+            estimates[name] = PVFEstimate.of(d, n, space.total, confidence, exhaustive)
+    finally:
+        bar.close()
+    return PVFResult(estimates, pd.DataFrame(records), crit, per_trial, repr(fm) if ber is None else f"{fm!r}, BER {ber:g}", len(inputs))
