@@ -1,0 +1,392 @@
+"""Fault-aware training with critical faults found by importance sampling (ISimDL, IJCNN 2023).
+
+At chosen epochs, faults are drawn (ISimDL importance sampling, or uniformly) and simulated until
+``k`` critical ones are found (:func:`search_critical`; the number of fault-injection runs is the
+search overhead). The found faults are then fixed permanently into the model for the rest of the
+training (:func:`train_under_faults`): every training step runs its forward and backward pass
+inside ``resil.inject(model, faults)``, so each forward reads the faulted codes of the current
+weights (a bit flip applies to the weight as it is after the last update), and the optimizer
+updates the stored fault-free values after the block has restored them. Gradients are made
+finite and clipped element-wise to ``[-grad_clip, grad_clip]`` before each step: a flipped
+exponent bit makes a value ~1e38, whose raw gradients would overflow Adam's second moment.
+
+Example:
+    >>> import torch, resil
+    >>> from resil.training.fat import train_under_faults
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3)); x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
+    >>> w = net[0].weight.detach().clone()
+    >>> _ = train_under_faults(net, resil.Fault("0.weight", 0, bit=31), x, y, epochs=1, batch_size=8)
+    >>> bool((net[0].weight != w).all())   # trained (every weight updated); no fault left behind
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..discovery import sites as list_sites
+from ..errors import FaultError
+from ..faults import FaultSet
+from ..injection import Faults, as_fault_set, inject
+from ..site import SiteList
+from ..analysis.precision import (
+    BIT_WEIGHTINGS,
+    Criterion,
+    FaultEvaluator,
+    Search,
+    isimdl_proposal,
+    sample_until_critical,
+    select_space,
+    uniform_proposal,
+)
+
+__all__ = ["EpochRecord", "FATResult", "accuracy_under", "fault_aware_training", "search_critical", "train_under_faults"]
+
+
+def _check_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(model, nn.Module):
+        raise FaultError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) == 0 or len(x) != len(y):
+        raise FaultError("inputs and labels must be non-empty tensors of the same length")
+
+
+def _positive_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise FaultError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
+def accuracy_under(model: nn.Module, faults: Faults | None, x: torch.Tensor, y: torch.Tensor, *,
+                   sites: SiteList | None = None, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` with ``faults`` applied (non-finite outputs count as wrong).
+
+    Example:
+        >>> import torch, resil
+        >>> lin = torch.nn.Linear(1, 2, bias=False); _ = lin.weight.data.copy_(torch.tensor([[1.0], [0.5]]))
+        >>> x, y = torch.ones(4, 1), torch.zeros(4, dtype=torch.long)
+        >>> accuracy_under(lin, None, x, y), accuracy_under(lin, resil.Fault("weight", 0, bit=31), x, y)
+        (1.0, 0.0)
+    """
+    _check_data(model, x, y)
+    was_training = model.training
+    model.eval()
+    hits = 0
+    try:
+        for i in range(0, len(x), batch_size):
+            with torch.no_grad():
+                if faults is None or (isinstance(faults, FaultSet) and len(faults) == 0):
+                    out = model(x[i : i + batch_size])
+                else:
+                    with inject(model, faults, sites=sites):
+                        out = model(x[i : i + batch_size])
+            hits += int(((out.argmax(1) == y[i : i + batch_size]) & torch.isfinite(out).all(1)).sum())
+    finally:
+        model.train(was_training)
+    return hits / len(x)
+
+
+def train_under_faults(
+    model: nn.Module,
+    faults: Faults | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    grad_clip: float = 1.0,
+    optimizer: torch.optim.Optimizer | None = None,
+    sites: SiteList | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Train ``model`` with ``faults`` held applied in every forward and backward pass.
+
+    Each step: ``with resil.inject(model, faults): loss.backward()``, the loss taken over the
+    inputs whose outputs are finite (no step when none is); then gradients are made
+    finite (NaN -> 0, +-Inf -> +-grad_clip), clipped to ``[-grad_clip, grad_clip]`` and the
+    optimizer (Adam with ``lr`` unless given) updates the stored fault-free values. On return
+    the model holds no fault (every block restored it) and is in eval mode.
+
+    Args:
+        model: the network (trained in place).
+        faults: faults to keep applied (None or an empty set: plain training).
+        x, y: training inputs and labels.
+        epochs: passes over the data (shuffled with ``seed``).
+        lr: Adam learning rate (ignored when ``optimizer`` is given).
+        batch_size: mini-batch size.
+        seed: shuffling seed.
+        grad_clip: element-wise gradient bound (> 0).
+        optimizer: an optimizer over the model's parameters, to continue its state.
+        sites: the model's sites, if already listed.
+        progress: show a tqdm bar over steps.
+
+    Returns:
+        ``model``.
+    """
+    _check_data(model, x, y)
+    epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
+    if not grad_clip > 0:
+        raise FaultError(f"grad_clip must be > 0, got {grad_clip!r}")
+    empty = faults is None or (isinstance(faults, FaultSet) and len(faults) == 0)
+    if not empty:
+        sites = sites if sites is not None else list_sites(model, x[:1])
+        faults = as_fault_set(faults, sites)  # validated once, before any training
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    steps = epochs * -(-len(x) // batch_size)
+    bar = tqdm(total=steps, desc="training under faults", disable=not progress, leave=False)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g).to(x.device)
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            opt.zero_grad()
+            if empty:
+                _finite_loss(model, x[rows], y[rows], loss_fn)
+            else:
+                with inject(model, faults, sites=sites):
+                    _finite_loss(model, x[rows], y[rows], loss_fn)
+            for p in params:
+                if p.grad is not None:
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=grad_clip, neginf=-grad_clip).clamp_(-grad_clip, grad_clip)
+            opt.step()
+            bar.update()
+    bar.close()
+    return model.eval()
+
+
+def _finite_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> None:
+    """Backpropagate the loss over the inputs whose outputs are finite (a faulty network may output Inf/NaN)."""
+    out = model(x)
+    finite = torch.isfinite(out).all(1)
+    if bool(finite.any()):
+        loss_fn(out[finite], y[finite]).backward()
+
+
+def search_critical(
+    model: nn.Module,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    sens_x: torch.Tensor,
+    sens_y: torch.Tensor,
+    *,
+    sampler: str = "importance",
+    kind: str = "weight",
+    k: int = 3,
+    criterion: Criterion = Criterion(),
+    bit_weighting: str = "gradient",
+    tau: float = 0.0,
+    seed: int = 0,
+    max_trials: int = 5000,
+    exclude: FaultSet | None = None,
+) -> Search:
+    """Find ``k`` critical single bit flips of ``model``, drawing them by importance or uniformly.
+
+    Args:
+        model: the network (searched as it is, without other faults).
+        eval_x, eval_y: evaluation set for the critical criterion.
+        sens_x, sens_y: sensitivity batch (importance sampling only).
+        sampler: ``importance`` (ISimDL) or ``uniform``.
+        kind: ``weight`` or ``activation`` faults.
+        k: critical faults wanted.
+        criterion: when a fault is critical (default: accuracy drop >= 10 points).
+        bit_weighting: ISimDL bit weighting (importance sampling only).
+        tau: ISimDL ``random_threshold``.
+        seed: draw stream.
+        max_trials: cap on fault-injection runs.
+        exclude: faults not to return again (e.g. found in an earlier search).
+
+    Returns:
+        A :class:`~resil.analysis.precision.Search`: the faults, and ``runs`` (the search overhead).
+
+    Example:
+        >>> import torch, resil
+        >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(4, 3)); x = torch.rand(30, 4)
+        >>> y = net(x).argmax(1).detach()
+        >>> s = search_critical(net, x, y, x, y, k=2)
+        >>> s.found, len(s.critical)
+        (2, 2)
+    """
+    if sampler not in ("importance", "uniform"):
+        raise FaultError(f"sampler must be 'importance' or 'uniform', got {sampler!r}")
+    if bit_weighting not in BIT_WEIGHTINGS:
+        raise FaultError(f"unknown bit weighting {bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
+    _check_data(model, eval_x, eval_y)
+    _check_data(model, sens_x, sens_y)
+    evaluator = FaultEvaluator(model, eval_x, eval_y, criterion)
+    space = select_space(evaluator.sites, kind)
+    proposal = (isimdl_proposal(model, sens_x, sens_y, space, bit_weighting=bit_weighting, tau=tau)
+                if sampler == "importance" else uniform_proposal(space))
+    skip: list[int] = []
+    if exclude is not None and len(exclude):
+        skip = _locations(space, exclude)
+    return sample_until_critical(proposal, evaluator, k, seed=seed, max_trials=max_trials, exclude=skip)
+
+
+def _locations(space: object, faults: FaultSet) -> list[int]:
+    """Flat locations of single bit flips in ``space`` (faults outside it are ignored)."""
+    out = []
+    names = [s.name for s in space.sites]  # type: ignore[attr-defined]
+    site_of = np.array(faults.site_names, dtype=object)[faults.site] if len(faults) else []
+    for name, index, mask in zip(site_of, faults.index, faults.mask):
+        bit = int(mask).bit_length() - 1
+        if name in names and int(mask) == 1 << bit:
+            k = names.index(name)
+            pos = np.searchsorted(space.elements[k], index)  # type: ignore[attr-defined]
+            slot = np.flatnonzero(space.bits[k] == bit)  # type: ignore[attr-defined]
+            if pos < len(space.elements[k]) and space.elements[k][pos] == index and len(slot):  # type: ignore[attr-defined]
+                out.append(int(space.offsets[k] + pos * len(space.bits[k]) + slot[0]))  # type: ignore[attr-defined]
+    return out
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of fault-aware training.
+
+    Attributes:
+        epoch: epochs trained so far (0 = the model as given, before training).
+        runs: fault-injection runs of the search done after this epoch (0 if none).
+        found: critical faults found by that search.
+        faults: faults held applied from now on (all found so far).
+        clean_accuracy: test accuracy without faults.
+        faulty_accuracy: test accuracy with all faults found so far applied.
+    """
+
+    epoch: int
+    runs: int
+    found: int
+    faults: int
+    clean_accuracy: float
+    faulty_accuracy: float
+
+
+@dataclass(frozen=True)
+class FATResult:
+    """The outcome of :func:`fault_aware_training`.
+
+    Attributes:
+        model: the trained model (fault-free in storage).
+        faults: every critical fault found, held applied during training.
+        history: one record per epoch.
+        search_runs: fault-injection runs spent searching, in total.
+        clean_before, faulty_before: test accuracy of the given model without and with ``faults``.
+        clean_after, faulty_after: the same after training.
+    """
+
+    model: nn.Module
+    faults: FaultSet
+    history: list[EpochRecord] = field(default_factory=list)
+    search_runs: int = 0
+    clean_before: float = float("nan")
+    faulty_before: float = float("nan")
+    clean_after: float = float("nan")
+    faulty_after: float = float("nan")
+
+
+def fault_aware_training(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    epochs: int = 5,
+    search_epochs: Sequence[int] = (0,),
+    k: int = 3,
+    stagger: int = 0,
+    sampler: str = "importance",
+    kind: str = "weight",
+    criterion: Criterion = Criterion(),
+    bit_weighting: str = "gradient",
+    tau: float = 0.0,
+    max_trials: int = 5000,
+    sens_size: int = 32,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> FATResult:
+    """ISimDL's fault-aware training: search critical faults, fix them into the model, keep training.
+
+    After each epoch listed in ``search_epochs`` (0 = the given model, before training), ``k``
+    critical faults of the current model are searched (:func:`search_critical`, on the test set
+    with ``criterion``; sensitivity batch: ``sens_size`` training images drawn with ``seed``) and
+    fixed into the model for every following training step (:func:`train_under_faults`), the
+    j-th of them from ``j * stagger`` epochs later on (``stagger = 0``: all at once; ISimDL inserts
+    faults at chosen epochs, and staggering lets the network neutralise one fault before the
+    next, where several together would make every output non-finite and leave no gradient).
+
+    Returns:
+        A :class:`FATResult`, with accuracy with and without the found faults before and after
+        (``faulty_*``: all found faults applied).
+
+    Example:
+        >>> import torch, resil.models as rm
+        >>> d = rm.dataset("digits")
+        >>> r = fault_aware_training(rm.load("dense-cnn"), d.x_train, d.y_train, d.x_test, d.y_test,
+        ...                          epochs=1, k=1, progress=False)
+        >>> r.search_runs > 0, len(r.faults), r.faulty_before < r.clean_before
+        (True, 1, True)
+    """
+    _check_data(model, train_x, train_y)
+    _check_data(model, test_x, test_y)
+    epochs, k, sens_size = _positive_int("epochs", epochs), _positive_int("k", k), _positive_int("sens_size", sens_size)
+    if isinstance(stagger, bool) or not isinstance(stagger, (int, np.integer)) or stagger < 0:
+        raise FaultError(f"stagger must be an integer >= 0, got {stagger!r}")
+    bad = [e for e in search_epochs if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 0 <= e < epochs]
+    if bad:
+        raise FaultError(f"search_epochs must lie in 0..{epochs - 1}, got {bad}")
+    if sampler not in ("importance", "uniform"):
+        raise FaultError(f"sampler must be 'importance' or 'uniform', got {sampler!r}")
+    if bit_weighting not in BIT_WEIGHTINGS:
+        raise FaultError(f"unknown bit weighting {bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
+    select_space(list_sites(model, test_x[:1]), kind)  # a bad kind fails here, before any work
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(train_x), generator=g)[: min(sens_size, len(train_x))]
+    sens_x, sens_y = train_x[rows], train_y[rows]
+    sites = list_sites(model, test_x[:1])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    found: list[tuple[int, FaultSet]] = []  # (first epoch it is applied after, fault)
+
+    def active(epoch: int) -> FaultSet:
+        sets = [f for start, f in found if start <= epoch]
+        return FaultSet.concat(sets) if sets else FaultSet(site=[], index=[], bit=[])
+
+    history: list[EpochRecord] = []
+    total_runs = 0
+    clean_before = accuracy_under(model, None, test_x, test_y)
+    snapshot = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    for epoch in tqdm(range(epochs + 1), desc=f"FAT ({sampler})", disable=not progress):
+        if epoch > 0:
+            train_under_faults(model, active(epoch - 1), train_x, train_y, epochs=1, batch_size=batch_size, seed=seed + epoch,
+                               optimizer=opt, sites=sites)
+        runs = n_found = 0
+        if epoch in search_epochs:
+            every = FaultSet.concat([f for _, f in found]) if found else None
+            s = search_critical(model, test_x, test_y, sens_x, sens_y, sampler=sampler, kind=kind, k=k, criterion=criterion,
+                                bit_weighting=bit_weighting, tau=tau, seed=seed + 1000 * epoch, max_trials=max_trials,
+                                exclude=every)
+            runs, n_found = s.runs, s.found
+            total_runs += runs
+            found += [(epoch + j * stagger, s.critical[[j]]) for j in range(s.found)]
+        now = active(epoch)
+        history.append(EpochRecord(epoch, runs, n_found, len(now), accuracy_under(model, None, test_x, test_y),
+                                   accuracy_under(model, now, test_x, test_y, sites=sites)))
+    faults = FaultSet.concat([f for _, f in found]) if found else FaultSet(site=[], index=[], bit=[])
+    clean_after = accuracy_under(model, None, test_x, test_y)
+    faulty_after = accuracy_under(model, faults, test_x, test_y, sites=sites)
+    trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    model.load_state_dict(snapshot)  # the given model under the final fault set
+    faulty_before = accuracy_under(model, faults, test_x, test_y, sites=sites)
+    model.load_state_dict(trained)
+    return FATResult(model, faults, history, total_runs, clean_before, faulty_before, clean_after, faulty_after)
