@@ -184,3 +184,17 @@ def test_fast_mode_skips_stuck_at_faults_that_change_nothing(tmp_path, monkeypat
     params = {n: p.detach().numpy().reshape(-1).view(np.uint32) for n, p in model.named_parameters()}
     changing = sum(any(int(params[s][i]) & m for s, i, m in zip(r.fault_sites, r.fault_indices, r.fault_masks)) for r in fast.itertuples())
     assert fast_forwards == changing < 80
+
+
+def test_each_finished_shard_is_stored_before_the_next_one_runs(tmp_path, monkeypatch):
+    stored_before = []
+    original = rc.runner.run_shard
+
+    def spy(spec, shard, threads=1):
+        stored_before.append(len(list((tmp_path / "c" / "parts").glob("shard-*.parquet"))))
+        return original(spec, shard, threads)
+
+    monkeypatch.setattr(rc.runner, "run_shard", spy)
+    spec = rc.CampaignSpec(data=rc.DataSpec(inputs=8), sampler=rc.SamplerSpec(kind="uniform", scenarios=30), run=rc.RunSpec(shard_size=10))
+    rc.run(spec, tmp_path / "c")
+    assert stored_before == [0, 1, 2]  # results stream to the store; none pile up in memory

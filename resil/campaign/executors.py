@@ -55,3 +55,21 @@ class _DaskExecutor(Executor):
         self.client.close()
         if cluster is not None:
             cluster.close()
+
+
+def in_flight(executor: Executor) -> int:
+    """How many shards to keep submitted at once: enough to keep every worker busy, few enough
+    that finished shards stream to the store instead of piling up in memory.
+
+    Example:
+        >>> in_flight(SerialExecutor())
+        1
+    """
+    if isinstance(executor, SerialExecutor):
+        return 1
+    if isinstance(executor, ProcessPoolExecutor):
+        return 2 * executor._max_workers
+    if isinstance(executor, _DaskExecutor):
+        return 2 * max(1, sum(executor.client.nthreads().values()))
+    return 4
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
         >>> store.table().num_rows
         4
     """
-    from .executors import SerialExecutor
+    from .executors import SerialExecutor, in_flight
 
     runner = runner_for(spec)
     store = Store(out)
@@ -195,13 +195,25 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     size = spec.run.shard_size
     if progress:
         progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
+    waiting = iter(todo)
     with (executor or SerialExecutor()) as ex:
-        futures: dict[Future[dict[str, Any]], int] = {ex.submit(run_shard, dataclasses.asdict(spec), s): s for s in todo}
-        for f in as_completed(futures):
-            shard = futures[f]
-            store.write(shard, f.result())
-            if progress:
-                progress(min(size, runner.scenarios - shard * size), 0)
+        pending: dict[Future[dict[str, Any]], int] = {}
+
+        def submit_next() -> None:
+            shard = next(waiting, None)
+            if shard is not None:
+                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard)] = shard
+
+        for _ in range(in_flight(ex)):
+            submit_next()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                shard = pending.pop(f)
+                store.write(shard, f.result())
+                if progress:
+                    progress(min(size, runner.scenarios - shard * size), 0)
+                submit_next()
     return store
 
 
