@@ -71,3 +71,15 @@ def test_same_bits_tells_nan_payloads_apart():
     b = a.view(torch.int32).bitwise_xor(torch.tensor([1], dtype=torch.int32)).view(torch.float32)
     assert grouped.same_bits(a, a.clone()) and not grouped.same_bits(a, b)
     assert not grouped.same_bits(torch.zeros(2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("kinds", [("weight", "bias"), ("activation",)])
+def test_spiking_model_groups_through_its_own_time_loop_and_matches_plain(kinds, monkeypatch):
+    grouped_sizes = []
+    original = grouped.GroupedForward._replayed
+    monkeypatch.setattr(grouped.GroupedForward, "_replayed",
+                        lambda self, k, b, calls: grouped_sizes.append(calls[0].shape[0]) or original(self, k, b, calls))
+    t = tables("snn", kinds, faults=1, inputs=60, batch_size=40, scenarios=120, shard_size=120)
+    assert_same(t)
+    assert max(grouped_sizes) > 5  # many scenarios per replayed forward
+    assert any(k[0] == "replay" and v for k, v in t["fast_runner"].grouped._exact.items())

@@ -45,6 +45,11 @@ PATCHABLE = (nn.Conv2d, nn.Linear)
 DETERMINISTIC = (BitFlip, Burst, StuckAt, Zero)
 
 
+#: touched rows: the scenario (position in the group) and output channel of each, and a
+#: function ``(input batch, call) -> [B, rows, ...]`` giving their faulty values
+Touched = tuple[np.ndarray, np.ndarray, Callable[[int, int], torch.Tensor]]
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors hold the same values bit for bit (NaN payloads included)."""
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -67,6 +72,7 @@ class GroupedForward:
     def __init__(self, suffix: SuffixForward, budget: int = 1 << 24, max_group: int = 256) -> None:
         self.suffix = suffix
         self.sequential = type(suffix.model).forward is nn.Sequential.forward and bool(suffix.stages)
+        self.staged = bool(suffix.stages)  # stage outputs recorded: own forward loops group by replay
         self.budget = budget
         self.max_group = max_group
         self._exact: dict[tuple[object, ...], bool] = {}
@@ -78,7 +84,7 @@ class GroupedForward:
         """Per scenario, the one stage all its faults sit in, or -1 when it must run alone."""
         n = len(sc.ids)
         fs = sc.faults
-        if not self.sequential or not len(fs):
+        if not self.staged or not len(fs):
             return np.full(n, -1, dtype=np.int64)
         site_stage = np.array([self.suffix.stage_of.get(id(sites[name].module), -1) for name in fs.site_names], dtype=np.int64)
         stage = site_stage[fs.site.astype(np.int64)]
@@ -99,18 +105,58 @@ class GroupedForward:
 
     # -- running a group ----------------------------------------------------------------------
 
-    def outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor:
-        """The model outputs ``[len(positions), inputs, ...]`` of scenarios whose faults all sit in ``stage``."""
-        per_batch = self._patched(stage, sc, positions, sites) or self._patched_output(stage, sc, positions, sites)
-        if per_batch is None:
+    def outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor | None:
+        """The model outputs ``[len(positions), inputs, ...]`` of scenarios whose faults all sit
+        in ``stage``, or None when they cannot be evaluated together (run them alone)."""
+        touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
+        n = len(positions)
+        if not self.sequential:  # the model's own forward, the faulted stage's calls replaced
+            if touched is None:
+                return None
+            row_scen, row_channel, rows = touched
+            return torch.cat([self._replayed(stage, b, [self._stack(self._golden_out(b, stage, c), rows(b, c), row_scen, row_channel, n)
+                                                        for c in range(len(self.suffix.recorded[b][stage]))])
+                              for b in range(len(self.suffix.batches))], dim=1)
+        if touched is None:
             per_batch = [(stage, h) for h in self._stage_alone(stage, sc, positions, sites)]
+        else:
+            row_scen, row_channel, rows = touched
+            per_batch = [self._widen(stage, b, rows(b, 0), row_scen, row_channel, n) for b in range(len(self.suffix.batches))]
         return torch.cat([self._after(reached + 1, b, h) for b, (reached, h) in enumerate(per_batch)], dim=1)
 
-    def _input(self, batch: int, stage: int) -> torch.Tensor:
-        return self.suffix.batches[batch] if stage == 0 else self.suffix.recorded[batch][stage - 1][0]
+    def _input(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
+        return self.suffix.batches[batch] if stage == 0 else self.suffix.recorded[batch][stage - 1][call]
 
-    def _golden_out(self, batch: int, stage: int) -> torch.Tensor:
-        return self.suffix.recorded[batch][stage][0]
+    def _golden_out(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
+        return self.suffix.recorded[batch][stage][call]
+
+    def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor:
+        """The model's own forward over input batch ``batch`` with the stages before ``stage``
+        replaying their golden outputs and ``stage`` returning the stacked ``calls`` ``[S, B, ...]``."""
+        s, b = calls[0].shape[:2]
+        if not self._replay_exact(stage, batch, s):
+            return torch.stack([self._replay(stage, batch, [c[i] for c in calls]) for i in range(s)])
+        out = self._replay(stage, batch, [c.reshape(s * b, *c.shape[2:]) for c in calls])
+        return out.reshape(s, b, *out.shape[1:])
+
+    def _replay(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor:
+        sources = {k: self.suffix.recorded[batch][k] for k in range(stage)}
+        with torch.no_grad():
+            return self.suffix.forward_with(batch, {**sources, stage: calls})
+
+    def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
+        """Whether the replayed forward over ``s`` stacked copies of the golden outputs of
+        ``stage`` gives each copy's golden model output bit for bit (checked once per shape)."""
+        key = ("replay", stage, batch, s)
+        if key not in self._exact:
+            calls = [o.unsqueeze(0).expand(s, *o.shape).reshape(s * len(o), *o.shape[1:]) for o in self.suffix.recorded[batch][stage]]
+            want = self.suffix.outputs[batch]
+            try:
+                got = self._replay(stage, batch, calls)
+                self._exact[key] = same_bits(got, want.unsqueeze(0).expand(s, *want.shape).reshape(got.shape))
+            except (RuntimeError, ValueError, StopIteration):
+                self._exact[key] = False
+        return self._exact[key]
 
     def _stage_alone(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[torch.Tensor]:
         """Stage ``stage`` run once per scenario under its faults: ``[batch] -> [S, B, ...]``."""
@@ -180,26 +226,21 @@ class GroupedForward:
         codes = self._codes[site.name]
         return site.encoding.at(torch.arange(len(codes)), site.shape or ()).decode(codes).to(dtype)
 
-    def _patched(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[tuple[int, torch.Tensor]] | None:
-        """Per input batch, ``(last stage computed, its stacked outputs [S, B, ...])`` with only
-        the output channels the faults touch recomputed (and carried through the channel-local
-        stages after it), or None when the stage or the faults do not allow it (or an exactness
-        check fails). The layer computes with the decoded codes of its weight and bias sites
-        (for quantized layers: the dequantized integers); the check on the golden run confirms
-        that this reproduces the layer."""
+    def _touched_weights(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> Touched | None:
+        """For faults in the weights and biases of a Conv2d/Linear ``stage``: the touched output
+        channels and a function giving them, recomputed alone, at any call of the stage; None
+        when the stage or the faults do not allow it (or the exactness check fails). The layer
+        computes with the decoded codes of its weight and bias sites (for quantized layers: the
+        dequantized integers); the check on the golden run confirms that this reproduces it."""
         chosen = self._patchable(stage, sc, positions, sites)
         if chosen is None:
             return None
         module = self.suffix.stages[stage]
-        dtype = module.weight.dtype
         weight, bias = self._layer_values(stage, sites)
         channels = weight.shape[0]
         per_channel = weight[0].numel()
+        scen, take = self._local_faults(sc, positions)
         fs = sc.faults
-        local = np.full(len(sc.ids), -1, dtype=np.int64)
-        local[positions] = np.arange(len(positions))
-        take = np.flatnonzero(local[sc.owner] >= 0)
-        scen = local[sc.owner[take]]
         is_w = np.array([s.kind == "weight" for s in chosen])[fs.site[take].astype(np.int64)]
         index = fs.index[take]
         channel = np.where(is_w, index // per_channel, index)
@@ -207,24 +248,31 @@ class GroupedForward:
         if len(np.unique(scen * (channels * (per_channel + 1)) + element)) != len(take):
             return None  # two faults on one element of one scenario: let injection merge them
         rows, row_of = np.unique(scen * channels + channel, return_inverse=True)
-        row_scen, row_channel = rows // channels, rows % channels
-        values = self._faulty_values(sc, take, chosen, dtype)
-        w_rows = weight.reshape(channels, -1)[torch.from_numpy(row_channel)].clone()
+        if not all(self._rows_exact(stage, b, len(rows), sites) for b in range(len(self.suffix.batches))):
+            return None
+        values = self._faulty_values(sc, take, chosen, weight.dtype)
+        w_rows = weight.reshape(channels, -1)[torch.from_numpy(rows % channels)].clone()
         w_rows[torch.from_numpy(row_of[is_w]), torch.from_numpy(index[is_w] % per_channel)] = values[torch.from_numpy(is_w)]
-        b_rows = None if bias is None else bias[torch.from_numpy(row_channel)].clone()
+        b_rows = None if bias is None else bias[torch.from_numpy(rows % channels)].clone()
         if (~is_w).any():
             if b_rows is None:
                 return None
             b_rows[torch.from_numpy(row_of[~is_w])] = values[torch.from_numpy(~is_w)]
         w_rows = w_rows.reshape(len(rows), *weight.shape[1:])
-        out = []
-        with torch.no_grad():
-            for b in range(len(self.suffix.batches)):
-                if not self._rows_exact(stage, b, len(rows), sites):
-                    return None
-                y = self._layer(module, self._input(b, stage), w_rows, b_rows)
-                out.append(self._widen(stage, b, y, row_scen, row_channel, len(positions)))
-        return out
+
+        def recompute(batch: int, call: int) -> torch.Tensor:
+            with torch.no_grad():
+                return self._layer(module, self._input(batch, stage, call), w_rows, b_rows)
+
+        return rows // channels, rows % channels, recompute
+
+    @staticmethod
+    def _local_faults(sc: Scenarios, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The faults of the scenarios at ``positions``: their scenario's place among ``positions``, and their rows."""
+        local = np.full(len(sc.ids), -1, dtype=np.int64)
+        local[positions] = np.arange(len(positions))
+        take = np.flatnonzero(local[sc.owner] >= 0)
+        return local[sc.owner[take]], take
 
     def _widen(self, stage: int, batch: int, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray,
                n_scen: int) -> tuple[int, torch.Tensor]:
@@ -234,14 +282,19 @@ class GroupedForward:
         while self._local_exact(reached + 1, batch, y.shape[1]):
             reached += 1
             y = self.suffix.stages[reached](y)
-        golden = self._golden_out(batch, reached)
+        return reached, self._stack(self._golden_out(batch, reached), y, row_scen, row_channel, n_scen)
+
+    @staticmethod
+    def _stack(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray, n_scen: int) -> torch.Tensor:
+        """``n_scen`` copies of ``golden`` ``[B, C, ...]`` with channel ``row_channel[r]`` of copy
+        ``row_scen[r]`` replaced by ``y[:, r]``."""
         h = golden.unsqueeze(0).repeat(n_scen, *([1] * golden.dim()))
         h[torch.from_numpy(row_scen), :, torch.from_numpy(row_channel)] = y.transpose(0, 1)
-        return reached, h
+        return h
 
-    def _patched_output(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[tuple[int, torch.Tensor]] | None:
-        """Like :meth:`_patched` for faults in the output activation of ``stage`` (on every
-        sample): the golden output's touched channels with the faults applied to their bits."""
+    def _touched_output(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> Touched | None:
+        """Like :meth:`_touched_weights` for faults in the output activation of ``stage`` (on
+        every sample): the golden output's touched channels with the faults applied to their bits."""
         module = self.suffix.stages[stage]
         fs = sc.faults
         used = np.isin(sc.owner, positions)
@@ -251,35 +304,32 @@ class GroupedForward:
         if len(site_codes) != 1:
             return None
         site = sites[fs.site_names[site_codes[0]]]
+        golden = self._golden_out(0, stage)
         if (site.module is not module or site.kind != "activation" or not isinstance(site.adapter, DenseAdapter)
-                or not isinstance(site.encoding, FloatEncoding) or not site.shape):
+                or not isinstance(site.encoding, FloatEncoding) or not site.shape or not isinstance(golden, torch.Tensor)
+                or golden.dtype != site.encoding.dtype or tuple(golden.shape[1:]) != site.shape):
             return None
         per_channel = int(np.prod(site.shape[1:], dtype=np.int64))
-        local = np.full(len(sc.ids), -1, dtype=np.int64)
-        local[positions] = np.arange(len(positions))
-        take = np.flatnonzero(local[sc.owner] >= 0)
-        scen, index = local[sc.owner[take]], fs.index[take]
+        scen, take = self._local_faults(sc, positions)
+        index = fs.index[take]
         if len(np.unique(scen * int(np.prod(site.shape)) + index)) != len(take):
             return None  # two faults on one element of one scenario: let injection merge them
-        channel = index // per_channel
-        rows, row_of = np.unique(scen * site.shape[0] + channel, return_inverse=True)
-        row_scen, row_channel = rows // site.shape[0], rows % site.shape[0]
+        rows, row_of = np.unique(scen * site.shape[0] + index // per_channel, return_inverse=True)
+        row_channel = rows % site.shape[0]
         row_t, offset = torch.from_numpy(row_of), torch.from_numpy(index % per_channel)
-        out = []
-        with torch.no_grad():
-            for b in range(len(self.suffix.batches)):
-                golden = self._golden_out(b, stage)
-                if golden.dtype != site.encoding.dtype or tuple(golden.shape[1:]) != site.shape:
-                    return None
-                y = golden[:, torch.from_numpy(row_channel)].clone()
-                flat = y.view(len(golden), len(rows), per_channel)
-                for m in np.unique(fs.model[take]):
-                    sel = torch.from_numpy(np.flatnonzero(fs.model[take] == m))
-                    codes = site.encoding.encode(flat[:, row_t[sel], offset[sel]])
-                    mask = torch.from_numpy(fs.mask[take])[sel].expand_as(codes)
-                    flat[:, row_t[sel], offset[sel]] = site.encoding.decode(fs.models[m].apply(codes, mask, site.encoding))
-                out.append(self._widen(stage, b, y, row_scen, row_channel, len(positions)))
-        return out
+
+        def faulted(batch: int, call: int) -> torch.Tensor:
+            gold = self._golden_out(batch, stage, call)
+            y = gold[:, torch.from_numpy(row_channel)].clone()
+            flat = y.view(len(gold), len(rows), per_channel)
+            for m in np.unique(fs.model[take]):
+                sel = torch.from_numpy(np.flatnonzero(fs.model[take] == m))
+                codes = site.encoding.encode(flat[:, row_t[sel], offset[sel]])
+                mask = torch.from_numpy(fs.mask[take])[sel].expand_as(codes)
+                flat[:, row_t[sel], offset[sel]] = site.encoding.decode(fs.models[m].apply(codes, mask, site.encoding))
+            return y
+
+        return rows // site.shape[0], row_channel, faulted
 
     @staticmethod
     def _layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -303,8 +353,10 @@ class GroupedForward:
         if key not in self._exact:
             weight, bias = self._layer_values(stage, sites)
             pick = torch.arange(n_rows) % weight.shape[0]
-            y = self._layer(self.suffix.stages[stage], self._input(batch, stage), weight[pick], None if bias is None else bias[pick])
-            self._exact[key] = same_bits(y, self._golden_out(batch, stage)[:, pick])
+            w, b = weight[pick], None if bias is None else bias[pick]
+            self._exact[key] = all(  # every call: a loop must feed the stage the previous stage's output
+                same_bits(self._layer(self.suffix.stages[stage], self._input(batch, stage, c), w, b), self._golden_out(batch, stage, c)[:, pick])
+                for c in range(len(self.suffix.recorded[batch][stage])))
         return self._exact[key]
 
     def _local_exact(self, stage: int, batch: int, n_rows: int) -> bool:
@@ -354,7 +406,10 @@ def run_grouped(
         size = grouped.group_size(int(stage))
         chunks = -(-len(members) // size)
         for chunk in np.array_split(members, chunks):
-            rows = classify(grouped.outputs(int(stage), sc, chunk, sites))
-            for k, v in rows.items():
+            outputs = grouped.outputs(int(stage), sc, chunk, sites)
+            if outputs is None:
+                stage_of[chunk] = -1
+                continue
+            for k, v in classify(outputs).items():
                 counts[k][chunk] = v
     return todo[stage_of[todo] < 0]

@@ -12,7 +12,7 @@ full forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -30,21 +30,21 @@ class SuffixForward:
         self.stages: list[nn.Module] = list(model.children()) if isinstance(model, nn.Sequential) else []
         self.stage_of = {id(m): k for k, stage in enumerate(self.stages) for m in stage.modules()}
         self.recorded: list[list[list[Any]]] = []  # [batch][stage][call] -> output
+        self.outputs: list[torch.Tensor] = []  # [batch] -> the model's golden output
 
     def golden(self) -> torch.Tensor:
         """The full forward pass, recording every stage's outputs."""
-        outputs = []
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
             handles = [stage.register_forward_hook(lambda m, a, o, k=k: calls[k].append(o)) for k, stage in enumerate(self.stages)]
             try:
                 with torch.no_grad():
-                    outputs.append(self.model(x))
+                    self.outputs.append(self.model(x))
             finally:
                 for h in handles:
                     h.remove()
             self.recorded.append(calls)
-        return torch.cat(outputs)
+        return torch.cat(self.outputs)
 
     def first_stage(self, sites: Iterable[Site]) -> int:
         """The first stage any of ``sites`` belongs to (0 when unknown: run everything)."""
@@ -52,15 +52,17 @@ class SuffixForward:
 
     def run_from(self, stage: int) -> torch.Tensor:
         """The output over all inputs, with stages before ``stage`` replayed from the golden run."""
-        outputs = []
         with torch.no_grad():
-            for b, x in enumerate(self.batches):
-                replays = [iter(self.recorded[b][k]) for k in range(stage)]  # stage 0: nothing recorded is needed
-                for k in range(stage):
-                    self.stages[k].forward = lambda *args, r=replays[k], **kw: next(r)  # shadows the class's forward
-                try:
-                    outputs.append(self.model(x))
-                finally:
-                    for k in range(stage):
-                        del self.stages[k].forward
-        return torch.cat(outputs)
+            return torch.cat([self.forward_with(b, {k: self.recorded[b][k] for k in range(stage)}) for b in range(len(self.batches))])
+
+    def forward_with(self, batch: int, sources: dict[int, Sequence[Any]]) -> Any:
+        """The model's own forward over input batch ``batch``, each stage ``k`` in ``sources``
+        returning ``sources[k][i]`` at its ``i``-th call instead of computing."""
+        replays = {k: iter(calls) for k, calls in sources.items()}
+        for k, r in replays.items():
+            self.stages[k].forward = lambda *args, r=r, **kw: next(r)  # shadows the class's forward
+        try:
+            return self.model(self.batches[batch])
+        finally:
+            for k in replays:
+                del self.stages[k].forward
