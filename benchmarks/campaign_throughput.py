@@ -7,7 +7,8 @@ one process, one thread):
   flip, full forward, restore); pytorchfi 0.6.0 declaring one weight fault per scenario (its
   ``declare_weight_fi`` with the flipped value, then a full forward of the corrupted model); and
   the suffix limit, an estimate of the best one-scenario-at-a-time suffix execution: per
-  scenario, the summed golden cost of the stages from its faulted stage on.
+  scenario, the summed golden cost of the stages after its fault (from the faulted layer on for
+  a weight, from the next stage on for a faulty output).
 * dense-cnn, single-bit activation flips (every sample): fast vs plain and the suffix limit.
 * int8 (with its suffix limit) and snn, single-bit weight flips: fast vs plain.
 
@@ -112,11 +113,12 @@ def suffix_limit(runner: CampaignRunner) -> Callable[[int], float]:
     def shard_seconds(shard: int) -> float:
         size = runner.spec.run.shard_size
         sc = runner.sampler.draw(np.arange(shard * size, min((shard + 1) * size, runner.scenarios)))
-        first = np.full(len(sc.ids), len(cost) - 1)
+        first = np.full(len(sc.ids), len(cost))
         for j in range(len(sc.faults)):
-            stage = sf.stage_of[id(runner.sites[sc.faults.site_names[sc.faults.site[j]]].module)]
+            site = runner.sites[sc.faults.site_names[sc.faults.site[j]]]
+            stage = sf.stage_of[id(site.module)] + (1 if site.batched else 0)  # a faulty output: the stages after it
             first[sc.owner[j]] = min(first[sc.owner[j]], stage)
-        return float(after[first].sum())
+        return float(np.r_[after, 0.0][first].sum())
 
     return shard_seconds
 

@@ -65,11 +65,12 @@ class GroupedForward:
 
     Args:
         suffix: the campaign's :class:`SuffixForward`, after its golden run.
-        budget: the most elements one stacked stage output may hold (bounds memory).
+        budget: the most elements one stacked stage output may hold: bounds memory, and keeps
+            stacked convolutions cache-sized (on CPU they slow down per sample past a few MB).
         max_group: the most scenarios evaluated together.
     """
 
-    def __init__(self, suffix: SuffixForward, budget: int = 1 << 24, max_group: int = 256) -> None:
+    def __init__(self, suffix: SuffixForward, budget: int = 1 << 21, max_group: int = 256) -> None:
         self.suffix = suffix
         self.sequential = type(suffix.model).forward is nn.Sequential.forward and bool(suffix.stages)
         self.staged = bool(suffix.stages)  # stage outputs recorded: own forward loops group by replay
