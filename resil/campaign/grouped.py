@@ -70,7 +70,7 @@ class GroupedForward:
         max_group: the most scenarios evaluated together.
     """
 
-    def __init__(self, suffix: SuffixForward, budget: int = 1 << 21, max_group: int = 256) -> None:
+    def __init__(self, suffix: SuffixForward, budget: int = 1 << 20, max_group: int = 256) -> None:
         self.suffix = suffix
         self.sequential = type(suffix.model).forward is nn.Sequential.forward and bool(suffix.stages)
         self.staged = bool(suffix.stages)  # stage outputs recorded: own forward loops group by replay
@@ -97,9 +97,13 @@ class GroupedForward:
         return np.where((lo == hi) & (lo >= 0), lo, -1)
 
     def group_size(self, stage: int) -> int:
-        """How many scenarios of ``stage`` fit in the memory budget at once."""
+        """How many scenarios of ``stage`` fit in the memory budget at once (counting the stacked
+        outputs from where touched channels stop being carried alone, through the end)."""
+        stacked = stage
+        while self.sequential and stacked + 1 < len(self.suffix.stages) and type(self.suffix.stages[stacked + 1]) in CHANNEL_LOCAL:
+            stacked += 1
         widest = max(
-            (o.numel() for calls in self.suffix.recorded for outs in calls[stage:] for o in outs if isinstance(o, torch.Tensor)),
+            (o.numel() for calls in self.suffix.recorded for outs in calls[stacked:] for o in outs if isinstance(o, torch.Tensor)),
             default=1,
         )
         return int(max(1, min(self.max_group, self.budget // max(widest, 1))))
