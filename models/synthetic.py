@@ -159,18 +159,8 @@ def train_dlrm(data: ClickData, recipe: Recipe = Recipe(epochs=12, lr=3e-3, batc
     """Train :class:`TinyDLRM` on ``data`` with Adam and binary cross-entropy (seeded); eval mode."""
     torch.manual_seed(recipe.seed)
     model = TinyDLRM(data.cardinalities, data.n_dense)
-    g = torch.Generator().manual_seed(recipe.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    loss_fn = nn.BCELoss()
-    for _ in range(recipe.epochs):
-        model.train()
-        order = torch.randperm(len(data.x_train), generator=g)
-        for i in range(0, len(order), recipe.batch_size):
-            rows = order[i : i + recipe.batch_size]
-            opt.zero_grad()
-            loss_fn(model(data.x_train[rows]), data.y_train[rows]).backward()
-            opt.step()
-    return model.eval()
+    bce = nn.BCELoss()
+    return train(model, data, recipe, loss=lambda x, y: bce(model(x), y))  # type: ignore[arg-type]  # ClickData has x_train/y_train
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -129,9 +129,31 @@ def stuck_cells(w: torch.Tensor, cells: torch.Tensor, max_abs: torch.Tensor | fl
 
 # -- fault models (per element, registered) --------------------------------------------------------
 
+class NamedBits(FaultModel):
+    """A fault model whose bits name one of ``choices`` faults (a bias, a stuck cell) rather than
+    stored bits: bits past the choices are refused, and so are encodings narrower than them."""
+
+    choices: ClassVar[int]
+    named: ClassVar[str]
+
+    def masks(self, bits: np.ndarray) -> np.ndarray:
+        if len(bits) and int(bits.max()) >= self.choices:
+            raise FaultError(f"{type(self).__name__} names {self.named} by bits 0..{self.choices - 1}, got bit {int(bits.max())}")
+        return super().masks(bits)
+
+    def mask(self, bits: Sequence[int]) -> int:
+        self.masks(np.asarray(list(bits), dtype=np.int64))
+        return super().mask(bits)
+
+    def not_applicable(self, encoding: Encoding, kind: str) -> str | None:
+        if isinstance(encoding, SpikeEncoding) or encoding.bits < self.choices:
+            return f"it names {self.named} by bits 0..{self.choices - 1} and needs an encoding of at least {self.choices} bits, not {encoding.name}"
+        return None
+
+
 @register_fault_model("bit_bias")
 @dataclass(frozen=True)
-class BitBias(FaultModel):
+class BitBias(NamedBits):
     """MiBB/iBB feature fault: add the bias of a dynamic fixed-point bit, then clamp.
 
     The fault's bit ``b`` (0..15) names the bias ``+-2**(b % 8) * 2**(scale - 7)``, negative when
@@ -143,25 +165,13 @@ class BitBias(FaultModel):
             (see :func:`fixed_point_scale`).
     """
 
+    choices: ClassVar[int] = N_BIASES
+    named: ClassVar[str] = "its bias"
     scale: int
 
     def __post_init__(self) -> None:
         if not isinstance(self.scale, (int, np.integer)) or isinstance(self.scale, bool):
             raise FaultError(f"BitBias needs an integer scale (ceil(log2 max|x|)), not {self.scale!r}")
-
-    def masks(self, bits: np.ndarray) -> np.ndarray:
-        if len(bits) and int(bits.max()) >= N_BIASES:
-            raise FaultError(f"BitBias names its bias by bits 0..{N_BIASES - 1}, got bit {int(bits.max())}")
-        return super().masks(bits)
-
-    def mask(self, bits: Sequence[int]) -> int:
-        self.masks(np.asarray(list(bits), dtype=np.int64))
-        return super().mask(bits)
-
-    def not_applicable(self, encoding: Encoding, kind: str) -> str | None:
-        if isinstance(encoding, SpikeEncoding) or encoding.bits < N_BIASES:
-            return f"it names its bias by bits 0..{N_BIASES - 1} and needs an encoding of at least {N_BIASES} bits, not {encoding.name}"
-        return None
 
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         if ((mask >> N_BIASES) != 0).any() or (mask < 0).any():
@@ -179,7 +189,7 @@ class BitBias(FaultModel):
 
 @register_fault_model("adsaf")
 @dataclass(frozen=True)
-class DifferentialStuckAt(FaultModel):
+class DifferentialStuckAt(NamedBits):
     """adSAF weight fault: stuck cells of a weight stored as a differential pair of RRAM cells.
 
     Bits name the faulty cells: 0 = positive cell SAF0, 1 = positive cell SAF1, 2 = negative cell
@@ -190,24 +200,18 @@ class DifferentialStuckAt(FaultModel):
             float sites; on integer sites the default (None) is the largest code ``qmax``.
     """
 
+    choices: ClassVar[int] = 4
+    named: ClassVar[str] = "cells"
     max_abs: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_abs is not None and not (isinstance(self.max_abs, (int, float)) and math.isfinite(self.max_abs) and self.max_abs >= 0):
             raise FaultError(f"DifferentialStuckAt needs a finite max_abs >= 0, not {self.max_abs!r}")
 
-    def masks(self, bits: np.ndarray) -> np.ndarray:
-        if len(bits) and int(bits.max()) >= 4:
-            raise FaultError(f"DifferentialStuckAt names cells by bits 0..3, got bit {int(bits.max())}")
-        return super().masks(bits)
-
-    def mask(self, bits: Sequence[int]) -> int:
-        self.masks(np.asarray(list(bits), dtype=np.int64))
-        return super().mask(bits)
-
     def not_applicable(self, encoding: Encoding, kind: str) -> str | None:
-        if isinstance(encoding, SpikeEncoding) or encoding.bits < 4:
-            return f"it names cells by bits 0..3 and needs an encoding of at least 4 bits, not {encoding.name}"
+        reason = super().not_applicable(encoding, kind)
+        if reason:
+            return reason
         if isinstance(encoding, FloatEncoding) and self.max_abs is None:
             return "a float weight needs max_abs (max|W| of its tensor): DifferentialStuckAt(max_abs=...)"
         if isinstance(encoding, IntEncoding) and not encoding.signed:
