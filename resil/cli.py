@@ -157,6 +157,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .analysis.compare import DEFAULT, QUICK, compare
+
+    base = QUICK if args.quick else DEFAULT
+    changes: dict[str, object] = {k: getattr(args, k) for k in ("scenarios", "trials", "inputs", "seed") if getattr(args, k) is not None}
+    if args.rates is not None:
+        rates = []
+        for text in args.rates.split(","):
+            try:
+                rates.append(float(text))
+            except ValueError:
+                raise FaultError(f"--rates: {text.strip()!r} is not a number; give comma-separated rates such as 1e-6,1e-5,1e-4") from None
+        changes["rates"] = tuple(rates)
+    settings = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    c = compare(args.models or None, args.out, settings=settings)
+    width = max(len(m) for m in c.models)
+    print(f"\nmost robust model per bit error rate (accuracy under faults, 95% Wilson intervals over {settings.scenarios} scenarios):")
+    print(f"{'rate':>8s}  {'best':{width}s}  {'accuracy [95% CI]':22s}  verdict")
+    acc = c.rates.set_index(["rate", "model"])
+    print(f"{'no fault':>8s}  {'':{width}s}  " + ", ".join(f"{m} {c.clean[m]:.1%}" for m in c.models))
+    for r in c.best.itertuples():
+        a = acc.loc[(r.rate, r.best)]
+        ci = f"{a.accuracy:.1%} [{a.accuracy_low:.1%}, {a.accuracy_high:.1%}]"
+        print(f"{r.rate:8.0e}  {r.best:{width}s}  {ci:22s}  {'separated from ' + str(r.runner_up) if r.separated else r.verdict}")
+    print(f"\nPVF per layer ({settings.trials} single bit flips per layer; PVF [95% Wilson interval] in %):")
+    layers = list(dict.fromkeys(c.layers["layer"]))
+    pvf = c.layers.set_index(["model", "layer"])
+    print(f"{'model':{width}s}  " + "  ".join(f"{layer:>18s}" for layer in layers))
+    for m in c.models:
+        cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.2f}, {100 * pvf.loc[(m, layer), 'high']:.2f}]"
+                 if (m, layer) in pvf.index else "-" for layer in layers]
+        print(f"{m:{width}s}  " + "  ".join(f"{cell:>18s}" for cell in cells))
+    print(f"\nreport: {c.report}\nrun time: {c.seconds:.0f} s")
+    return 0
+
+
 def _executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("serial", "process", "dask"), default="serial", help="where shards run (default: this process)")
     p.add_argument("--workers", type=int, default=2, help="processes for the process and dask executors")
@@ -190,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dirs", nargs="+", help="campaign directories (or parents of several)")
     rp.add_argument("--out", default="report", help="report directory (default: ./report)")
     rp.set_defaults(run=cmd_report)
+    cp = sub.add_parser("compare", help="compare the robustness of several models side by side (PVF per layer, accuracy vs bit error rate)")
+    cp.add_argument("models", nargs="*", help="reference model names or package.module:factory (default: every reference model)")
+    cp.add_argument("--out", required=True, help="result directory: one campaign directory per model, the report in OUT/report")
+    cp.add_argument("--quick", action="store_true", help="fewer rates, scenarios and PVF trials (about a minute)")
+    cp.add_argument("--rates", help="comma-separated bit error rates, e.g. 1e-6,1e-5,1e-4")
+    cp.add_argument("--scenarios", type=int, help="BER scenarios per rate")
+    cp.add_argument("--trials", type=int, help="PVF trials (single bit flips) per layer")
+    cp.add_argument("--inputs", type=int, help="evaluation inputs (the first N test inputs)")
+    cp.add_argument("--seed", type=int, help="random seed")
+    cp.set_defaults(run=cmd_compare)
+    from .training.cli import add_parser as add_harden_parser
+
+    add_harden_parser(sub)  # resil harden ftt|fat|search
     return p
 
 

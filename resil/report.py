@@ -43,7 +43,7 @@ from .errors import FaultError
 from .report_html import render_html
 
 __all__ = [
-    "Campaign", "by_group", "load_campaign", "plot_bit_heatmap", "plot_bits", "plot_layers", "plot_rate", "rank_campaigns",
+    "Campaign", "by_group", "load_campaign", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
     "summary", "write_report",
 ]
 
@@ -230,11 +230,12 @@ def rank_campaigns(campaigns: Campaigns, by: GroupBy | None = None) -> pd.DataFr
     return _sorted(long, [*keys, "rank"])
 
 
-def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = None) -> tuple[Figure, Axes]:
+def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = None, band_alpha: float = 0.25) -> tuple[Figure, Axes]:
     """Accuracy (or failure probability, ``metric="failure"``) against the bit error rate.
 
     One line per campaign that has rates (BER campaigns; others are skipped) with its Wilson
-    95% band, on a log rate axis; for accuracy, each campaign's fault-free accuracy is dashed.
+    95% band (opacity ``band_alpha``; lower it for many campaigns), on a log rate axis; for
+    accuracy, each campaign's fault-free accuracy is dashed.
 
     Example:
         >>> fig, ax = plot_rate([load_campaign("runs/dense-ber"), load_campaign("runs/snn-ber")])  # doctest: +SKIP
@@ -253,7 +254,7 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
         if g.empty:
             continue
         drawn = True
-        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=0.25, linewidth=0)
+        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=band_alpha, linewidth=0)
         ax.plot(g["rate"], g[metric], marker=_marker(i), markersize=4, color=_color(i), label=label)
         if metric == "accuracy" and c.manifest.get("golden_accuracy") is not None:
             ax.axhline(c.manifest["golden_accuracy"], color=_color(i), linestyle="--", linewidth=1)
@@ -267,7 +268,7 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     ax.set_ylabel("accuracy under faults" if metric == "accuracy" else "failure probability")
     ax.set_title(("Accuracy" if metric == "accuracy" else "Failure probability") + " vs bit error rate")
     ax.grid(True, which="major", alpha=0.3)
-    extra = [Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    extra = [Patch(color="grey", alpha=max(band_alpha, 0.25), label="95% Wilson interval")]
     if golden:
         extra.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="fault-free accuracy"))
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
@@ -291,26 +292,83 @@ def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None)
     if not groups:
         raise FaultError("every campaign is a bit-error-rate campaign; plot them with plot_rate")
     layers = list(dict.fromkeys(layer for g in groups.values() for layer in g.index))
-    present = {layer: [i for i, g in groups.items() if layer in g.index] for layer in layers}
-    most = max(len(p) for p in present.values())
-    fig, ax = _axes(ax, (8.5, max(3.5, 1.6 + len(layers) * (0.1 + 0.2 * most))))
-    thickness = 0.8 / most
-    labels = _labels(cs)
-    for i, g in groups.items():
-        y = [row + (present[layer].index(i) - (len(present[layer]) - 1) / 2) * thickness
-             for row, layer in enumerate(layers) if layer in g.index]
-        g = g.loc[[layer for layer in layers if layer in g.index]]
-        xerr = np.vstack([g["failure"] - g["failure_low"], g["failure_high"] - g["failure"]])
-        ax.barh(y, g["failure"], thickness * 0.92, xerr=xerr, color=_color(i), label=labels[i],
-                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(i, dark=True)})
-    ax.set_yticks(np.arange(len(layers)), [_layer_name(layer) for layer in layers], fontsize=9)
-    ax.set_ylim(len(layers) - 0.5, -0.5)
+    fig, ax = _layer_bars(groups, _labels(cs), layers, "failure", ax)
     if log:
         ax.set_xscale("log")
     ax.xaxis.set_major_formatter(_percent())
     ax.set_ylabel("layer (of the first fault in a scenario)")
     ax.set_xlabel("failure probability (critical or non-finite output)")
     ax.set_title("Failure probability per layer\n(error bars: 95% Wilson interval)", fontsize=11)
+    return fig, ax
+
+
+def plot_layer_estimates(table: pd.DataFrame, labels: Sequence[str] | None = None, layers: Sequence[str] | None = None,
+                         value: str = "pvf", label: str = "model", log: bool = False, ax: Axes | None = None,
+                         title: str | None = None, xlabel: str | None = None) -> tuple[Figure, Axes]:
+    """Per-layer estimates of several models (e.g. the PVF of :func:`resil.analysis.pvf`) as
+    grouped horizontal bars with their intervals, drawn like :func:`plot_layers`.
+
+    ``table`` has one row per (model, layer): ``label``, ``layer``, ``value`` and its interval
+    ``low`` / ``high``. Models are coloured by their position in ``labels`` (default: order of
+    appearance), layers run top to bottom in ``layers`` order; a model without a layer gets no
+    bar there. With ``log=True`` the axis is symmetric-log, so zero estimates stay at 0 and
+    small ones remain visible next to large ones. ``title`` and ``xlabel`` replace the defaults
+    (the value's name).
+
+    Example:
+        >>> t = pd.DataFrame({"model": ["a", "a", "b"], "layer": ["conv1", "fc", "fc"], "pvf": [0.02, 0.01, 0.0],
+        ...                   "low": [0.01, 0.005, 0.0], "high": [0.03, 0.02, 0.004]})
+        >>> fig, ax = plot_layer_estimates(t)
+        >>> [t.get_text() for t in ax.get_yticklabels()], ax.get_legend() is not None
+        (['conv1', 'fc'], True)
+
+    Raises:
+        FaultError: when a column is missing, the table is empty or a model of the table is not in ``labels``.
+    """
+    missing = [c for c in (label, "layer", value, "low", "high") if c not in table.columns]
+    if missing or table.empty:
+        raise FaultError(f"plot_layer_estimates needs rows with columns {label}, layer, {value}, low, high; "
+                         + (f"missing {missing}" if missing else "the table is empty"))
+    names = list(labels) if labels is not None else list(dict.fromkeys(table[label]))
+    unknown = sorted(set(table[label]) - set(names))
+    if unknown:
+        raise FaultError(f"models {unknown} are in the table but not in labels {names}")
+    groups = {i: table[table[label] == m].rename(columns={"low": f"{value}_low", "high": f"{value}_high"}).set_index("layer")
+              for i, m in enumerate(names) if (table[label] == m).any()}
+    order = list(layers) if layers is not None else list(dict.fromkeys(table["layer"]))
+    fig, ax = _layer_bars(groups, names, order, value, ax)
+    data = table[value].to_numpy(dtype=float)
+    positive = np.concatenate([data, table["high"].to_numpy(dtype=float)])
+    positive = positive[positive > 0]
+    name = value.upper() if len(value) <= 4 else value
+    if log and positive.size:
+        ax.set_xscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())), linscale=0.4)
+        ax.set_xlim(0, positive.max() * 1.6)
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_ylabel("layer")
+    ax.set_xlabel((xlabel or name) + (" (symmetric log scale)" if log and positive.size else ""))
+    ax.set_title(title or f"{name} per layer\n(error bars: 95% Wilson interval)", fontsize=11)
+    return fig, ax
+
+
+def _layer_bars(groups: dict[int, pd.DataFrame], labels: Sequence[str], layers: Sequence[str], value: str,
+                ax: Axes | None) -> tuple[Figure, Axes]:
+    """Grouped horizontal bars, one group per layer (top to bottom), one bar per campaign ``i``
+    that has the layer (``groups[i]`` indexed by layer, with ``value``, ``<value>_low``,
+    ``<value>_high``), coloured by ``i``, with interval error bars."""
+    present = {layer: [i for i, g in groups.items() if layer in g.index] for layer in layers}
+    most = max(1, max(len(p) for p in present.values()))
+    fig, ax = _axes(ax, (8.5, max(3.5, 1.6 + len(layers) * (0.1 + 0.2 * most))))
+    thickness = 0.8 / most
+    for i, g in groups.items():
+        y = [row + (present[layer].index(i) - (len(present[layer]) - 1) / 2) * thickness
+             for row, layer in enumerate(layers) if layer in g.index]
+        g = g.loc[[layer for layer in layers if layer in g.index]]
+        xerr = np.vstack([g[value] - g[f"{value}_low"], g[f"{value}_high"] - g[value]])
+        ax.barh(y, g[value], thickness * 0.92, xerr=xerr, color=_color(i), label=labels[i],
+                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(i, dark=True)})
+    ax.set_yticks(np.arange(len(layers)), [_layer_name(layer) for layer in layers], fontsize=9)
+    ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)

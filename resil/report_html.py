@@ -169,3 +169,87 @@ def _value(v: Any) -> str:
         mantissa, exponent = f"{v:.3e}".split("e")
         return f"{float(mantissa):g}e{int(exponent)}"
     return str(v) if v != "" else "(no fault)"
+
+
+def render_comparison(settings: dict[str, str], models: Sequence[str], descriptions: dict[str, str], clean: dict[str, float],
+                      rates: pd.DataFrame, best: pd.DataFrame, failure_best: pd.DataFrame, layers: pd.DataFrame,
+                      layer_best: pd.DataFrame, layer_order: Sequence[str], images: Sequence[tuple[str, str, bytes]]) -> str:
+    """The page of :func:`resil.analysis.compare`: the models, the most robust model per bit error
+    rate, the figures, and the PVF per layer, side by side.
+
+    Args:
+        settings: what every model got (label -> text), listed first.
+        models: the models in display order.
+        descriptions: a one-line description per model.
+        clean: fault-free accuracy per model.
+        rates: per model and rate: ``accuracy``, ``failure`` and their ``_low`` / ``_high`` bounds.
+        best: :func:`resil.analysis.compare.best_per_group` of ``rates`` by accuracy.
+        failure_best: the same by failure probability (lower is better).
+        layers: PVF per model and layer (``pvf``, ``low``, ``high``, ``trials``, ``population``).
+        layer_best: the least vulnerable model per layer (lower PVF is better).
+        layer_order: layers top to bottom.
+        images: (file name, caption, PNG bytes) per figure, embedded as data URIs.
+
+    Example:
+        >>> r = pd.DataFrame({"model": ["a", "b"], "rate": [1e-3, 1e-3], "accuracy": [0.9, 0.5], "accuracy_low": [0.8, 0.4],
+        ...                   "accuracy_high": [0.95, 0.6], "failure": [0.1, 0.5], "failure_low": [0.05, 0.4], "failure_high": [0.2, 0.6]})
+        >>> b = pd.DataFrame({"rate": [1e-3], "best": ["a"], "runner_up": ["b"], "separated": [True], "verdict": ["a"]})
+        >>> p = pd.DataFrame(columns=["model", "layer", "pvf", "low", "high", "trials", "population"])
+        >>> page = render_comparison({}, ["a", "b"], {}, {"a": 0.98, "b": 0.97}, r, b, b, p, b.iloc[:0], [], [])
+        >>> "Most robust model per bit error rate" in page, "90% [80, 95]" in page, "yes, a vs b" in page
+        (True, True, True)
+    """
+    title = "resil: robustness of " + ", ".join(models)
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style>\n</head>\n<body>", f"<h1>{html.escape(title)}</h1>"]
+    parts.append(html_table(["setting", "value"], [[k, v] for k, v in settings.items()]))
+    parts.append("<h2>Models</h2>")
+    rows = [[m, pct(clean.get(m, float("nan"))), descriptions.get(m, "")] for m in models]
+    parts.append(html_table(["model", "fault-free accuracy", "description"], rows))
+    parts.append("<h2>Most robust model per bit error rate</h2>")
+    parts.append(_best_table(rates, best, models, clean, "accuracy", "rate", "highest accuracy under faults"))
+    parts.append("<p class=\"note\">Accuracy under faults (share of inputs classified correctly) per rate with its 95% Wilson interval "
+                 "over scenarios. The most robust model has the highest accuracy; its verdict is a <b>tie</b> (listing every model "
+                 "whose interval overlaps the best one's) unless its interval separates from the runner-up's. Bold: the best.</p>")
+    for filename, caption, png in images:
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(filename)}\">"
+                     f"<figcaption>{html.escape(filename)}: {html.escape(caption)}</figcaption></figure>")
+    parts.append("<h2>Failure probability per bit error rate</h2>")
+    parts.append(_best_table(rates, failure_best, models, None, "failure", "rate", "lowest failure probability"))
+    parts.append("<p class=\"note\">Failure: top-1 differs from the model's own fault-free top-1, or a non-finite output; "
+                 "this compares robustness independently of the fault-free accuracy.</p>")
+    parts.append("<h2>Parameter vulnerability factor (PVF) per layer</h2>")
+    if not layers.empty:
+        wide = layers.rename(columns={"low": "pvf_low", "high": "pvf_high"})
+        parts.append(_best_table(wide, layer_best, models, None, "pvf", "layer", "least vulnerable", order=list(layer_order)))
+        info = {(r.model, r.layer): f"{int(r.population):,}" + (" (all injected)" if getattr(r, "exhaustive", False) else "")
+                for r in layers.itertuples()}
+        pop = [[layer, *(info.get((m, layer), "-") for m in models)] for layer in layer_order]
+        parts.append("<p class=\"note\">PVF = Pr[top-1 differs from the golden top-1, or non-finite | one random bit flip in the "
+                     "layer's stored weights], averaged over inputs, with its 95% Wilson interval over trials. '-': the model has "
+                     "no such layer. Fault locations (weights x bits) per layer; a layer with no more locations than the trials "
+                     "requested gets every location once (all injected):</p>")
+        parts.append(html_table(["layer", *models], pop))
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def _best_table(frame: pd.DataFrame, best: pd.DataFrame, models: Sequence[str], clean: dict[str, float] | None, value: str,
+                key: str, best_label: str, order: Sequence[Any] | None = None) -> str:
+    """One row per group: each model's value [CI], the best model and the verdict; ``clean`` adds a first row."""
+    header = [key, *models, best_label, "separated from the runner-up?"]
+    rows, marks = [], []
+    if clean is not None:
+        rows.append(["no fault", *(pct(clean.get(m, float("nan"))) for m in models), "", ""])
+        marks.append([False] * len(header))
+    cells = {(r[key], r["model"]): pct_ci(r[value], r[f"{value}_low"], r[f"{value}_high"]) for _, r in frame.iterrows()}
+    verdicts = best.set_index(key) if not best.empty else None
+    for group in (order if order is not None else list(dict.fromkeys(frame[key]))):
+        v = verdicts.loc[group] if verdicts is not None and group in verdicts.index else None
+        winner = v["best"] if v is not None else ""
+        verdict = ("" if v is None else "-" if pd.isna(v["runner_up"]) else f"yes, {winner} vs {v['runner_up']}" if v["separated"]
+                   else f"no, {v['verdict']}")
+        rows.append([_value(group), *(cells.get((group, m), "-") for m in models), str(winner), verdict])
+        marks.append([False, *(m == winner for m in models), False, False])
+    return html_table(header, rows, marks)

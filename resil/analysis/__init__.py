@@ -1,5 +1,17 @@
-"""Vulnerability analysis: semi-analytical vulnerability factors, PVF, importance-sampling precision."""
+"""Vulnerability analysis: semi-analytical vulnerability factors, PVF, importance-sampling precision,
+robustness comparison across compression variants.
 
-from .pvf import Deviation, PVFEstimate, PVFResult, Top1, parameter_groups, pvf, trials_needed  # noqa: E402,F401  (PVF, issue 6)
-from .vulnerability import LayerFaults, LayerVF, ModelVF, Sampling, VulnerabilityAnalysis, flip_errors  # noqa: E402,F401  (DeepVigor+ VFs, issue 6)
-from .vf_reference import FIResult, fault_injection_vf  # noqa: E402,F401  (reference FI for the VFs, issue 6)
+``resil.analysis.compare`` is the comparison function (its module stays importable as
+``from resil.analysis.compare import ...``).
+"""
+
+from .compare import CompareSettings, Comparison, best_per_group, compare
+from .pvf import Deviation, PVFEstimate, PVFResult, Top1, parameter_groups, pvf, trials_needed
+from .vf_reference import FIResult, fault_injection_vf
+from .vulnerability import LayerFaults, LayerVF, ModelVF, Sampling, VulnerabilityAnalysis, flip_errors
+
+__all__ = [
+    "CompareSettings", "Comparison", "Deviation", "FIResult", "LayerFaults", "LayerVF", "ModelVF", "PVFEstimate", "PVFResult",
+    "Sampling", "Top1", "VulnerabilityAnalysis", "best_per_group", "compare", "fault_injection_vf", "flip_errors",
+    "parameter_groups", "pvf", "trials_needed",
+]

@@ -10,6 +10,11 @@ every forward pass with straight-through gradients:
 - :func:`faulty_accuracy`: accuracy under independent fault draws;
 - :func:`run_ftt`: normal vs FTT training of a bundled reference model, as an :class:`FTTResult`.
 
+Fault-aware training (ISimDL) is in :mod:`resil.training.fat`. Fault-tolerant architecture
+search (a small FT-NAS: :func:`resil.training.search.search` over an :class:`SearchSpace` of :class:`Arch` digits CNNs,
+reward ``(1 - beta) * clean + beta * faulty``) is in :mod:`resil.training.search`; run
+directories of ``resil harden ftt|fat|search`` in :mod:`resil.training.store`.
+
 Example:
     >>> import torch
     >>> from resil.ftnas import MiBB
@@ -24,5 +29,8 @@ Example:
 """
 
 from .ftt import FTT, FTTResult, convert, faulty_accuracy, prepare, run_ftt, train_ftt
+from .search import Arch, SearchResult, SearchSpace
+from .store import RunStore
 
-__all__ = ["FTT", "FTTResult", "convert", "faulty_accuracy", "prepare", "run_ftt", "train_ftt"]
+__all__ = ["Arch", "FTT", "FTTResult", "RunStore", "SearchResult", "SearchSpace", "convert", "faulty_accuracy", "prepare",
+           "run_ftt", "train_ftt"]

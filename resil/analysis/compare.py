@@ -1,0 +1,443 @@
+"""Robustness comparison across compression variants: the same analysis on every model, side by side.
+
+:func:`compare` runs, for each model of a family (by default the seven reference models: dense,
+pruned 50 / 80 %, channel-pruned, int8, int4, spiking), with identical settings:
+
+(a) the **PVF per layer** (:func:`resil.analysis.pvf`): ``trials`` single bit flips of the stored
+    weight encoding per layer (float32 bits of float models, integer code bits of int8 / int4),
+    each judged over every evaluation input (top-1 differs from the golden top-1, or non-finite),
+    with 95 % Wilson intervals; layers are aligned by name (``conv1``, ``conv2``, ``fc1``, ``fc2``);
+(b) **accuracy against the bit error rate**: a BER campaign (:mod:`resil.campaign`, the same
+    sampler spec for every model: every stored weight bit flips with probability p, ``scenarios``
+    scenarios per rate) with Wilson intervals over scenarios (:func:`resil.report.by_group`);
+(c) **the most robust variant per rate** (:func:`best_per_group`): the model with the highest
+    accuracy under faults at each rate, and whether its interval separates from the runner-up's.
+
+Everything is stored under ``out``: one campaign directory per model (``out/<model>``: the BER
+campaign's ``manifest.json`` and ``parts/``, so ``resil resume out`` and ``resil report out`` work
+on it) with the PVF records in ``out/<model>/pvf/`` (``records.parquet``: one row per trial;
+``pvf.json``: settings and estimates). Re-running skips what is finished. The report goes to
+``out/report`` (``index.html``, self-contained, and its PNGs).
+
+Example:
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"rate": [1e-4] * 3, "model": ["a", "b", "c"], "accuracy": [0.9, 0.8, 0.5],
+    ...                   "accuracy_low": [0.85, 0.7, 0.4], "accuracy_high": [0.95, 0.88, 0.6]})
+    >>> best_per_group(t, "rate", "accuracy")[["best", "runner_up", "separated", "verdict"]].values.tolist()
+    [['a', 'b', False, 'tie: a, b']]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import FaultError
+
+__all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "best_per_group", "compare", "layer_order"]
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What every model of a comparison gets, identically.
+
+    Attributes:
+        rates: bit error rates of the BER campaigns (each in (0, 1), increasing).
+        scenarios: BER scenarios per rate.
+        trials: PVF trials (single bit flips) per layer.
+        inputs: evaluation inputs (the first N test inputs of each model's dataset).
+        seed: seed of the BER campaigns and of the PVF trials.
+        kinds: site kinds faulted (``("weight",)``: the stored weights).
+        dataset: dataset of the inputs (default: each model's own).
+    """
+
+    rates: tuple[float, ...] = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    scenarios: int = 40
+    trials: int = 2000
+    inputs: int = 359
+    seed: int = 0
+    kinds: tuple[str, ...] = ("weight",)
+    dataset: str = ""
+
+    def __post_init__(self) -> None:
+        _check_settings(self)
+        object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison:
+    """The results of :func:`compare`.
+
+    Attributes:
+        root: the result directory.
+        models: the models compared, in the given order.
+        settings: what every model got.
+        clean: fault-free accuracy per model on the evaluation inputs.
+        layers: PVF per model and layer: ``model``, ``layer``, ``pvf``, ``low``, ``high``,
+            ``trials``, ``incorrect`` (D), ``population`` (single-bit locations), ``exhaustive``.
+        rates: per model and rate: ``model``, ``rate``, ``scenarios``, ``accuracy``, ``failure``
+            and their ``_low`` / ``_high`` Wilson bounds.
+        best: :func:`best_per_group` of ``rates`` by accuracy (one row per rate).
+        report: the ``index.html`` written, or None.
+        seconds: wall time of the call.
+    """
+
+    root: Path
+    models: tuple[str, ...]
+    settings: CompareSettings
+    clean: dict[str, float]
+    layers: pd.DataFrame
+    rates: pd.DataFrame
+    best: pd.DataFrame
+    report: Path | None
+    seconds: float
+
+
+def best_per_group(table: pd.DataFrame, key: str = "rate", value: str = "accuracy", higher_is_better: bool = True,
+                   label: str = "model") -> pd.DataFrame:
+    """The best model per group and whether the data separate it from the runner-up.
+
+    ``table`` has one row per (group, model) with ``value`` and its interval ``<value>_low`` /
+    ``<value>_high`` (or ``low`` / ``high``). Per group, the best model has the highest value
+    (the lowest with ``higher_is_better=False``; equal values: the first row). It is
+    ``separated`` when its interval does not overlap the runner-up's; otherwise the verdict is a
+    tie with every model whose interval overlaps the best one's.
+
+    Returns:
+        One row per group (in order of first appearance): ``key``, ``best``, ``runner_up``
+        (None with one model), ``separated``, ``tied`` (tuple of models, best first),
+        ``verdict`` (``"a"`` or ``"tie: a, b"``).
+
+    Raises:
+        FaultError: when a column is missing.
+
+    Example:
+        >>> t = pd.DataFrame({"layer": ["fc1", "fc1"], "model": ["x", "y"], "pvf": [0.02, 0.001],
+        ...                   "low": [0.015, 0.0], "high": [0.027, 0.004]})
+        >>> best_per_group(t, "layer", "pvf", higher_is_better=False)[["best", "verdict"]].values.tolist()
+        [['y', 'y']]
+    """
+    low, high = (f"{value}_low", f"{value}_high") if f"{value}_low" in table.columns else ("low", "high")
+    missing = [c for c in (key, label, value, low, high) if c not in table.columns]
+    if missing:
+        raise FaultError(f"best_per_group: the table lacks {missing}; it has {list(table.columns)}")
+    rows = []
+    for group, g in table.groupby(key, sort=False):
+        order = g.assign(_pos=np.arange(len(g))).sort_values([value, "_pos"], ascending=[not higher_is_better, True], kind="stable")
+        best = order.iloc[0]
+        runner = order.iloc[1] if len(order) > 1 else None
+        overlaps = (order[high] >= best[low]) & (order[low] <= best[high])
+        tied = tuple(str(m) for m in order.loc[overlaps, label])
+        separated = runner is not None and not (runner[high] >= best[low] and runner[low] <= best[high])
+        if runner is None:
+            verdict = f"{best[label]} (only model)"
+        elif separated:
+            verdict = str(best[label])
+        else:
+            verdict = "tie: " + ", ".join(tied)
+        rows.append({key: group, "best": str(best[label]), "runner_up": None if runner is None else str(runner[label]),
+                     "separated": bool(separated), "tied": tied, "verdict": verdict})
+    return pd.DataFrame(rows, columns=[key, "best", "runner_up", "separated", "tied", "verdict"])
+
+
+def layer_order(per_model: Sequence[Sequence[str]]) -> list[str]:
+    """Merge the layer lists of several models into one order that keeps each model's order
+    (a layer only some models have goes after its predecessor).
+
+    Example:
+        >>> layer_order([["conv1", "fc1", "fc2"], ["conv1", "conv2", "fc1", "fc2"]])
+        ['conv1', 'conv2', 'fc1', 'fc2']
+    """
+    merged: list[str] = []
+    for layers in per_model:
+        previous = None
+        for layer in layers:
+            if layer not in merged:
+                merged.insert(0 if previous is None else merged.index(previous) + 1, layer)
+            previous = layer
+    return merged
+
+
+def compare(models: Sequence[str] | None = None, out: str | os.PathLike[str] = "compare", *, quick: bool = False,
+            settings: CompareSettings | None = None, report: bool = True, progress: bool = True) -> Comparison:
+    """Run the same robustness analysis over a family of models and report them side by side.
+
+    Args:
+        models: reference model names (``resil.models.names()``) or ``package.module:factory``
+            specs; default: every reference model.
+        out: result directory (one subdirectory per model, ``report/`` for the report).
+        quick: use :data:`QUICK` instead of :data:`DEFAULT` (ignored when ``settings`` is given).
+        settings: explicit settings (a :class:`CompareSettings`).
+        report: write ``out/report/index.html`` and its PNGs.
+        progress: show tqdm progress bars and one line per finished step.
+
+    Returns:
+        A :class:`Comparison`.
+
+    Raises:
+        FaultError: before any work, for an empty or repeated model list, an unknown model (listing
+            the known ones), bad settings, or a result directory holding other results.
+
+    Example:
+        >>> compare(["dense-cnn", "int8"], "runs/compare", quick=True).best  # doctest: +SKIP
+    """
+    import torch
+
+    start = time.perf_counter()
+    names = _check_models(models)
+    s = settings if settings is not None else QUICK if quick else DEFAULT
+    if not isinstance(s, CompareSettings):
+        raise FaultError(f"settings must be a CompareSettings, got {type(s).__name__}")
+    root = Path(out)
+    jobs = [_Job(name, root / _dirname(name), s) for name in names]
+    for job in jobs:
+        job.check()  # every conflict is found before any work starts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job in jobs:
+            job.run_ber(progress)
+            job.run_pvf(progress)
+    finally:
+        torch.set_num_threads(threads)
+    clean = {job.name: job.clean() for job in jobs}
+    layers = pd.concat([job.layers() for job in jobs], ignore_index=True)
+    rates = pd.concat([job.rates() for job in jobs], ignore_index=True)
+    best = best_per_group(rates, "rate", "accuracy")
+    comparison = Comparison(root, tuple(names), s, clean, layers, rates, best, None, 0.0)
+    written = None
+    if report:
+        written = write_comparison(comparison, [job.dir for job in jobs], root / "report", time.perf_counter() - start)
+    return dataclasses.replace(comparison, report=written, seconds=time.perf_counter() - start)
+
+
+def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: float) -> Path:
+    """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out``."""
+    from ..report import Campaign, load_campaign, plot_layer_estimates, plot_rate
+    from ..report_html import render_comparison
+
+    out.mkdir(parents=True, exist_ok=True)
+    campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, map(load_campaign, dirs))]
+    layers = layer_order([list(dict.fromkeys(c.layers.loc[c.layers.model == m, "layer"])) for m in c.models])
+    s = c.settings
+    flips = "one bit flip of the stored encoding (float32 bits of float weights, integer code bits of quantized ones)"
+    figures = [
+        ("ber_accuracy.png", "Accuracy under faults vs bit error rate (every stored weight bit flips with probability p, "
+         f"{s.scenarios} scenarios per rate, {s.inputs} inputs); shaded: 95% Wilson intervals over scenarios; dashed: fault-free accuracy.",
+         plot_rate(campaigns, band_alpha=0.15)[0]),
+        ("ber_failure.png", "Failure probability (top-1 differs from the fault-free top-1, or non-finite output) vs bit error rate; "
+         "shaded: 95% Wilson intervals.", plot_rate(campaigns, "failure", band_alpha=0.15)[0]),
+        ("layers_pvf.png", f"PVF per layer: {s.trials} trials per layer, each {flips} in the layer's weights, judged over {s.inputs} "
+         "inputs (a layer with fewer fault locations gets every location once); error bars: 95% Wilson intervals. "
+         "Neither bar nor error bar: the model has no such layer.",
+         plot_layer_estimates(c.layers, labels=list(c.models), layers=layers, value="pvf", log=True,
+                              title=f"Parameter vulnerability factor per layer: {s.trials} single weight bit flips per layer\n"
+                                    "(error bars: 95% Wilson interval)",
+                              xlabel="PVF = P(top-1 changes | one bit flip in the layer's weights)")[0]),
+    ]
+    images = []
+    for filename, caption, fig in figures:
+        fig.savefig(out / filename, dpi=110, metadata={"Software": None})
+        images.append((filename, caption, (out / filename).read_bytes()))
+    pvf_best = best_per_group(c.layers, "layer", "pvf", higher_is_better=False)
+    fail_best = best_per_group(c.rates, "rate", "failure", higher_is_better=False)
+    settings = {
+        "models": ", ".join(c.models),
+        "fault model": flips,
+        "faulted sites": ", ".join(s.kinds) + " (pruned weights are not stored: only live weights can fail)",
+        "PVF": f"{s.trials} trials per layer (all locations when a layer has fewer), {s.inputs} inputs per trial",
+        "bit error rates": ", ".join(_rate(r) for r in s.rates) + f"; {s.scenarios} scenarios per rate",
+        "seed": str(s.seed),
+        "run time": f"{seconds:.0f} s (this call; finished parts are not re-run)",
+    }
+    descriptions = {m: _description(m) for m in c.models}
+    page = render_comparison(settings, list(c.models), descriptions, c.clean, c.rates, c.best, fail_best, c.layers, pvf_best, layers, images)
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- one model
+
+
+class _Job:
+    """One model's part of a comparison: its BER campaign and its PVF per layer, in ``dir``."""
+
+    def __init__(self, name: str, directory: Path, s: CompareSettings) -> None:
+        from ..campaign import CampaignSpec, DataSpec, ModelSpec, RunSpec, SamplerSpec, SiteSpec
+
+        self.name, self.dir, self.s = name, directory, s
+        self.spec = CampaignSpec(
+            name=name, seed=s.seed, model=ModelSpec((name,)), data=DataSpec(dataset=s.dataset, inputs=s.inputs),
+            sites=SiteSpec(kinds=s.kinds, pruned="live"), sampler=SamplerSpec(kind="ber", rates=s.rates, scenarios=s.scenarios),
+            run=RunSpec(shard_size=s.scenarios))
+        self.pvf_settings = {"model": name, "trials": s.trials, "inputs": s.inputs, "dataset": s.dataset, "seed": s.seed,
+                             "kinds": list(s.kinds), "fault_model": "BitFlip()", "criterion": "top1", "per_trial": "fraction",
+                             "confidence": 0.95, "groups": "layer"}
+        self.pvf_hash = hashlib.sha256(json.dumps(self.pvf_settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def pvf_dir(self) -> Path:
+        return self.dir / "pvf"
+
+    def check(self) -> None:
+        from ..loading import load_inputs
+
+        load_inputs(self.name, self.s.dataset, self.s.inputs)  # too many inputs, unknown dataset
+        manifest = self.dir / "manifest.json"
+        if manifest.exists():
+            old = json.loads(manifest.read_text())
+            if old.get("spec_hash") != self.spec.hash():
+                raise FaultError(f"{self.dir} holds another campaign ({old.get('name')!r}, spec {old.get('spec_hash')}), "
+                                 "not this comparison's; choose another output directory or delete it")
+        stored = self.pvf_dir / "pvf.json"
+        if stored.exists() and json.loads(stored.read_text()).get("hash") != self.pvf_hash:
+            raise FaultError(f"{stored} holds a PVF with other settings; choose another output directory or delete it")
+
+    def run_ber(self, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        from ..campaign import run
+
+        with tqdm(desc=f"{self.name} BER", unit="scen", disable=not progress, leave=False) as bar:
+            def step(n: int, remaining: int) -> None:
+                if remaining:
+                    bar.reset(total=remaining)
+                bar.update(n)
+
+            store = run(self.spec, self.dir, progress=step)
+        if progress:
+            m = store.manifest()
+            tqdm.write(f"{self.name}: BER campaign, {m['scenarios']} scenarios x {m['inputs']} inputs -> {self.dir}")
+
+    def run_pvf(self, progress: bool) -> None:
+        if (self.pvf_dir / "pvf.json").exists():
+            return
+        from tqdm.auto import tqdm
+
+        from ..discovery import sites
+        from ..loading import load_inputs, load_model
+        from .pvf import pvf
+
+        model = load_model(self.name)
+        x, _ = load_inputs(self.name, self.s.dataset, self.s.inputs)
+        result = pvf(model, x, "layer", trials=self.s.trials, kinds=self.s.kinds, seed=self.s.seed,
+                     sites=sites(model, x[:2], pruned="live"), progress=progress)
+        self.pvf_dir.mkdir(parents=True, exist_ok=True)
+        records = result.records.rename(columns={"group": "layer"})
+        _atomic(self.pvf_dir / "records.parquet", lambda p: records.to_parquet(p, index=False))
+        estimates = {layer: dataclasses.asdict(e) for layer, e in result.estimates.items()}
+        doc = {"version": 1, "hash": self.pvf_hash, "settings": self.pvf_settings, "inputs": result.inputs, "estimates": estimates}
+        _atomic(self.pvf_dir / "pvf.json", lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=True)))
+        if progress:
+            tqdm.write(f"{self.name}: PVF of {len(estimates)} layers, {len(records)} trials -> {self.pvf_dir}")
+
+    def clean(self) -> float:
+        return float(json.loads((self.dir / "manifest.json").read_text())["golden_accuracy"])
+
+    def layers(self) -> pd.DataFrame:
+        doc = json.loads((self.pvf_dir / "pvf.json").read_text())
+        rows = [{"model": self.name, "layer": layer, "pvf": e["pvf"], "low": e["low"], "high": e["high"], "trials": e["trials"],
+                 "incorrect": e["incorrect"], "population": e["population"], "exhaustive": e["exhaustive"]}
+                for layer, e in doc["estimates"].items()]
+        return pd.DataFrame(rows)
+
+    def rates(self) -> pd.DataFrame:
+        from ..report import by_group, load_campaign
+
+        g = by_group(load_campaign(self.dir), "rate")
+        cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high"))]
+        return g[cols].assign(model=self.name)[["model", *cols]]
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _rate(r: float) -> str:
+    """A rate for display: 1e-7, 3e-5, 0.1."""
+    mantissa, exponent = f"{r:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}" if r < 0.01 else f"{r:g}"
+
+
+def _dirname(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def _description(name: str) -> str:
+    import resil.models as rm
+
+    return rm.info(name).description if name in rm.names() else name
+
+
+def _check_models(models: Sequence[str] | None) -> list[str]:
+    import resil.models as rm
+
+    if models is None:
+        return rm.names()
+    if isinstance(models, str):
+        raise FaultError(f"models must be a list of model names, not the string {models!r}")
+    names = list(models)
+    if not names:
+        raise FaultError(f"the model list is empty; give at least one of: {', '.join(rm.names())}")
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise FaultError(f"model names must be non-empty strings, got {n!r}")
+        if n not in rm.names() and ":" not in n:
+            raise FaultError(f"unknown model {n!r}; known: {', '.join(rm.names())} (or package.module:factory)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FaultError(f"models listed twice: {', '.join(repeated)}")
+    dirs = [_dirname(n) for n in names]
+    if len(set(dirs)) < len(dirs) or "report" in dirs:
+        raise FaultError(f"the models {names} do not map to distinct result directories (and none may be 'report')")
+    from ..loading import load_model
+
+    for n in names:
+        if n not in rm.names():
+            load_model(n)  # a factory that does not load fails here, before any work
+    return names
+
+
+def _check_settings(s: CompareSettings) -> None:
+    def whole(name: str, v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise FaultError(f"{name} must be an integer >= 1, got {v!r}")
+
+    if isinstance(s.rates, (str, bytes)) or not isinstance(s.rates, Sequence) or not s.rates:
+        raise FaultError(f"rates must be a non-empty list of bit error rates in (0, 1), got {s.rates!r}")
+    for r in s.rates:
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) or not math.isfinite(r) or not 0 < r < 1:
+            raise FaultError(f"every bit error rate must be a number in (0, 1); got {r!r} in {list(s.rates)}")
+    if any(b <= a for a, b in zip(s.rates, s.rates[1:])):
+        raise FaultError(f"rates must be strictly increasing (no repeats), got {list(s.rates)}")
+    whole("scenarios", s.scenarios)
+    whole("trials", s.trials)
+    whole("inputs", s.inputs)
+    if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
+        raise FaultError(f"seed must be an integer >= 0, got {s.seed!r}")
+    from ..campaign.spec import KINDS
+
+    if not s.kinds or set(s.kinds) - {"weight", "bias", "parameter"}:
+        raise FaultError(f"kinds must be stored parameter kinds among ('weight', 'bias', 'parameter'), got {list(s.kinds)} "
+                         f"(campaign kinds: {KINDS})")
+
+
+#: the default comparison (a few minutes on one core for the seven reference models)
+DEFAULT = CompareSettings()
+#: ``--quick``: fewer rates, scenarios and trials (about a minute for the seven reference models)
+QUICK = CompareSettings(rates=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), scenarios=10, trials=200)

@@ -1,0 +1,364 @@
+"""``resil harden ftt|fat|search``: the hardening methods from the command line.
+
+Each subcommand runs one method on the bundled digits data and writes a run directory
+(:class:`resil.training.store.RunStore`): ``manifest.json`` (the command, its spec and hash, the
+status and a summary of the results), Parquet result tables, ``model.pt`` and ``report.png``
+(when matplotlib is installed). Every argument is checked before anything is created; a
+directory holding a run of another spec is refused.
+
+- ``resil harden ftt --model dense-cnn --faults adsaf --out DIR``: FT-NAS fault-tolerant
+  training vs normal training (:func:`resil.training.run_ftt`). Tables ``results`` (one row per
+  arm) and ``draws`` (faulty accuracy per draw, paired); ``model.pt`` is the hardened model in
+  the reference's checkpoint format (load it with ``resil.models.info(name).restore``).
+- ``resil harden fat --model dense-cnn --out DIR``: ISimDL fault-aware training
+  (:func:`resil.training.fat.fault_aware_training`). Tables ``history`` (per epoch) and
+  ``faults`` (the critical faults found, :meth:`resil.FaultSet.to_dict` columns).
+- ``resil harden search --faults adsaf --out DIR``: fault-tolerant architecture search
+  (:func:`resil.training.search.search`). Tables ``candidates`` and ``comparison``; ``model.pt``
+  loads with :func:`resil.training.search.load_found`.
+
+Fault specs (``--faults``): ``adsaf[:P]`` (per-cell rate, default 0.08), ``mibb[:P_M]`` (per-MAC
+rate, default 5e-4), ``ibb[:P]`` (per-feature rate, default 1e-3); several joined by commas.
+
+Example:
+    >>> parse_faults("adsaf:0.05,mibb")
+    (AdSAF(p=0.05, saf1=0.163, include=('*',)), MiBB(include=('*',), p_m=0.0005))
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import FaultError
+from ..ftnas import IBB, AdSAF, FaultProcess, MiBB
+
+__all__ = ["add_parser", "parse_faults"]
+
+#: fault spec name -> (process class, its rate field, default rate)
+FAULTS: dict[str, tuple[type, str, float]] = {"adsaf": (AdSAF, "p", 0.08), "mibb": (MiBB, "p_m", 5e-4), "ibb": (IBB, "p", 1e-3)}
+
+
+def parse_faults(text: str) -> tuple[FaultProcess, ...]:
+    """Fault processes from a spec such as ``adsaf``, ``mibb:1e-4`` or ``adsaf:0.08,mibb:5e-4``.
+
+    Raises:
+        FaultError: for an unknown name or a rate that is not a probability.
+    """
+    procs = []
+    for part in str(text).split(","):
+        name, _, rate = part.strip().partition(":")
+        if name.lower() not in FAULTS:
+            raise FaultError(f"unknown fault process {name!r} in --faults {text!r}; choose from {', '.join(FAULTS)} "
+                             "(optionally with a rate, e.g. adsaf:0.08)")
+        cls, field_name, default = FAULTS[name.lower()]
+        try:
+            value = float(rate) if rate else default
+        except ValueError:
+            raise FaultError(f"the rate of {name!r} in --faults {text!r} is not a number: {rate!r}") from None
+        procs.append(cls(**{field_name: value}))
+    return tuple(procs)
+
+
+def _positive(name: str, v: int | None) -> None:
+    if v is not None and v < 1:
+        raise FaultError(f"{name} must be >= 1, not {v}")
+
+
+def _unit(name: str, v: float | None) -> None:
+    if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise FaultError(f"{name} must be in [0, 1], not {v}")
+
+
+def _reference(name: str) -> None:
+    import resil.models as rm
+
+    if name not in rm.names():
+        raise FaultError(f"unknown model {name!r} for --model; bundled: {', '.join(rm.names())}")
+
+
+def _names(text: str, option: str) -> tuple[str, ...]:
+    import resil.models as rm
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip()) if text else ()
+    bad = [n for n in names if n not in rm.names()]
+    if bad:
+        raise FaultError(f"unknown model(s) {bad} in {option}; bundled: {', '.join(rm.names())}")
+    return names
+
+
+def _bars(labels: list[str], clean: list[float], faulty: list[float], faulty_err: list[float], title: str) -> bytes | None:
+    """A PNG of clean vs faulty accuracy bars per model, or None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    fig = Figure(figsize=(max(5.0, 1.1 * len(labels) + 2), 4.2), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, clean, 0.4, label="clean", color="#9ecae1")
+    ax.bar(x + 0.2, faulty, 0.4, yerr=faulty_err, capsize=3, label="faulty (mean +- std over draws)", color="#de2d26")
+    ax.set_xticks(x, labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center", fontsize=8)
+    low = max(0.0, min([*clean, *faulty]) - 0.1)
+    ax.set_ylim(low, 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _finish(store: Any, png: bytes | None, summary: dict[str, Any]) -> None:
+    if png is not None:
+        store.write_bytes("report.png", png)
+    store.finish({**summary, "report": "report.png" if png is not None else None})
+
+
+# -- ftt ------------------------------------------------------------------------------------------
+
+def cmd_ftt(args: argparse.Namespace) -> int:
+    import torch
+
+    import resil.models as rm
+
+    from .ftt import _spec, run_ftt
+    from .store import RunStore
+
+    _reference(args.model)
+    procs = parse_faults(args.faults)
+    _unit("--alpha", args.alpha)
+    _positive("--epochs", args.epochs)
+    _positive("--draws", args.draws)
+    spec = {"model": args.model, "faults": [_spec(p) for p in procs], "alpha": args.alpha, "epochs": args.epochs,
+            "draws": args.draws, "seed": args.seed, "eval_seed": args.eval_seed, "range_gradient": not args.plain_ste}
+    store = RunStore(args.out)
+    store.create("ftt", spec)
+    torch.set_num_threads(1)
+    r = run_ftt(args.model, procs, alpha=args.alpha, epochs=args.epochs, draws=args.draws, seed=args.seed,
+                eval_seed=args.eval_seed, range_gradient=not args.plain_ste, progress=True)
+    fn, ff = np.array(r.faulty_normal), np.array(r.faulty_ftt)
+    std = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
+    store.write_table("results", {"arm": ["normal", "ftt"], "clean": [r.clean_normal, r.clean_ftt],
+                                  "faulty_mean": [float(fn.mean()), float(ff.mean())], "faulty_std": [std(fn), std(ff)],
+                                  "draws": [len(fn), len(ff)]})
+    store.write_table("draws", {"draw": np.arange(len(fn)), "faulty_normal": fn, "faulty_ftt": ff})
+    assert r.trained is not None
+    store.save_model(rm.info(args.model).save(r.trained))
+    png = _bars(["normal", f"FTT (alpha {r.alpha:g})"], [r.clean_normal, r.clean_ftt], [float(fn.mean()), float(ff.mean())],
+                [std(fn), std(ff)], f"{args.model} under {r.faults}, {r.epochs} epochs")
+    _finish(store, png, r.to_dict())
+    print(f"{args.model} under {r.faults}: clean {r.clean_normal:.2%} -> {r.clean_ftt:.2%} with FTT; faulty "
+          f"{fn.mean():.2%} -> {ff.mean():.2%} ({100 * r.faulty_gain:+.2f} points, {len(fn)} draws) -> {args.out}")
+    return 0
+
+
+# -- fat ------------------------------------------------------------------------------------------
+
+def cmd_fat(args: argparse.Namespace) -> int:
+    import torch
+
+    import resil.models as rm
+    from resil.analysis.precision import BIT_WEIGHTINGS, Criterion
+
+    from .fat import fault_aware_training
+    from .store import RunStore
+
+    _reference(args.model)
+    _positive("--epochs", args.epochs)
+    _positive("--k", args.k)
+    _positive("--max-trials", args.max_trials)
+    _positive("--batch-size", args.batch_size)
+    if args.stagger < 0:
+        raise FaultError(f"--stagger must be >= 0, not {args.stagger}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise FaultError(f"--lr must be a positive number, not {args.lr}")
+    _unit("--tau", args.tau)
+    if args.bit_weighting not in BIT_WEIGHTINGS:
+        raise FaultError(f"unknown --bit-weighting {args.bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
+    try:
+        search_epochs = tuple(int(e) for e in args.search_epochs.split(",") if e.strip())
+    except ValueError:
+        raise FaultError(f"--search-epochs must be comma-separated integers, not {args.search_epochs!r}") from None
+    bad = [e for e in search_epochs if not 0 <= e < args.epochs]
+    if bad or not search_epochs:
+        raise FaultError(f"--search-epochs must lie in 0..{args.epochs - 1}, got {args.search_epochs!r}")
+    criterion = Criterion("accuracy_drop", args.theta)
+    spec = {"model": args.model, "epochs": args.epochs, "search_epochs": list(search_epochs), "k": args.k, "stagger": args.stagger,
+            "sampler": args.sampler, "kind": args.kind, "theta": args.theta, "bit_weighting": args.bit_weighting, "tau": args.tau,
+            "max_trials": args.max_trials, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed}
+    store = RunStore(args.out)
+    store.check("fat", spec)
+    d = rm.dataset(args.model)
+    torch.set_num_threads(1)
+    model = rm.load(args.model)
+    from ..analysis.precision import select_space
+    from ..discovery import sites
+
+    select_space(sites(model, d.x_test[:1]), args.kind)  # a kind without sites fails before the directory exists
+    store.create("fat", spec)
+    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, search_epochs=search_epochs,
+                             k=args.k, stagger=args.stagger, sampler=args.sampler, kind=args.kind, criterion=criterion,
+                             bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials, lr=args.lr,
+                             batch_size=args.batch_size, seed=args.seed, progress=True)
+    h = r.history
+    store.write_table("history", {"epoch": [e.epoch for e in h], "runs": [e.runs for e in h], "found": [e.found for e in h],
+                                  "faults": [e.faults for e in h], "clean_accuracy": [e.clean_accuracy for e in h],
+                                  "faulty_accuracy": [e.faulty_accuracy for e in h]})
+    store.write_table("faults", {k: np.asarray(v) for k, v in r.faults.to_dict().items()})
+    store.save_model(rm.info(args.model).save(r.model))
+    png = None
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        Figure = None  # noqa: N806
+    if Figure is not None:
+        fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+        ax = fig.subplots()
+        ax.plot([e.epoch for e in h], [e.clean_accuracy for e in h], "o-", label="clean")
+        ax.plot([e.epoch for e in h], [e.faulty_accuracy for e in h], "s-", color="#de2d26", label="with the faults found so far")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"fault-aware training of {args.model}: {len(r.faults)} critical {args.kind} faults ({args.sampler})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        png = _png(fig)
+    summary = {"search_runs": r.search_runs, "faults": len(r.faults), "clean_before": r.clean_before, "faulty_before": r.faulty_before,
+               "clean_after": r.clean_after, "faulty_after": r.faulty_after}
+    _finish(store, png, summary)
+    print(f"{args.model}: {len(r.faults)} critical faults in {r.search_runs} fault-injection runs; accuracy under them "
+          f"{r.faulty_before:.2%} -> {r.faulty_after:.2%} (clean {r.clean_before:.2%} -> {r.clean_after:.2%}) -> {args.out}")
+    return 0
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from .ftt import _spec
+    from .search import default_beta, save_found, search
+    from .store import RunStore
+
+    procs = parse_faults(args.faults)
+    beta = default_beta(procs) if args.beta is None else args.beta
+    _unit("--beta", beta)
+    _unit("--alpha", args.alpha)
+    for name in ("candidates", "population", "tournament", "epochs", "final_epochs", "draws", "final_draws"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if not 0.0 < args.val_fraction < 1.0:
+        raise FaultError(f"--val-fraction must be in (0, 1), not {args.val_fraction}")
+    references = _names(args.references, "--references")
+    reference_ftt = _names(args.reference_ftt, "--reference-ftt")
+    if set(reference_ftt) - set(references):
+        raise FaultError(f"--reference-ftt names models not in --references: {sorted(set(reference_ftt) - set(references))}")
+    spec = {"faults": [_spec(p) for p in procs], "beta": beta, "alpha": args.alpha, "candidates": args.candidates,
+            "population": args.population, "tournament": args.tournament, "epochs": args.epochs, "final_epochs": args.final_epochs,
+            "draws": args.draws, "final_draws": args.final_draws, "val_fraction": args.val_fraction, "references": list(references),
+            "reference_ftt": list(reference_ftt), "seed": args.seed, "eval_seed": args.eval_seed}
+    store = RunStore(args.out)
+    store.create("search", spec)
+    torch.set_num_threads(1)
+    r = search(procs, beta=beta, candidates=args.candidates, population=args.population, tournament=args.tournament,
+               epochs=args.epochs, final_epochs=args.final_epochs, alpha=args.alpha, draws=args.draws, final_draws=args.final_draws,
+               val_fraction=args.val_fraction, references=references, reference_ftt=reference_ftt, seed=args.seed,
+               eval_seed=args.eval_seed, progress=True)
+    cands = [c.to_dict() for c in r.candidates]
+    store.write_table("candidates", {k: [c[k] for c in cands] for k in cands[0]})
+    rows = r.comparison
+    store.write_table("comparison", {"model": [x.model for x in rows], "training": [x.training for x in rows],
+                                     "params": [x.params for x in rows], "live": [x.live for x in rows],
+                                     "clean": [x.clean for x in rows], "faulty_mean": [x.faulty_mean for x in rows],
+                                     "faulty_std": [x.faulty_std for x in rows], "reward": [x.reward for x in rows],
+                                     "faulty": [list(x.faulty) for x in rows]})
+    store.save_model(save_found(r))
+    labels = ["found" if i == 0 else (x.model if x.training == "normal" else f"{x.model} FTT") for i, x in enumerate(rows)]
+    png = _bars(labels, [x.clean for x in rows], [x.faulty_mean for x in rows], [x.faulty_std for x in rows],
+                f"found {r.arch.describe()} vs references under {r.faults}")
+    summary = {k: v for k, v in r.to_dict().items() if k not in ("candidates", "comparison")}
+    _finish(store, png, summary)
+    print(r.table())
+    print(f"found {r.arch.describe()} ({r.found.params} parameters) in {len(r.candidates)} candidates, {r.seconds:.0f} s -> {args.out}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``harden`` and its subcommands to the ``resil`` subparsers ``sub``."""
+    h = sub.add_parser("harden", help="harden a network: fault-tolerant training, fault-aware training, architecture search",
+                       description="Hardening methods on the bundled digits data; each writes a run directory "
+                                   "(manifest.json, Parquet tables, model.pt, report.png).")
+    hs = h.add_subparsers(dest="method", required=True)
+    fault_help = ("fault process(es): adsaf[:P] (RRAM stuck-at cells, default P 0.08), mibb[:P_M] (per-MAC bit bias, default "
+                  "5e-4), ibb[:P] (per-feature bit bias, default 1e-3); several joined by commas (default: %(default)s)")
+
+    f = hs.add_parser("ftt", help="FT-NAS fault-tolerant training vs normal training of a reference model",
+                      description="Train a bundled reference model normally and with FT-NAS's fault-tolerant training "
+                                  "(loss (1-alpha)*CE(clean) + alpha*CE(faulty), fresh faults every step), then compare clean "
+                                  "and faulty test accuracy over paired fault draws.")
+    f.add_argument("--model", default="dense-cnn", help="bundled reference model (default: %(default)s)")
+    f.add_argument("--faults", default="adsaf", help=fault_help)
+    f.add_argument("--alpha", type=float, default=0.5, help="weight of the faulty loss (FT-NAS: 0.7 adSAF, ~0.5 MiBB; default %(default)s)")
+    f.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
+    f.add_argument("--draws", type=int, default=20, help="fault draws of the evaluation (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the training fault draws (default: %(default)s)")
+    f.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation fault draws (default: %(default)s)")
+    f.add_argument("--plain-ste", action="store_true", help="plain straight-through gradient for feature faults (range_gradient=False)")
+    f.add_argument("--out", required=True, help="run directory")
+    f.set_defaults(run=cmd_ftt)
+
+    a = hs.add_parser("fat", help="ISimDL fault-aware training with critical faults found by importance sampling",
+                      description="Search critical single bit flips of a reference model (ISimDL importance sampling or "
+                                  "uniform), fix them into the model and keep training; report accuracy under them per epoch.")
+    a.add_argument("--model", default="dense-cnn", help="bundled reference model (default: %(default)s)")
+    a.add_argument("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
+    a.add_argument("--search-epochs", default="0", help="comma-separated epochs after which to search faults (0 = before training)")
+    a.add_argument("--k", type=int, default=3, help="critical faults to find per search (default: %(default)s)")
+    a.add_argument("--stagger", type=int, default=0, help="apply the j-th fault j*stagger epochs later (default: %(default)s)")
+    a.add_argument("--sampler", choices=("importance", "uniform"), default="importance", help="fault search sampler")
+    a.add_argument("--kind", choices=("weight", "activation"), default="weight", help="fault kind (default: %(default)s)")
+    a.add_argument("--theta", type=float, default=0.10, help="critical: accuracy drop >= theta (default: %(default)s)")
+    a.add_argument("--bit-weighting", default="gradient", help="ISimDL bit weighting (default: %(default)s)")
+    a.add_argument("--tau", type=float, default=0.0, help="ISimDL uniform share (default: %(default)s)")
+    a.add_argument("--max-trials", type=int, default=5000, help="cap on fault-injection runs per search (default: %(default)s)")
+    a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    a.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: %(default)s)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", required=True, help="run directory")
+    a.set_defaults(run=cmd_fat)
+
+    s = hs.add_parser("search", help="fault-tolerant architecture search (small FT-NAS) vs the reference models",
+                      description="Regularized evolution over small digits CNNs (widths, 3x3/5x5, max/avg pool, ReLU/ReLU6/"
+                                  "Hardtanh, float/int8/int4), candidates trained briefly with FTT and ranked on a validation "
+                                  "split by R = (1-beta)*clean + beta*faulty; the best is retrained and compared on the test "
+                                  "set with the reference models under the same faults.")
+    s.add_argument("--faults", default="adsaf", help=fault_help)
+    s.add_argument("--beta", type=float, default=None, help="reward weight of faulty accuracy (default: FT-NAS's, 0.2 adSAF, 0.5 MiBB)")
+    s.add_argument("--alpha", type=float, default=0.5, help="FTT weight of the faulty loss; 0 = normal training (default: %(default)s)")
+    s.add_argument("--candidates", type=int, default=20, help="architectures evaluated (default: %(default)s)")
+    s.add_argument("--population", type=int, default=8, help="evolution population; the first ones are random (default: %(default)s)")
+    s.add_argument("--tournament", type=int, default=3, help="tournament size (default: %(default)s)")
+    s.add_argument("--epochs", type=int, default=6, help="training epochs per candidate (default: %(default)s)")
+    s.add_argument("--final-epochs", type=int, default=15, help="training epochs of the best (default: %(default)s)")
+    s.add_argument("--draws", type=int, default=5, help="fault draws per candidate on the validation split (default: %(default)s)")
+    s.add_argument("--final-draws", type=int, default=20, help="fault draws per model on the test set (default: %(default)s)")
+    s.add_argument("--val-fraction", type=float, default=0.2, help="training share held out for validation (default: %(default)s)")
+    s.add_argument("--references", default="dense-cnn,pruned-50,pruned-80,structured-50,int8,int4,snn",
+                   help="comma-separated reference models to compare with (default: all)")
+    s.add_argument("--reference-ftt", default="", help="comma-separated references also to train with FTT (default: none)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--eval-seed", type=int, default=1)
+    s.add_argument("--out", required=True, help="run directory")
+    s.set_defaults(run=cmd_search)
+    return h
+
