@@ -57,6 +57,9 @@ def test_ftt_writes_a_run_whose_numbers_the_stored_model_reproduces(tmp_path, ca
     assert main(["harden", "ftt", "--epochs", "2", "--draws", "3", "--out", str(out)]) == 2
     assert "holds another run" in capsys.readouterr().err
     assert (out / "manifest.json").read_text() == before
+    # campaign commands name what the directory is instead of failing on its manifest
+    assert main(["resume", str(out)]) == 2
+    assert "holds a `resil harden ftt` run, not a campaign" in capsys.readouterr().err
 
 
 def test_fat_stores_faults_that_give_the_stored_accuracy(tmp_path, capsys):

@@ -49,9 +49,13 @@ class Store:
     def manifest(self) -> dict[str, Any]:
         """The campaign's manifest."""
         try:
-            return json.loads((self.root / MANIFEST).read_text())
+            manifest = json.loads((self.root / MANIFEST).read_text())
         except FileNotFoundError:
             raise FaultError(f"{self.root} is not a campaign directory (no {MANIFEST})") from None
+        if manifest.get("kind") == "harden":
+            raise FaultError(f"{self.root} holds a `resil harden {manifest.get('command', '')}` run, not a campaign: "
+                             "its results are the Parquet tables and report.png in it")
+        return manifest
 
     def part_path(self, shard: int) -> Path:
         return self.parts / f"shard-{shard:06d}.parquet"
