@@ -173,25 +173,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise FaultError(f"--rates: {text.strip()!r} is not a number; give comma-separated rates such as 1e-6,1e-5,1e-4") from None
         changes["rates"] = tuple(rates)
     settings = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-    c = compare(args.models or None, args.out, settings=settings)
-    width = max(len(m) for m in c.models)
-    print(f"\nmost robust model per bit error rate (accuracy under faults, 95% Wilson intervals over {settings.scenarios} scenarios):")
-    print(f"{'rate':>8s}  {'best':{width}s}  {'accuracy [95% CI]':22s}  verdict")
-    acc = c.rates.set_index(["rate", "model"])
-    print(f"{'no fault':>8s}  {'':{width}s}  " + ", ".join(f"{m} {c.clean[m]:.1%}" for m in c.models))
-    for r in c.best.itertuples():
-        a = acc.loc[(r.rate, r.best)]
-        ci = f"{a.accuracy:.1%} [{a.accuracy_low:.1%}, {a.accuracy_high:.1%}]"
-        print(f"{r.rate:8.0e}  {r.best:{width}s}  {ci:22s}  {'separated from ' + str(r.runner_up) if r.separated else r.verdict}")
-    print(f"\nPVF per layer ({settings.trials} single bit flips per layer; PVF [95% Wilson interval] in %):")
-    layers = list(dict.fromkeys(c.layers["layer"]))
-    pvf = c.layers.set_index(["model", "layer"])
-    print(f"{'model':{width}s}  " + "  ".join(f"{layer:>18s}" for layer in layers))
-    for m in c.models:
-        cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.2f}, {100 * pvf.loc[(m, layer), 'high']:.2f}]"
-                 if (m, layer) in pvf.index else "-" for layer in layers]
-        print(f"{m:{width}s}  " + "  ".join(f"{cell:>18s}" for cell in cells))
-    print(f"\nreport: {c.report}\nrun time: {c.seconds:.0f} s")
+    print(compare(args.models or None, args.out, settings=settings).summary())
     return 0
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..campaign.store import atomic_write
 from ..errors import FaultError
 
 __all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "best_per_group", "compare", "layer_order"]
@@ -103,6 +105,29 @@ class Comparison:
     best: pd.DataFrame
     report: Path | None
     seconds: float
+
+    def summary(self) -> str:
+        """The most robust model per rate and the PVF per layer, as printed by ``resil compare``."""
+        width = max(len(m) for m in self.models)
+        s = self.settings
+        lines = [f"\nmost robust model per bit error rate (accuracy under faults, 95% Wilson intervals over {s.scenarios} scenarios):",
+                 f"{'rate':>8s}  {'best':{width}s}  {'accuracy [95% CI]':22s}  verdict",
+                 f"{'no fault':>8s}  {'':{width}s}  " + ", ".join(f"{m} {self.clean[m]:.1%}" for m in self.models)]
+        acc = self.rates.set_index(["rate", "model"])
+        for r in self.best.itertuples():
+            a = acc.loc[(r.rate, r.best)]
+            ci = f"{a.accuracy:.1%} [{a.accuracy_low:.1%}, {a.accuracy_high:.1%}]"
+            lines.append(f"{r.rate:8.0e}  {r.best:{width}s}  {ci:22s}  {'separated from ' + str(r.runner_up) if r.separated else r.verdict}")
+        lines.append(f"\nPVF per layer ({s.trials} single bit flips per layer; PVF [95% Wilson interval] in %):")
+        layers = list(dict.fromkeys(self.layers["layer"]))
+        pvf = self.layers.set_index(["model", "layer"])
+        lines.append(f"{'model':{width}s}  " + "  ".join(f"{layer:>18s}" for layer in layers))
+        for m in self.models:
+            cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.2f}, {100 * pvf.loc[(m, layer), 'high']:.2f}]"
+                     if (m, layer) in pvf.index else "-" for layer in layers]
+            lines.append(f"{m:{width}s}  " + "  ".join(f"{cell:>18s}" for cell in cells))
+        lines.append(f"\nreport: {self.report}\nrun time: {self.seconds:.0f} s")
+        return "\n".join(lines)
 
 
 def best_per_group(table: pd.DataFrame, key: str = "rate", value: str = "accuracy", higher_is_better: bool = True,
@@ -337,10 +362,12 @@ class _Job:
                      sites=sites(model, x[:2], pruned="live"), progress=progress)
         self.pvf_dir.mkdir(parents=True, exist_ok=True)
         records = result.records.rename(columns={"group": "layer"})
-        _atomic(self.pvf_dir / "records.parquet", lambda p: records.to_parquet(p, index=False))
+        buf = io.BytesIO()
+        records.to_parquet(buf, index=False)
+        atomic_write(self.pvf_dir / "records.parquet", buf.getvalue())
         estimates = {layer: dataclasses.asdict(e) for layer, e in result.estimates.items()}
         doc = {"version": 1, "hash": self.pvf_hash, "settings": self.pvf_settings, "inputs": result.inputs, "estimates": estimates}
-        _atomic(self.pvf_dir / "pvf.json", lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=True)))
+        atomic_write(self.pvf_dir / "pvf.json", json.dumps(doc, indent=2, sort_keys=True).encode())
         if progress:
             tqdm.write(f"{self.name}: PVF of {len(estimates)} layers, {len(records)} trials -> {self.pvf_dir}")
 
@@ -360,12 +387,6 @@ class _Job:
         g = by_group(load_campaign(self.dir), "rate")
         cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high"))]
         return g[cols].assign(model=self.name)[["model", *cols]]
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _rate(r: float) -> str:

@@ -44,7 +44,7 @@ class Store:
                 )
             return
         self.parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        atomic_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     def manifest(self) -> dict[str, Any]:
         """The campaign's manifest."""
@@ -80,7 +80,7 @@ class Store:
         return pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("scenario")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

@@ -3,7 +3,7 @@
 A run directory holds ``manifest.json`` (what ran: the command, its spec and the spec's hash,
 the status and, once complete, a summary of the results), one Parquet file per result table
 (``<table>.parquet``), the trained model (``model.pt``) and a report (``report.png``). Every
-file is written under a temporary name and renamed (:func:`resil.campaign.store._atomic_write`,
+file is written under a temporary name and renamed (:func:`resil.campaign.store.atomic_write`,
 the campaign store's own), so a killed run leaves complete files or none. A directory holding a
 run of another spec is refused before anything is written, as campaign directories are; the
 same spec may be run again into it (the results are deterministic).
@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..campaign.store import MANIFEST, _atomic_write
+from ..campaign.store import MANIFEST, atomic_write
 from ..errors import FaultError
 
 __all__ = ["RunStore", "spec_hash"]
@@ -94,7 +94,7 @@ class RunStore:
         buf = io.BytesIO()
         pq.write_table(pa.table(columns), buf)
         path = self.root / f"{name}.parquet"
-        _atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
         return path
 
     def table(self, name: str) -> pa.Table:
@@ -109,13 +109,13 @@ class RunStore:
         buf = io.BytesIO()
         torch.save(state, buf)
         path = self.root / name
-        _atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
         return path
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write any file (a PNG, a JSON document) atomically."""
         path = self.root / name
-        _atomic_write(path, data)
+        atomic_write(path, data)
         return path
 
     def finish(self, results: dict[str, Any]) -> None:
@@ -125,4 +125,4 @@ class RunStore:
         self._write_manifest(m)
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        _atomic_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+        atomic_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
