@@ -6,7 +6,9 @@
    and activation faults.
 2. Fault-aware training: for each seed, K critical weight faults found by importance sampling
    are fixed into the trained model, which is trained on for E epochs with them applied in every
-   step (Adam); prints clean accuracy and accuracy under the found faults before and after.
+   step (Adam); prints clean accuracy and accuracy under the found faults before and after, for
+   the default (huge weights neutralised, clean loss), the plain variant and the operand route
+   alone; and, as a baseline, the accuracy under the same faults after E epochs of ordinary training.
 3. The same per fault: each found fault alone, before and after FAT with only that fault.
 
     .venv/bin/python benchmarks/fat.py [--seeds 5] [--k 3] [--epochs 12] [--lr 1e-3]
@@ -63,18 +65,33 @@ def main() -> None:
     print(f"({time.perf_counter() - t0:.0f} s)")
 
     print(f"\n2. FAT with the K={args.k} weight faults found by ISimDL (gradient bits), {args.epochs} epochs, Adam lr {args.lr:g}")
-    print(f"{'seed':<6}{'FI runs':>8}{'clean before':>14}{'faulty before':>15}{'faulty after':>14}{'clean after':>13}")
-    t0 = time.perf_counter()
+    variants = (("FAT (neutralise=auto, clean loss)", {}),
+                ("plain FAT (neutralise=none, no clean loss)", {"neutralise": "none", "clean_loss": False}),
+                ("FAT operand route only (+ clean loss)", {"neutralise": "operand"}))
     results = []
-    for seed in range(args.seeds):
-        r = fault_aware_training(rm.load("dense-cnn"), d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, k=args.k,
-                                 criterion=crit, lr=args.lr, seed=seed, max_trials=args.max_trials, progress=False)
-        results.append(r)
-        print(f"{seed:<6}{r.search_runs:>8}{r.clean_before:>14.2%}{r.faulty_before:>15.2%}{r.faulty_after:>14.2%}{r.clean_after:>13.2%}")
-    fb, fa = np.mean([r.faulty_before for r in results]), np.mean([r.faulty_after for r in results])
-    print(f"{'mean':<6}{np.mean([r.search_runs for r in results]):>8.1f}{clean:>14.2%}{fb:>15.2%}{fa:>14.2%}"
-          f"{np.mean([r.clean_after for r in results]):>13.2%}")
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    for title, kw in variants:
+        print(f"{title}")
+        print(f"{'seed':<6}{'FI runs':>8}{'clean before':>14}{'faulty before':>15}{'faulty after':>14}{'clean after':>13}"
+              f"{'plain-trained under faults':>28}")
+        t0 = time.perf_counter()
+        rs, plain = [], []
+        for seed in range(args.seeds):
+            r = fault_aware_training(rm.load("dense-cnn"), d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, k=args.k,
+                                     criterion=crit, lr=args.lr, seed=seed, max_trials=args.max_trials, progress=False, **kw)
+            rs.append(r)
+            if not results:  # baseline: the same epochs of ordinary training, then the found faults
+                net = train_under_faults(rm.load("dense-cnn"), None, d.x_train, d.y_train, epochs=args.epochs, lr=args.lr, seed=seed)
+                plain.append(accuracy_under(net, r.faults, d.x_test, d.y_test))
+            pl = f"{plain[-1]:>28.2%}" if plain else ""
+            print(f"{seed:<6}{r.search_runs:>8}{r.clean_before:>14.2%}{r.faulty_before:>15.2%}{r.faulty_after:>14.2%}"
+                  f"{r.clean_after:>13.2%}{pl}")
+        fb, fa = np.mean([r.faulty_before for r in rs]), np.mean([r.faulty_after for r in rs])
+        pl = f"{np.mean(plain):>28.2%}" if plain else ""
+        print(f"{'mean':<6}{np.mean([r.search_runs for r in rs]):>8.1f}{clean:>14.2%}{fb:>15.2%}{fa:>14.2%}"
+              f"{np.mean([r.clean_after for r in rs]):>13.2%}{pl}")
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        if not results:
+            results = rs
 
     print(f"\n3. FAT per found fault (each alone), {args.epochs} epochs")
     before, after = [], []

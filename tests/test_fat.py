@@ -7,7 +7,7 @@ from torch import nn
 
 import resil
 import resil.models as rm
-from resil.training.fat import accuracy_under, fault_aware_training, search_critical, train_under_faults
+from resil.training.fat import _operand_penalty, _targets, accuracy_under, fault_aware_training, search_critical, train_under_faults
 
 torch.set_num_threads(1)
 
@@ -36,7 +36,7 @@ def test_the_fault_is_in_every_training_forward_and_gone_afterwards(bit):
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     opt.register_step_post_hook(lambda o, a, k: clean.append(u32(net[2].weight)))
     train_under_faults(net, resil.Fault("2.weight", (1, 4), bit=bit), x, y, epochs=2, batch_size=8, optimizer=opt,
-                       sites=sites)
+                       sites=sites, neutralise="none", clean_loss=False)  # plain: only faulty forwards
     assert len(seen) == 10 and len(clean) == 11  # 5 steps per epoch; the initial weights and one per step
     for before, got in zip(clean, seen):  # the forward of step i reads the weights after step i - 1
         expected = before.copy()
@@ -89,6 +89,10 @@ def test_bad_input_fails_before_training():
         train_under_faults(net, resil.Fault("0.weight", 0, bit=40), x, y)
     with pytest.raises(resil.FaultError, match="epochs must be an integer >= 1"):
         train_under_faults(net, None, x, y, epochs=0)
+    with pytest.raises(resil.FaultError, match="neutralise must be one of"):
+        train_under_faults(net, None, x, y, neutralise="zero")
+    with pytest.raises(resil.FaultError, match="margin must be a finite number >= 0"):
+        train_under_faults(net, None, x, y, margin=-1.0)
     with pytest.raises(resil.FaultError, match="same length"):
         train_under_faults(net, None, x, y[:3])
     assert torch.equal(net[0].weight, w)
@@ -116,3 +120,80 @@ def test_fault_aware_training_on_the_reference_cnn():
     assert r.faulty_after == pytest.approx(accuracy_under(r.model, r.faults, d.x_test, d.y_test))
     for f in r.faults:  # each found fault is critical for the given model on its own
         assert rm.info("dense-cnn").accuracy - accuracy_under(fresh, f, d.x_test, d.y_test) >= 0.10
+
+
+def plan(net: nn.Module, fault: resil.Fault, x: torch.Tensor, mode: str = "auto"):
+    sites = resil.sites(net, x[:1])
+    return _targets(net, resil.injection.as_fault_set(fault, sites), sites, x[:1], mode, 1e6, 0.1)
+
+
+def test_operand_penalty_touches_exactly_the_linear_operand():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))  # logits: no ReLU after
+    x = torch.rand(5, 1, 4, 4)
+    with torch.no_grad():
+        net[3].weight[1, 21] = 0.25  # bit 30 -> 0.25 * 2**128
+    (t,) = plan(net, resil.Fault("3.weight", (1, 21), bit=30), x)
+    assert t.relu is net[1] and t.chain == (net[2],) and t.param is None
+    z = torch.linspace(-1, 1, 5 * 32).reshape(5, 2, 4, 4).requires_grad_()
+    _operand_penalty(t, z, 0.1).backward()
+    # oracle by hand: flat feature 21 = channel 1, row 1, column 1; d/dz mean_n relu(z + 0.1) = 1/5 where z > -0.1
+    expected = torch.zeros(5, 2, 4, 4)
+    expected[:, 1, 1, 1] = (z[:, 1, 1, 1] > -0.1).float() / 5
+    assert expected.sum() > 0
+    torch.testing.assert_close(z.grad, expected)
+
+
+def test_operand_penalty_touches_exactly_the_conv_taps():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 2, stride=2, padding=1))
+    x = torch.rand(4, 1, 4, 4)
+    with torch.no_grad():
+        net[2].weight[1, 2, 0, 1] = 0.5
+    (t,) = plan(net, resil.Fault("2.weight", (1, 2, 0, 1), bit=30), x)
+    assert t.relu is net[1] and t.chain == ()
+    z = torch.zeros(4, 3, 4, 4, requires_grad=True)
+    _operand_penalty(t, z, 0.1).backward()
+    # oracle by hand: output (r, s) in 3x3 reads padded (2r, 2s + 1) -> input rows {-1, 1, 3}, columns {0, 2, 4};
+    # inside the 4x4 input: rows {1, 3} x columns {0, 2} of channel 2, each read once
+    expected = torch.zeros(4, 3, 4, 4)
+    for r in (1, 3):
+        for c in (0, 2):
+            expected[:, 2, r, c] = 1 / 4
+    torch.testing.assert_close(z.grad, expected)
+
+
+def test_routes_chosen_by_where_the_weight_sits():
+    net = small_net()  # Linear -> ReLU -> Linear
+    x, _ = data()
+    with torch.no_grad():
+        net[0].weight[2, 1], net[2].weight[0, 3], net[2].weight[1, 1] = 0.3, 0.3, -0.2
+    (first,) = plan(net, resil.Fault("0.weight", (2, 1), bit=30), x)  # feeds a ReLU: sign route, stored value < 0
+    assert first.param is net[0].weight and first.index == (2, 1) and first.side == -1.0 and first.relu is None
+    (last,) = plan(net, resil.Fault("2.weight", (0, 3), bit=30), x)  # the logits: operand route
+    assert last.relu is net[1] and last.param is None
+    assert plan(net, resil.Fault("0.weight", (2, 1), bit=30), x, mode="operand") == []  # its operand: the raw input
+    assert plan(net, resil.Fault("2.weight", (1, 1), bit=3), x) == []  # not huge: the faulty loss handles it
+    train_under_faults(net, resil.Fault("0.weight", (2, 1), bit=30), x, _, epochs=1, batch_size=8)
+    assert float(net[0].weight.detach()[2, 1]) <= -0.1  # projected to the margin on the negative side
+
+
+@pytest.mark.parametrize("site", ["0.weight", "2.weight"])  # sign route; operand route
+def test_fat_recovers_from_one_huge_stuck_weight(site):
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(400, 3, generator=g)
+    y = x.argmax(1)
+    xt, yt, x, y = x[300:], y[300:], x[:300], y[:300]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 3))
+    train_under_faults(net, None, x, y, epochs=30, lr=1e-2, batch_size=32)
+    w = net.get_parameter(site).detach()
+    idx = tuple(int(i) for i in torch.nonzero(w == torch.where(w < 1, w, -1).max())[0])  # largest weight < 1: finite, huge
+    fault = resil.Fault(site, idx, bit=30)
+    assert accuracy_under(net, None, xt, yt) >= 0.95 and accuracy_under(net, fault, xt, yt) <= 0.3
+    train_under_faults(net, fault, x, y, epochs=10, lr=1e-2, batch_size=32)
+    with torch.no_grad(), resil.inject(net, fault):
+        out = net(xt)
+        assert abs(float(net.get_parameter(site)[idx])) > 1e30  # the fault is really there
+    assert torch.isfinite(out).all()
+    assert accuracy_under(net, fault, xt, yt) >= 0.9 and accuracy_under(net, None, xt, yt) >= 0.9

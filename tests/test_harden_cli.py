@@ -66,6 +66,7 @@ def test_fat_stores_faults_that_give_the_stored_accuracy(tmp_path, capsys):
     out = tmp_path / "fat"
     assert main(["harden", "fat", "--epochs", "1", "--k", "1", "--out", str(out)]) == 0
     m = _manifest(out)
+    assert (m["spec"]["neutralise"], m["spec"]["clean_loss"]) == ("auto", True)
     history = pq.read_table(out / "history.parquet").to_pydict()
     assert history["epoch"] == [0, 1] and history["found"][0] == 1 == m["results"]["faults"]
     faults = resil.FaultSet.from_dict(pq.read_table(out / "faults.parquet").to_pydict())

@@ -195,7 +195,8 @@ def cmd_fat(args: argparse.Namespace) -> int:
     criterion = Criterion("accuracy_drop", args.theta)
     spec = {"model": args.model, "epochs": args.epochs, "search_epochs": list(search_epochs), "k": args.k, "stagger": args.stagger,
             "sampler": args.sampler, "kind": args.kind, "theta": args.theta, "bit_weighting": args.bit_weighting, "tau": args.tau,
-            "max_trials": args.max_trials, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed}
+            "max_trials": args.max_trials, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+            "neutralise": args.neutralise, "clean_loss": not args.no_clean_loss}
     store = RunStore(args.out)
     store.check("fat", spec)
     d = rm.dataset(args.model)
@@ -209,7 +210,8 @@ def cmd_fat(args: argparse.Namespace) -> int:
     r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, search_epochs=search_epochs,
                              k=args.k, stagger=args.stagger, sampler=args.sampler, kind=args.kind, criterion=criterion,
                              bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials, lr=args.lr,
-                             batch_size=args.batch_size, seed=args.seed, progress=True)
+                             batch_size=args.batch_size, seed=args.seed, neutralise=args.neutralise,
+                             clean_loss=not args.no_clean_loss, progress=True)
     h = r.history
     store.write_table("history", {"epoch": [e.epoch for e in h], "runs": [e.runs for e in h], "found": [e.found for e in h],
                                   "faults": [e.faults for e in h], "clean_accuracy": [e.clean_accuracy for e in h],
@@ -333,6 +335,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("--max-trials", type=int, default=5000, help="cap on fault-injection runs per search (default: %(default)s)")
     a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     a.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: %(default)s)")
+    a.add_argument("--neutralise", choices=("auto", "operand", "sign", "none"), default="auto",
+                   help="how training silences huge stuck weights: keep their faulty value on the side a ReLU zeroes (sign), "
+                        "drive their input operand to zero (operand), whichever fits (auto), or not at all (default: %(default)s)")
+    a.add_argument("--no-clean-loss", action="store_true", help="train on the faulty loss only (ISimDL's original FAT)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", required=True, help="run directory")
     a.set_defaults(run=cmd_fat)

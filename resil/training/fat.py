@@ -10,6 +10,27 @@ updates the stored fault-free values after the block has restored them. Gradient
 finite and clipped element-wise to ``[-grad_clip, grad_clip]`` before each step: a flipped
 exponent bit makes a value ~1e38, whose raw gradients would overflow Adam's second moment.
 
+Huge stuck weights. A flipped exponent bit (e.g. float32 bit 30: ``w -> w * 2**128``) makes a
+weight ~1e38; its products overflow and often every output is Inf/NaN, so the faulty loss has no
+gradient. Such a weight W (layer L, output o, operand x_i) is harmless only when its product is
+killed by a ReLU exactly, in one of two ways (``neutralise``):
+
+- sign route (preferred by ``auto`` when L's output feeds a ReLU, possibly through pooling):
+  W < 0 makes o's pre-activation -huge wherever x_i > 0, so the ReLU outputs exactly 0, for every
+  input with x_i >= 0 (always when x_i comes from a ReLU; for raw inputs, nonnegative data). As
+  the fault keeps the sign of the stored value (or flips it, for the sign bit), this is a
+  constraint on one stored number: after every step it is projected to ``margin`` on the side of
+  zero where the faulty value is negative (the side is found by applying the fault).
+- operand route (``auto`` when L feeds no ReLU, e.g. the logits layer): x_i = 0 exactly, which
+  needs x_i produced by a ReLU. A hinge ``penalty * relu(z + margin)`` on the pre-activations z of
+  that ReLU, at the elements the weight reads (Linear ``(o, i)``: feature i; Conv ``(o, c, k..)``:
+  channel c at every position the kernel tap reads, through any pooling/flatten between), summed
+  and averaged over the batch, drives them below ``-margin``; captured by forward hooks.
+
+Alongside, each step trains on the faulty loss over the finite outputs and on the clean loss
+(``clean_loss``; when off, only on steps with non-finite faulty outputs), which keeps the model
+good without faults. ``neutralise="none", clean_loss=False`` is the plain behaviour.
+
 Example:
     >>> import torch, resil
     >>> from resil.training.fat import train_under_faults
@@ -23,12 +44,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..discovery import sites as list_sites
@@ -106,14 +130,20 @@ def train_under_faults(
     optimizer: torch.optim.Optimizer | None = None,
     sites: SiteList | None = None,
     progress: bool = False,
+    neutralise: str = "auto",
+    clean_loss: bool = True,
+    penalty: float = 1.0,
+    margin: float = 0.1,
+    huge: float = 1e6,
 ) -> nn.Module:
     """Train ``model`` with ``faults`` held applied in every forward and backward pass.
 
     Each step: ``with resil.inject(model, faults): loss.backward()``, the loss taken over the
-    inputs whose outputs are finite (no step when none is); then gradients are made
-    finite (NaN -> 0, +-Inf -> +-grad_clip), clipped to ``[-grad_clip, grad_clip]`` and the
-    optimizer (Adam with ``lr`` unless given) updates the stored fault-free values. On return
-    the model holds no fault (every block restored it) and is in eval mode.
+    inputs whose outputs are finite, plus the neutralising penalty of huge faulty weights and
+    the clean loss (see the module docstring); then gradients are made finite (NaN -> 0,
+    +-Inf -> +-grad_clip), clipped to ``[-grad_clip, grad_clip]`` and the optimizer (Adam with
+    ``lr`` unless given) updates the stored fault-free values; sign-route weights are then
+    projected. On return the model holds no fault (every block restored it) and is in eval mode.
 
     Args:
         model: the network (trained in place).
@@ -127,6 +157,12 @@ def train_under_faults(
         optimizer: an optimizer over the model's parameters, to continue its state.
         sites: the model's sites, if already listed.
         progress: show a tqdm bar over steps.
+        neutralise: how weights the faults make huge are neutralised: ``auto`` (sign route where
+            the layer feeds a ReLU, else operand route), ``operand``, ``sign`` or ``none``.
+        clean_loss: also train on the clean loss at every step (a second forward and backward).
+        penalty: weight of the operand hinge.
+        margin: hinge margin (pre-activation units) and the sign route's distance from zero.
+        huge: a faulty weight counts as huge from this magnitude on (or when non-finite).
 
     Returns:
         ``model``.
@@ -135,10 +171,17 @@ def train_under_faults(
     epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
     if not grad_clip > 0:
         raise FaultError(f"grad_clip must be > 0, got {grad_clip!r}")
+    if neutralise not in NEUTRALISE:
+        raise FaultError(f"neutralise must be one of {list(NEUTRALISE)}, got {neutralise!r}")
+    for name, v in (("penalty", penalty), ("margin", margin), ("huge", huge)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+            raise FaultError(f"{name} must be a finite number >= 0, got {v!r}")
     empty = faults is None or (isinstance(faults, FaultSet) and len(faults) == 0)
     if not empty:
         sites = sites if sites is not None else list_sites(model, x[:1])
         faults = as_fault_set(faults, sites)  # validated once, before any training
+    targets = _targets(model, faults, sites, x[:1], neutralise, huge, margin) if not empty and neutralise != "none" else []
+    _project(targets, margin)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = nn.CrossEntropyLoss()
@@ -153,24 +196,198 @@ def train_under_faults(
             opt.zero_grad()
             if empty:
                 _finite_loss(model, x[rows], y[rows], loss_fn)
-            else:
+            elif not targets:
                 with inject(model, faults, sites=sites):
-                    _finite_loss(model, x[rows], y[rows], loss_fn)
+                    finite = _finite_loss(model, x[rows], y[rows], loss_fn)
+                if clean_loss or (neutralise != "none" and not finite):
+                    loss_fn(model(x[rows]), y[rows]).backward()  # (a) the clean loss
+            else:
+                pre: dict[nn.Module, list[torch.Tensor]] = {t.relu: [] for t in targets if t.relu is not None}
+                with inject(model, faults, sites=sites), _capture(pre):
+                    out = model(x[rows])
+                    ok = torch.isfinite(out).all(1)
+                    terms = [loss_fn(out[ok], y[rows][ok])] if bool(ok.any()) else []  # (b) the faulty loss where finite
+                    terms += [penalty * _operand_penalty(t, pre[t.relu][t.call], margin)  # (c) operands -> exact zeros
+                              for t in targets if t.relu is not None]
+                    if terms:
+                        sum(terms).backward()
+                if clean_loss or not bool(ok.all()):
+                    loss_fn(model(x[rows]), y[rows]).backward()  # (a) the clean loss
             for p in params:
                 if p.grad is not None:
                     torch.nan_to_num_(p.grad, nan=0.0, posinf=grad_clip, neginf=-grad_clip).clamp_(-grad_clip, grad_clip)
             opt.step()
+            _project(targets, margin)
             bar.update()
     bar.close()
     return model.eval()
 
 
-def _finite_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> None:
-    """Backpropagate the loss over the inputs whose outputs are finite (a faulty network may output Inf/NaN)."""
+def _finite_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> bool:
+    """Backpropagate the loss over the inputs whose outputs are finite (a faulty network may output Inf/NaN); all finite?"""
     out = model(x)
     finite = torch.isfinite(out).all(1)
     if bool(finite.any()):
         loss_fn(out[finite], y[finite]).backward()
+    return bool(finite.all())
+
+# -- neutralising huge stuck weights ------------------------------------------------------------
+
+NEUTRALISE = ("auto", "operand", "sign", "none")
+
+#: leaf modules that map an all-zero input window to exactly zero and are monotone, so that an
+#: operand is exactly zero iff every ReLU output feeding it is
+_PASS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveMaxPool1d,
+         nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+         nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    inp: torch.Tensor | None
+    out: object
+
+
+def _trace(model: nn.Module, x: torch.Tensor) -> list[_Call]:
+    """The leaf-module calls of one forward pass, in order, with their input and output tensors."""
+    calls: list[_Call] = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: calls.append(_Call(mod, a[0] if a and isinstance(a[0], torch.Tensor) else None, o)))
+             for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
+@dataclass
+class _Target:
+    """How one huge faulty weight is neutralised: its operand, or the sign of its faulty value."""
+
+    module: nn.Module       # the layer holding the weight
+    index: tuple[int, ...]  # the weight element
+    relu: nn.Module | None = None                 # operand route: the ReLU producing the operand (its call-th call) ...
+    call: int = 0
+    chain: tuple[nn.Module, ...] = ()             # ... and the zero-preserving modules between it and the layer
+    param: nn.Parameter | None = None             # sign route: the stored weight ...
+    side: float = 0.0                             # ... held on this side of zero (the faulty value is then < 0)
+
+
+def _faulty_value(model: nn.Module, fault: FaultSet, sites: SiteList, param: nn.Parameter, flat: int, stored: float) -> float:
+    """The value the fault gives the weight element when it stores ``stored``."""
+    with torch.no_grad():
+        old = param.view(-1)[flat].clone()
+        param.view(-1)[flat] = stored
+        try:
+            with inject(model, fault, sites=sites):
+                return float(param.view(-1)[flat])
+        finally:
+            param.view(-1)[flat] = old
+
+
+def _targets(model: nn.Module, faults: FaultSet, sites: SiteList, x: torch.Tensor, mode: str, huge: float,
+             margin: float) -> list[_Target]:
+    """The neutralisation plan of every fault that makes a weight huge (``|value| >= huge``) or non-finite."""
+    calls = _trace(model, x)
+    out: list[_Target] = []
+    for j, f in enumerate(faults):
+        site = sites[f.site]
+        mod = site.module
+        if site.kind != "weight" or not isinstance(mod, (nn.Linear, *_CONV)) or site.attr != "weight":
+            continue
+        param = mod.weight
+        flat = int(np.ravel_multi_index(f.index, param.shape)) if isinstance(f.index, tuple) else int(f.index)
+        w = float(param.detach().view(-1)[flat])
+        if abs(_faulty_value(model, faults[[j]], sites, param, flat, w)) < huge:
+            continue  # finite and moderate: the faulty loss itself trains against it
+        t = _Target(mod, tuple(int(i) for i in np.unravel_index(flat, param.shape)))
+        mine = [c for c in calls if c.module is mod]
+        if len(mine) == 1:  # a layer called once: follow its operand back, its output forward
+            if mode in ("auto", "sign"):
+                cur, feeds_relu = mine[0], False
+                while True:
+                    nxt = [c for c in calls if c.inp is cur.out]
+                    if len(nxt) != 1 or not isinstance(nxt[0].module, (nn.ReLU, *_PASS)):
+                        break
+                    if isinstance(nxt[0].module, nn.ReLU):
+                        feeds_relu = True
+                        break
+                    cur = nxt[0]
+                if feeds_relu:
+                    own = 1.0 if w >= 0 else -1.0
+                    for side in (own, -own):  # the stored sign that makes the faulty value negative
+                        v = _faulty_value(model, faults[[j]], sites, param, flat, side * (margin or 1e-3))
+                        if math.isfinite(v) and v < 0:
+                            t.param, t.side = param, side
+                            break
+            if mode == "operand" or (mode == "auto" and t.param is None):
+                chain, cur = [], mine[0]
+                while True:
+                    prev = [c for c in calls if cur.inp is not None and c.out is cur.inp]
+                    if len(prev) != 1:
+                        break
+                    if isinstance(prev[0].module, nn.ReLU):
+                        t.relu, t.chain = prev[0].module, tuple(reversed(chain))
+                        t.call = sum(1 for c in calls[: next(k for k, c in enumerate(calls) if c is prev[0])] if c.module is t.relu)
+                        break
+                    if not isinstance(prev[0].module, _PASS):
+                        break
+                    chain.append(prev[0].module)
+                    cur = prev[0]
+        if t.relu is not None or t.param is not None:
+            out.append(t)
+    return out
+
+
+def _project(targets: list[_Target], margin: float) -> None:
+    """Sign route: move each stored weight to at least ``margin`` on its side of zero (projection onto the constraint)."""
+    with torch.no_grad():
+        for t in targets:
+            if t.param is not None and t.side * float(t.param.detach()[t.index]) < margin:
+                t.param[t.index] = t.side * margin
+
+
+@contextmanager
+def _capture(relus: dict[nn.Module, list[torch.Tensor]]) -> Iterator[None]:
+    """Record the inputs (pre-activations) of the given ReLUs during the block (in-place ReLUs are fed a copy)."""
+    def pre(mod: nn.Module, a: tuple) -> tuple | None:
+        relus[mod].append(a[0])
+        return (a[0].clone(),) if getattr(mod, "inplace", False) else None
+
+    hooks = [m.register_forward_pre_hook(pre) for m in relus]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _operand_penalty(t: _Target, z: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge ``relu(z + margin)`` on the pre-activations feeding the elements the faulty weight reads, summed, per sample."""
+    h = torch.where(torch.isfinite(z), z, torch.zeros((), dtype=z.dtype)).add(margin).relu() * torch.isfinite(z)
+    for m in t.chain:
+        h = m(h)
+    mod = t.module
+    if isinstance(mod, nn.Linear):
+        return h[..., t.index[1]].sum() / len(h)
+    assert isinstance(mod, _CONV)
+    o, c = t.index[0], t.index[1]
+    c_in = (o // (mod.out_channels // mod.groups)) * (mod.in_channels // mod.groups) + c
+    h = h[:, c_in : c_in + 1]
+    one = torch.zeros((1, 1, *mod.kernel_size), dtype=h.dtype)
+    one[(0, 0, *t.index[2:])] = 1.0  # a kernel that reads the operand elements the faulty weight reads, at every position
+    pad = mod.padding
+    if mod.padding_mode != "zeros":
+        h, pad = F.pad(h, mod._reversed_padding_repeated_twice, mode=mod.padding_mode), 0
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(mod.kernel_size) - 1]
+    return conv(h, one, None, mod.stride, pad, mod.dilation).sum() / len(h)
 
 
 def search_critical(
@@ -315,6 +532,10 @@ def fault_aware_training(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    neutralise: str = "auto",
+    clean_loss: bool = True,
+    penalty: float = 1.0,
+    margin: float = 0.1,
 ) -> FATResult:
     """ISimDL's fault-aware training: search critical faults, fix them into the model, keep training.
 
@@ -325,6 +546,9 @@ def fault_aware_training(
     j-th of them from ``j * stagger`` epochs later on (``stagger = 0``: all at once; ISimDL inserts
     faults at chosen epochs, and staggering lets the network neutralise one fault before the
     next, where several together would make every output non-finite and leave no gradient).
+
+    ``neutralise``, ``clean_loss``, ``penalty`` and ``margin`` are passed to
+    :func:`train_under_faults` (``neutralise="none", clean_loss=False``: the plain behaviour).
 
     Returns:
         A :class:`FATResult`, with accuracy with and without the found faults before and after
@@ -350,6 +574,8 @@ def fault_aware_training(
         raise FaultError(f"sampler must be 'importance' or 'uniform', got {sampler!r}")
     if bit_weighting not in BIT_WEIGHTINGS:
         raise FaultError(f"unknown bit weighting {bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
+    if neutralise not in NEUTRALISE:
+        raise FaultError(f"neutralise must be one of {list(NEUTRALISE)}, got {neutralise!r}")
     select_space(list_sites(model, test_x[:1]), kind)  # a bad kind fails here, before any work
     g = torch.Generator().manual_seed(seed)
     rows = torch.randperm(len(train_x), generator=g)[: min(sens_size, len(train_x))]
@@ -369,7 +595,8 @@ def fault_aware_training(
     for epoch in tqdm(range(epochs + 1), desc=f"FAT ({sampler})", disable=not progress):
         if epoch > 0:
             train_under_faults(model, active(epoch - 1), train_x, train_y, epochs=1, batch_size=batch_size, seed=seed + epoch,
-                               optimizer=opt, sites=sites)
+                               optimizer=opt, sites=sites, neutralise=neutralise,
+                               clean_loss=clean_loss, penalty=penalty, margin=margin)
         runs = n_found = 0
         if epoch in search_epochs:
             every = FaultSet.concat([f for _, f in found]) if found else None
