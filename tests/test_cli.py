@@ -1,4 +1,3 @@
-import resil
 from resil.cli import main
 
 

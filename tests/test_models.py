@@ -1,7 +1,6 @@
 import numpy as np
 import torch
 
-import resil
 import resil.models as rm
 
 
