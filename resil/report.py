@@ -230,11 +230,23 @@ def rank_campaigns(campaigns: Campaigns, by: GroupBy | None = None) -> pd.DataFr
     return _sorted(long, [*keys, "rank"])
 
 
-def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = None, band_alpha: float = 0.25) -> tuple[Figure, Axes]:
+def band_opacity(curves: int, given: float | None = None) -> float:
+    """Opacity of interval bands: ``given``, or 0.25 for up to two curves and fainter for more,
+    so that overlapping bands do not hide the lines.
+
+    Example:
+        >>> band_opacity(2), round(band_opacity(6), 2), band_opacity(6, 0.15)
+        (0.25, 0.1, 0.15)
+    """
+    return given if given is not None else (0.25 if curves <= 2 else 0.6 / curves)
+
+
+def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = None,
+              band_alpha: float | None = None) -> tuple[Figure, Axes]:
     """Accuracy (or failure probability, ``metric="failure"``) against the bit error rate.
 
     One line per campaign that has rates (BER campaigns; others are skipped) with its Wilson
-    95% band (opacity ``band_alpha``; lower it for many campaigns), on a log rate axis; for
+    95% band (opacity ``band_alpha``, by default :func:`band_opacity`), on a log rate axis; for
     accuracy, each campaign's fault-free accuracy is dashed.
 
     Example:
@@ -254,7 +266,7 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
         if g.empty:
             continue
         drawn = True
-        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=band_alpha, linewidth=0)
+        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
         ax.plot(g["rate"], g[metric], marker=_marker(i), markersize=4, color=_color(i), label=label)
         if metric == "accuracy" and c.manifest.get("golden_accuracy") is not None:
             ax.axhline(c.manifest["golden_accuracy"], color=_color(i), linestyle="--", linewidth=1)
@@ -268,7 +280,7 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     ax.set_ylabel("accuracy under faults" if metric == "accuracy" else "failure probability")
     ax.set_title(("Accuracy" if metric == "accuracy" else "Failure probability") + " vs bit error rate")
     ax.grid(True, which="major", alpha=0.3)
-    extra = [Patch(color="grey", alpha=max(band_alpha, 0.25), label="95% Wilson interval")]
+    extra = [Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
     if golden:
         extra.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="fault-free accuracy"))
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
@@ -375,10 +387,12 @@ def _layer_bars(groups: dict[int, pd.DataFrame], labels: Sequence[str], layers: 
     return fig, ax
 
 
-def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = None) -> tuple[Figure, Axes]:
+def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = None,
+              band_alpha: float | None = None) -> tuple[Figure, Axes]:
     """Failure probability against the bit position of single-bit faults, one line per campaign
-    with its Wilson 95% band. Whole-word and multi-bit scenarios (``bit == -1``) and
-    bit-error-rate campaigns are left out; colours follow the campaigns' positions.
+    with its Wilson 95% band (opacity ``band_alpha``, by default :func:`band_opacity`). Whole-word and multi-bit
+    scenarios (``bit == -1``) and bit-error-rate campaigns are left out; colours follow the
+    campaigns' positions.
 
     ``log=None`` picks a symmetric-log y axis when the values span two decades or more, so the
     mantissa bits stay visible next to the exponent bits while zeros still show.
@@ -399,7 +413,7 @@ def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = N
             continue
         drawn.append(g)
         g = g.set_index("bit").reindex(range(g["bit"].min(), g["bit"].max() + 1)).reset_index()  # gaps break the line
-        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(i), alpha=0.25, linewidth=0)
+        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(i), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
         ax.plot(g["bit"], g["failure"], marker=_marker(i), markersize=4, color=_color(i), label=label)
     if not drawn:
         raise FaultError("no campaign has single-bit faults (BER campaigns left out); nothing to plot per bit")
