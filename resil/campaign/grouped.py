@@ -1,18 +1,29 @@
 """Many scenarios per forward pass.
 
-Scenarios whose faults all sit in one stage ``k`` of a plain ``nn.Sequential`` (every fault on
-every sample, permanent) share everything but stage ``k``'s output. For a group of them, stage
-``k`` runs once per scenario on its golden input (or, for faults in the weights and biases of a
-``Conv2d``/``Linear`` stage, only the output channels the faults touch are recomputed, for all
-scenarios in one call, and patched into copies of the golden output), then the stages after
-``k`` run once over the stacked outputs of the whole group.
+Scenarios whose faults all sit in one stage ``k`` of an ``nn.Sequential`` (every fault on every
+sample, permanent) share everything but stage ``k``'s output, which the golden run recorded:
 
-Both shortcuts are used only where a runtime check on the golden run shows they reproduce the
+- faults in the weights and biases of a ``Conv2d``/``Linear`` stage (float, or quantized: the
+  layer then computes with its sites' decoded codes) touch a few output channels; only those
+  are recomputed, for the whole group in one call;
+- faults in the output of a stage touch a few channels of the golden output: only those are
+  faulted, in place;
+- otherwise stage ``k`` runs once per scenario under :func:`resil.inject`.
+
+In a plain ``nn.Sequential`` the touched channels are then carried alone through the
+channel-local stages after ``k`` (:data:`resil.site.CHANNEL_LOCAL`: ReLU, pooling ...), patched
+into stacked copies of the golden output there, and the rest of the network runs once over the
+whole group. A subclass with its own forward loop over its stages (a spiking network's time
+loop) runs that forward once per group, stage ``k`` returning the stacked patched outputs at
+each of its calls and the stages before it their golden outputs.
+
+Every shortcut is used only where a check on the golden run shows that it reproduces the
 per-scenario computation bit for bit for the exact shapes involved (kernels may pick other
-reduction orders for other shapes; the check compares bit patterns, once per shape):
-recomputed channels must equal the same channels of the full layer, and a stacked suffix must
-equal each scenario's suffix run alone. Where a check fails, the group falls back to one
-scenario at a time, so outcome tables stay identical to the plain path.
+reduction orders for other shapes), once per shape: recomputed channels equal the same channels
+of the full layer at every call, a channel-local stage on picked channels equals those channels
+of its output, and a stacked suffix (or replayed forward) gives each copy's golden output. Where
+a check fails, the group runs one scenario at a time, so outcome tables stay identical to the
+plain path.
 
 Example:
     >>> import torch
