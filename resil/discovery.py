@@ -30,7 +30,8 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
         example: optional example input (a tensor, or a tuple of positional arguments). With
             it, one forward pass records the shape (per sample) and dtype of every computed
             site; resil remembers them for this model. Stateful modules (spiking neurons) are
-            reset afterwards.
+            reset afterwards. The outputs of modules that forward pass never calls are left
+            out (e.g. ``nn.MultiheadAttention`` uses its ``out_proj`` weight without calling it).
         pruned: policy for weights pruned with ``torch.nn.utils.prune``: ``"live"`` (only the
             unpruned weights are fault sites, as in sparse storage) or ``"dense"`` (the pruned
             zeros are stored cells too).
@@ -45,15 +46,15 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
     from resil.adapters import adapter_for
 
     options = SiteOptions(pruned=pruned)
-    if example is not None:
-        _record_outputs(model, example)
+    ran = _record_outputs(model, example) if example is not None else None
     found: list[Site] = []
     claimed: list[str] = []
     for prefix, module in model.named_modules():
         if any(c == "" or prefix == c or prefix.startswith(c + ".") for c in claimed):  # "" = the model itself
             continue
         adapter = adapter_for(module)
-        found.extend(_with_output_shape(s) for s in adapter.sites(prefix, module, options))
+        found.extend(_with_output_shape(s) for s in adapter.sites(prefix, module, options)
+                     if ran is None or s.kind != "activation" or s.module in ran)  # an output never computed is no site
         if adapter.claims_children:
             claimed.append(prefix)
     return SiteList(found)
@@ -87,11 +88,14 @@ def _with_output_shape(site: Site) -> Site:
     return dataclasses.replace(site, shape=shape, encoding=enc)
 
 
-def _record_outputs(model: nn.Module, example: Any) -> None:
+def _record_outputs(model: nn.Module, example: Any) -> set[nn.Module]:
+    """Record the output shape of every module the example's forward pass calls; return them."""
     handles = []
     seen: set[nn.Module] = set()
+    called: set[nn.Module] = set()
     for module in model.modules():
         def record(mod: nn.Module, args: Any, out: Any) -> None:
+            called.add(mod)
             first = out[0] if isinstance(out, (tuple, list)) and out else out
             if mod not in seen and isinstance(first, torch.Tensor) and first.dim() > 0:
                 seen.add(mod)
@@ -104,3 +108,4 @@ def _record_outputs(model: nn.Module, example: Any) -> None:
         for h in handles:
             h.remove()
         reset(model)
+    return called

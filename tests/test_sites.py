@@ -75,3 +75,12 @@ def test_of_kind_filters_sites(cnn, images):
     s = resil.sites(cnn, images)
     assert [x.name for x in s.of_kind("bias")] == ["conv1.bias", "bn1.bias", "conv2.bias", "fc.bias"]
     assert all(x.batched for x in s.of_kind("activation")) and len(s.of_kind("weight", "bias")) == 8
+
+
+def test_outputs_the_example_forward_never_computes_are_no_sites():
+    # MultiheadAttention multiplies by out_proj.weight itself and never calls out_proj
+    layer = torch.nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True).eval()
+    names = resil.sites(layer, torch.zeros(2, 3, 8)).names()
+    assert "self_attn.out_proj.weight" in names and "self_attn.out_proj:out" not in names
+    assert "linear1:out" in names and "norm1:out" in names
+    assert "self_attn.out_proj:out" in resil.sites(layer).names()  # without an example nothing is known
