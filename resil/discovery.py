@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .encodings import FloatEncoding, encoding_of
+from .hooks import forward_hooks
 from .site import Site, SiteList, SiteOptions
 
 _OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], torch.dtype]]" = weakref.WeakKeyDictionary()
@@ -90,22 +91,19 @@ def _with_output_shape(site: Site) -> Site:
 
 def _record_outputs(model: nn.Module, example: Any) -> set[nn.Module]:
     """Record the output shape of every module the example's forward pass calls; return them."""
-    handles = []
     seen: set[nn.Module] = set()
     called: set[nn.Module] = set()
-    for module in model.modules():
-        def record(mod: nn.Module, args: Any, out: Any) -> None:
-            called.add(mod)
-            first = out[0] if isinstance(out, (tuple, list)) and out else out
-            if mod not in seen and isinstance(first, torch.Tensor) and first.dim() > 0:
-                seen.add(mod)
-                _OUTPUTS[mod] = (tuple(first.shape[1:]), first.dtype)
-        handles.append(module.register_forward_hook(record))
+
+    def record(mod: nn.Module, args: Any, out: Any) -> None:
+        called.add(mod)
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        if mod not in seen and isinstance(first, torch.Tensor) and first.dim() > 0:
+            seen.add(mod)
+            _OUTPUTS[mod] = (tuple(first.shape[1:]), first.dtype)
+
     try:
-        with torch.no_grad():
+        with forward_hooks((m, record) for m in model.modules()), torch.no_grad():
             model(*example) if isinstance(example, tuple) else model(example)
     finally:
-        for h in handles:
-            h.remove()
         reset(model)
     return called

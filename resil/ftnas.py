@@ -60,6 +60,7 @@ from .encodings import Encoding, FloatEncoding, IntEncoding, SpikeEncoding
 from .errors import FaultError
 from .fault_models import FaultModel, register_fault_model
 from .faults import FaultSet
+from .hooks import forward_hooks
 from .site import Site, SiteList
 
 #: fraction bits of FT-NAS's 8-bit dynamic fixed point: step = 2**(scale - 7)
@@ -352,13 +353,8 @@ class FeatureFaults:
         def record(mod: nn.Module, args: Any, out: Any) -> None:
             calls[mod].append(fixed_point_scale(_values(out)).cpu())
 
-        handles = [m.register_forward_hook(record) for m in calls]
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
+        with forward_hooks((m, record) for m in calls), torch.no_grad():
+            model(x)
         rng = torch.Generator().manual_seed(int(seed))
         sets = []
         for site, m in chosen:

@@ -49,11 +49,12 @@ from tqdm.auto import tqdm
 from ..discovery import sites as list_sites
 from ..errors import FaultError
 from ..faults import FaultSet
+from ..hooks import forward_hooks
 from ..injection import inject
 from ..site import Site, SiteList
 from ..statistics import Estimate, importance_estimate, importance_weights, wilson_interval
 from ..campaign.samplers import rng_for
-from ..campaign.sensitivity import _stored_tensor
+from ..campaign.sensitivity import _stored_tensor, retained_outputs
 from ..campaign.space import FaultSpace, layer_of
 from ..campaign.spec import FaultSpec, SiteSpec
 from ..campaign.suffix import SuffixForward
@@ -276,22 +277,11 @@ def activation_conductance(
     b = len(inputs)
     alphas = torch.arange(steps + 1, dtype=inputs.dtype, device=inputs.device) / steps
     path = (alphas.view(-1, *[1] * inputs.dim()) * inputs.unsqueeze(0)).reshape(-1, *inputs.shape[1:])
-    kept: dict[str, torch.Tensor] = {}
-    handles = []
-    for s in sites:
-        def keep(mod: nn.Module, args: object, out: torch.Tensor, name: str = s.name) -> None:
-            if isinstance(out, torch.Tensor) and out.requires_grad and name not in kept:
-                out.retain_grad()
-                kept[name] = out
-        handles.append(s.module.register_forward_hook(keep))
-    try:
-        with torch.enable_grad():
-            x = path.detach().requires_grad_(True)  # so activations carry a graph even for input-only layers
-            logits = model(x)
-            logits.gather(1, targets.repeat(steps + 1).view(-1, 1)).sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
+    kept, hooks = retained_outputs(sites)
+    with forward_hooks(hooks), torch.enable_grad():
+        x = path.detach().requires_grad_(True)  # so activations carry a graph even for input-only layers
+        logits = model(x)
+        logits.gather(1, targets.repeat(steps + 1).view(-1, 1)).sum().backward()
     model.zero_grad(set_to_none=True)
     cond, values = {}, {}
     for s in sites:

@@ -17,12 +17,15 @@ treats them as uniformly as the mixture allows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..encodings import Encoding
+from ..hooks import Hook, forward_hooks
 from ..site import Site
 from .space import FaultSpace
 
@@ -40,24 +43,12 @@ def flip_deltas(values: torch.Tensor, codes: torch.Tensor, encoding: Encoding, b
 def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torch.Tensor, space: FaultSpace) -> np.ndarray:
     """One score in [0, 1] per location of ``space`` (see the module docstring)."""
     stored = {s.name: _stored_tensor(s) for s in space.sites if not s.batched}
-    activations: dict[str, torch.Tensor] = {}
-    handles = []
-    for s in space.sites:
-        if s.batched and s.kind == "activation":
-            def keep(mod: nn.Module, args: object, out: torch.Tensor, name: str = s.name) -> None:
-                if isinstance(out, torch.Tensor) and out.requires_grad:
-                    out.retain_grad()
-                    activations.setdefault(name, out)
-            handles.append(s.module.register_forward_hook(keep))
+    activations, hooks = retained_outputs(s for s in space.sites if s.batched and s.kind == "activation")
     params = [t for t in stored.values() if t is not None]
     for p in params:
         p.grad = None
-    try:
-        with torch.enable_grad():
-            F.cross_entropy(model(inputs), golden_top1).backward()
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(hooks), torch.enable_grad():
+        F.cross_entropy(model(inputs), golden_top1).backward()
     scores = np.ones(space.total)
     for i, site in enumerate(space.sites):
         start, stop = space.site_range(i)
@@ -83,6 +74,21 @@ def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torc
     for p in params:
         p.grad = None
     return scores
+
+
+def retained_outputs(sites: Iterable[Site]) -> tuple[dict[str, torch.Tensor], list[tuple[nn.Module, Hook]]]:
+    """Forward hooks (for :func:`resil.hooks.forward_hooks`) that keep, under each site's name,
+    the first output tensor of its module with its gradient retained; and the dict they fill."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str) -> Hook:
+        def keep(mod: nn.Module, args: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and out.requires_grad and name not in kept:
+                out.retain_grad()
+                kept[name] = out
+        return keep
+
+    return kept, [(s.module, keeper(s.name)) for s in sites]
 
 
 def _magnitude(deltas: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

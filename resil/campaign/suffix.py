@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..hooks import forward_hooks
 from ..site import Site
 
 
@@ -36,13 +37,8 @@ class SuffixForward:
         """The full forward pass, recording every stage's outputs."""
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
-            handles = [stage.register_forward_hook(lambda m, a, o, k=k: calls[k].append(o)) for k, stage in enumerate(self.stages)]
-            try:
-                with torch.no_grad():
-                    self.outputs.append(self.model(x))
-            finally:
-                for h in handles:
-                    h.remove()
+            with forward_hooks((stage, lambda m, a, o, k=k: calls[k].append(o)) for k, stage in enumerate(self.stages)), torch.no_grad():
+                self.outputs.append(self.model(x))
             self.recorded.append(calls)
         return torch.cat(self.outputs)
 

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from ..discovery import sites as list_sites
 from ..errors import FaultError
+from ..hooks import forward_hooks
 from ..faults import FaultSet
 from ..injection import Faults, as_fault_set, inject
 from ..site import SiteList
@@ -253,16 +254,16 @@ class _Call:
 def _trace(model: nn.Module, x: torch.Tensor) -> list[_Call]:
     """The leaf-module calls of one forward pass, in order, with their input and output tensors."""
     calls: list[_Call] = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: calls.append(_Call(mod, a[0] if a and isinstance(a[0], torch.Tensor) else None, o)))
-             for m in model.modules() if not list(m.children())]
+
+    def record(mod: nn.Module, a: tuple[object, ...], o: object) -> None:
+        calls.append(_Call(mod, a[0] if a and isinstance(a[0], torch.Tensor) else None, o))
+
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with forward_hooks((m, record) for m in model.modules() if not list(m.children())), torch.no_grad():
             model(x)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
     return calls
 
