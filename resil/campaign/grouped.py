@@ -71,6 +71,11 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.equal(a, b))
 
 
+def _copies(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``s`` copies of a batch ``t`` stacked along the batch dimension."""
+    return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
+
+
 class GroupedForward:
     """Outputs of many single-stage scenarios per pass over the later stages of a sequential model.
 
@@ -89,6 +94,13 @@ class GroupedForward:
         self.max_group = max_group
         self._exact: dict[tuple[object, ...], bool] = {}
         self._codes: dict[str, torch.Tensor] = {}
+        self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def stored_codes(self, site: Site) -> torch.Tensor:
+        """The stored codes of ``site`` (flat), read once: the model is not changed between scenarios."""
+        if site.name not in self._codes:
+            self._codes[site.name] = site.codes()
+        return self._codes[site.name]
 
     # -- which scenarios, how many at once ---------------------------------------------------
 
@@ -165,11 +177,9 @@ class GroupedForward:
         ``stage`` gives each copy's golden model output bit for bit (checked once per shape)."""
         key = ("replay", stage, batch, s)
         if key not in self._exact:
-            calls = [o.unsqueeze(0).expand(s, *o.shape).reshape(s * len(o), *o.shape[1:]) for o in self.suffix.recorded[batch][stage]]
-            want = self.suffix.outputs[batch]
+            calls = [_copies(o, s) for o in self.suffix.recorded[batch][stage]]
             try:
-                got = self._replay(stage, batch, calls)
-                self._exact[key] = same_bits(got, want.unsqueeze(0).expand(s, *want.shape).reshape(got.shape))
+                self._exact[key] = same_bits(self._replay(stage, batch, calls), _copies(self.suffix.outputs[batch], s))
             except (RuntimeError, ValueError, StopIteration):
                 self._exact[key] = False
         return self._exact[key]
@@ -209,26 +219,28 @@ class GroupedForward:
         input, each copy's golden output bit for bit (checked once per shape)."""
         key = ("stack", stage, batch, s)
         if key not in self._exact:
-            x = self._input(batch, stage)
-            flat = x.unsqueeze(0).expand(s, *x.shape).reshape(s * len(x), *x.shape[1:])
+            flat = _copies(self._input(batch, stage), s)
             for m in self.suffix.stages[stage:]:
                 flat = m(flat)
-            want = self._golden_out(batch, len(self.suffix.stages) - 1)
-            self._exact[key] = same_bits(flat, want.unsqueeze(0).expand(s, *want.shape).reshape(flat.shape))
+            self._exact[key] = same_bits(flat, _copies(self._golden_out(batch, len(self.suffix.stages) - 1), s))
         return self._exact[key]
 
     # -- recomputing only the touched output channels ------------------------------------------
 
-    def _patchable(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[Site] | None:
+    @staticmethod
+    def _deterministic(sc: Scenarios, take: np.ndarray) -> bool:
+        """Whether the faults at rows ``take`` all come from fault models that are pure functions of the code."""
+        return all(isinstance(sc.faults.models[m], DETERMINISTIC) for m in np.unique(sc.faults.model[take]))
+
+    def _patchable(self, stage: int, sc: Scenarios, take: np.ndarray, sites: SiteList) -> list[Site] | None:
         module = self.suffix.stages[stage]
         if not isinstance(module, PATCHABLE) or module._forward_hooks or module._forward_pre_hooks or getattr(module, "groups", 1) != 1:
             return None
         fs = sc.faults
-        used = np.isin(sc.owner, positions)
-        if not all(isinstance(fs.models[m], DETERMINISTIC) for m in np.unique(fs.model[used])):
+        if not self._deterministic(sc, take):
             return None
         chosen = [sites[name] for name in fs.site_names]
-        for site in (chosen[c] for c in np.unique(fs.site[used])):
+        for site in (chosen[c] for c in np.unique(fs.site[take])):
             stored = getattr(module, site.attr, None)
             if (site.module is not module or site.kind not in ("weight", "bias") or site.attr != site.kind or site.batched
                     or site.live is not None or not isinstance(stored, torch.Tensor) or site.shape != tuple(stored.shape)):
@@ -237,9 +249,7 @@ class GroupedForward:
 
     def _values(self, site: Site, dtype: torch.dtype) -> torch.Tensor:
         """The values a layer computes with for a stored site: its codes decoded (flat)."""
-        if site.name not in self._codes:
-            self._codes[site.name] = site.codes()
-        codes = self._codes[site.name]
+        codes = self.stored_codes(site)
         return site.encoding.at(torch.arange(len(codes)), site.shape or ()).decode(codes).to(dtype)
 
     def _touched_weights(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> Touched | None:
@@ -248,14 +258,14 @@ class GroupedForward:
         when the stage or the faults do not allow it (or the exactness check fails). The layer
         computes with the decoded codes of its weight and bias sites (for quantized layers: the
         dequantized integers); the check on the golden run confirms that this reproduces it."""
-        chosen = self._patchable(stage, sc, positions, sites)
+        scen, take = self._local_faults(sc, positions)
+        chosen = self._patchable(stage, sc, take, sites)
         if chosen is None:
             return None
         module = self.suffix.stages[stage]
         weight, bias = self._layer_values(stage, sites)
         channels = weight.shape[0]
         per_channel = weight[0].numel()
-        scen, take = self._local_faults(sc, positions)
         fs = sc.faults
         is_w = np.array([s.kind == "weight" for s in chosen])[fs.site[take].astype(np.int64)]
         index = fs.index[take]
@@ -313,10 +323,10 @@ class GroupedForward:
         every sample): the golden output's touched channels with the faults applied to their bits."""
         module = self.suffix.stages[stage]
         fs = sc.faults
-        used = np.isin(sc.owner, positions)
-        if not all(isinstance(fs.models[m], DETERMINISTIC) for m in np.unique(fs.model[used])):
+        scen, take = self._local_faults(sc, positions)
+        if not self._deterministic(sc, take):
             return None
-        site_codes = np.unique(fs.site[used])
+        site_codes = np.unique(fs.site[take])
         if len(site_codes) != 1:
             return None
         site = sites[fs.site_names[site_codes[0]]]
@@ -326,7 +336,6 @@ class GroupedForward:
                 or golden.dtype != site.encoding.dtype or tuple(golden.shape[1:]) != site.shape):
             return None
         per_channel = int(np.prod(site.shape[1:], dtype=np.int64))
-        scen, take = self._local_faults(sc, positions)
         index = fs.index[take]
         if len(np.unique(scen * int(np.prod(site.shape)) + index)) != len(take):
             return None  # two faults on one element of one scenario: let injection merge them
@@ -354,14 +363,15 @@ class GroupedForward:
         return nn.functional.linear(x, weight, bias)
 
     def _layer_values(self, stage: int, sites: SiteList) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes."""
-        module = self.suffix.stages[stage]
-        found = {s.kind: s for s in sites if s.module is module and s.kind in ("weight", "bias") and s.attr == s.kind and not s.batched}
-        dtype = module.weight.dtype
-        weight = self._values(found["weight"], dtype).reshape(module.weight.shape) if "weight" in found else module.weight.detach()
-        if module.bias is None:
-            return weight, None
-        return weight, self._values(found["bias"], dtype) if "bias" in found else module.bias.detach()
+        """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes (decoded once)."""
+        if stage not in self._layers:
+            module = self.suffix.stages[stage]
+            found = {s.kind: s for s in sites if s.module is module and s.kind in ("weight", "bias") and s.attr == s.kind and not s.batched}
+            dtype = module.weight.dtype
+            weight = self._values(found["weight"], dtype).reshape(module.weight.shape) if "weight" in found else module.weight.detach()
+            bias = None if module.bias is None else self._values(found["bias"], dtype) if "bias" in found else module.bias.detach()
+            self._layers[stage] = weight, bias
+        return self._layers[stage]
 
     def _rows_exact(self, stage: int, batch: int, n_rows: int, sites: SiteList) -> bool:
         """Whether recomputing ``n_rows`` output channels alone reproduces them bit for bit."""
@@ -400,10 +410,8 @@ class GroupedForward:
                 rows = np.flatnonzero((site_col == s_code) & (model_col == m_code))
                 if not len(rows):
                     continue
-                if site.name not in self._codes:
-                    self._codes[site.name] = site.codes()
                 idx = torch.from_numpy(fs.index[take[rows]])
-                codes = self._codes[site.name][idx]
+                codes = self.stored_codes(site)[idx]
                 faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]), site.encoding.at(idx, site.shape or ()))
                 values[torch.from_numpy(rows)] = site.encoding.at(idx, site.shape or ()).decode(faulty).to(dtype)
         return values

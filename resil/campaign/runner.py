@@ -39,7 +39,6 @@ class CampaignRunner:
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
         self.suffix = SuffixForward(self.model, self.inputs, spec.run.batch_size)
-        self._codes: dict[str, torch.Tensor] = {}
         self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.suffix.run_from(0), self.labels)
         self.grouped = GroupedForward(self.suffix)
         self.sampler = self._sampler()
@@ -93,7 +92,6 @@ class CampaignRunner:
                 counts[k][i] = v
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
 
-
     def _classify_many(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
         return classify_many(outputs, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
 
@@ -110,9 +108,7 @@ class CampaignRunner:
                 rows = np.flatnonzero((fs.model == m) & (fs.site == s_code))
                 if site.batched or not len(rows):
                     continue
-                if name not in self._codes:
-                    self._codes[name] = site.codes()
-                codes = self._codes[name][torch.from_numpy(fs.index[rows])]
+                codes = self.grouped.stored_codes(site)[torch.from_numpy(fs.index[rows])]
                 encoding = site.encoding.at(torch.from_numpy(fs.index[rows]), site.shape or ())
                 same[rows] = (model.apply(codes, torch.from_numpy(fs.mask[rows]), encoding) == codes).numpy()
         per_scenario = np.ones(len(sc.ids), dtype=bool)
