@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..encodings import Encoding, IntEncoding
 from ..errors import FaultError
 from ..statistics import normal_quantile
-from .vulnerability import MODES, LayerFaults
+from .vulnerability import MODES, LayerFaults, flip_delta
 
 
 @dataclass
@@ -75,15 +75,6 @@ def _flip(values: torch.Tensor, bits: torch.Tensor, encoding: Encoding) -> torch
     """``values`` with bit ``bits[i]`` of element i flipped (encoding of the same shape as values)."""
     codes = encoding.encode(values) ^ (torch.ones_like(bits, dtype=torch.int64) << bits.to(torch.int64))
     return encoding.decode(codes).to(values.dtype)
-
-
-def _flip_delta(values: torch.Tensor, bits: torch.Tensor, encoding: Encoding) -> torch.Tensor:
-    """``flip(v) - v`` per element, as :func:`~resil.analysis.vulnerability.flip_errors` computes it."""
-    if isinstance(encoding, IntEncoding):
-        codes = encoding.encode(values)
-        flipped = codes ^ (torch.ones_like(bits, dtype=torch.int64) << bits.to(torch.int64))
-        return (encoding.decode(flipped) - encoding.decode(codes)).to(values.dtype)
-    return _flip(values, bits, encoding) - values
 
 
 def fault_injection_vf(lf: LayerFaults, mode: str, faults: int | np.ndarray | None = None, *, seed: int = 0,
@@ -185,7 +176,7 @@ def _operand_rows(lf: LayerFaults, pairs: np.ndarray, pos: np.ndarray, bits: np.
     p = torch.as_tensor(pos, device=out.device)
     operand = lf.cols[:, k, p]  # [B, F]
     b = torch.as_tensor(bits, device=out.device).expand_as(operand)
-    err = _flip_delta(operand, b, lf.operand_encoding) * lf.weight[c, k]  # [B, F]
+    err = flip_delta(operand, torch.ones_like(b, dtype=torch.int64) << b.to(torch.int64), lf.operand_encoding) * lf.weight[c, k]  # [B, F]
     rows = out.unsqueeze(0).repeat(len(pairs), *([1] * out.ndim))  # [F, B, C, ...]
     r = torch.arange(len(pairs), device=out.device)
     flat = rows.view(len(pairs), out.shape[0], out.shape[1], -1)
