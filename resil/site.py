@@ -226,4 +226,3 @@ def register_channel_local(*types: type[nn.Module]) -> None:
         True
     """
     CHANNEL_LOCAL.update(types)
-

@@ -72,4 +72,3 @@ def in_flight(executor: Executor) -> int:
     if isinstance(executor, _DaskExecutor):
         return 2 * max(1, sum(executor.client.nthreads().values()))
     return 4
-
