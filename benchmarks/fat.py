@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import resil.models as rm
-from resil.analysis.precision import Criterion
+from resil.campaign.criteria import AccuracyDrop
 from resil.training.fat import accuracy_under, fault_aware_training, search_critical, train_under_faults
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     rows = torch.randperm(len(d.x_train), generator=g)[:32]
     sx, sy = d.x_train[rows], d.y_train[rows]
-    crit = Criterion("accuracy_drop", args.theta)
+    crit = AccuracyDrop(args.theta)
     clean = rm.info("dense-cnn").accuracy
     print(f"dense-cnn, clean accuracy {clean:.2%}; critical = accuracy drop >= {args.theta:.0%} over {len(d.x_test)} test images")
 

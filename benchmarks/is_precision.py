@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 import resil.models as rm
-from resil.analysis.precision import BIT_WEIGHTINGS, Criterion, precision_study
+from resil.analysis.precision import BIT_WEIGHTINGS, precision_study
+from resil.campaign.criteria import AccuracyDrop
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     model, d = rm.load("dense-cnn"), rm.dataset("digits")
     g = torch.Generator().manual_seed(0)
     rows = torch.randperm(len(d.x_train), generator=g)[:32]  # ISimDL: sensitivities on 32 training images
-    crit = Criterion("accuracy_drop", args.theta)
+    crit = AccuracyDrop(args.theta)
     print(f"dense-cnn, golden accuracy {rm.info('dense-cnn').accuracy:.2%}; critical = accuracy drop >= {args.theta:.0%} "
           f"over {len(d.x_test)} test images; seeds 0..{args.seeds - 1}; single bit flips")
     target_met = []

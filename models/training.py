@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from resil.campaign.criteria import count_correct
+
 from .data import Dataset
 from .nets import prunable_weights
 
@@ -24,10 +26,10 @@ class Recipe:
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (an output with a NaN or an infinity is never correct)."""
     model.eval()
     with torch.no_grad():
-        hits = sum(int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()) for i in range(0, len(x), batch_size))
+        hits = sum(count_correct(model(x[i : i + batch_size]), y[i : i + batch_size]) for i in range(0, len(x), batch_size))
     return hits / len(x)
 
 

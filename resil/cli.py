@@ -173,8 +173,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 raise FaultError(f"--rates: {text.strip()!r} is not a number; give comma-separated rates such as 1e-6,1e-5,1e-4") from None
         changes["rates"] = tuple(rates)
     settings = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-    print(compare(args.models or None, args.out, settings=settings).summary())
+    models = dict(_labelled(m) for m in args.models) if args.models else None
+    data = None
+    if args.data:
+        from .campaign.sources import load_data
+
+        data = load_data(args.data)
+    print(compare(models, args.out, data=data, settings=settings).summary())
     return 0
+
+
+def _labelled(arg: str) -> tuple[str, str]:
+    """``label=source`` or a bare source (its own label)."""
+    label, eq, source = arg.partition("=")
+    if not eq:
+        return arg, arg
+    if not label or not source:
+        raise FaultError(f"model {arg!r}: give label=source, e.g. pruned=mynets:pruned50")
+    return label, source
 
 
 def _executor_options(p: argparse.ArgumentParser) -> None:
@@ -211,13 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="report directory (default: ./report)")
     rp.set_defaults(run=cmd_report)
     cp = sub.add_parser("compare", help="compare the robustness of several models side by side (PVF per layer, accuracy vs bit error rate)")
-    cp.add_argument("models", nargs="*", help="reference model names or package.module:factory (default: every reference model)")
+    cp.add_argument("models", nargs="*", help="reference model names, package.module:factory or file.py:factory, each optionally "
+                    "labelled as label=source (default: every reference model)")
+    cp.add_argument("--data", help="evaluation data for every model: package.module:function, file.py:function, a .pt or .npz file "
+                    "(default: each bundled model's test split)")
     cp.add_argument("--out", required=True, help="result directory: one campaign directory per model, the report in OUT/report")
     cp.add_argument("--quick", action="store_true", help="fewer rates, scenarios and PVF trials (about a minute)")
     cp.add_argument("--rates", help="comma-separated bit error rates, e.g. 1e-6,1e-5,1e-4")
     cp.add_argument("--scenarios", type=int, help="BER scenarios per rate")
     cp.add_argument("--trials", type=int, help="PVF trials (single bit flips) per layer")
-    cp.add_argument("--inputs", type=int, help="evaluation inputs (the first N test inputs)")
+    cp.add_argument("--inputs", type=int, help="evaluation inputs (the first N; default all)")
     cp.add_argument("--seed", type=int, help="random seed")
     cp.set_defaults(run=cmd_compare)
     from .training.cli import add_parser as add_harden_parser

@@ -26,8 +26,6 @@ Add your own with a frozen dataclass registered by name::
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -37,27 +35,20 @@ import torch
 
 from .encodings import Encoding
 from .errors import FaultError
+from .registry import Registry
 
-_REGISTRY: dict[str, type[FaultModel]] = {}
+_REGISTRY: Registry[FaultModel] = Registry("fault model")
 M = TypeVar("M", bound="type[FaultModel]")
 
 
 def register_fault_model(name: str) -> Callable[[M], M]:
     """Class decorator that registers a fault model under ``name`` (used by :meth:`FaultModel.spec`)."""
-
-    def deco(cls: M) -> M:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise FaultError(f"a fault model named {name!r} is already registered ({_REGISTRY[name].__name__})")
-        cls.registered_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def fault_model_names() -> list[str]:
     """Names of every registered fault model."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 class FaultModel:
@@ -97,25 +88,12 @@ class FaultModel:
 
     def spec(self) -> str:
         """A string that :func:`fault_model_from_spec` turns back into an equal model."""
-        if not self.registered_name or _REGISTRY.get(self.registered_name) is not type(self):
-            raise FaultError(
-                f"{type(self).__name__} is not registered, so it cannot be serialized; "
-                "register it with @resil.register_fault_model(name) on a frozen dataclass"
-            )
-        params = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
-        return self.registered_name + (":" + json.dumps(params, sort_keys=True) if params else "")
+        return _REGISTRY.spec(self)
 
 
 def fault_model_from_spec(spec: str) -> FaultModel:
     """Rebuild a fault model from :meth:`FaultModel.spec` output, e.g. ``'stuck_at:{"value": 1}'``."""
-    name, _, params = spec.partition(":")
-    if name not in _REGISTRY:
-        raise FaultError(f"unknown fault model {name!r}; registered: {', '.join(fault_model_names())}")
-    try:
-        kwargs: dict[str, Any] = json.loads(params) if params else {}
-        return _REGISTRY[name](**kwargs)
-    except (TypeError, ValueError) as e:
-        raise FaultError(f"bad parameters for fault model {name!r}: {params!r} ({e})") from None
+    return _REGISTRY.from_spec(spec)
 
 
 @register_fault_model("bitflip")

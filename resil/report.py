@@ -30,7 +30,9 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from resil.campaign.metrics import estimate_failure
+from resil.campaign.metrics import COUNTS, estimate_failure
+from resil.campaign.metrics import sort_groups
+from resil.campaign.metrics import by_group as group_table
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize, to_rgb
@@ -48,7 +50,6 @@ __all__ = [
 ]
 
 #: per-scenario counts over the inputs; masked + tolerable + critical + non_finite == inputs
-COUNTS = ("inputs", "masked", "tolerable", "critical", "non_finite", "correct")
 #: columns every part file must have
 COLUMNS = ("scenario", "stratum", "site", "layer", "kind", "bit", "n_faults", "rate", "weight", *COUNTS)
 #: manifest keys the report reads
@@ -131,55 +132,17 @@ def load_campaign(directory: PathLike) -> Campaign:
 
 
 def by_group(campaign: Campaign, by: GroupBy = "layer") -> pd.DataFrame:
-    """Failure probability and accuracy per group, with Wilson 95% intervals and the summed counts.
-
-    The failure probability of a group is the mean failure fraction of its scenarios (weighted
-    for importance-sampled campaigns); intervals count scenarios, not scenario x input pairs.
-
-    ``by`` is a column (``"layer"``, ``"bit"``, ``"kind"``, ``"rate"``, ``"site"``, ``"stratum"``
-    ...) or a list of them; ``[]`` gives one row for the whole campaign. Rows whose key is NaN
-    (the rate of a non-BER scenario) are left out. Groups are sorted, text in natural order
-    (``conv2`` before ``conv10``). Columns: the keys, ``scenarios``, the summed counts
-    (``inputs`` ... ``correct``), ``failures`` (critical + non-finite), ``failure``,
-    ``failure_low``, ``failure_high``, ``accuracy``, ``accuracy_low``, ``accuracy_high``.
+    """Failure probability and accuracy of ``campaign`` per group: :func:`resil.campaign.metrics.by_group`.
 
     Example:
         >>> import pandas as pd
         >>> t = pd.DataFrame({"layer": ["fc", "fc", "conv1"], "inputs": [10, 10, 10], "masked": [8, 9, 5],
         ...                   "tolerable": 0, "critical": [2, 0, 5], "non_finite": [0, 1, 0],
         ...                   "correct": [8, 9, 5], "weight": 1.0})
-        >>> g = by_group(Campaign("demo", {}, t), "layer")
-        >>> g[["layer", "failures", "inputs", "failure"]].round(4).values.tolist()
+        >>> by_group(Campaign("demo", {}, t), "layer")[["layer", "failures", "inputs", "failure"]].round(4).values.tolist()
         [['conv1', 5, 10, 0.5], ['fc', 3, 20, 0.15]]
-        >>> bool((g.failure_low < g.failure).all() and (g.failure < g.failure_high).all())
-        True
     """
-    from resil.statistics import wilson_interval
-
-    keys = [by] if isinstance(by, str) else list(by)
-    t = campaign.table
-    bad = [k for k in keys if k not in t.columns or k in COUNTS]
-    if bad:
-        allowed = [c for c in t.columns if c not in COUNTS]
-        raise FaultError(f"cannot group {campaign.name!r} by {', '.join(map(repr, bad))}; group by one of {allowed}")
-    w = t["weight"].to_numpy(dtype=float)
-    counts = {c: t[c].to_numpy(dtype=np.int64) for c in COUNTS}
-    failures = t["critical"].to_numpy(dtype=np.int64) + t["non_finite"].to_numpy(dtype=np.int64)
-    n = counts["inputs"]
-    frame = pd.DataFrame({
-        **({k: t[k].to_numpy() for k in keys} if keys else {"_all": np.zeros(len(t), dtype=np.int64)}),
-        "scenarios": np.ones(len(t), dtype=np.int64), **counts, "failures": failures,
-        "_w": w, "_w2": w * w, "_w_failure": w * failures / n, "_w_accuracy": w * counts["correct"] / n,
-    })
-    out = frame.groupby(keys or ["_all"], sort=False, dropna=True).sum().reset_index()
-    out["failure"] = out["_w_failure"] / out["_w"]
-    out["accuracy"] = out["_w_accuracy"] / out["_w"]
-    # the unit is the scenario (its inputs are not independent trials); Kish's effective count when weighted
-    trials = (out["_w"] ** 2 / out["_w2"]).to_numpy()
-    for m in ("failure", "accuracy"):
-        low, high = wilson_interval(out[m].to_numpy() * trials, trials)
-        out[f"{m}_low"], out[f"{m}_high"] = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
-    return _sorted(out.drop(columns=[c for c in out.columns if c.startswith("_")]), keys)
+    return group_table(campaign.table, by, campaign.name)
 
 
 def summary(campaigns: Campaigns) -> pd.DataFrame:
@@ -227,7 +190,7 @@ def rank_campaigns(campaigns: Campaigns, by: GroupBy | None = None) -> pd.DataFr
     long = long[long.groupby(grouper)["campaign"].transform("size") >= 2]
     grouper = keys or np.zeros(len(long), dtype=np.int64)
     long.insert(len(keys) + 1, "rank", long.groupby(grouper)["failure"].rank(method="min").astype(np.int64))
-    return _sorted(long, [*keys, "rank"])
+    return sort_groups(long, [*keys, "rank"])
 
 
 def band_opacity(curves: int, given: float | None = None) -> float:
@@ -563,17 +526,6 @@ def _figures(cs: list[Campaign]) -> Iterator[tuple[str, str, Figure]]:
     for c, label in zip(cs, _labels(cs)):
         if c in with_bits:
             yield f"heatmap_{_slug(label)}.png", f"{label}: failure probability per layer and bit position.", plot_bit_heatmap(c)[0]
-
-
-def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Rows sorted by ``keys``: numbers by value, text in natural order."""
-    def rank(s: pd.Series) -> pd.Series:
-        if pd.api.types.is_numeric_dtype(s):
-            return s
-        natural = sorted(s.unique(), key=lambda v: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(v))])
-        return s.map({v: i for i, v in enumerate(natural)})
-
-    return frame.sort_values(keys, key=rank, kind="stable", ignore_index=True) if keys else frame
 
 
 def _as_list(campaigns: Campaigns) -> list[Campaign]:

@@ -149,10 +149,15 @@ def test_serial_process_and_dask_executors_give_identical_tables(tmp_path):
 
 
 def test_relative_criterion_for_non_classification_outputs():
-    golden = rc.Golden(torch.tensor([[1.0, 2.0], [4.0, -2.0], [1.0, 1.0]]), torch.tensor([1, 0, 0]))
-    out = torch.tensor([[1.0, 2.0], [4.2, -2.0], [1.0, 1.5]])  # deviations 0, 0.2/4 = 5%, 0.5/1 = 50%
-    assert rc.classify(out, golden, "relative", threshold=0.1) == {"masked": 1, "tolerable": 1, "critical": 1, "non_finite": 0, "correct": 2}
-    assert rc.classify(out, golden, "relative", threshold=0.01)["critical"] == 2
+    from resil.campaign.criteria import judge
+
+    golden, labels = torch.tensor([[1.0, 2.0], [4.0, -2.0], [1.0, 1.0]]), torch.tensor([1, 0, 0])
+    out = torch.tensor([[[1.0, 2.0], [4.2, -2.0], [1.0, 1.5]]])  # deviations 0, 0.2/4 = 5%, 0.5/1 = 50%
+    relative = rc.OutcomeSpec("relative", threshold=0.1).build()
+    assert relative == rc.Deviation(0.1, relative=True)
+    counts = {k: v.tolist() for k, v in judge(relative, out, golden, labels).items()}
+    assert counts == {"masked": [1], "tolerable": [1], "critical": [1], "non_finite": [0], "correct": [2]}
+    assert judge(rc.Deviation(0.01, relative=True), out, golden, labels)["critical"].tolist() == [2]
 
 
 @pytest.mark.parametrize("model, kinds", [("dense-cnn", ("weight", "bias", "activation")), ("pruned-80", ("weight",)),
@@ -171,8 +176,8 @@ def test_fast_mode_skips_stuck_at_faults_that_change_nothing(tmp_path, monkeypat
         return rc.CampaignSpec(data=rc.DataSpec(inputs=24), faults=rc.FaultSpec(model='stuck_at:{"value": 0}'),
                                sampler=rc.SamplerSpec(kind="uniform", scenarios=80, faults_per_scenario=2), run=rc.RunSpec(mode=mode))
     forwards = []  # one entry per simulated scenario, alone or in a group
-    original, grouped = rc.runner.SuffixForward.run_from, rc.grouped.GroupedForward.outputs
-    monkeypatch.setattr(rc.runner.SuffixForward, "run_from", lambda self, k: forwards.append(k) or original(self, k))
+    original, grouped = rc.suffix.SuffixForward.run_from, rc.grouped.GroupedForward.outputs
+    monkeypatch.setattr(rc.suffix.SuffixForward, "run_from", lambda self, k: forwards.append(k) or original(self, k))
     monkeypatch.setattr(rc.grouped.GroupedForward, "outputs",
                         lambda self, k, sc, pos, sites: forwards.extend([k] * len(pos)) or grouped(self, k, sc, pos, sites))
     fast = table(rc.run(spec("fast"), tmp_path / "fast"))
@@ -190,9 +195,9 @@ def test_each_finished_shard_is_stored_before_the_next_one_runs(tmp_path, monkey
     stored_before = []
     original = rc.runner.run_shard
 
-    def spy(spec, shard, threads=1):
+    def spy(spec, shard, threads=1, live=""):
         stored_before.append(len(list((tmp_path / "c" / "parts").glob("shard-*.parquet"))))
-        return original(spec, shard, threads)
+        return original(spec, shard, threads, live)
 
     monkeypatch.setattr(rc.runner, "run_shard", spy)
     spec = rc.CampaignSpec(data=rc.DataSpec(inputs=8), sampler=rc.SamplerSpec(kind="uniform", scenarios=30), run=rc.RunSpec(shard_size=10))

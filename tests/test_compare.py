@@ -97,11 +97,13 @@ def test_bad_rates_are_named(rates: tuple, message: str) -> None:
 
 
 def test_bad_counts_and_too_many_inputs(tmp_path: Path) -> None:
-    for field in ("scenarios", "trials", "inputs"):
+    for field in ("scenarios", "trials"):
         with pytest.raises(FaultError, match=f"{field} must be an integer >= 1"):
             CompareSettings(**{field: 0})
+    with pytest.raises(FaultError, match="inputs must be an integer >= 0"):
+        CompareSettings(inputs=-1)
     out = tmp_path / "cmp"
-    with pytest.raises(FaultError, match="5000 inputs requested but digits has 359"):
+    with pytest.raises(FaultError, match="5000 inputs requested but the data has 359"):
         compare(["int8"], out, settings=CompareSettings(inputs=5000))
     assert not out.exists()
 
@@ -139,7 +141,7 @@ def test_layers_are_aligned_by_name_with_equal_trials(tiny) -> None:
 
 def test_pvf_per_layer_equals_an_independent_recount_of_the_stored_records(tiny) -> None:
     for m in MODELS:
-        records = pd.read_parquet(tiny.root / m / "pvf" / "records.parquet")
+        records = pvf_records(tiny, m)
         mine = tiny.layers[tiny.layers.model == m].set_index("layer")
         for layer, r in records.groupby("layer"):
             n, k = len(r), float(r.incorrect.sum())
@@ -150,10 +152,17 @@ def test_pvf_per_layer_equals_an_independent_recount_of_the_stored_records(tiny)
             assert r.bit.between(0, 3).all() if m == "int4" else r.bit.between(0, 31).all()
 
 
+def pvf_records(tiny, model: str) -> pd.DataFrame:
+    """The PVF campaign's rows: one single bit flip per row, its share of incorrect inputs."""
+    t = pd.read_parquet(tiny.root / f"{model}-pvf" / "parts")
+    return t.assign(incorrect=(t.critical + t.non_finite) / t.inputs, element=[int(i[0]) for i in t.fault_indices],
+                    trial=t.scenario)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_stored_records_match_a_plain_full_forward(tiny, model: str) -> None:
     """Re-inject a few recorded faults with a plain full forward pass and count the incorrect inputs."""
-    records = pd.read_parquet(tiny.root / model / "pvf" / "records.parquet")
+    records = pvf_records(tiny, model)
     net = rm.load(model)
     x = rm.dataset(model).x_test[: TINY.inputs]
     sites = resil.sites(net, x[:2])
@@ -169,7 +178,7 @@ def test_stored_records_match_a_plain_full_forward(tiny, model: str) -> None:
 
 def test_ber_curves_and_clean_accuracy_recount(tiny) -> None:
     for m in MODELS:
-        parts = pd.read_parquet(tiny.root / m / "parts")
+        parts = pd.read_parquet(tiny.root / f"{m}-ber" / "parts")
         mine = tiny.rates[tiny.rates.model == m].set_index("rate")
         assert sorted(mine.index) == list(TINY.rates)
         for rate, r in parts.groupby("rate"):
@@ -180,7 +189,7 @@ def test_ber_curves_and_clean_accuracy_recount(tiny) -> None:
         net, d = rm.load(m), rm.dataset(m)
         with torch.no_grad():
             clean = (net(d.x_test[: TINY.inputs]).argmax(1) == d.y_test[: TINY.inputs]).float().mean().item()
-        assert tiny.clean[m] == pytest.approx(clean, abs=1e-12)
+        assert tiny.clean[m] == pytest.approx(clean, abs=1e-7)
     assert list(tiny.best.rate) == list(TINY.rates)
 
 
@@ -199,7 +208,8 @@ def test_report_embeds_every_figure(tiny) -> None:
 
 def test_rerun_skips_finished_work_and_other_settings_are_refused(tiny) -> None:
     root = tiny.root
-    stamps = {p: p.stat().st_mtime_ns for p in root.glob("*/parts/*.parquet")} | {p: p.stat().st_mtime_ns for p in root.glob("*/pvf/*")}
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("*/parts/*.parquet")}
+    assert len({p.parent.parent for p in stamps}) == 2 * len(MODELS)
     again = compare(MODELS, root, settings=TINY, progress=False, report=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     pd.testing.assert_frame_equal(again.layers, tiny.layers)
@@ -222,6 +232,6 @@ def test_cli_compare_prints_the_verdicts_and_run_time(tmp_path: Path, capsys: py
     text = capsys.readouterr().out
     assert "most robust model per bit error rate" in text and "PVF per layer" in text and re.search(r"run time: \d+ s", text)
     assert (out / "report" / "index.html").exists()
-    manifest = json.loads((out / "int4" / "manifest.json").read_text())
+    manifest = json.loads((out / "int4-ber" / "manifest.json").read_text())
     assert manifest["spec"]["sampler"]["rates"] == [1e-3, 1e-1] and manifest["scenarios"] == 4
-    assert np.isclose(json.loads((out / "int4" / "pvf" / "pvf.json").read_text())["settings"]["trials"], 4)
+    assert np.isclose(json.loads((out / "int4-pvf" / "manifest.json").read_text())["spec"]["sampler"]["trials"], 4)

@@ -33,7 +33,7 @@ def assert_same(t):
 def test_grouped_weight_and_bias_faults_match_plain_over_several_input_batches(fault_model, faults):
     t = tables("dense-cnn", ("weight", "bias"), fault_model, faults)
     assert_same(t)
-    exact = t["fast_runner"].grouped._exact
+    exact = t["fast_runner"].evaluator.grouped._exact
     assert any(k[0] == "rows" and v for k, v in exact.items())  # channels were recomputed alone
     assert any(k[0] == "local" and v for k, v in exact.items())  # and carried through relu/pool alone
     assert (t["fast"].masked < 150).sum() > 10
@@ -52,7 +52,7 @@ def test_failed_exactness_checks_fall_back_to_one_scenario_at_a_time(monkeypatch
     monkeypatch.setattr(grouped, "same_bits", lambda a, b: False)
     t = tables("dense-cnn", ("weight", "bias"), scenarios=120)
     assert_same(t)
-    assert not any(t["fast_runner"].grouped._exact.values())
+    assert not any(t["fast_runner"].evaluator.grouped._exact.values())
 
 
 def test_grouped_activation_faults_match_plain():
@@ -82,4 +82,4 @@ def test_spiking_model_groups_through_its_own_time_loop_and_matches_plain(kinds,
     t = tables("snn", kinds, faults=1, inputs=60, batch_size=40, scenarios=120, shard_size=120)
     assert_same(t)
     assert max(grouped_sizes) > 5  # many scenarios per replayed forward
-    assert any(k[0] == "replay" and v for k, v in t["fast_runner"].grouped._exact.items())
+    assert any(k[0] == "replay" and v for k, v in t["fast_runner"].evaluator.grouped._exact.items())

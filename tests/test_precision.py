@@ -10,8 +10,8 @@ from torch import nn
 
 import resil
 import resil.models as rm
+from resil.campaign.criteria import AccuracyDrop
 from resil.analysis.precision import (
-    Criterion,
     FaultEvaluator,
     Proposal,
     activation_conductance,
@@ -205,10 +205,8 @@ def test_proposal_rejects_bad_input():
         isimdl_proposal(net, x, y, space, bit_weighting="quadratic")
     with pytest.raises(resil.FaultError, match="kind must be one of"):
         select_space(resil.sites(net), "neuron")
-    with pytest.raises(resil.FaultError, match="measure must be"):
-        Criterion("loss")
-    with pytest.raises(resil.FaultError, match="threshold must be a number"):
-        Criterion(threshold=5)
+    with pytest.raises(resil.FaultError, match="theta must be a finite number in"):
+        AccuracyDrop(theta=5)
 
 
 # --------------------------------------------------------------------------- evaluation on the reference CNN
@@ -221,7 +219,7 @@ def cnn_data():
 
 def test_evaluator_matches_a_direct_faulty_forward(cnn_data):
     model, d = cnn_data
-    ev = FaultEvaluator(model, d.x_test, d.y_test, Criterion(threshold=0.10))
+    ev = FaultEvaluator(model, d.x_test, d.y_test, AccuracyDrop(0.10))
     assert ev.golden_accuracy == pytest.approx(rm.info("dense-cnn").accuracy)
     with torch.no_grad():
         golden = model(d.x_test).argmax(1)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import resil
-from resil.analysis.pvf import Deviation, PVFEstimate, Top1, parameter_groups, pvf, trials_needed
+from resil.analysis.pvf import PVFEstimate, parameter_groups, pvf, trials_needed
+from resil.campaign.criteria import Deviation, Top1, judge
 from resil.models import synthetic as syn
 
 torch.set_num_threads(1)
@@ -170,7 +171,8 @@ def test_non_finite_outputs_are_incorrect_under_any_threshold():
     assert r["weight"].incorrect == 1  # only bit 30 of the weight: inf
     assert r.records.loc[r.records.incorrect > 0, "bit"].tolist() == [30]
     assert r["bias"].incorrect == 0  # 0.0 flipped is finite: within 1e300
-    assert Top1().incorrect(torch.tensor([[float("nan"), 0.0]]), torch.tensor([[1.0, 0.0]])).tolist() == [True]
+    counts = judge(Top1(), torch.tensor([[[float("nan"), 0.0]]]), torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    assert (counts["non_finite"].tolist(), counts["critical"].tolist(), counts["correct"].tolist()) == ([1], [0], [0])
 
 
 # --------------------------------------------------------------------------- fault models

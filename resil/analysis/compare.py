@@ -13,11 +13,14 @@ pruned 50 / 80 %, channel-pruned, int8, int4, spiking), with identical settings:
 (c) **the most robust variant per rate** (:func:`best_per_group`): the model with the highest
     accuracy under faults at each rate, and whether its interval separates from the runner-up's.
 
-Everything is stored under ``out``: one campaign directory per model (``out/<model>``: the BER
-campaign's ``manifest.json`` and ``parts/``, so ``resil resume out`` and ``resil report out`` work
-on it) with the PVF records in ``out/<model>/pvf/`` (``records.parquet``: one row per trial;
-``pvf.json``: settings and estimates). Re-running skips what is finished. The report goes to
-``out/report`` (``index.html``, self-contained, and its PNGs).
+The models are bundled names, factory specs, or your own objects: ``compare({"dense": m1, "int8":
+m2}, out, data=(x, y))`` (any data :func:`resil.campaign.run` takes; default: each bundled
+model's test split). Everything is stored as campaigns under ``out``, two per model and nothing
+beside them: ``out/<model>-ber`` (the BER campaign) and ``out/<model>-pvf`` (the PVF study: a
+stratified campaign with ``trials`` single bit flips per layer, run through the fast path), so
+``resil resume out`` and ``resil report out`` work on it. Re-running skips what is finished,
+and a directory holding other results (other settings, another model or other data) is refused
+before any work. The report goes to ``out/report`` (``index.html``, self-contained, and its PNGs).
 
 Example:
     >>> import pandas as pd
@@ -30,21 +33,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
-import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
-from ..campaign.store import atomic_write
 from ..errors import FaultError
 
 __all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "best_per_group", "compare", "layer_order"]
@@ -58,7 +58,7 @@ class CompareSettings:
         rates: bit error rates of the BER campaigns (each in (0, 1), increasing).
         scenarios: BER scenarios per rate.
         trials: PVF trials (single bit flips) per layer.
-        inputs: evaluation inputs (the first N test inputs of each model's dataset).
+        inputs: evaluation inputs (the first N of the data; 0: all).
         seed: seed of the BER campaigns and of the PVF trials.
         kinds: site kinds faulted (``("weight",)``: the stored weights).
         dataset: dataset of the inputs (default: each model's own).
@@ -67,7 +67,7 @@ class CompareSettings:
     rates: tuple[float, ...] = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     scenarios: int = 40
     trials: int = 2000
-    inputs: int = 359
+    inputs: int = 0
     seed: int = 0
     kinds: tuple[str, ...] = ("weight",)
     dataset: str = ""
@@ -195,14 +195,20 @@ def layer_order(per_model: Sequence[Sequence[str]]) -> list[str]:
     return merged
 
 
-def compare(models: Sequence[str] | None = None, out: str | os.PathLike[str] = "compare", *, quick: bool = False,
+Models = Sequence[str] | Mapping[str, "nn.Module | str"] | None
+
+
+def compare(models: Models = None, out: str | os.PathLike[str] = "compare", *, data: Any = None, quick: bool = False,
             settings: CompareSettings | None = None, report: bool = True, progress: bool = True) -> Comparison:
     """Run the same robustness analysis over a family of models and report them side by side.
 
     Args:
         models: reference model names (``resil.models.names()``) or ``package.module:factory``
-            specs; default: every reference model.
-        out: result directory (one subdirectory per model, ``report/`` for the report).
+            specs, or a mapping ``{label: model}`` of your own ``nn.Module`` objects (or specs);
+            default: every reference model.
+        out: result directory (two campaign directories per model, ``report/`` for the report).
+        data: the evaluation data for every model (``(inputs, labels)``, a ``Dataset`` or a
+            ``DataLoader``); default: each bundled model's test split (``settings.inputs`` of it).
         quick: use :data:`QUICK` instead of :data:`DEFAULT` (ignored when ``settings`` is given).
         settings: explicit settings (a :class:`CompareSettings`).
         report: write ``out/report/index.html`` and its PNGs.
@@ -216,39 +222,39 @@ def compare(models: Sequence[str] | None = None, out: str | os.PathLike[str] = "
             the known ones), bad settings, or a result directory holding other results.
 
     Example:
-        >>> compare(["dense-cnn", "int8"], "runs/compare", quick=True).best  # doctest: +SKIP
+        >>> compare({"dense": my_net, "pruned": my_pruned_net}, "runs/compare", data=(x, y), quick=True).best  # doctest: +SKIP
     """
     import torch
 
     start = time.perf_counter()
-    names = _check_models(models)
+    sources = _check_models(models)
     s = settings if settings is not None else QUICK if quick else DEFAULT
     if not isinstance(s, CompareSettings):
         raise FaultError(f"settings must be a CompareSettings, got {type(s).__name__}")
     root = Path(out)
-    jobs = [_Job(name, root / _dirname(name), s) for name in names]
-    for job in jobs:
-        job.check()  # every conflict is found before any work starts
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        jobs = [_Job(label, source, root, s, data) for label, source in sources.items()]
         for job in jobs:
-            job.run_ber(progress)
-            job.run_pvf(progress)
+            job.check()  # every conflict is found before any work starts
+        for job in jobs:
+            job.run(progress)
     finally:
         torch.set_num_threads(threads)
-    clean = {job.name: job.clean() for job in jobs}
+    clean = {job.label: job.clean() for job in jobs}
     layers = pd.concat([job.layers() for job in jobs], ignore_index=True)
     rates = pd.concat([job.rates() for job in jobs], ignore_index=True)
     best = best_per_group(rates, "rate", "accuracy")
-    comparison = Comparison(root, tuple(names), s, clean, layers, rates, best, None, 0.0)
+    comparison = Comparison(root, tuple(sources), s, clean, layers, rates, best, None, 0.0)
     written = None
     if report:
-        written = write_comparison(comparison, [job.dir for job in jobs], root / "report", time.perf_counter() - start)
+        written = write_comparison(comparison, [job.ber_dir for job in jobs], root / "report", time.perf_counter() - start,
+                                   {job.label: job.description for job in jobs})
     return dataclasses.replace(comparison, report=written, seconds=time.perf_counter() - start)
 
 
-def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: float) -> Path:
+def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: float, descriptions: Mapping[str, str]) -> Path:
     """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out``."""
     from ..report import Campaign, load_campaign, plot_layer_estimates, plot_rate
     from ..report_html import render_comparison
@@ -287,8 +293,7 @@ def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: fl
         "seed": str(s.seed),
         "run time": f"{seconds:.0f} s (this call; finished parts are not re-run)",
     }
-    descriptions = {m: _description(m) for m in c.models}
-    page = render_comparison(settings, list(c.models), descriptions, c.clean, c.rates, c.best, fail_best, c.layers, pvf_best, layers, images)
+    page = render_comparison(settings, list(c.models), dict(descriptions), c.clean, c.rates, c.best, fail_best, c.layers, pvf_best, layers, images)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -298,95 +303,74 @@ def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: fl
 
 
 class _Job:
-    """One model's part of a comparison: its BER campaign and its PVF per layer, in ``dir``."""
+    """One model's part of a comparison: its BER campaign and its PVF study, two campaign directories."""
 
-    def __init__(self, name: str, directory: Path, s: CompareSettings) -> None:
+    def __init__(self, label: str, source: nn.Module | str, root: Path, s: CompareSettings, data: Any) -> None:
         from ..campaign import CampaignSpec, DataSpec, ModelSpec, RunSpec, SamplerSpec, SiteSpec
+        from ..campaign.runner import CampaignRunner
 
-        self.name, self.dir, self.s = name, directory, s
-        self.spec = CampaignSpec(
-            name=name, seed=s.seed, model=ModelSpec((name,)), data=DataSpec(dataset=s.dataset, inputs=s.inputs),
-            sites=SiteSpec(kinds=s.kinds, pruned="live"), sampler=SamplerSpec(kind="ber", rates=s.rates, scenarios=s.scenarios),
-            run=RunSpec(shard_size=s.scenarios))
-        self.pvf_settings = {"model": name, "trials": s.trials, "inputs": s.inputs, "dataset": s.dataset, "seed": s.seed,
-                             "kinds": list(s.kinds), "fault_model": "BitFlip()", "criterion": "top1", "per_trial": "fraction",
-                             "confidence": 0.95, "groups": "layer"}
-        self.pvf_hash = hashlib.sha256(json.dumps(self.pvf_settings, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def pvf_dir(self) -> Path:
-        return self.dir / "pvf"
+        self.label, self.s = label, s
+        self.ber_dir, self.pvf_dir = root / f"{_dirname(label)}-ber", root / f"{_dirname(label)}-pvf"
+        live = isinstance(source, nn.Module)
+        self.description = _description(source) if isinstance(source, str) else f"{label}: {type(source).__name__} (your model)"
+        model = ModelSpec((source if isinstance(source, str) else label,))
+        common = dict(seed=s.seed, model=model, data=DataSpec(dataset=s.dataset, inputs=s.inputs),
+                      sites=SiteSpec(kinds=s.kinds, pruned="live"))
+        self.ber = CampaignSpec(name=f"{label} BER", sampler=SamplerSpec(kind="ber", rates=s.rates, scenarios=s.scenarios),
+                                run=RunSpec(shard_size=s.scenarios), **common)  # type: ignore[arg-type]
+        self.pvf = CampaignSpec(name=f"{label} PVF", sampler=SamplerSpec(kind="sfi", granularity="layer", trials=s.trials),
+                                run=RunSpec(shard_size=1000), **common)  # type: ignore[arg-type]
+        self.model = source if live else None
+        self.data = data
+        self.runner = CampaignRunner(self.pvf, self.model, data)  # loads and checks model and data before any work
 
     def check(self) -> None:
-        from ..loading import load_inputs
+        from ..campaign.store import Store
 
-        load_inputs(self.name, self.s.dataset, self.s.inputs)  # too many inputs, unknown dataset
-        manifest = self.dir / "manifest.json"
-        if manifest.exists():
-            old = json.loads(manifest.read_text())
-            if old.get("spec_hash") != self.spec.hash():
-                raise FaultError(f"{self.dir} holds another campaign ({old.get('name')!r}, spec {old.get('spec_hash')}), "
-                                 "not this comparison's; choose another output directory or delete it")
-        stored = self.pvf_dir / "pvf.json"
-        if stored.exists() and json.loads(stored.read_text()).get("hash") != self.pvf_hash:
-            raise FaultError(f"{stored} holds a PVF with other settings; choose another output directory or delete it")
+        for spec, directory in ((self.ber, self.ber_dir), (self.pvf, self.pvf_dir)):
+            manifest = {**self.runner.manifest(), "name": spec.name, "spec_hash": spec.hash()}
+            Store(directory).check(manifest)
 
-    def run_ber(self, progress: bool) -> None:
+    def run(self, progress: bool) -> None:
         from tqdm.auto import tqdm
 
         from ..campaign import run
 
-        with tqdm(desc=f"{self.name} BER", unit="scen", disable=not progress, leave=False) as bar:
-            def step(n: int, remaining: int) -> None:
-                if remaining:
-                    bar.reset(total=remaining)
-                bar.update(n)
+        for what, spec, directory in (("BER", self.ber, self.ber_dir), ("PVF", self.pvf, self.pvf_dir)):
+            with tqdm(desc=f"{self.label} {what}", unit="scen", disable=not progress, leave=False) as bar:
+                def step(n: int, remaining: int) -> None:
+                    if remaining:
+                        bar.reset(total=remaining)
+                    bar.update(n)
 
-            store = run(self.spec, self.dir, progress=step)
-        if progress:
-            m = store.manifest()
-            tqdm.write(f"{self.name}: BER campaign, {m['scenarios']} scenarios x {m['inputs']} inputs -> {self.dir}")
-
-    def run_pvf(self, progress: bool) -> None:
-        if (self.pvf_dir / "pvf.json").exists():
-            return
-        from tqdm.auto import tqdm
-
-        from ..discovery import sites
-        from ..loading import load_inputs, load_model
-        from .pvf import pvf
-
-        model = load_model(self.name)
-        x, _ = load_inputs(self.name, self.s.dataset, self.s.inputs)
-        result = pvf(model, x, "layer", trials=self.s.trials, kinds=self.s.kinds, seed=self.s.seed,
-                     sites=sites(model, x[:2], pruned="live"), progress=progress)
-        self.pvf_dir.mkdir(parents=True, exist_ok=True)
-        records = result.records.rename(columns={"group": "layer"})
-        buf = io.BytesIO()
-        records.to_parquet(buf, index=False)
-        atomic_write(self.pvf_dir / "records.parquet", buf.getvalue())
-        estimates = {layer: dataclasses.asdict(e) for layer, e in result.estimates.items()}
-        doc = {"version": 1, "hash": self.pvf_hash, "settings": self.pvf_settings, "inputs": result.inputs, "estimates": estimates}
-        atomic_write(self.pvf_dir / "pvf.json", json.dumps(doc, indent=2, sort_keys=True).encode())
-        if progress:
-            tqdm.write(f"{self.name}: PVF of {len(estimates)} layers, {len(records)} trials -> {self.pvf_dir}")
+                store = run(spec, directory, progress=step, model=self.model, data=self.data)
+            if progress:
+                m = store.manifest()
+                tqdm.write(f"{self.label}: {what} campaign, {m['scenarios']} scenarios x {m['inputs']} inputs -> {directory}")
 
     def clean(self) -> float:
-        return float(json.loads((self.dir / "manifest.json").read_text())["golden_accuracy"])
+        from ..campaign.store import Store
+
+        return float(Store(self.ber_dir).manifest()["golden_accuracy"] or float("nan"))
 
     def layers(self) -> pd.DataFrame:
-        doc = json.loads((self.pvf_dir / "pvf.json").read_text())
-        rows = [{"model": self.name, "layer": layer, "pvf": e["pvf"], "low": e["low"], "high": e["high"], "trials": e["trials"],
-                 "incorrect": e["incorrect"], "population": e["population"], "exhaustive": e["exhaustive"]}
-                for layer, e in doc["estimates"].items()]
+        from ..campaign.metrics import by_stratum
+        from ..campaign.store import Store
+
+        strata = Store(self.pvf_dir).manifest()["strata"]
+        g = by_stratum(self.pvf_dir)
+        rows = [{"model": self.label, "layer": layer, "pvf": r.failure, "low": r.failure_low, "high": r.failure_high,
+                 "trials": int(r.scenarios), "incorrect": float(r.failure * r.scenarios), "population": strata[layer]["population"],
+                 "exhaustive": strata[layer]["samples"] >= strata[layer]["population"]}
+                for layer, r in g.iterrows()]
         return pd.DataFrame(rows)
 
     def rates(self) -> pd.DataFrame:
         from ..report import by_group, load_campaign
 
-        g = by_group(load_campaign(self.dir), "rate")
+        g = by_group(load_campaign(self.ber_dir), "rate")
         cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high"))]
-        return g[cols].assign(model=self.name)[["model", *cols]]
+        return g[cols].assign(model=self.label)[["model", *cols]]
 
 
 def _rate(r: float) -> str:
@@ -405,33 +389,40 @@ def _description(name: str) -> str:
     return rm.info(name).description if name in rm.names() else name
 
 
-def _check_models(models: Sequence[str] | None) -> list[str]:
+def _check_models(models: Models) -> dict[str, nn.Module | str]:
+    """``{label: model or spec}`` from the argument, checked before any work."""
     import resil.models as rm
 
     if models is None:
-        return rm.names()
-    if isinstance(models, str):
-        raise FaultError(f"models must be a list of model names, not the string {models!r}")
-    names = list(models)
-    if not names:
+        return {n: n for n in rm.names()}
+    if isinstance(models, (str, nn.Module)):
+        raise FaultError(f"models must be a list of model names or a {{label: model}} mapping, not a single {type(models).__name__}")
+    if isinstance(models, Mapping):
+        sources = dict(models)
+        for label, m in sources.items():
+            if not isinstance(label, str) or not label:
+                raise FaultError(f"model labels must be non-empty strings, got {label!r}")
+            if not isinstance(m, (str, nn.Module)):
+                raise FaultError(f"model {label!r} must be an nn.Module or a model name, got {type(m).__name__}")
+    else:
+        names = list(models)
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise FaultError(f"model names must be non-empty strings, got {n!r}"
+                                 + ("; pass your own models as a {label: model} mapping" if isinstance(n, nn.Module) else ""))
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise FaultError(f"models listed twice: {', '.join(repeated)}")
+        sources = {n: n for n in names}
+    if not sources:
         raise FaultError(f"the model list is empty; give at least one of: {', '.join(rm.names())}")
-    for n in names:
-        if not isinstance(n, str) or not n:
-            raise FaultError(f"model names must be non-empty strings, got {n!r}")
-        if n not in rm.names() and ":" not in n:
-            raise FaultError(f"unknown model {n!r}; known: {', '.join(rm.names())} (or package.module:factory)")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise FaultError(f"models listed twice: {', '.join(repeated)}")
-    dirs = [_dirname(n) for n in names]
+    for label, m in sources.items():
+        if isinstance(m, str) and m not in rm.names() and ":" not in m:
+            raise FaultError(f"unknown model {m!r}; known: {', '.join(rm.names())} (or package.module:factory)")
+    dirs = [_dirname(n) for n in sources]
     if len(set(dirs)) < len(dirs) or "report" in dirs:
-        raise FaultError(f"the models {names} do not map to distinct result directories (and none may be 'report')")
-    from ..loading import load_model
-
-    for n in names:
-        if n not in rm.names():
-            load_model(n)  # a factory that does not load fails here, before any work
-    return names
+        raise FaultError(f"the models {list(sources)} do not map to distinct result directories (and none may be 'report')")
+    return sources
 
 
 def _check_settings(s: CompareSettings) -> None:
@@ -448,7 +439,8 @@ def _check_settings(s: CompareSettings) -> None:
         raise FaultError(f"rates must be strictly increasing (no repeats), got {list(s.rates)}")
     whole("scenarios", s.scenarios)
     whole("trials", s.trials)
-    whole("inputs", s.inputs)
+    if isinstance(s.inputs, bool) or not isinstance(s.inputs, (int, np.integer)) or s.inputs < 0:
+        raise FaultError(f"inputs must be an integer >= 0 (0: all), got {s.inputs!r}")
     if isinstance(s.seed, bool) or not isinstance(s.seed, (int, np.integer)) or s.seed < 0:
         raise FaultError(f"seed must be an integer >= 0, got {s.seed!r}")
     from ..campaign.spec import KINDS

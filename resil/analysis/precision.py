@@ -21,10 +21,10 @@ input baseline to each input, for the logit of the label, averaged over the batc
 per-element counterparts of :func:`resil.campaign.sensitivity.sensitivity_scores` (which scores
 whole (element, bit) locations for campaigns).
 
-A fault is *critical* when it drops the accuracy over the evaluation set by at least ``theta``
-(default 10 points) against the golden run, or, with ``Criterion("top1_changed", share)``, when it
-changes the top-1 of at least ``share`` of the inputs; non-finite outputs count as wrong and
-changed. Precision@k is the share of the first k sampled faults that are critical.
+A fault is *critical* by a criterion of :mod:`resil.campaign.criteria`: by default
+``AccuracyDrop(theta)``, when it drops the accuracy over the evaluation set by at least ``theta``
+(10 points) against the golden run; with ``Top1()``, when it changes some input's top-1.
+Non-finite outputs count as wrong and changed. Precision@k is the share of the first k sampled faults that are critical.
 
 Example:
     >>> from resil.analysis.precision import bit_distribution, precision_at_k
@@ -50,18 +50,17 @@ from ..discovery import sites as list_sites
 from ..errors import FaultError
 from ..faults import FaultSet
 from ..hooks import forward_hooks
-from ..injection import inject
 from ..site import Site, SiteList
 from ..statistics import Estimate, importance_estimate, importance_weights, wilson_interval
+from ..campaign.criteria import AccuracyDrop, Criterion
+from ..campaign.evaluator import Evaluator
 from ..campaign.samplers import rng_for
 from ..campaign.sensitivity import _stored_tensor, retained_outputs
 from ..campaign.space import FaultSpace, layer_of
 from ..campaign.spec import FaultSpec, SiteSpec
-from ..campaign.suffix import SuffixForward
 
 __all__ = [
     "BIT_WEIGHTINGS",
-    "Criterion",
     "FaultEvaluator",
     "Outcome",
     "Proposal",
@@ -485,39 +484,6 @@ def isimdl_proposal(
 
 
 @dataclass(frozen=True)
-class Criterion:
-    """When a fault is critical.
-
-    Attributes:
-        measure: ``accuracy_drop`` (golden accuracy minus faulty accuracy, as a fraction) or
-            ``top1_changed`` (share of inputs whose top-1 differs from the golden top-1).
-        threshold: critical when the measure is >= threshold (0.10 = 10 points).
-
-    Example:
-        >>> Criterion().is_critical(accuracy_drop=0.12, changed=0.15)
-        True
-        >>> Criterion("top1_changed", 0.5).is_critical(accuracy_drop=0.12, changed=0.15)
-        False
-    """
-
-    measure: str = "accuracy_drop"
-    threshold: float = 0.10
-
-    def __post_init__(self) -> None:
-        if self.measure not in ("accuracy_drop", "top1_changed"):
-            raise FaultError(f"measure must be 'accuracy_drop' or 'top1_changed', got {self.measure!r}")
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not -1 <= t <= 1:
-            raise FaultError(f"threshold must be a number in [-1, 1], got {t!r}")
-        if self.measure == "top1_changed" and t <= 0:
-            raise FaultError(f"a top1_changed threshold must be > 0 (a share of inputs), got {t!r}")
-
-    def is_critical(self, accuracy_drop: float, changed: float) -> bool:
-        """Whether a fault with this accuracy drop and changed share is critical."""
-        return (accuracy_drop if self.measure == "accuracy_drop" else changed) >= self.threshold
-
-
-@dataclass(frozen=True)
 class Outcome:
     """The result of one fault-injection run over the evaluation set."""
 
@@ -528,11 +494,11 @@ class Outcome:
 
 
 class FaultEvaluator:
-    """Runs faults against a golden run over fixed evaluation inputs and classifies them.
-
-    Stages before the first faulted one are replayed from the golden run
-    (:class:`~resil.campaign.suffix.SuffixForward`), so results equal full faulty forwards.
-    :attr:`runs` counts the fault-injection runs; :meth:`evaluate_locations` caches by location.
+    """Runs faults against a golden run over fixed evaluation inputs and classifies them, through
+    the :class:`~resil.campaign.evaluator.Evaluator` (many faults per forward pass where it can,
+    results equal to full faulty forwards). A fault is critical by ``criterion``
+    (default :class:`~resil.campaign.criteria.AccuracyDrop` of 10 points).
+    :attr:`runs` counts the faults simulated; :meth:`evaluate_locations` caches by location.
 
     Example:
         >>> import torch, resil
@@ -542,45 +508,47 @@ class FaultEvaluator:
         (1.0, False, 1)
     """
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: Criterion = Criterion(),
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: Criterion | str = AccuracyDrop(),
                  *, sites: SiteList | None = None, batch_size: int = 512) -> None:
         _check_batch(model, inputs)
         labels = torch.as_tensor(labels).reshape(-1)
         if len(labels) != len(inputs):
             raise FaultError(f"labels has {len(labels)} entries for {len(inputs)} inputs")
-        if not isinstance(criterion, Criterion):
-            raise FaultError(f"criterion must be a Criterion, got {type(criterion).__name__}")
-        self.model, self.criterion, self.labels = model, criterion, labels
-        self.sites = sites if sites is not None else list_sites(model, inputs[:1])
-        self.suffix = SuffixForward(model, inputs, batch_size)
-        golden = self.suffix.golden()
-        self.golden_top1 = golden.argmax(1)
-        self.golden_accuracy = float((self.golden_top1 == labels).float().mean())
+        self.model = model
+        self.evaluator = Evaluator(model, inputs, labels, criterion, sites=sites if sites is not None else list_sites(model, inputs[:1]),
+                                   batch_size=batch_size)
+        self.criterion, self.sites = self.evaluator.criterion, self.evaluator.sites
+        self.golden_accuracy = float(self.evaluator.golden.accuracy or 0.0)
         self.runs = 0
         self._cache: dict[tuple[int, int], Outcome] = {}
 
     def evaluate(self, faults: FaultSet) -> Outcome:
         """One fault-injection run with ``faults`` applied."""
-        with torch.no_grad(), inject(self.model, faults, sites=self.sites) as inj:
-            out = self.suffix.run_from(self.suffix.first_stage(inj.sites))
-        self.runs += 1
-        finite = torch.isfinite(out).all(1)
-        top1 = out.argmax(1)
-        accuracy = float(((top1 == self.labels) & finite).float().mean())
-        changed = float(((top1 != self.golden_top1) | ~finite).float().mean())
-        drop = self.golden_accuracy - accuracy
-        return Outcome(accuracy, changed, drop, self.criterion.is_critical(drop, changed))
+        return self.evaluate_many([faults])[0]
+
+    def evaluate_many(self, faults: Sequence[FaultSet]) -> list[Outcome]:
+        """One fault-injection run per fault set, evaluated together."""
+        if not faults:
+            return []
+        with torch.no_grad():
+            counts = self.evaluator.evaluate_faults(faults)
+        self.runs += len(faults)
+        n = len(self.evaluator.inputs)
+        critical = self.evaluator.critical(counts)
+        return [Outcome(c / n, (k + f) / n, self.golden_accuracy - c / n, bool(x))
+                for c, k, f, x in zip(counts["correct"], counts["critical"], counts["non_finite"], critical)]
 
     def evaluate_locations(self, proposal: Proposal, flat: Iterable[int], *, progress: bool = False) -> list[Outcome]:
         """Outcomes of single faults at flat locations of ``proposal.space`` (each location simulated once)."""
-        flat = list(flat)
-        out = []
-        for f in tqdm(flat, desc="faults", disable=not progress, leave=False):
-            key = (id(proposal.space), int(f))
-            if key not in self._cache:
-                self._cache[key] = self.evaluate(proposal.faults(f))
-            out.append(self._cache[key])
-        return out
+        flat = [int(f) for f in flat]
+        todo = list(dict.fromkeys(f for f in flat if (id(proposal.space), f) not in self._cache))
+        with tqdm(total=len(todo), desc="faults", disable=not progress, leave=False) as bar:
+            for start in range(0, len(todo), 256):
+                chunk = todo[start : start + 256]
+                for f, o in zip(chunk, self.evaluate_many([proposal.faults(f) for f in chunk])):
+                    self._cache[(id(proposal.space), f)] = o
+                bar.update(len(chunk))
+        return [self._cache[(id(proposal.space), f)] for f in flat]
 
 
 def precision_at_k(critical: Sequence[bool] | np.ndarray, k: int) -> float:
@@ -671,7 +639,7 @@ def precision_study(
     seeds: Sequence[int] = (0, 1, 2),
     k: int = 100,
     tau: float = 0.0,
-    criterion: Criterion = Criterion(),
+    criterion: Criterion | str = AccuracyDrop(),
     estimate_samples: int = 0,
     estimate_tau: float = 0.1,
     estimate_weighting: str = "exponential",

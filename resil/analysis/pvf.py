@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -53,13 +52,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..campaign.criteria import AccuracyDrop, Criterion, Deviation, Top1, criterion_from_spec
+from ..campaign.evaluator import Evaluator
 from ..campaign.space import FaultSpace, layer_of
-from ..campaign.suffix import SuffixForward
 from ..discovery import sites as list_sites
 from ..errors import FaultError
 from ..fault_models import BitFlip, Burst, FaultModel
 from ..faults import FaultSet
-from ..injection import inject
 from ..site import Site, SiteList
 from ..statistics import leveugle_sample_size, wilson_interval
 
@@ -72,76 +71,22 @@ __all__ = [
 PARAMETER_KINDS = ("weight", "bias", "parameter")
 
 
-# --------------------------------------------------------------------------- criteria
+#: trials evaluated per call of the evaluator (one progress-bar step)
+_CHUNK = 256
 
 
-class Criterion:
-    """Decides, per input, whether a faulty output is incorrect (subclass and implement :meth:`wrong`)."""
-
-    def wrong(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
-        """Boolean per input (rows of ``[B, K]`` outputs): incorrect apart from non-finite values."""
-        raise NotImplementedError
-
-    def incorrect(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
-        """Boolean per input: :meth:`wrong`, or any non-finite value in the input's output."""
-        out, gold = output.reshape(len(output), -1), golden.reshape(len(golden), -1)
-        return self.wrong(out, gold) | ~torch.isfinite(out).all(1)
-
-
-@dataclass(frozen=True)
-class Top1(Criterion):
-    """Classification: incorrect when the top-1 class differs from the golden top-1.
-
-    Example:
-        >>> Top1().incorrect(torch.tensor([[0.0, 1.0], [1.0, 0.0], [float("nan"), 0.0]]), torch.tensor([[0.0, 1.0]] * 3)).tolist()
-        [False, True, True]
-    """
-
-    def wrong(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
-        return output.argmax(1) != golden.argmax(1)
-
-    def __str__(self) -> str:
-        return "top-1 differs from golden top-1"
-
-
-@dataclass(frozen=True)
-class Deviation(Criterion):
-    """CTR / regression: incorrect when some output deviates from the golden one by more than
-    ``threshold``: ``|y - y_golden| > threshold`` (absolute), or with ``relative=True``
-    ``|y - y_golden| > threshold * max(|y_golden|)`` over the input's outputs.
-
-    Raises:
-        FaultError: if ``threshold`` is not a finite number >= 0.
-
-    Example:
-        >>> Deviation(0.1).incorrect(torch.tensor([0.55, 0.75, float("inf")]), torch.tensor([0.5, 0.5, 0.5])).tolist()
-        [False, True, True]
-    """
-
-    threshold: float
-    relative: bool = False
-
-    def __post_init__(self) -> None:
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t) or t < 0:
-            raise FaultError(f"Deviation threshold must be a finite number >= 0, got {t!r}")
-
-    def wrong(self, output: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
-        dev = (output.double() - golden.double()).abs().amax(1)
-        if self.relative:
-            return dev > self.threshold * golden.double().abs().amax(1)
-        return dev > self.threshold
-
-    def __str__(self) -> str:
-        return f"|y - golden| > {self.threshold:g}" + (" x max|golden|" if self.relative else "")
+def _multi(total: int, seed: int, group: int, trial: int, ber: float | None, k: int) -> np.ndarray:
+    """The sorted flat locations of one multi-fault (or BER) trial, seeded from (seed, group, trial)."""
+    r = np.random.default_rng([seed, group, trial])
+    count = r.binomial(total, ber) if ber is not None else min(k, total)
+    return np.sort(r.choice(total, count, replace=False))
 
 
 def _criterion(criterion: Criterion | str) -> Criterion:
-    if isinstance(criterion, Criterion):
-        return criterion
-    if criterion == "top1":
-        return Top1()
-    raise FaultError(f"criterion must be 'top1', Top1() or Deviation(threshold), got {criterion!r}")
+    c = criterion_from_spec(criterion)
+    if isinstance(c, AccuracyDrop):
+        raise FaultError("PVF judges each input's output: use Top1(), TopK(k) or Deviation(...), not AccuracyDrop")
+    return c
 
 
 # --------------------------------------------------------------------------- groups
@@ -390,6 +335,7 @@ def pvf(
     seed: int = 0,
     batch_size: int = 512,
     sites: SiteList | None = None,
+    mode: str = "fast",
     progress: bool = True,
 ) -> PVFResult:
     """Estimate the PVF of each parameter group of ``model`` by fault injection.
@@ -419,6 +365,8 @@ def pvf(
         seed: random seed.
         batch_size: inputs per forward pass.
         sites: the model's sites, if already listed.
+        mode: ``fast`` (many trials per forward pass, :class:`~resil.campaign.evaluator.Evaluator`)
+            or ``plain`` (one full forward per trial); the results are identical.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -467,10 +415,9 @@ def pvf(
         n = int(trials) if trials is not None else trials_needed(margin, confidence, space.total)  # type: ignore[arg-type]
         plan[name] = (min(n, space.total), n >= space.total) if single else (n, False)
 
-    suffix = SuffixForward(model, inputs, batch_size)
-    golden = suffix.golden()
+    evaluator = Evaluator(model, inputs, None, crit, sites=site_list, batch_size=batch_size, mode=mode)
     bar = tqdm(total=sum(n for n, _ in plan.values()), desc="PVF trials", disable=not progress, leave=False)
-    records: list[dict[str, object]] = []
+    frames: list[pd.DataFrame] = []
     estimates: dict[str, PVFEstimate] = {}
     try:
         for g_pos, (name, space) in enumerate(spaces.items()):
@@ -478,30 +425,26 @@ def pvf(
             rng = np.random.default_rng([seed, g_pos])
             order = rng.permutation(space.total)[:n] if single else None
             names = np.array([s.name for s in space.sites])
-            for i in range(n):
-                if single:
-                    flat = order[i : i + 1]  # type: ignore[index]
-                else:
-                    r = np.random.default_rng([seed, g_pos, i])
-                    k = r.binomial(space.total, ber) if ber is not None else min(faults_per_trial, space.total)
-                    flat = np.sort(r.choice(space.total, k, replace=False))
-                site, element, bit = space.locate(flat)
-                rec: dict[str, object] = {"group": name, "trial": i, "n_faults": len(flat), "site": names[site[0]] if len(flat) else "",
-                                          "element": int(element[0]) if len(flat) else -1, "bit": int(bit[0]) if len(flat) else -1}
-                if len(flat):
-                    fs = FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm)
-                    with inject(model, fs, sites=site_list) as applied:
-                        out = suffix.run_from(suffix.first_stage(applied.sites))
-                    wrong = crit.incorrect(out, golden)
-                    non_finite = ~torch.isfinite(out.reshape(len(out), -1)).all(1)
-                    rec.update(incorrect=int(wrong.sum()) / len(wrong), any=bool(wrong.any()), non_finite=int(non_finite.sum()) / len(wrong))
-                else:  # BER trial in which no bit flipped: nothing corrupted, output correct
-                    rec.update(incorrect=0.0, any=False, non_finite=0.0)
-                records.append(rec)
-                bar.update(1)
-            df = pd.DataFrame(records[-n:])
+            trials_flat = [order[i : i + 1] if single else _multi(space.total, seed, g_pos, i, ber, faults_per_trial)  # type: ignore[index]
+                           for i in range(n)]
+            rows = []
+            for chunk in range(0, n, _CHUNK):
+                sets = []
+                for flat in trials_flat[chunk : chunk + _CHUNK]:
+                    site, element, bit = space.locate(flat)
+                    sets.append(FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm))
+                    rows.append({"group": name, "trial": len(rows), "n_faults": len(flat), "site": names[site[0]] if len(flat) else "",
+                                 "element": int(element[0]) if len(flat) else -1, "bit": int(bit[0]) if len(flat) else -1})
+                counts = evaluator.evaluate_faults(sets)
+                wrong = counts["critical"] + counts["non_finite"]
+                for r, w, nf in zip(rows[chunk:], wrong, counts["non_finite"]):
+                    r.update(incorrect=int(w) / len(inputs), any=bool(w > 0), non_finite=int(nf) / len(inputs))
+                bar.update(len(sets))
+            df = pd.DataFrame(rows)
+            frames.append(df)
             d = float(df["incorrect"].sum()) if per_trial == "fraction" else float(df["any"].sum())
             estimates[name] = PVFEstimate.of(d, n, space.total, confidence, exhaustive)
     finally:
         bar.close()
-    return PVFResult(estimates, pd.DataFrame(records), crit, per_trial, repr(fm) if ber is None else f"{fm!r}, BER {ber:g}", len(inputs))
+    records = pd.concat(frames, ignore_index=True)
+    return PVFResult(estimates, records, crit, per_trial, repr(fm) if ber is None else f"{fm!r}, BER {ber:g}", len(inputs))

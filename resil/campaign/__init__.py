@@ -9,7 +9,8 @@ Example:
 
 from .executors import SerialExecutor, make_executor
 from .metrics import by_stratum, failure_estimate
-from .outcomes import OUTCOMES, Golden, classify
+from .criteria import OUTCOMES, AccuracyDrop, Criterion, Deviation, Top1, TopK, criterion_from_spec, criterion_names, register_criterion
+from .evaluator import Evaluator, Golden
 from .runner import CampaignRunner, resume, run
 from .samplers import Sampler, Scenarios
 from .space import FaultSpace
@@ -17,7 +18,8 @@ from .spec import CampaignSpec, DataSpec, FaultSpec, ModelSpec, OutcomeSpec, Run
 from .store import Store
 
 __all__ = [
-    "OUTCOMES", "CampaignRunner", "CampaignSpec", "DataSpec", "FaultSpace", "FaultSpec", "Golden", "ModelSpec", "OutcomeSpec",
-    "RunSpec", "Sampler", "by_stratum", "failure_estimate", "SamplerSpec", "Scenarios", "SerialExecutor", "SiteSpec", "Store", "classify", "load_spec",
-    "make_executor", "resume", "run", "spec_from_dict",
+    "OUTCOMES", "AccuracyDrop", "CampaignRunner", "CampaignSpec", "Criterion", "DataSpec", "Deviation", "Evaluator", "FaultSpace",
+    "FaultSpec", "Golden", "ModelSpec", "OutcomeSpec", "RunSpec", "Sampler", "SamplerSpec", "Scenarios", "SerialExecutor", "SiteSpec",
+    "Store", "Top1", "TopK", "by_stratum", "criterion_from_spec", "criterion_names", "failure_estimate", "load_spec", "make_executor",
+    "register_criterion", "resume", "run", "spec_from_dict",
 ]

@@ -1,4 +1,4 @@
-"""Running a campaign: the golden run, then every scenario of every shard (inject, forward, classify)."""
+"""Running a campaign: the golden run, then every scenario of every shard through the :class:`~resil.campaign.evaluator.Evaluator`."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 from typing import Any
 
+import warnings
+from collections import OrderedDict
+
 import numpy as np
 import torch
+from torch import nn
 
-from ..discovery import sites as list_sites
-from ..fault_models import StuckAt, Zero, fault_model_from_spec
-from ..injection import inject
-from ..loading import load_inputs, load_model
-from .grouped import GroupedForward, run_grouped
-from .outcomes import OUTCOMES, Golden, classify, classify_many
+from ..errors import FaultError
+from ..fault_models import fault_model_from_spec
+from .evaluator import Evaluator, Golden
+from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .space import FaultSpace, layer_of
-from .suffix import SuffixForward
+from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
 
@@ -28,29 +30,57 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 
 class CampaignRunner:
-    """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, golden run."""
+    """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, evaluator.
 
-    def __init__(self, spec: CampaignSpec) -> None:
-        (model_name,) = spec.model.names
+    ``model`` and ``data`` (live objects) replace the spec's ``[model]`` and ``[data]`` sources.
+    """
+
+    def __init__(self, spec: CampaignSpec, model: nn.Module | None = None, data: Any = None) -> None:
         self.spec = spec
-        self.model = load_model(model_name)
-        self.inputs, self.labels = load_inputs(model_name, spec.data.dataset, spec.data.inputs)
-        self.sites = list_sites(self.model, self.inputs[:2], pruned=spec.sites.pruned)
+        self.live = {"model": model is not None, "data": data is not None}
+        self.model = model if model is not None else load_model(
+            spec.model.names[0], checkpoint=spec.model.checkpoint or None, kwargs=spec.model.kwargs, base=_base(spec))
+        if not isinstance(self.model, nn.Module):
+            raise FaultError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        self.label = type(self.model).__name__ if model is not None else spec.model.names[0]
+        self.inputs, self.labels = select(*self._data(data), spec.data.inputs or None, spec.data.select, spec.seed)
+        check_forward(self.model, self.inputs)
+        if self.model.training:
+            warnings.warn(f"{self.label} is in training mode: it is evaluated so (dropout active, batch statistics in "
+                          "normalisation layers); call model.eval() first to evaluate it for inference", stacklevel=3)
+        self.fingerprint = {"model": fingerprint_model(self.model), "inputs": fingerprint_tensors(self.inputs, self.labels)}
+        self.evaluator = Evaluator(self.model, self.inputs, self.labels, spec.outcome.build(), pruned=spec.sites.pruned,
+                                   batch_size=spec.run.batch_size, mode=spec.run.mode)
+        self.sites = self.evaluator.sites
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
-        self.suffix = SuffixForward(self.model, self.inputs, spec.run.batch_size)
-        self.golden = Golden(self.suffix.golden() if spec.run.mode == "fast" else self.suffix.run_from(0), self.labels)
-        self.grouped = GroupedForward(self.suffix)
         self.sampler = self._sampler()
+
+    def _data(self, data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if data is not None:
+            return as_data(data)
+        if self.spec.data.source:
+            return load_data(self.spec.data.source, base=_base(self.spec))
+        import resil.models as rm
+
+        name = self.spec.data.dataset or self.spec.model.names[0]
+        if not self.spec.data.dataset and name not in rm.names():
+            raise FaultError(f"campaign {self.spec.name!r}: model {name!r} is not bundled, so it has no data of its own: "
+                             "set [data] source (a function, a .pt or .npz file) or pass data=... to resil.campaign.run")
+        return load_data(name)
 
     def _sampler(self) -> Sampler:
         s = self.spec
         if s.sampler.kind == "importance":
             from .sensitivity import sensitivity_scores
 
-            scores = sensitivity_scores(self.model, self.inputs, self.golden.top1, self.space)
+            scores = sensitivity_scores(self.model, self.inputs, self.evaluator.golden.top1, self.space)
             return ImportanceSampler(s.sampler, self.space, self.fault_model, s.seed, scores)
         return SAMPLERS[s.sampler.kind](s.sampler, self.space, self.fault_model, s.seed)
+
+    @property
+    def golden(self) -> Golden:
+        return self.evaluator.golden
 
     @property
     def scenarios(self) -> int:
@@ -61,12 +91,12 @@ class CampaignRunner:
         return -(-self.scenarios // self.spec.run.shard_size)
 
     def manifest(self) -> dict[str, Any]:
-        acc = float((self.golden.top1 == self.labels).float().mean())
-        (model_name,) = self.spec.model.names
         return {
-            "version": 1, "name": self.spec.name, "model": model_name, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
+            "version": 1, "name": self.spec.name, "model": self.label, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
+            "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
+            "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None,
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
-            "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": acc, "space": self.space.total,
+            "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
         }
 
@@ -75,45 +105,8 @@ class CampaignRunner:
         size = self.spec.run.shard_size
         ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
         sc = self.sampler.draw(ids)
-        counts = {k: np.zeros(len(ids), dtype=np.int64) for k in (*OUTCOMES, "correct")}
-        fast = self.spec.run.mode == "fast"
-        unchanged = sc.masked | (self.changes_nothing(sc) if fast else False)
-        counts["masked"][unchanged] = len(self.inputs)
-        counts["correct"][unchanged] = int((self.golden.top1 == self.labels).sum())
-        todo = np.flatnonzero(~unchanged)
-        if fast:
-            todo = run_grouped(self.grouped, sc, todo, self.sites, self._classify_many, counts)
-        for i in todo:
-            faults = sc.of(int(i))
-            with inject(self.model, faults, sites=self.sites) as applied:
-                out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if fast else 0)
-                row = classify(out, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
-            for k, v in row.items():
-                counts[k][i] = v
+        counts = self.evaluator.evaluate(sc)
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
-
-    def _classify_many(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
-        return classify_many(outputs, self.golden, self.spec.outcome.criterion, self.spec.outcome.threshold)
-
-    def changes_nothing(self, sc: Scenarios) -> np.ndarray:
-        """Scenarios whose faults provably leave every stored code as it is (a stuck-at equal to
-        the stored bits, zeroing a stored zero): masked without a forward pass."""
-        fs = sc.faults
-        same = np.zeros(len(fs), dtype=bool)
-        for m, model in enumerate(fs.models):
-            if not isinstance(model, (StuckAt, Zero)):
-                continue
-            for s_code, name in enumerate(fs.site_names):
-                site = self.sites[name]
-                rows = np.flatnonzero((fs.model == m) & (fs.site == s_code))
-                if site.batched or not len(rows):
-                    continue
-                codes = self.grouped.stored_codes(site)[torch.from_numpy(fs.index[rows])]
-                encoding = site.encoding.at(torch.from_numpy(fs.index[rows]), site.shape or ())
-                same[rows] = (model.apply(codes, torch.from_numpy(fs.mask[rows]), encoding) == codes).numpy()
-        per_scenario = np.ones(len(sc.ids), dtype=bool)
-        np.logical_and.at(per_scenario, sc.owner, same)
-        return per_scenario & (np.bincount(sc.owner, minlength=len(sc.ids)) > 0)
 
 
 def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
@@ -145,48 +138,85 @@ def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
     }
 
 
-_RUNNERS: dict[str, CampaignRunner] = {}
+def _base(spec: CampaignSpec) -> Path | None:
+    return Path(spec.base) if spec.base else None
 
 
-def runner_for(spec: CampaignSpec) -> CampaignRunner:
-    """The process's runner for ``spec`` (built once)."""
-    key = spec.hash()
+#: runners built in this process, most recent last; bounded so long sessions do not keep models alive
+_RUNNERS: OrderedDict[tuple[str, str], CampaignRunner] = OrderedDict()
+_KEEP = 2
+
+
+def runner_for(spec: CampaignSpec, model: nn.Module | None = None, data: Any = None, live: str = "") -> CampaignRunner:
+    """The process's runner for ``spec`` (and the live objects, identified by ``live``), built once."""
+    key = (spec.hash(), live)
     if key not in _RUNNERS:
-        _RUNNERS[key] = CampaignRunner(spec)
+        _remember(key, CampaignRunner(spec, model, data))
+    _RUNNERS.move_to_end(key)
     return _RUNNERS[key]
 
 
-def run_shard(spec: dict[str, Any], shard: int, threads: int = 1) -> dict[str, Any]:
-    """Run one shard of the campaign ``spec`` (a plain dict, so it pickles to any worker)."""
+def _remember(key: tuple[str, str], runner: CampaignRunner) -> None:
+    while len(_RUNNERS) >= _KEEP:
+        _RUNNERS.popitem(last=False)
+    _RUNNERS[key] = runner
+
+
+def run_shard(spec: dict[str, Any], shard: int, threads: int = 1, live: str = "") -> dict[str, Any]:
+    """Run one shard of the campaign ``spec`` (a plain dict, so it pickles to any worker);
+    ``live`` names the run directory's saved live model and data, if any."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return runner_for(spec_from_dict(spec)).run_shard(shard)
+        s = spec_from_dict(spec)
+        if (s.hash(), live) in _RUNNERS or not live:
+            return runner_for(s, live=live).run_shard(shard)
+        model, data = load_live(Path(live))
+        return runner_for(s, model, data, live).run_shard(shard)
     finally:
         torch.set_num_threads(before)
 
 
 def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
-        progress: Callable[[int, int], None] | None = None) -> Store:
+        progress: Callable[[int, int], None] | None = None, *, model: nn.Module | None = None, data: Any = None) -> Store:
     """Run (or continue) the campaign ``spec`` into the directory ``out``.
 
+    ``model`` (an ``nn.Module``) and ``data`` (``(inputs, labels)`` tensors or arrays, inputs
+    alone, a ``torch.utils.data.Dataset`` or a ``DataLoader``) replace the spec's ``[model]`` and
+    ``[data]`` sources; the model is evaluated in the mode it is in. The run directory records a
+    fingerprint of the model's parameters and buffers and of the inputs: continuing it with another
+    model or other data is refused before anything is written.
+
     Shards are dispatched through ``executor`` (any ``concurrent.futures.Executor``; default:
-    in this process) and written as they complete; shards already stored are skipped.
-    ``progress(n, remaining)`` is called once with ``n = 0`` and the number of scenarios to run,
-    then with the number of scenarios of each finished shard.
+    in this process) and written as they complete; shards already stored are skipped. With live
+    objects and an executor other than the serial one, the model (pickled: its class must be
+    importable where the workers run) and the data are saved once into ``out/live/`` and each
+    worker loads them once. ``progress(n, remaining)`` is called once with ``n = 0`` and the number
+    of scenarios to run, then with the number of scenarios of each finished shard.
 
     Example:
-        >>> import tempfile, resil.campaign as rc
-        >>> spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=4), data=rc.DataSpec(inputs=8))
-        >>> store = rc.run(spec, tempfile.mkdtemp())
-        >>> store.table().num_rows
+        >>> import tempfile, torch, resil.campaign as rc
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+        >>> x, y = torch.rand(8, 2, 2), torch.randint(0, 3, (8,))
+        >>> spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=4))
+        >>> rc.run(spec, tempfile.mkdtemp(), model=net, data=(x, y)).table().num_rows
         4
     """
     from .executors import SerialExecutor, in_flight
 
-    runner = runner_for(spec)
+    if model is not None and not isinstance(model, nn.Module):
+        raise FaultError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     store = Store(out)
+    live_objects = model is not None or data is not None
+    runner = CampaignRunner(spec, model, data) if live_objects else runner_for(spec)
+    live = ""
     store.create(runner.manifest())
+    if live_objects:
+        live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
+        _remember((spec.hash(), live), runner)
+    serial = executor is None or isinstance(executor, SerialExecutor)
+    if live_objects and not serial:
+        live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
     todo = [s for s in range(runner.shards) if s not in store.done()]
     size = spec.run.shard_size
     if progress:
@@ -198,7 +228,7 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
         def submit_next() -> None:
             shard = next(waiting, None)
             if shard is not None:
-                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard)] = shard
+                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, 1, live)] = shard
 
         for _ in range(in_flight(ex)):
             submit_next()
@@ -213,7 +243,15 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     return store
 
 
-def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int, int], None] | None = None) -> Store:
-    """Continue the campaign stored in ``out``: run only its missing shards."""
-    spec = spec_from_dict(Store(out).manifest()["spec"], f"{out}/manifest.json")
-    return run(spec, out, executor, progress)
+def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int, int], None] | None = None, *,
+           model: nn.Module | None = None, data: Any = None) -> Store:
+    """Continue the campaign stored in ``out``: run only its missing shards (with the same live
+    ``model`` / ``data`` it was started with, if any: others are refused)."""
+    manifest = Store(out).manifest()
+    live = manifest.get("live") or {}
+    missing = [k for k, given in (("model", model), ("data", data)) if live.get(k) and given is None]
+    if missing:
+        raise FaultError(f"{out} was run on a live {' and '.join(missing)} passed from Python; resume it with "
+                         f"resil.campaign.resume({str(out)!r}, {', '.join(f'{k}=...' for k in missing)})")
+    spec = spec_from_dict(manifest["spec"], f"{out}/manifest.json")
+    return run(spec, out, executor, progress, model=model, data=data)

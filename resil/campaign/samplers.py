@@ -122,8 +122,9 @@ def layers(space: FaultSpace) -> np.ndarray:
 
 class StatisticalSampler(Sampler):
     """Statistical fault injection: per stratum (the whole network, each layer, or each layer x
-    bit position), the Leveugle sample size for ``margin``/``confidence``/``p``, drawn without
-    replacement (a seeded permutation of the stratum's locations).
+    bit position), the Leveugle sample size for ``margin``/``confidence``/``p`` (or a fixed
+    ``trials``, capped at the stratum's locations), drawn without replacement (a seeded
+    permutation of the stratum's locations).
 
     With ``data_aware`` and a stuck-at model, locations whose stored bit already equals the
     stuck value are masked by construction: they are left out of the locations to sample and
@@ -157,7 +158,8 @@ class StatisticalSampler(Sampler):
         self.names = list(active)
         self.populations = population
         self.active = [np.concatenate(active[n]) for n in self.names]
-        self.samples = np.array([leveugle_sample_size(len(a), spec.margin, spec.confidence, spec.p) if len(a) else 0 for a in self.active])
+        self.samples = np.array([min(spec.trials, len(a)) if spec.trials else leveugle_sample_size(len(a), spec.margin, spec.confidence, spec.p)
+                                 if len(a) else 0 for a in self.active])
         self.starts = np.r_[0, np.cumsum(self.samples)]
         self._perms: dict[int, np.ndarray] = {}
 

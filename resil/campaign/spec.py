@@ -7,10 +7,14 @@ Example campaign file::
     seed = 0
 
     [model]
-    names = ["dense-cnn"]        # bundled reference models or "package.module:factory"
+    names = ["dense-cnn"]        # bundled models, "package.module:factory" or "file.py:factory"
+    # checkpoint = "net.pt"      # a state dict loaded (weights_only) into the factory's model
+    # kwargs = { width = 16 }    # arguments of the factory
 
     [data]
-    inputs = 256                 # the first N test inputs of the model's dataset
+    inputs = 256                 # how many inputs (0: all)
+    # source = "mnist.npz"       # "package.module:function", "file.py:function", a .pt or .npz file
+    # select = "random"          # "first" N (default) or a seeded random subset
 
     [sites]
     include = ["*"]              # glob patterns on site names
@@ -27,7 +31,7 @@ Example campaign file::
     faults_per_scenario = 1
 
     [outcome]
-    criterion = "top1"           # or "relative" (with threshold) for non-classification outputs
+    criterion = "top1"           # a registered criterion: top1, 'topk:{"k": 5}', 'deviation:{"threshold": 0.05}', ...
 
     [run]
     shard_size = 100
@@ -45,6 +49,7 @@ from typing import Any
 
 from ..errors import FaultError
 from ..fault_models import fault_model_from_spec
+from .criteria import Criterion, Deviation, criterion_from_spec
 
 SPEC_VERSION = 1
 SAMPLERS = ("exhaustive", "uniform", "ber", "sfi", "importance")
@@ -53,17 +58,28 @@ KINDS = ("weight", "bias", "parameter", "buffer", "activation", "state", "spike"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which models: bundled reference names or ``package.module:factory`` (one campaign each)."""
+    """Which models (one campaign each): bundled reference names, ``package.module:factory`` or
+    ``path/to/file.py:factory`` (resolved from the current folder and the campaign file's), the
+    factory called with ``kwargs``, then ``checkpoint`` (a state dict file) loaded into it.
+    A live model passed to :func:`resil.campaign.run` replaces this section."""
 
     names: tuple[str, ...] = ("dense-cnn",)
+    checkpoint: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which inputs: the first ``inputs`` test inputs of ``dataset`` (default: the model's)."""
+    """Which inputs: ``inputs`` of them (0: all), the first ones or a seeded random subset
+    (``select = "random"``, seeded by the campaign seed), from ``source`` (a function or a
+    ``.pt`` / ``.npz`` file, see :func:`resil.campaign.sources.load_data`) or else the test split
+    of the bundled ``dataset`` (default: the bundled model's). Live data passed to
+    :func:`resil.campaign.run` replaces ``source`` and ``dataset``."""
 
     dataset: str = ""
-    inputs: int = 256
+    source: str = ""
+    inputs: int = 0
+    select: str = "first"
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,9 @@ class SamplerSpec:
             ``faults_per_scenario`` faults), ``ber`` (every bit faulty with probability p, for each
             p in ``rates``, ``scenarios`` scenarios per rate), ``sfi`` (Leveugle sample size for
             ``margin``/``confidence``/``p`` per stratum of ``granularity``: network, layer,
-            layer_bit; ``data_aware`` skips stuck-at faults equal to the stored bit), or
+            layer_bit; ``trials > 0`` draws that many per stratum instead, every location when a
+            stratum has fewer: a PVF study per layer; ``data_aware`` skips stuck-at faults equal
+            to the stored bit), or
             ``importance`` (sensitivity-driven with a ``uniform_share`` defensive mixture).
     """
 
@@ -104,17 +122,26 @@ class SamplerSpec:
     confidence: float = 0.99
     p: float = 0.5
     granularity: str = "network"
+    trials: int = 0
     data_aware: bool = False
     uniform_share: float = 0.1
 
 
 @dataclass(frozen=True)
 class OutcomeSpec:
-    """How a faulty output is judged: ``top1`` (critical if top-1 differs from the golden top-1)
-    or ``relative`` (critical if max |y - golden| / max |golden| exceeds ``threshold``)."""
+    """How a faulty output is judged: a registered criterion's spec (:mod:`resil.campaign.criteria`:
+    ``top1``, ``'topk:{"k": 5}'``, ``'deviation:{"threshold": 0.05, "relative": true}'``,
+    ``'accuracy_drop:{"theta": 0.1}'`` or your own); ``relative`` with ``threshold`` is short for
+    a relative deviation."""
 
     criterion: str = "top1"
     threshold: float = 0.0
+
+    def build(self) -> Criterion:
+        """The criterion this section names."""
+        if self.criterion == "relative":
+            return Deviation(self.threshold, relative=True)
+        return criterion_from_spec(self.criterion)
 
 
 @dataclass(frozen=True)
@@ -144,6 +171,8 @@ class CampaignSpec:
     outcome: OutcomeSpec = field(default_factory=OutcomeSpec)
     run: RunSpec = field(default_factory=RunSpec)
     version: int = SPEC_VERSION
+    #: the folder sources resolve from besides the current one (the campaign file's); not hashed
+    base: str = ""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -159,8 +188,9 @@ class CampaignSpec:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """A short hash of everything that determines the results."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of everything that determines the results (not :attr:`base`)."""
+        d = {k: v for k, v in self.to_dict().items() if k != "base"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": FaultSpec, "sampler": SamplerSpec, "outcome": OutcomeSpec, "run": RunSpec}
@@ -207,6 +237,7 @@ def load_spec(path: str | Path) -> CampaignSpec:
         raise FaultError(f"campaign file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise FaultError(f"{path}: not valid TOML: {e}") from None
+    data.setdefault("base", str(path.resolve().parent))
     return spec_from_dict(data, str(path))
 
 
@@ -216,10 +247,22 @@ def _validate(s: CampaignSpec) -> None:
 
     if s.version != SPEC_VERSION:
         raise bad(f"version must be {SPEC_VERSION}")
-    if not s.model.names or not all(isinstance(n, str) and n for n in s.model.names):
-        raise bad("[model] names must list at least one model")
-    if s.data.inputs < 1:
-        raise bad(f"[data] inputs must be >= 1, not {s.data.inputs}")
+    if isinstance(s.model.names, str) or not isinstance(s.model.names, tuple) or not s.model.names:
+        raise bad(f"[model] names must be a list of at least one model name, got {s.model.names!r}")
+    for n in s.model.names:
+        if not isinstance(n, str) or not n:
+            raise bad(f"[model] names must be model names or 'package.module:factory' strings, got a {type(n).__name__} ({n!r:.60}); "
+                      "pass a live model as resil.campaign.run(spec, out, model=...)")
+    if not isinstance(s.model.checkpoint, str) or not isinstance(s.model.kwargs, dict):
+        raise bad("[model] checkpoint must be a file path and kwargs a table of factory arguments")
+    for key in ("dataset", "source"):
+        v = getattr(s.data, key)
+        if not isinstance(v, str):
+            raise bad(f"[data] {key} must be a string, got a {type(v).__name__}; pass live data as resil.campaign.run(spec, out, data=...)")
+    if isinstance(s.data.inputs, bool) or not isinstance(s.data.inputs, int) or s.data.inputs < 0:
+        raise bad(f"[data] inputs must be an integer >= 0 (0: all), not {s.data.inputs!r}")
+    if s.data.select not in ("first", "random"):
+        raise bad(f"[data] select must be 'first' or 'random', not {s.data.select!r}")
     if not s.sites.kinds or set(s.sites.kinds) - set(KINDS):
         raise bad(f"[sites] kinds must be among {KINDS}, not {list(s.sites.kinds)}")
     if s.sites.pruned not in ("live", "dense"):
@@ -238,12 +281,16 @@ def _validate(s: CampaignSpec) -> None:
         raise bad("[sampler] kind 'importance' draws single faults: faults_per_scenario must be 1")
     if sm.data_aware and not s.faults.model.startswith("stuck_at"):
         raise bad("[sampler] data_aware applies to stuck-at fault models only")
+    if isinstance(sm.trials, bool) or not isinstance(sm.trials, int) or sm.trials < 0:
+        raise bad(f"[sampler] trials must be an integer >= 0 (0: the Leveugle sample size), not {sm.trials!r}")
     if sm.kind == "sfi" and sm.granularity not in ("network", "layer", "layer_bit"):
         raise bad(f"[sampler] granularity must be network, layer or layer_bit, not {sm.granularity!r}")
     if not (0 < sm.margin < 1 and 0 < sm.confidence < 1 and 0 < sm.p < 1 and 0 < sm.uniform_share <= 1):
         raise bad("[sampler] margin, confidence and p must be in (0, 1), uniform_share in (0, 1]")
-    if s.outcome.criterion not in ("top1", "relative"):
-        raise bad(f"[outcome] criterion must be 'top1' or 'relative', not {s.outcome.criterion!r}")
+    try:
+        s.outcome.build()
+    except FaultError as e:
+        raise bad(f"[outcome] {e}") from None
     if s.run.mode not in ("fast", "plain"):
         raise bad(f"[run] mode must be 'fast' or 'plain', not {s.run.mode!r}")
     if s.run.shard_size < 1 or s.run.batch_size < 1:

@@ -168,7 +168,8 @@ def cmd_fat(args: argparse.Namespace) -> int:
     import torch
 
     import resil.models as rm
-    from resil.analysis.precision import BIT_WEIGHTINGS, Criterion
+    from resil.analysis.precision import BIT_WEIGHTINGS
+    from resil.campaign.criteria import AccuracyDrop
 
     from .fat import fault_aware_training
     from .store import RunStore
@@ -192,7 +193,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
     bad = [e for e in search_epochs if not 0 <= e < args.epochs]
     if bad or not search_epochs:
         raise FaultError(f"--search-epochs must lie in 0..{args.epochs - 1}, got {args.search_epochs!r}")
-    criterion = Criterion("accuracy_drop", args.theta)
+    criterion = AccuracyDrop(args.theta)
     spec = {"model": args.model, "epochs": args.epochs, "search_epochs": list(search_epochs), "k": args.k, "stagger": args.stagger,
             "sampler": args.sampler, "kind": args.kind, "theta": args.theta, "bit_weighting": args.bit_weighting, "tau": args.tau,
             "max_trials": args.max_trials, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,

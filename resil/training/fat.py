@@ -61,9 +61,9 @@ from ..hooks import forward_hooks
 from ..faults import FaultSet
 from ..injection import Faults, as_fault_set, inject
 from ..site import SiteList
+from ..campaign.criteria import AccuracyDrop, Criterion, count_correct
 from ..analysis.precision import (
     BIT_WEIGHTINGS,
-    Criterion,
     FaultEvaluator,
     Search,
     isimdl_proposal,
@@ -111,7 +111,7 @@ def accuracy_under(model: nn.Module, faults: Faults | None, x: torch.Tensor, y: 
                 else:
                     with inject(model, faults, sites=sites):
                         out = model(x[i : i + batch_size])
-            hits += int(((out.argmax(1) == y[i : i + batch_size]) & torch.isfinite(out).all(1)).sum())
+            hits += count_correct(out, y[i : i + batch_size])
     finally:
         model.train(was_training)
     return hits / len(x)
@@ -401,7 +401,7 @@ def search_critical(
     sampler: str = "importance",
     kind: str = "weight",
     k: int = 3,
-    criterion: Criterion = Criterion(),
+    criterion: Criterion | str = AccuracyDrop(),
     bit_weighting: str = "gradient",
     tau: float = 0.0,
     seed: int = 0,
@@ -524,7 +524,7 @@ def fault_aware_training(
     stagger: int = 0,
     sampler: str = "importance",
     kind: str = "weight",
-    criterion: Criterion = Criterion(),
+    criterion: Criterion | str = AccuracyDrop(),
     bit_weighting: str = "gradient",
     tau: float = 0.0,
     max_trials: int = 5000,

@@ -66,6 +66,7 @@ from torch.nn import functional as F
 
 from ..discovery import sites as list_sites
 from ..encodings import IntEncoding
+from ..campaign.criteria import count_correct
 from ..errors import FaultError
 from ..ftnas import AdSAF, FaultProcess, FeatureFaults, _values, add_bit_bias, bias_values, fixed_point_scale, processes, stuck_cells
 from ..site import Site, SiteList
@@ -286,7 +287,8 @@ class FTT:
 
         One draw is one pass over ``x`` (in batches of ``batch_size``, default all at once): the
         weight faults of a draw are redrawn per batch, so keep ``batch_size`` None for
-        one chip per draw. Runs in eval mode without gradients.
+        one chip per draw. Runs in eval mode without gradients; an output with a NaN or an
+        infinity is never correct.
         """
         from tqdm.auto import tqdm
 
@@ -301,7 +303,7 @@ class FTT:
             with torch.no_grad():
                 for _ in tqdm(range(draws), desc="fault draws", disable=not progress, leave=False):
                     with self.faulty():
-                        hits = sum(int((self.model(x[i:i + step]).argmax(1) == y[i:i + step]).sum()) for i in range(0, len(x), step))
+                        hits = sum(count_correct(self.model(x[i:i + step]), y[i:i + step]) for i in range(0, len(x), step))
                     accs.append(hits / len(x))
         finally:
             self.model.train(was_training)

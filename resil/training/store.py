@@ -3,10 +3,12 @@
 A run directory holds ``manifest.json`` (what ran: the command, its spec and the spec's hash,
 the status and, once complete, a summary of the results), one Parquet file per result table
 (``<table>.parquet``), the trained model (``model.pt``) and a report (``report.png``). Every
-file is written under a temporary name and renamed (:func:`resil.campaign.store.atomic_write`,
-the campaign store's own), so a killed run leaves complete files or none. A directory holding a
-run of another spec is refused before anything is written, as campaign directories are; the
-same spec may be run again into it (the results are deterministic).
+file is written under a temporary name and renamed (:func:`resil.rundir.atomic_write`), so a
+killed run leaves complete files or none. The manifest and its checks are
+:class:`resil.rundir.RunDirectory`'s, as a campaign's are: a directory holding a run of another
+spec (or of the same spec on another model or other inputs, when the caller passes their
+fingerprint) is refused before anything is written; the same run may be run again into it (the
+results are deterministic).
 
 Example:
     >>> import tempfile
@@ -35,12 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..campaign.store import MANIFEST, atomic_write
 from ..errors import FaultError
+from ..rundir import RunDirectory, atomic_write, write_table
 
 __all__ = ["RunStore", "spec_hash"]
-
-VERSION = 1
 
 
 def spec_hash(command: str, spec: dict[str, Any]) -> str:
@@ -58,43 +58,30 @@ class RunStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._dir = RunDirectory(self.root, "harden")
 
-    def check(self, command: str, spec: dict[str, Any]) -> None:
-        """Raise if the directory holds a run of another spec (nothing is touched).
+    def check(self, command: str, spec: dict[str, Any], fingerprint: dict[str, str] | None = None) -> None:
+        """Raise if the directory holds another run (nothing is touched).
+
+        ``fingerprint`` (optional): ``{"model": hash, "inputs": hash}`` of what the run runs on.
 
         Raises:
             FaultError: naming the run found there.
         """
-        path = self.root / MANIFEST
-        if self.root.exists() and not self.root.is_dir():
-            raise FaultError(f"{self.root} exists and is not a directory")
-        if path.exists():
-            old = self.manifest()
-            if old.get("spec_hash") != spec_hash(command, spec):
-                what = old.get("command") or old.get("name") or "campaign"
-                raise FaultError(f"{self.root} holds another run ({what}, spec {old.get('spec_hash')}); "
-                                 "choose another --out directory or delete it")
+        self._dir.check(_manifest(command, spec, fingerprint))
 
-    def create(self, command: str, spec: dict[str, Any]) -> None:
+    def create(self, command: str, spec: dict[str, Any], fingerprint: dict[str, str] | None = None) -> None:
         """Start a run here (after :meth:`check`): write the manifest with status ``running``."""
-        self.check(command, spec)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write_manifest({"version": VERSION, "kind": "harden", "command": command, "spec": spec,
-                              "spec_hash": spec_hash(command, spec), "status": "running"})
+        self._dir.create(_manifest(command, spec, fingerprint), replace=True)
 
     def manifest(self) -> dict[str, Any]:
         """The run's manifest."""
-        try:
-            return json.loads((self.root / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise FaultError(f"{self.root} is not a run directory (no {MANIFEST})") from None
+        return self._dir.manifest()
 
     def write_table(self, name: str, columns: dict[str, Any]) -> Path:
         """Write one result table as ``<name>.parquet``, atomically."""
-        buf = io.BytesIO()
-        pq.write_table(pa.table(columns), buf)
         path = self.root / f"{name}.parquet"
-        atomic_write(path, buf.getvalue())
+        write_table(path, columns)
         return path
 
     def table(self, name: str) -> pa.Table:
@@ -108,9 +95,7 @@ class RunStore:
         """Save a checkpoint (e.g. a state dict) atomically."""
         buf = io.BytesIO()
         torch.save(state, buf)
-        path = self.root / name
-        atomic_write(path, buf.getvalue())
-        return path
+        return self.write_bytes(name, buf.getvalue())
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write any file (a PNG, a JSON document) atomically."""
@@ -122,7 +107,9 @@ class RunStore:
         """Mark the run complete, with a summary of its results in the manifest."""
         m = self.manifest()
         m.update(status="complete", results=results)
-        self._write_manifest(m)
+        self._dir.write_manifest(m)
 
-    def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+
+def _manifest(command: str, spec: dict[str, Any], fingerprint: dict[str, str] | None) -> dict[str, Any]:
+    m = {"command": command, "spec": spec, "spec_hash": spec_hash(command, spec), "status": "running"}
+    return {**m, "fingerprint": fingerprint} if fingerprint else m

@@ -1,0 +1,177 @@
+"""The evaluation core: one golden run over fixed inputs, then fault scenarios judged against it.
+
+Every study runs its faulty forwards through an :class:`Evaluator`: the campaign runner, PVF,
+the importance-sampling precision study and fault-aware training's critical-fault search. It
+holds the model, the inputs (and optional labels), the sites and a criterion, and evaluates a
+batch of scenarios in ``fast`` mode (the default; bit-identical to ``plain``):
+
+- scenarios whose faults provably change no stored code (a stuck-at equal to the stored bit,
+  zeroing a stored zero, no fault at all) are masked without a forward pass;
+- scenarios whose faults sit in one stage are evaluated many per forward pass
+  (:mod:`resil.campaign.grouped`);
+- the others run under :func:`resil.inject` from their first faulted stage on
+  (:mod:`resil.campaign.suffix`).
+
+``plain`` mode runs one full forward per scenario (the reference).
+
+Example:
+    >>> import torch, resil
+    >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    >>> x = torch.rand(6, 4); ev = Evaluator(net, x, net(x).argmax(1))
+    >>> counts = ev.evaluate_faults([resil.FaultSet("0.weight", [0], [30]), resil.FaultSet("0.weight", [0], [0])])
+    >>> counts["masked"].tolist()[1] + counts["tolerable"].tolist()[1], ev.golden.accuracy
+    (6, 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..discovery import sites as list_sites
+from ..errors import FaultError
+from ..fault_models import StuckAt, Zero
+from ..faults import FaultSet
+from ..injection import inject
+from ..site import SiteList
+from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
+from .grouped import GroupedForward, run_grouped
+from .samplers import Scenarios
+from .suffix import SuffixForward
+
+__all__ = ["MODES", "Evaluator", "Golden", "scenarios_of"]
+
+MODES = ("fast", "plain")
+
+
+@dataclass(frozen=True)
+class Golden:
+    """The golden run: outputs over the inputs, the labels (None if unlabelled) and how many
+    inputs it gets right (-1 without labels)."""
+
+    output: torch.Tensor
+    labels: torch.Tensor | None
+    correct: int
+
+    @property
+    def top1(self) -> torch.Tensor:
+        return self.output.reshape(len(self.output), -1).argmax(1)
+
+    @property
+    def accuracy(self) -> float | None:
+        """Share of inputs judged correct, None without labels."""
+        return None if self.correct < 0 else self.correct / len(self.output)
+
+
+class Evaluator:
+    """Golden run, fast path, injection and classification for one model over fixed inputs.
+
+    Args:
+        model: the network, evaluated in the mode it is in (``model.training`` is kept).
+        inputs: the evaluation inputs ``[N, ...]``.
+        labels: optional labels ``[N]`` (or regression targets); without them ``correct`` is -1.
+        criterion: a :class:`~resil.campaign.criteria.Criterion` or its spec string.
+        sites: the model's sites (default: listed with the first inputs as example).
+        pruned: pruned-weight policy when listing sites (``live`` or ``dense``).
+        batch_size: inputs per forward pass.
+        mode: ``fast`` or ``plain`` (see the module docstring).
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None,
+                 criterion: Criterion | str = "top1", *, sites: SiteList | None = None, pruned: str = "live",
+                 batch_size: int = 512, mode: str = "fast") -> None:
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or len(inputs) < 1:
+            raise FaultError("inputs must be a tensor [N, ...] with N >= 1")
+        if labels is not None and len(labels) != len(inputs):
+            raise FaultError(f"labels has {len(labels)} entries for {len(inputs)} inputs")
+        if mode not in MODES:
+            raise FaultError(f"mode must be one of {MODES}, not {mode!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FaultError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model, self.inputs, self.labels, self.mode = model, inputs, labels, mode
+        self.criterion = criterion_from_spec(criterion)
+        self.sites = sites if sites is not None else list_sites(model, inputs[:2], pruned=pruned)
+        self.suffix = SuffixForward(model, inputs, batch_size)
+        output = self.suffix.golden() if mode == "fast" else self.suffix.run_from(0)
+        correct = -1 if labels is None else int(judge(self.criterion, output.unsqueeze(0), output, labels)["correct"][0])
+        self.golden = Golden(output, labels, correct)
+        self.grouped = GroupedForward(self.suffix)
+        #: scenarios evaluated by a forward pass (alone or in a group), not decided without one
+        self.runs = 0
+
+    @property
+    def fast(self) -> bool:
+        return self.mode == "fast"
+
+    def judge(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        """Outcome counts of faulty runs ``outputs`` (``[R, N, ...]``) against the golden run."""
+        return judge(self.criterion, outputs, self.golden.output, self.labels)
+
+    def critical(self, counts: dict[str, np.ndarray]) -> np.ndarray:
+        """Per scenario, whether its counts make it critical under the criterion."""
+        return self.criterion.is_critical(counts, len(self.inputs), self.golden.correct)
+
+    def evaluate(self, sc: Scenarios) -> dict[str, np.ndarray]:
+        """Outcome counts (``masked``, ``tolerable``, ``critical``, ``non_finite``, ``correct``) per scenario."""
+        n = len(sc.ids)
+        counts = {k: np.zeros(n, dtype=np.int64) for k in (*OUTCOMES, "correct")}
+        unchanged = sc.masked | (self.changes_nothing(sc) if self.fast else False)
+        counts["masked"][unchanged] = len(self.inputs)
+        counts["correct"][unchanged] = self.golden.correct
+        todo = np.flatnonzero(~unchanged)
+        self.runs += len(todo)
+        if self.fast:
+            todo = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
+        for i in todo:
+            with inject(self.model, sc.of(int(i)), sites=self.sites) as applied:
+                out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.fast else 0)
+            for k, v in self.judge(out.unsqueeze(0)).items():
+                counts[k][i] = v[0]
+        return counts
+
+    def evaluate_faults(self, faults: Sequence[FaultSet]) -> dict[str, np.ndarray]:
+        """Outcome counts of scenarios given as fault sets (one per scenario)."""
+        return self.evaluate(scenarios_of(faults))
+
+    def changes_nothing(self, sc: Scenarios) -> np.ndarray:
+        """Scenarios whose faults provably leave every stored code as it is (a stuck-at equal to
+        the stored bits, zeroing a stored zero, no fault at all): masked without a forward pass."""
+        fs = sc.faults
+        same = np.zeros(len(fs), dtype=bool)
+        for m, model in enumerate(fs.models):
+            if not isinstance(model, (StuckAt, Zero)):
+                continue
+            for s_code, name in enumerate(fs.site_names):
+                site = self.sites[name]
+                rows = np.flatnonzero((fs.model == m) & (fs.site == s_code))
+                if site.batched or not len(rows):
+                    continue
+                index = torch.from_numpy(fs.index[rows])
+                codes = self.grouped.stored_codes(site)[index]
+                encoding = site.encoding.at(index, site.shape or ())
+                same[rows] = (model.apply(codes, torch.from_numpy(fs.mask[rows]), encoding) == codes).numpy()
+        per_scenario = np.ones(len(sc.ids), dtype=bool)
+        np.logical_and.at(per_scenario, sc.owner, same)
+        return per_scenario
+
+
+def scenarios_of(faults: Sequence[FaultSet], ids: np.ndarray | None = None) -> Scenarios:
+    """Scenarios from one fault set per scenario (an empty set: a scenario without faults).
+
+    Example:
+        >>> import resil
+        >>> sc = scenarios_of([resil.FaultSet("w", [0, 1], [3, 4]), resil.FaultSet(site=[], index=[], bit=[])])
+        >>> sc.owner.tolist(), len(sc.of(1))
+        ([0, 0], 0)
+    """
+    n = len(faults)
+    nonempty = [f for f in faults if len(f)]
+    joined = FaultSet.concat(nonempty) if nonempty else FaultSet(site=[], index=[], bit=[])
+    return Scenarios(
+        ids=np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64), faults=joined,
+        owner=np.repeat(np.arange(n), [len(f) for f in faults]), weight=np.ones(n),
+        stratum=np.full(n, "", dtype=object), rate=np.full(n, np.nan), masked=np.zeros(n, dtype=bool))
