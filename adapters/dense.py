@@ -1,4 +1,28 @@
-"""The dense adapter: parameters, floating-point buffers and leaf-module outputs of any module."""
+"""The dense adapter: parameters, floating-point buffers and module outputs of any module.
+
+Output sites: ``<module>:out`` for every leaf module and for every module of a type in
+:data:`OUTPUT_MODULES` (non-leaf modules whose output is not their last child's, such as
+``nn.MultiheadAttention``; containers and user model classes have none, their output is already
+a child's). When the example pass of ``resil.sites(model, x)`` shows a structured output (tuple,
+list, dict, nested), each floating tensor in it is a site of its own, named by its path:
+``lstm:out[0]`` (the output sequence), ``lstm:out[1][0]`` (h_n), ``lstm:out[1][1]`` (c_n),
+``attn:out[1]`` (attention weights), ``m:out[logits]`` (a dict entry). Its shape is per sample,
+without the tensor's own batch dimension (found by :class:`resil.discovery.ExampleOutputs`); a
+tensor without one is a whole-tensor site (``batch=`` faults are refused). Without an example, or
+for a plain tensor output, the site is ``<module>:out``.
+
+Example:
+    >>> import torch, resil
+    >>> attn = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+    >>> q = torch.zeros(3, 5, 4)
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.attn = attn
+    ...     def forward(self, x):
+    ...         return self.attn(x, x, x)[0]
+    >>> [(s.name, s.shape) for s in resil.sites(Net(), q) if s.batched]
+    [('attn:out[0]', (5, 4)), ('attn:out[1]', (5, 5))]
+"""
 
 from __future__ import annotations
 
@@ -13,6 +37,21 @@ from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
 
 from .pruning import corrupt_pruned, live_elements, pruned_tensors
 
+#: non-leaf module types whose output is a site (their forward computes it; it is not a child's output)
+OUTPUT_MODULES: set[type[nn.Module]] = {nn.MultiheadAttention}
+
+
+def register_output_module(*types: type[nn.Module]) -> None:
+    """Declare non-leaf module types whose output is a site of its own (leaf modules' always are).
+
+    Example:
+        >>> from torch import nn
+        >>> register_output_module(nn.TransformerEncoderLayer); nn.TransformerEncoderLayer in OUTPUT_MODULES
+        True
+        >>> OUTPUT_MODULES.discard(nn.TransformerEncoderLayer)
+    """
+    OUTPUT_MODULES.update(types)
+
 
 def parameter_kind(name: str) -> str:
     """``weight``, ``bias`` or ``parameter`` from a parameter's attribute name."""
@@ -23,7 +62,8 @@ def parameter_kind(name: str) -> str:
 
 class DenseAdapter(Adapter):
     """Sites ``<module>.<param>`` (stored), ``<module>.<buffer>`` (float buffers, e.g. BatchNorm
-    running statistics) and ``<module>:out`` (the output of every leaf module)."""
+    running statistics) and ``<module>:out`` (the output of every leaf module and of the types in
+    :data:`OUTPUT_MODULES`; one site per tensor of a structured output, see the module docstring)."""
 
     name = "dense"
 
@@ -41,9 +81,20 @@ class DenseAdapter(Adapter):
         for bname, b in module.named_buffers(recurse=False):
             if b.dtype.is_floating_point and bname not in module._non_persistent_buffers_set and bname not in masks:
                 yield Site(dot + bname, "buffer", tuple(b.shape), FLOAT_ENCODINGS[b.dtype], self, module, bname)
-        if next(module.children(), None) is None:
-            enc = FLOAT_ENCODINGS[torch.get_default_dtype()]
-            yield Site(prefix + ":out", "activation", None, enc, self, module, "out", batched=True)
+        if next(module.children(), None) is None or isinstance(module, tuple(OUTPUT_MODULES)):
+            yield from self.output_sites(prefix, module, options)
+
+    def output_sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
+        """``<prefix>:out``, or one site per floating tensor of a structured output."""
+        tensors = options.output_tensors(module)
+        if tensors is None:  # a tensor (its shape is filled in from the example pass), or unknown
+            yield Site(prefix + ":out", "activation", None, FLOAT_ENCODINGS[torch.get_default_dtype()], self, module, "out", batched=True)
+            return
+        for t in tensors:
+            enc = FLOAT_ENCODINGS.get(t.dtype)
+            if enc is not None:
+                yield Site(prefix + ":out" + t.suffix, "activation", t.per_sample, enc, self, module, "out", batched=True,
+                           path=t.path, batch_dim=t.batch_dim)
 
     def codes(self, site: Site) -> torch.Tensor:
         pruned = pruned_tensors(site.module)

@@ -37,7 +37,6 @@ import snntorch
 import torch
 from torch import nn
 
-from resil.discovery import recorded_output
 from resil.encodings import FLOAT_ENCODINGS, SpikeEncoding, encoding_of
 from resil.errors import FaultError
 from resil.injectors import StepHook, DeviceWindow, corrupt_stored, register_step_hook
@@ -57,7 +56,7 @@ class SpikingAdapter(Adapter):
 
     def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
         dot = prefix + "." if prefix else ""
-        out = recorded_output(module)
+        out = options.recorded_output(module)
         neurons = out[0] if out else None
         for name, t in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
             if name in STATES or name == "spk" or not t.dtype.is_floating_point:

@@ -72,8 +72,16 @@ def main() -> int:
     t0 = time.perf_counter()
     cnn, digits = rm.load("dense-cnn"), rm.dataset("digits")
     layers["dense-cnn"] = pvf(cnn, digits.x_test, "layer", trials=2000 // scale, seed=args.seed)
+    fast = time.perf_counter() - t0
     print(layers["dense-cnn"].format(f"(a) dense-cnn, {len(digits.x_test)} digits test images, criterion: top-1 differs from golden", MARGIN))
-    print(f"    run time {time.perf_counter() - t0:.1f} s\n")
+    t1 = time.perf_counter()
+    plain = pvf(cnn, digits.x_test, "layer", trials=2000 // scale, seed=args.seed, mode="plain", progress=False)
+    slow = time.perf_counter() - t1
+    same = plain.records.equals(layers["dense-cnn"].records)
+    print(f"    PVF step: fast {fast:.1f} s, plain (one full forward per trial) {slow:.1f} s, speed-up {slow / fast:.1f}x; "
+          f"records {'identical' if same else 'DIFFER'}\n")
+    if not same:
+        raise SystemExit("fast and plain PVF records differ")
 
     # (b) DLRM-like ------------------------------------------------------------------------
     t0 = time.perf_counter()

@@ -104,6 +104,9 @@ def _site_plan(site: Site, models: tuple[FaultModel, ...], cols: dict[str, np.nd
     any_per = "batch" in cols and bool(per.any())
     if any_per and not site.batched:
         raise FaultError(f"site {site.name!r} is a stored {site.kind}; faults on it cannot name a batch element")
+    if any_per and site.batch_dim is None:
+        raise FaultError(f"site {site.name!r} has no batch dimension (none of its tensor's dimensions follows the batch size); "
+                         "its faults hit the whole tensor and cannot name a batch element")
     if "t_start" not in cols:
         return SitePlan([_window_plan(0, FOREVER, index, mask, model, batch, per if any_per else None, models)])
     start, stop = cols["t_start"], cols["t_stop"]

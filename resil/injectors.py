@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 from .encodings import Encoding, FloatEncoding, encoding_of, from_unsigned, to_unsigned
 from .errors import FaultError
 from .plan import ElementPlan
-from .site import Site, SitePlan, Undo, WindowPlan
+from .site import Site, SitePlan, Undo, WindowPlan, is_structure, replace_at, tensor_at, tensors_in
 
 ELEMENT_BITS = 40
 ELEMENT_MASK = (1 << ELEMENT_BITS) - 1
@@ -108,22 +108,37 @@ class StepHook:
 
 
 class OutputHook(StepHook):
-    """Corrupts a module's output tensor.
+    """Corrupts a module's output tensor, or one tensor of a structured output (``site.path``),
+    which is then returned in a copy of the structure.
 
-    The output is corrupted in place when nothing else can see it (no gradient recorded
-    through it, no storage shared with the module's inputs); otherwise a corrupted copy is
-    returned. Windows whose XOR faults cover many elements apply as one dense mask.
+    Elements are numbered per sample over the tensor's dimensions other than ``site.batch_dim``
+    (or over the whole tensor when it is None). The tensor is corrupted in place when nothing
+    else can see it (no gradient recorded through it, no storage shared with the module's
+    inputs or with another tensor of its output); otherwise a corrupted copy is returned.
+    Windows whose XOR faults cover many elements apply as one dense mask.
     """
 
-    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[DeviceWindow]) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor):
-            raise FaultError(f"site {self.site.name!r}: the module returned {type(out).__name__}, not a tensor")
+    def corrupt(self, module: torch.nn.Module, args: tuple[object, ...], out: object, windows: list[DeviceWindow]) -> object:
+        path, dim = self.site.path, self.site.batch_dim
+        t = tensor_at(out, path)
+        if not isinstance(t, torch.Tensor):
+            raise FaultError(self._not_a_tensor(out, t))
+        others = [x for p, x in tensors_in(out) if p != path] if path else []
+        x = t.movedim(dim, 0) if dim and t.dim() else t  # samples first
+        y = self._corrupted(x, 1 if dim is None or not x.dim() else x.shape[0], _private(x, args, others), windows)
+        if x is not t:
+            y = y.movedim(0, dim)
+        if y.stride() != t.stride():  # keep the layout: later kernels then round as in the fault-free run
+            y = torch.empty_like(t).copy_(y)
+        return replace_at(out, path, y)
+
+    def _corrupted(self, out: torch.Tensor, batch: int, private: bool, windows: list[DeviceWindow]) -> torch.Tensor:
+        """``out`` (samples on dim 0, ``batch`` of them) with the faults of ``windows``."""
         enc = encoding_of(out)
         if not isinstance(enc, FloatEncoding):
             raise FaultError(f"site {self.site.name!r}: cannot corrupt an output of dtype {out.dtype}")
-        batch = out.shape[0] if out.dim() else 1
         n = out.numel() // max(batch, 1)
-        y = out if _private(out, args) else None
+        y = out if private else None
         rest = []
         for w in windows:
             row = w.dense_row(n, enc, self.site.name)
@@ -144,14 +159,25 @@ class OutputHook(StepHook):
             y = torch.where(same, out, y)
         return y
 
+    def _not_a_tensor(self, out: object, found: object) -> str:
+        name = self.site.name
+        if not self.site.path:
+            hint = (f"; list the sites with an example input, resil.sites(model, x), for one site per tensor in it (e.g. {name + '[0]'!r})"
+                    if is_structure(out) else "")
+            return f"site {name!r}: the module returned {type(out).__name__}, not a tensor{hint}"
+        return (f"site {name!r}: the module's output ({type(out).__name__}) holds {type(found).__name__} there, not a tensor "
+                "(its structure differs from the example pass the sites were listed with)")
 
-def _private(out: torch.Tensor, args: tuple[object, ...]) -> bool:
-    """Whether ``out`` may be corrupted in place: contiguous, no autograd history to protect,
-    and no storage shared with an input (modules such as Flatten or Dropout return views)."""
+
+def _private(out: torch.Tensor, args: tuple[object, ...], others: list[torch.Tensor]) -> bool:
+    """Whether ``out`` may be corrupted in place: contiguous, no autograd history to protect, and
+    no storage shared with an input (modules such as Flatten or Dropout return views; inputs
+    nested in tuples count too) or with ``others``, the other tensors of a structured output."""
     if not out.is_contiguous() or (out.requires_grad and torch.is_grad_enabled()):
         return False
     ptr = out.untyped_storage().data_ptr()
-    return not any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == ptr for a in args)
+    inputs = (t for _, t in tensors_in(args))
+    return not any(t.untyped_storage().data_ptr() == ptr for t in (*inputs, *others))
 
 
 class DeviceWindow:

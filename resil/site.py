@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,7 +16,12 @@ from .encodings import Encoding
 from .faults import FOREVER
 from .plan import ElementPlan
 
+if TYPE_CHECKING:
+    from .discovery import ExampleOutputs
+
 Undo = Callable[[], None]
+#: where a tensor sits inside a module's structured output: tuple/list positions and dict keys
+OutputPath = tuple[Hashable, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,14 +31,19 @@ class Site:
     Attributes:
         name: stable name used in faults.
         kind: ``weight``, ``bias``, ``parameter``, ``buffer``, ``activation`` ...
-        shape: element shape (for activations: per sample, without the batch dimension);
-            None while unknown (list the sites with an example input to learn it).
+        shape: element shape (for activations: per sample, without the batch dimension
+            :attr:`batch_dim`); None while unknown (list the sites with an example input to learn it).
         encoding: how the elements are stored in bits.
         adapter: the adapter that owns the site and knows how to inject into it.
         module: the module the site belongs to.
         batched: whether faults may name a batch element (computed tensors).
         live: when only some elements of the tensor are stored (e.g. the unpruned weights of a
             sparse layer), their sorted flat indices; None when every element is stored.
+        path: for a tensor inside a module's structured output (``lstm:out[1][0]``), where it
+            sits (``(1, 0)``); ``()`` for the output itself.
+        batch_dim: for a computed site, the dimension of the tensor that indexes the samples
+            (the element index runs over the other dimensions, in order); None when the tensor
+            has none: its faults hit the whole tensor and cannot name a batch element.
     """
 
     name: str
@@ -43,6 +55,8 @@ class Site:
     attr: str = field(default="", repr=False)
     batched: bool = False
     live: np.ndarray | None = field(default=None, repr=False)
+    path: OutputPath = field(default=(), repr=False)
+    batch_dim: int | None = field(default=0, repr=False)
 
     @property
     def bits(self) -> int:
@@ -115,20 +129,68 @@ class SitePlan:
 
 
 @dataclass(frozen=True)
+class OutputTensor:
+    """One floating tensor of a module's structured output, as the example forward pass saw it.
+
+    Attributes:
+        path: where it sits in the output (e.g. ``(1, 0)`` for ``h_n`` of an LSTM).
+        shape: its full shape in the example pass.
+        dtype: its dtype.
+        batch_dim: the dimension indexing the samples, None if it has none.
+
+    Example:
+        >>> t = OutputTensor((1, 0), (2, 3, 5), torch.float32, 1)
+        >>> t.per_sample, t.suffix
+        ((2, 5), '[1][0]')
+    """
+
+    path: OutputPath
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    batch_dim: int | None
+
+    @property
+    def per_sample(self) -> tuple[int, ...]:
+        """The shape without the batch dimension (the whole shape if there is none)."""
+        if self.batch_dim is None:
+            return self.shape
+        return self.shape[: self.batch_dim] + self.shape[self.batch_dim + 1:]
+
+    @property
+    def suffix(self) -> str:
+        """The path as it appears in site names: ``[1][0]``, ``[logits]``."""
+        return "".join(f"[{k}]" if isinstance(k, (int, str)) else f"[{k!r}]" for k in self.path)
+
+
+@dataclass(frozen=True)
 class SiteOptions:
-    """Choices that change which elements a site covers.
+    """What the site walk tells every adapter: choices that change which elements a site covers,
+    and what the example forward pass of this ``resil.sites`` call recorded.
 
     Attributes:
         pruned: for weights pruned with ``torch.nn.utils.prune``: ``"live"`` (default; only the
             unpruned weights are stored, as in sparse storage) or ``"dense"`` (the pruned zeros
             are stored cells too, and a fault on them takes effect).
+        example: the outputs the example pass recorded; None when the sites are listed without
+            an example (then no output structure or shape is known).
     """
 
     pruned: str = "live"
+    example: ExampleOutputs | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.pruned not in ("live", "dense"):
             raise ValueError(f"pruned must be 'live' or 'dense', not {self.pruned!r}")
+
+    def recorded_output(self, module: nn.Module) -> tuple[tuple[int, ...], torch.dtype] | None:
+        """Per-sample shape (without dim 0) and dtype of ``module``'s output tensor (the first one
+        of a tuple or list output) in the example pass; None if unknown."""
+        return None if self.example is None else self.example.primary(module)
+
+    def output_tensors(self, module: nn.Module) -> tuple[OutputTensor, ...] | None:
+        """The floating tensors of ``module``'s output in the example pass, if that output was a
+        structure (tuple, list, dict); None if it was a tensor or anything else, or is unknown."""
+        return None if self.example is None else self.example.tensors(module)
 
 
 class Adapter:
@@ -200,13 +262,94 @@ class SiteList:
         return {s.name: s.shape for s in self}
 
     def table(self) -> str:
-        """A text table: name, kind, shape, encoding, number of fault bits."""
+        """A text table: name, kind, shape, encoding, number of fault bits.
+
+        A computed site's shape is per sample; one whose batch is not its tensor's dim 0 says
+        where it is (``(2, 4) batch dim 1``), one without a batch dim says so.
+        """
         rows = [("site", "kind", "shape", "encoding", "bits")]
         for s in self:
             n = s.size
-            rows.append((s.name, s.kind, "?" if s.shape is None else str(tuple(s.shape)), s.encoding.name, "?" if n is None else f"{n * s.bits:,}"))
+            rows.append((s.name, s.kind, _shape_text(s), s.encoding.name, "?" if n is None else f"{n * s.bits:,}"))
         w = [max(len(r[i]) for r in rows) for i in range(5)]
         return "\n".join("  ".join(c.ljust(w[i]) if i < 4 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
+def _shape_text(site: Site) -> str:
+    if site.shape is None:
+        return "?"
+    shape = str(tuple(site.shape))
+    if not site.batched or site.batch_dim == 0:
+        return shape
+    return shape + (" no batch dim" if site.batch_dim is None else f" batch dim {site.batch_dim}")
+
+
+# -- structured module outputs: tensors addressed by their path in tuples, lists and dicts ------
+
+
+def _items(obj: object) -> Iterable[tuple[Hashable, object]] | None:
+    """The entries of a structure (tuple, list, dict); None for anything else, including
+    tensor-like values such as Brevitas' QuantTensor (a NamedTuple defining ``__torch_function__``)."""
+    if hasattr(type(obj), "__torch_function__"):
+        return None
+    if isinstance(obj, dict):
+        return obj.items()
+    if isinstance(obj, (tuple, list)):
+        return enumerate(obj)
+    return None
+
+
+def is_structure(obj: object) -> bool:
+    """Whether ``obj`` is a tuple, list or dict whose tensors are sites of their own."""
+    return _items(obj) is not None
+
+
+def tensors_in(obj: object, path: OutputPath = ()) -> Iterator[tuple[OutputPath, torch.Tensor]]:
+    """Every tensor in a (nested) structure with its path, depth first; a tensor alone has path ().
+
+    Example:
+        >>> out = (torch.zeros(2), {"h": torch.ones(1), "n": 3})
+        >>> [(p, t.shape) for p, t in tensors_in(out)]
+        [((0,), torch.Size([2])), ((1, 'h'), torch.Size([1]))]
+    """
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+        return
+    for key, value in _items(obj) or ():
+        yield from tensors_in(value, path + (key,))
+
+
+def tensor_at(obj: object, path: OutputPath) -> object:
+    """The value at ``path`` in a structure (``obj`` itself for ``()``); None if there is none."""
+    for key in path:
+        items = _items(obj)
+        if items is None:
+            return None
+        try:
+            obj = obj[key]  # type: ignore[index]
+        except (IndexError, KeyError, TypeError):
+            return None
+    return obj
+
+
+def replace_at(obj: object, path: OutputPath, value: object) -> object:
+    """A copy of the structure ``obj`` with ``value`` at ``path``, of the same types (tuples and
+    named tuples rebuilt, lists and dicts shallow-copied); ``obj`` is not modified.
+
+    Example:
+        >>> replace_at((1, [2, 3], {"a": 4}), (1, 0), 9), replace_at({"a": (1, 2)}, ("a", 1), 0)
+        ((1, [9, 3], {'a': 4}), {'a': (1, 0)})
+    """
+    if not path:
+        return value
+    key, rest = path[0], path[1:]
+    if isinstance(obj, tuple):
+        items = list(obj)
+        items[key] = replace_at(items[key], rest, value)  # type: ignore[index]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    new = copy.copy(obj)
+    new[key] = replace_at(obj[key], rest, value)  # type: ignore[index]
+    return new
 
 
 #: module types that act on every channel alone (elementwise activations, pooling): a fault that

@@ -118,10 +118,10 @@ def test_activation_fault_matches_manual_forward():
 
 
 def test_per_sample_activation_fault_changes_only_its_batch_element(cnn, images):
-    resil.sites(cnn, images)
+    site_list = resil.sites(cnn, images)
     clean = cnn(images)
     big = resil.ValueFunction(lambda v: torch.full_like(v, 1e3))
-    with resil.inject(cnn, resil.Fault("conv2:out", (3, 2, 2), model=big, batch=4)):
+    with resil.inject(cnn, resil.Fault("conv2:out", (3, 2, 2), model=big, batch=4), sites=site_list):
         faulty = cnn(images)
     changed = (faulty != clean).any(dim=1)
     assert changed.tolist() == [False, False, False, False, True, False]

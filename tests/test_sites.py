@@ -28,12 +28,33 @@ def test_embedding_and_half_precision_sites():
     assert s["weight"].encoding is resil.FLOAT16 and s["weight"].numel == 15
 
 
-def test_shapes_are_remembered_and_table_lists_bits(cnn, images):
-    resil.sites(cnn, images)
-    s = resil.sites(cnn)
-    assert s["conv2:out"].shape == (8, 8, 8)
-    table = s.table()
-    assert "conv1.weight" in table and f"{36 * 32:,}" in table
+def test_shapes_live_in_the_returned_list_only_and_table_lists_bits(cnn, images):
+    def listing(site_list):
+        return [(x.name, x.kind, x.shape, x.encoding.name, x.batched, x.size) for x in site_list]
+
+    before = listing(resil.sites(cnn))
+    with_example = resil.sites(cnn, images)
+    assert with_example["conv2:out"].shape == (8, 8, 8)
+    after = listing(resil.sites(cnn))
+    assert after == before  # the example pass left nothing behind in the model or in resil
+    computed = [row for row in after if row[4]]
+    assert computed and all(row[2] is None and row[5] is None for row in computed)
+    assert listing(with_example) == listing(resil.sites(cnn, images))  # the same every time
+    table = with_example.table()
+    assert "conv1.weight" in table and f"{36 * 32:,}" in table and "(8, 8, 8)" in table
+
+
+def test_two_models_do_not_share_recorded_shapes(images):
+    from conftest import SmallCNN
+
+    a, b = SmallCNN().eval(), SmallCNN().eval()
+    seen_a = resil.sites(a, images)
+    assert seen_a["fc:out"].shape == (10,)
+    assert resil.sites(b)["fc:out"].shape is None and resil.sites(a)["fc:out"].shape is None
+    b.fc = nn.Linear(128, 3)  # b now computes another shape: a's list and a's next listing keep theirs
+    assert resil.sites(b, images[:2])["fc:out"].shape == (3,)
+    assert seen_a["fc:out"].shape == (10,) and resil.sites(a, images[:1])["fc:out"].shape == (10,)
+    assert resil.sites(a)["fc:out"].shape is None
 
 
 def test_unknown_site_suggests_closest(cnn):

@@ -128,7 +128,7 @@ def test_per_neuron_threshold_fault(x):
     site_list = resil.sites(net, x[0])
     assert site_list["1.threshold"].shape == (5,) and site_list["1.threshold"].kind == "parameter"
     with torch.no_grad():
-        with resil.inject(net, resil.Fault("1.threshold", 2, bit=31)):  # threshold of neuron 2 becomes -1.0
+        with resil.inject(net, resil.Fault("1.threshold", 2, bit=31), sites=site_list):  # threshold of neuron 2 becomes -1.0
             got = run_hidden(net, x)
             assert net[1].threshold.shape == (5,)
         assert net[1].threshold.shape == () and float(net[1].threshold) == 1.0
