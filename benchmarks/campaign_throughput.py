@@ -38,7 +38,6 @@ import torch
 from torch import nn
 
 import resil.campaign as rc
-from resil.campaign.outcomes import classify
 from resil.campaign.runner import CampaignRunner
 
 COLUMNS = ("masked", "tolerable", "critical", "non_finite", "correct")
@@ -88,15 +87,15 @@ class PytorchfiLoop:
             kh, kw = (hw + [None, None])[:2]
             net = self.fi.declare_weight_fi(layer_num=[layer], k=[k], dim1=[c], dim2=[kh], dim3=[kw], value=[value])
             with torch.no_grad():
-                out = torch.cat([net(x) for x in r.suffix.batches])
-            for key, v in classify(out, r.golden).items():
-                rows[key][sc.owner[j]] = v
+                out = torch.cat([net(x) for x in r.evaluator.suffix.batches])
+            for key, v in r.evaluator.judge(out.unsqueeze(0)).items():
+                rows[key][sc.owner[j]] = v[0]
         return rows
 
 
 def suffix_limit(runner: CampaignRunner) -> Callable[[int], float]:
     """Per shard, the summed golden cost of the stages from each scenario's faulted stage on."""
-    sf = runner.suffix
+    sf = runner.evaluator.suffix
     cost = []
     with torch.no_grad():
         for k, stage in enumerate(sf.stages):
@@ -165,7 +164,7 @@ def main() -> int:
         ok &= identical
         rate = {name: n / s for name, s in seconds.items()}
         limit = ""
-        if runners["fast"].grouped.sequential:  # a time loop (the SNN) calls its stages many times: no per-stage cost
+        if runners["fast"].evaluator.grouped.sequential:  # a time loop (the SNN) calls its stages many times: no per-stage cost
             estimate = suffix_limit(runners["fast"])
             limit_rate = n / sum(estimate(s) for s in range(runners["fast"].shards))
             limit = f"{limit_rate:13.0f} {rate['fast'] / limit_rate:11.2f}x"
