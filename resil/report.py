@@ -100,21 +100,14 @@ def load_campaign(directory: PathLike) -> Campaign:
     Raises:
         FaultError: naming the directory when the manifest or the parts are missing or malformed.
     """
+    from resil.campaign.store import Store
+
     root = Path(directory)
     path = root / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FaultError(f"{root} is not a campaign directory: it has no manifest.json") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FaultError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise FaultError(f"{path} must hold a JSON object, not {type(manifest).__name__}")
+    manifest = Store(root).manifest()
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise FaultError(f"{path} lacks {', '.join(missing)}")
-    if manifest["version"] != 1:
-        raise FaultError(f"{path} has version {manifest['version']!r}; this resil reads version 1")
     parts = sorted((root / "parts").glob("shard-*.parquet"))
     if not parts:
         raise FaultError(f"{root} has no results: no parts/shard-*.parquet")
