@@ -428,6 +428,9 @@ def run_grouped(
             continue
         members = todo[stage_of[todo] == stage]
         size = grouped.group_size(int(stage))
+        if size < 2:  # one at a time: the plain suffix replay costs less than the grouped machinery
+            stage_of[members] = -1
+            continue
         chunks = -(-len(members) // size)
         for chunk in np.array_split(members, chunks):
             outputs = grouped.outputs(int(stage), sc, chunk, sites)
