@@ -299,3 +299,31 @@ def test_real_mnist_lenet_campaign_with_a_random_subset(tmp_path):
     with torch.no_grad():
         expected = float((net(x[4000:][pick]).argmax(1) == y[4000:][pick]).float().mean())
     assert store.manifest()["golden_accuracy"] == pytest.approx(expected) and expected > 0.8
+
+
+def test_a_pvf_study_is_stored_resumed_and_reported(user_folder, tmp_path):
+    from resil.cli import main
+
+    x = torch.from_numpy(data_arrays(30)[0])
+    model = user_model(user_folder)
+    out = tmp_path / "study"
+    first = pvf(model, x, trials=40, progress=False, out=out)
+    parts = sorted((out / "parts").glob("shard-*.parquet"))
+    assert len(parts) == 3 and first.records.equals(pvf(model, x, trials=40, progress=False).records)
+    stamp = parts[0].stat().st_mtime_ns
+    parts[1].unlink()                                     # as if killed while the second group ran
+    again = pvf(model, x, trials=40, progress=False, out=out)
+    assert again.records.equals(first.records) and parts[0].stat().st_mtime_ns == stamp and parts[1].exists()
+    stored = pd.read_parquet(out / "parts")               # the campaign schema: recount group fc1 by hand
+    fc1 = stored[stored.stratum == "fc1"]
+    assert first["fc1"].incorrect == pytest.approx(float(((fc1.critical + fc1.non_finite) / fc1.inputs).sum()))
+    with pytest.raises(resil.FaultError, match="holds another campaign"):
+        pvf(model, x, trials=41, progress=False, out=out)
+    with torch.no_grad():
+        model.fc2.bias[0] += 1
+    with pytest.raises(resil.FaultError, match="different model"):
+        pvf(model, x, trials=40, progress=False, out=out)
+    with pytest.raises(resil.FaultError, match="PVF study"):
+        rc.resume(out)
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").exists()

@@ -40,11 +40,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
+import hashlib
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -53,7 +57,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..campaign.criteria import AccuracyDrop, Criterion, Deviation, Top1, criterion_from_spec
-from ..campaign.evaluator import Evaluator
+from ..campaign.evaluator import Evaluator, scenarios_of
+from ..campaign.runner import describe
+from ..campaign.sources import fingerprint_model, fingerprint_tensors
+from ..campaign.store import Store
 from ..campaign.space import FaultSpace, layer_of
 from ..discovery import sites as list_sites
 from ..errors import FaultError
@@ -317,6 +324,64 @@ class PVFResult:
 # --------------------------------------------------------------------------- estimation
 
 
+def _run_group(evaluator: Evaluator, space: FaultSpace, fm: FaultModel, n: int, single: bool, seed: int, g_pos: int,
+               ber: float | None, faults_per_trial: int, name: str, offset: int, bar: tqdm) -> dict[str, Any]:
+    """The campaign columns of one group's ``n`` trials (scenario ids from ``offset``), evaluated in chunks."""
+    order = np.random.default_rng([seed, g_pos]).permutation(space.total)[:n] if single else None
+    names = np.array([s.name for s in space.sites])
+    trials_flat = [order[i : i + 1] if order is not None else _multi(space.total, seed, g_pos, i, ber, faults_per_trial) for i in range(n)]
+    parts = []
+    for chunk in range(0, n, _CHUNK):
+        sets = []
+        for flat in trials_flat[chunk : chunk + _CHUNK]:
+            site, element, bit = space.locate(flat)
+            sets.append(FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm))
+        sc = scenarios_of(sets, np.arange(offset + chunk, offset + chunk + len(sets)))
+        sc = dataclasses.replace(sc, stratum=np.full(len(sets), name, dtype=object), rate=np.full(len(sets), np.nan if ber is None else ber))
+        counts = evaluator.evaluate(sc)
+        parts.append({**describe(sc, space), "inputs": np.full(len(sets), len(evaluator.inputs), dtype=np.int64), **counts})
+        bar.update(len(sets))
+    return {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else sum((p[k] for p in parts), []))
+            for k in parts[0]}
+
+
+def _records(columns: Mapping[str, Any], group: str, inputs: int) -> pd.DataFrame:
+    """One row per trial, from a group's campaign columns."""
+    wrong = np.asarray(columns["critical"]) + np.asarray(columns["non_finite"])
+    indices = columns["fault_indices"]
+    return pd.DataFrame({
+        "group": group, "trial": np.arange(len(wrong)), "n_faults": np.asarray(columns["n_faults"]),
+        "site": [str(x[0]) if len(x) else "" for x in columns["fault_sites"]],
+        "element": [int(x[0]) if len(x) else -1 for x in indices],
+        "bit": [(int(m[0]) & -int(m[0])).bit_length() - 1 if len(m) and m[0] else -1 for m in columns["fault_masks"]],  # the start bit
+        "incorrect": wrong / inputs, "any": wrong > 0, "non_finite": np.asarray(columns["non_finite"]) / inputs,
+    })
+
+
+def _part_columns(path: Any) -> dict[str, Any]:
+    """A stored part's columns (lists for the list columns)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {c: (table.column(c).to_pylist() if c.startswith("fault_") else table.column(c).to_numpy()) for c in table.column_names}
+
+
+def _study_store(out: Any, settings: dict[str, Any], model: nn.Module, evaluator: Evaluator, spaces: Mapping[str, FaultSpace],
+                 plan: Mapping[str, tuple[int, bool]]) -> Store:
+    """The PVF study's run directory: a campaign directory with one part per group (created or resumed)."""
+    digest = hashlib.sha256(json.dumps({"pvf": settings}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    store = Store(out)
+    store.create({
+        "version": 1, "name": "pvf", "model": type(model).__name__, "spec": settings, "spec_hash": digest, "sampler": "pvf",
+        "fingerprint": {"model": fingerprint_model(model), "inputs": fingerprint_tensors(evaluator.inputs, None)},
+        "live": {"model": True, "data": True}, "criterion": evaluator.criterion.spec(), "labels": False, "inputs": len(evaluator.inputs),
+        "scenarios": sum(n for n, _ in plan.values()), "shards": len(spaces), "golden_accuracy": None,
+        "space": sum(s.total for s in spaces.values()),
+        "strata": {k: {"population": s.total, "known_masked": 0, "samples": plan[k][0]} for k, s in spaces.items()},
+    })
+    return store
+
+
 def pvf(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -336,6 +401,7 @@ def pvf(
     batch_size: int = 512,
     sites: SiteList | None = None,
     mode: str = "fast",
+    out: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> PVFResult:
     """Estimate the PVF of each parameter group of ``model`` by fault injection.
@@ -367,6 +433,10 @@ def pvf(
         sites: the model's sites, if already listed.
         mode: ``fast`` (many trials per forward pass, :class:`~resil.campaign.evaluator.Evaluator`)
             or ``plain`` (one full forward per trial); the results are identical.
+        out: a run directory to store the study in: a campaign directory with one part per group
+            (the trials' faults and outcome counts), so a killed study resumes where it stopped
+            when called again with the same arguments, and ``resil report`` draws it; another
+            study, model or input set there is refused.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -416,31 +486,30 @@ def pvf(
         plan[name] = (min(n, space.total), n >= space.total) if single else (n, False)
 
     evaluator = Evaluator(model, inputs, None, crit, sites=site_list, batch_size=batch_size, mode=mode)
-    bar = tqdm(total=sum(n for n, _ in plan.values()), desc="PVF trials", disable=not progress, leave=False)
+    store = None
+    if out is not None:
+        settings = {"groups": groups if isinstance(groups, (str, Mapping)) else list(groups), "plan": {k: v[0] for k, v in plan.items()},
+                    "confidence": confidence, "fault_model": fm.spec(), "faults_per_trial": faults_per_trial, "ber": ber,
+                    "bits": None if bits is None else list(bits), "criterion": crit.spec(), "kinds": list(kinds), "seed": seed}
+        store = _study_store(out, settings, model, evaluator, spaces, plan)
+    done = store.done() if store is not None else set()
+    bar = tqdm(total=sum(n for name, (n, _) in plan.items()), desc="PVF trials", disable=not progress, leave=False)
     frames: list[pd.DataFrame] = []
     estimates: dict[str, PVFEstimate] = {}
+    offset = 0
     try:
         for g_pos, (name, space) in enumerate(spaces.items()):
             n, exhaustive = plan[name]
-            rng = np.random.default_rng([seed, g_pos])
-            order = rng.permutation(space.total)[:n] if single else None
-            names = np.array([s.name for s in space.sites])
-            trials_flat = [order[i : i + 1] if single else _multi(space.total, seed, g_pos, i, ber, faults_per_trial)  # type: ignore[index]
-                           for i in range(n)]
-            rows = []
-            for chunk in range(0, n, _CHUNK):
-                sets = []
-                for flat in trials_flat[chunk : chunk + _CHUNK]:
-                    site, element, bit = space.locate(flat)
-                    sets.append(FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm))
-                    rows.append({"group": name, "trial": len(rows), "n_faults": len(flat), "site": names[site[0]] if len(flat) else "",
-                                 "element": int(element[0]) if len(flat) else -1, "bit": int(bit[0]) if len(flat) else -1})
-                counts = evaluator.evaluate_faults(sets)
-                wrong = counts["critical"] + counts["non_finite"]
-                for r, w, nf in zip(rows[chunk:], wrong, counts["non_finite"]):
-                    r.update(incorrect=int(w) / len(inputs), any=bool(w > 0), non_finite=int(nf) / len(inputs))
-                bar.update(len(sets))
-            df = pd.DataFrame(rows)
+            if g_pos in done:
+                assert store is not None
+                columns = _part_columns(store.part_path(g_pos))
+                bar.update(n)
+            else:
+                columns = _run_group(evaluator, space, fm, n, single, seed, g_pos, ber, faults_per_trial, name, offset, bar)
+                if store is not None:
+                    store.write(g_pos, columns)
+            offset += n
+            df = _records(columns, name, len(inputs))
             frames.append(df)
             d = float(df["incorrect"].sum()) if per_trial == "fraction" else float(df["any"].sum())
             estimates[name] = PVFEstimate.of(d, n, space.total, confidence, exhaustive)

@@ -115,8 +115,12 @@ def by_group(table: pd.DataFrame, by: str | Sequence[str] = "layer", name: str =
     # the unit is the scenario (its inputs are not independent trials); Kish's effective count when weighted
     trials = (out["_w"] ** 2 / out["_w2"]).to_numpy()
     for m in ("failure", "accuracy"):
-        low, high = wilson_interval(out[m].to_numpy() * trials, trials)
-        out[f"{m}_low"], out[f"{m}_high"] = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+        value = out[m].to_numpy(dtype=float)
+        known = np.isfinite(value)
+        low, high = np.full(len(out), np.nan), np.full(len(out), np.nan)
+        if known.any():
+            low[known], high[known] = wilson_interval(value[known] * trials[known], trials[known])
+        out[f"{m}_low"], out[f"{m}_high"] = low, high
     return sort_groups(out.drop(columns=[c for c in out.columns if c.startswith("_")]), keys)
 
 

@@ -248,6 +248,9 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     """Continue the campaign stored in ``out``: run only its missing shards (with the same live
     ``model`` / ``data`` it was started with, if any: others are refused)."""
     manifest = Store(out).manifest()
+    if manifest.get("sampler") == "pvf":
+        raise FaultError(f"{out} holds a PVF study: continue it by calling resil.analysis.pvf(model, inputs, ..., out={str(out)!r}) "
+                         "again with the same arguments")
     live = manifest.get("live") or {}
     missing = [k for k, given in (("model", model), ("data", data)) if live.get(k) and given is None]
     if missing:
