@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Callable, ClassVar, TypeVar
 
 import numpy as np
 import torch
