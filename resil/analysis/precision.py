@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -525,13 +526,13 @@ class FaultEvaluator:
         """One fault-injection run with ``faults`` applied."""
         return self.evaluate_many([faults])[0]
 
-    def evaluate_many(self, faults: Sequence[FaultSet]) -> list[Outcome]:
-        """One fault-injection run per fault set, evaluated together."""
+    def evaluate_many(self, faults: Sequence[FaultSet], *, count: bool = True) -> list[Outcome]:
+        """One fault-injection run per fault set, evaluated together (``count``: add them to :attr:`runs`)."""
         if not faults:
             return []
         with torch.no_grad():
             counts = self.evaluator.evaluate_faults(faults)
-        self.runs += len(faults)
+        self.runs += len(faults) if count else 0
         n = len(self.evaluator.inputs)
         critical = self.evaluator.critical(counts)
         return [Outcome(c / n, (k + f) / n, self.golden_accuracy - c / n, bool(x))
@@ -611,14 +612,20 @@ def sample_until_critical(proposal: Proposal, evaluator: FaultEvaluator, k: int 
     skip = {int(e) for e in exclude}
     found: list[int] = []
     runs = 0
-    for f in proposal.stream(seed, distinct=True):
-        if runs >= max_trials or len(found) >= k:
+    stream = (f for f in proposal.stream(seed, distinct=True) if f not in skip)
+    batch = 1  # faults are simulated together in growing batches; the draws after the k-th critical one are not counted
+    while runs < max_trials and len(found) < k:
+        chunk = list(itertools.islice(stream, min(batch, max_trials - runs)))
+        if not chunk:
             break
-        if f in skip:
-            continue
-        runs += 1
-        if evaluator.evaluate(proposal.faults(f)).critical:
-            found.append(f)
+        for f, outcome in zip(chunk, evaluator.evaluate_many([proposal.faults(f) for f in chunk], count=False)):
+            runs += 1
+            if outcome.critical:
+                found.append(f)
+                if len(found) >= k:
+                    break
+        batch = min(2 * batch, 64)
+    evaluator.runs += runs
     loc = np.array(found, dtype=np.int64)
     return Search(proposal.faults(loc) if len(loc) else FaultSet(site=[], index=[], bit=[]), loc, runs, len(found))
 
