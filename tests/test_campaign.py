@@ -188,7 +188,7 @@ def test_fast_mode_skips_stuck_at_faults_that_change_nothing(tmp_path, monkeypat
     model = rm.load("dense-cnn")
     params = {n: p.detach().numpy().reshape(-1).view(np.uint32) for n, p in model.named_parameters()}
     changing = sum(any(int(params[s][i]) & m for s, i, m in zip(r.fault_sites, r.fault_indices, r.fault_masks)) for r in fast.itertuples())
-    assert fast_forwards == changing < 80
+    assert fast_forwards == changing + 1 and changing < 80  # + the determinism check's second fault-free run
 
 
 def test_each_finished_shard_is_stored_before_the_next_one_runs(tmp_path, monkeypatch):

@@ -12,6 +12,12 @@ batch of scenarios in ``fast`` mode (the default; bit-identical to ``plain``):
 - the others run under :func:`resil.inject` from their first faulted stage on
   (:mod:`resil.campaign.suffix`).
 
+Two guards keep fast answers right: a second fault-free run must equal the first bit for bit
+(a model with dropout active is refused, or run in plain mode when nondeterminism is accepted),
+and stacked scenarios are used only where a perturbed copy in the stack leaves the other copies'
+outputs unchanged (a layer that mixes the batch, normalising by the batch maximum, runs the
+scenarios one at a time).
+
 ``plain`` mode runs one full forward per scenario (the reference).
 
 Example:
@@ -39,7 +45,7 @@ from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
 from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
-from .grouped import GroupedForward, run_grouped
+from .grouped import GroupedForward, run_grouped, same_bits
 from .samplers import Scenarios
 from .suffix import SuffixForward
 
@@ -79,11 +85,16 @@ class Evaluator:
         pruned: pruned-weight policy when listing sites (``live`` or ``dense``).
         batch_size: inputs per forward pass.
         mode: ``fast`` or ``plain`` (see the module docstring).
+        nondeterministic: accept a model whose fault-free runs differ (dropout active ...): every
+            scenario then runs as a plain full forward. Without it such a model is refused.
+
+    Raises:
+        FaultError: when two fault-free runs differ and ``nondeterministic`` is not set.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None,
                  criterion: Criterion | str = "top1", *, sites: SiteList | None = None, pruned: str = "live",
-                 batch_size: int = 512, mode: str = "fast") -> None:
+                 batch_size: int = 512, mode: str = "fast", nondeterministic: bool = False) -> None:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or len(inputs) < 1:
             raise FaultError("inputs must be a tensor [N, ...] with N >= 1")
         if labels is not None and len(labels) != len(inputs):
@@ -97,6 +108,17 @@ class Evaluator:
         self.sites = sites if sites is not None else list_sites(model, inputs[:2], pruned=pruned)
         self.suffix = SuffixForward(model, inputs, batch_size)
         output = self.suffix.golden() if mode == "fast" else self.suffix.run_from(0)
+        #: whether two fault-free runs differed (allowed only with ``nondeterministic=True``; then plain mode)
+        self.nondeterministic = not same_bits(self.suffix.run_from(0), output)
+        if self.nondeterministic:
+            if not nondeterministic:
+                cause = "the model is in training mode (dropout, batch statistics)" if model.training else \
+                    "a layer draws random numbers in eval mode (dropout forced on, noise injection) or a kernel is nondeterministic"
+                raise FaultError(f"two fault-free runs of {type(model).__name__} gave different outputs: {cause}. Outcomes would "
+                                 "mix the fault's effect with that randomness; call model.eval() or remove the randomness, or "
+                                 "accept it with nondeterministic=True ([run] nondeterministic = true), which runs every "
+                                 "scenario as a plain full forward")
+            self.mode = "plain"
         correct = -1 if labels is None else int(judge(self.criterion, output.unsqueeze(0), output, labels)["correct"][0])
         self.golden = Golden(output, labels, correct)
         self.grouped = GroupedForward(self.suffix)

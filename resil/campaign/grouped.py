@@ -76,6 +76,27 @@ def _copies(t: torch.Tensor, s: int) -> torch.Tensor:
     return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
 
 
+def _probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``s`` stacked copies of ``t`` whose first copy is perturbed (doubled plus one; reversed for
+    integer batches): a model that mixes the batch (normalising by its maximum, batch statistics)
+    then changes the other copies' outputs, which a check against their golden outputs catches.
+
+    Example:
+        >>> _probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
+        [3.0, 5.0, 1.0, 2.0]
+    """
+    out = _copies(t, s).clone()
+    if s > 1:
+        out[: len(t)] = t * 2 + 1 if t.is_floating_point() else t.flip(0)
+    return out
+
+
+def _copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
+    """Whether copies 1.. of ``s`` stacked outputs equal the golden output bit for bit (copy 0 was perturbed)."""
+    n = len(golden)
+    return same_bits(out[n:] if s > 1 else out, _copies(golden, max(s - 1, 1)))
+
+
 class GroupedForward:
     """Outputs of many single-stage scenarios per pass over the later stages of a sequential model.
 
@@ -174,12 +195,13 @@ class GroupedForward:
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the replayed forward over ``s`` stacked copies of the golden outputs of
-        ``stage`` gives each copy's golden model output bit for bit (checked once per shape)."""
+        ``stage`` gives each copy's golden model output bit for bit, with the first copy perturbed
+        so that a model mixing the batch fails the check (checked once per shape)."""
         key = ("replay", stage, batch, s)
         if key not in self._exact:
-            calls = [_copies(o, s) for o in self.suffix.recorded[batch][stage]]
+            calls = [_probe_copies(o, s) for o in self.suffix.recorded[batch][stage]]
             try:
-                self._exact[key] = same_bits(self._replay(stage, batch, calls), _copies(self.suffix.outputs[batch], s))
+                self._exact[key] = _copies_match(self._replay(stage, batch, calls), self.suffix.outputs[batch], s)
             except (RuntimeError, ValueError, StopIteration):
                 self._exact[key] = False
         return self._exact[key]
@@ -216,13 +238,14 @@ class GroupedForward:
 
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden
-        input, each copy's golden output bit for bit (checked once per shape)."""
+        input, each copy's golden output bit for bit, with the first copy perturbed so that a model
+        mixing the batch fails the check (checked once per shape)."""
         key = ("stack", stage, batch, s)
         if key not in self._exact:
-            flat = _copies(self._input(batch, stage), s)
+            flat = _probe_copies(self._input(batch, stage), s)
             for m in self.suffix.stages[stage:]:
                 flat = m(flat)
-            self._exact[key] = same_bits(flat, _copies(self._golden_out(batch, len(self.suffix.stages) - 1), s))
+            self._exact[key] = _copies_match(flat, self._golden_out(batch, len(self.suffix.stages) - 1), s)
         return self._exact[key]
 
     # -- recomputing only the touched output channels ------------------------------------------

@@ -50,7 +50,7 @@ class CampaignRunner:
                           "normalisation layers); call model.eval() first to evaluate it for inference", stacklevel=3)
         self.fingerprint = {"model": fingerprint_model(self.model), "inputs": fingerprint_tensors(self.inputs, self.labels)}
         self.evaluator = Evaluator(self.model, self.inputs, self.labels, spec.outcome.build(), pruned=spec.sites.pruned,
-                                   batch_size=spec.run.batch_size, mode=spec.run.mode)
+                                   batch_size=spec.run.batch_size, mode=spec.run.mode, nondeterministic=spec.run.nondeterministic)
         self.sites = self.evaluator.sites
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
@@ -94,7 +94,8 @@ class CampaignRunner:
         return {
             "version": 1, "name": self.spec.name, "model": self.label, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
             "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
-            "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None,
+            "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None, "mode": self.evaluator.mode,
+            "nondeterministic": self.evaluator.nondeterministic,
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,

@@ -150,11 +150,13 @@ class RunSpec:
     ``mode``: ``fast`` (scenarios whose faults provably change no stored code, such as a stuck-at
     equal to the stored bit, are masked without a forward pass; the others run from their first
     faulted stage on, from cached golden stage inputs; bit-identical results) or ``plain`` (a
-    full forward per scenario, the reference)."""
+    full forward per scenario, the reference). A model whose fault-free runs differ (dropout
+    active) is refused unless ``nondeterministic = true``, which runs it in plain mode."""
 
     shard_size: int = 100
     batch_size: int = 512
     mode: str = "fast"
+    nondeterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,5 +295,7 @@ def _validate(s: CampaignSpec) -> None:
         raise bad(f"[outcome] {e}") from None
     if s.run.mode not in ("fast", "plain"):
         raise bad(f"[run] mode must be 'fast' or 'plain', not {s.run.mode!r}")
+    if not isinstance(s.run.nondeterministic, bool):
+        raise bad(f"[run] nondeterministic must be true or false, not {s.run.nondeterministic!r}")
     if s.run.shard_size < 1 or s.run.batch_size < 1:
         raise bad("[run] shard_size and batch_size must be >= 1")

@@ -1,0 +1,96 @@
+"""Guards that keep the fast mode right: batch-coupled models, nondeterministic models."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import resil
+import resil.campaign as rc
+
+
+class BatchMax(nn.Module):
+    """Normalises by the largest magnitude over the whole batch: samples depend on each other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.abs().amax().clamp_min(1e-12)
+
+
+def coupled_sequential() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), BatchMax(), nn.Linear(12, 4)).eval()
+
+
+class CoupledNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.norm, self.c = nn.Linear(6, 12), nn.Linear(12, 12), BatchMax(), nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.norm(self.b(torch.relu(self.a(x)))))
+
+
+def table(store: rc.Store) -> pd.DataFrame:
+    return store.table().to_pandas().drop(columns=["fault_sites", "fault_indices", "fault_masks"])
+
+
+@pytest.mark.parametrize("make", [coupled_sequential, CoupledNet])
+def test_a_model_that_mixes_the_batch_gets_the_plain_answer(tmp_path, make):
+    torch.manual_seed(1)
+    x, y = torch.randn(40, 6), torch.randint(0, 4, (40,))
+
+    def spec(mode: str) -> rc.CampaignSpec:
+        return rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=150), sites=rc.SiteSpec(kinds=("weight", "activation")),
+                               run=rc.RunSpec(mode=mode, shard_size=150))
+
+    fast = table(rc.run(spec("fast"), tmp_path / "fast", model=make().eval(), data=(x, y)))
+    plain = table(rc.run(spec("plain"), tmp_path / "plain", model=make().eval(), data=(x, y)))
+    pd.testing.assert_frame_equal(fast, plain)
+    # the oracle for one scenario: a full faulty forward by hand
+    model = make().eval()
+    row = rc.Store(tmp_path / "fast").table().to_pandas().iloc[0]
+    fs = resil.FaultSet(site=row.fault_sites, index=row.fault_indices, bit=[int(m).bit_length() - 1 for m in row.fault_masks])
+    with torch.no_grad():
+        golden = model(x)
+        with resil.inject(model, fs, sites=resil.sites(model, x[:2])):
+            out = model(x)
+    finite = torch.isfinite(out).all(1)
+    assert row.critical == int(((out.argmax(1) != golden.argmax(1)) & finite & ~(out == golden).all(1)).sum())
+
+
+def test_the_probe_perturbs_one_copy_only():
+    from resil.campaign.grouped import _copies_match, _probe_copies
+
+    t = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    stacked = _probe_copies(t, 3)
+    assert torch.equal(stacked[2:], torch.cat([t, t])) and torch.equal(stacked[:2], t * 2 + 1)
+    assert _copies_match(torch.relu(stacked), torch.relu(t), 3)  # a per-sample layer: copies 1.. match
+    assert not _copies_match(BatchMax()(stacked), BatchMax()(t), 3)  # the batch maximum moved with copy 0
+
+
+def dropout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+
+def test_a_nondeterministic_model_is_refused_before_anything_is_written(tmp_path):
+    x, y = torch.randn(30, 6), torch.randint(0, 3, (30,))
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20))
+    with pytest.warns(UserWarning, match="training mode"), pytest.raises(resil.FaultError, match="different outputs.*training mode"):
+        rc.run(spec, tmp_path / "refused", model=dropout_net().train(), data=(x, y))
+    assert not (tmp_path / "refused").exists()
+
+
+def test_nondeterminism_accepted_runs_plain_and_says_so(tmp_path):
+    x, y = torch.randn(30, 6), torch.randint(0, 3, (30,))
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20), run=rc.RunSpec(nondeterministic=True))
+    with pytest.warns(UserWarning, match="training mode"):
+        store = rc.run(spec, tmp_path / "accepted", model=dropout_net().train(), data=(x, y))
+    m = store.manifest()
+    assert m["mode"] == "plain" and m["nondeterministic"] is True and store.table().num_rows == 20
+    # in eval mode the same network is deterministic and keeps the fast path
+    det = rc.run(spec, tmp_path / "eval", model=dropout_net().eval(), data=(x, y)).manifest()
+    assert det["mode"] == "fast" and det["nondeterministic"] is False
