@@ -307,7 +307,6 @@ class _Job:
 
     def __init__(self, label: str, source: nn.Module | str, root: Path, s: CompareSettings, data: Any) -> None:
         from ..campaign import CampaignSpec, DataSpec, ModelSpec, RunSpec, SamplerSpec, SiteSpec
-        from ..campaign.runner import CampaignRunner
 
         self.label, self.s = label, s
         self.ber_dir, self.pvf_dir = root / f"{_dirname(label)}-ber", root / f"{_dirname(label)}-pvf"
@@ -322,14 +321,16 @@ class _Job:
                                 run=RunSpec(shard_size=1000), **common)  # type: ignore[arg-type]
         self.model = source if live else None
         self.data = data
-        self.runner = CampaignRunner(self.pvf, self.model, data)  # loads and checks model and data before any work
 
     def check(self) -> None:
+        """Load the model and data and check both directories, before any work (nothing is kept:
+        seven models' golden runs would otherwise stay in memory)."""
+        from ..campaign.runner import CampaignRunner
         from ..campaign.store import Store
 
+        manifest = CampaignRunner(self.pvf, self.model, self.data).manifest()
         for spec, directory in ((self.ber, self.ber_dir), (self.pvf, self.pvf_dir)):
-            manifest = {**self.runner.manifest(), "name": spec.name, "spec_hash": spec.hash()}
-            Store(directory).check(manifest)
+            Store(directory).check({**manifest, "name": spec.name, "spec_hash": spec.hash()})
 
     def run(self, progress: bool) -> None:
         from tqdm.auto import tqdm
