@@ -10,7 +10,8 @@ batch of scenarios in ``fast`` mode (the default; bit-identical to ``plain``):
 - scenarios whose faults sit in one stage are evaluated many per forward pass
   (:mod:`resil.campaign.grouped`);
 - the others run under :func:`resil.inject` from their first faulted stage on
-  (:mod:`resil.campaign.suffix`).
+  (:mod:`resil.campaign.suffix`); in a model that is not an ``nn.Sequential``, the modules that
+  finish before the first faulted one replay their golden outputs (:mod:`resil.campaign.replay`).
 
 Two guards keep fast answers right: a second fault-free run must equal the first bit for bit
 (a model with dropout active is refused, or run in plain mode when nondeterminism is accepted),
@@ -46,6 +47,7 @@ from ..injection import inject
 from ..site import SiteList
 from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
 from .grouped import GroupedForward, run_grouped, same_bits
+from .replay import ModuleReplay
 from .samplers import Scenarios
 from .suffix import SuffixForward
 
@@ -107,7 +109,12 @@ class Evaluator:
         self.criterion = criterion_from_spec(criterion)
         self.sites = sites if sites is not None else list_sites(model, inputs[:2], pruned=pruned)
         self.suffix = SuffixForward(model, inputs, batch_size)
-        output = self.suffix.golden() if mode == "fast" else self.suffix.run_from(0)
+        #: suffix replay for models that are not an ``nn.Sequential`` (any module tree)
+        self.replay = ModuleReplay(model, self.suffix.batches) if mode == "fast" and not self.suffix.stages else None
+        if mode == "plain":
+            output = self.suffix.run_from(0)
+        else:
+            output = self.replay.golden() if self.replay is not None else self.suffix.golden()
         #: whether two fault-free runs differed (allowed only with ``nondeterministic=True``; then plain mode)
         self.nondeterministic = not same_bits(self.suffix.run_from(0), output)
         if self.nondeterministic:
@@ -150,7 +157,10 @@ class Evaluator:
             todo = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
         for i in todo:
             with inject(self.model, sc.of(int(i)), sites=self.sites) as applied:
-                out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.fast else 0)
+                if self.fast and self.replay is not None:
+                    out = self.replay.run(s.module for s in applied.sites)
+                else:
+                    out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.fast else 0)
             for k, v in self.judge(out.unsqueeze(0)).items():
                 counts[k][i] = v[0]
         return counts

@@ -1,0 +1,166 @@
+"""Suffix replay for any module tree: modules that finish before the faulted one replay their outputs.
+
+:class:`~resil.campaign.suffix.SuffixForward` replays the stages of an ``nn.Sequential``. Models
+with their own ``forward`` (residual blocks, branches, functional glue, attention) get the same
+saving here: the golden run records, for every submodule, when each of its calls starts and ends
+and what it returned. For faults in modules ``M``, every module whose calls all ended before the
+first call of any ``M`` began cannot see the faults; the outermost such modules return copies
+of their golden outputs instead of computing, and the model's own forward runs as usual
+otherwise, so glue code, residual additions and later modules compute exactly as in a full
+faulty forward.
+
+Guards: modules that share a stored tensor with a faulted one (tied weights) count as faulted;
+a replay set is used only after a fault-free forward with it gave the golden output bit
+for bit (glue code reading a replayed module's state, such as a spiking neuron's membrane, fails
+this check and runs the full forward); replayed tensors are copies, so in-place glue (``out +=
+identity``) cannot corrupt the recording; outputs are recorded while they fit in ``budget``
+bytes, and modules past it are not replayed (their children may be).
+
+Example:
+    >>> import torch
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return self.b(torch.relu(self.a(x)) + x)
+    >>> net, x = Net().eval(), torch.randn(5, 4)
+    >>> r = ModuleReplay(net, [x]); golden = r.golden()
+    >>> [n for n, _ in r.replayed([net.b])], torch.equal(r.run([net.b]), golden)
+    (['a'], True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .grouped import same_bits
+
+__all__ = ["ModuleReplay"]
+
+
+def _clone(value: Any) -> Any:
+    """A copy of a recorded output (tensors cloned, structures rebuilt)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_clone(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+class ModuleReplay:
+    """Forward passes over fixed input batches in which modules that finish before given ones replay.
+
+    Args:
+        model: any ``nn.Module``.
+        batches: the input batches (tensors).
+        budget: bytes of recorded outputs kept (default 256 MiB); modules whose outputs do not fit
+            are not replayed.
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], budget: int = 256 << 20) -> None:
+        self.model, self.batches, self.budget = model, list(batches), budget
+        self.names = {id(m): n for n, m in model.named_modules() if m is not model}
+        self.modules = {id(m): m for m in model.modules() if m is not model}
+        self.parent = {id(c): id(m) for m in model.modules() for c in m.children()}
+        self.first_start: dict[int, int] = {}
+        self.last_end: dict[int, int] = {}
+        self.recorded: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> output
+        owners: dict[int, set[int]] = {}  # storage of a parameter or buffer -> the modules holding it
+        for m in self.modules.values():
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
+                owners.setdefault(t.untyped_storage().data_ptr(), set()).add(id(m))
+        #: per module, the modules sharing a stored tensor with it (tied weights): faulted together
+        self.sharing = {k: set().union(*(owners[t.untyped_storage().data_ptr()] for t in (*m.parameters(recurse=False),
+                                                                                          *m.buffers(recurse=False))), {k})
+                        for k, m in self.modules.items()}
+        self.outputs: list[Any] = []
+        self._exact: dict[frozenset[int], bool] = {}
+
+    def golden(self) -> torch.Tensor:
+        """The full forward over every batch, recording call order and outputs."""
+        clock = [0]
+        used = [0]
+        calls: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k in self.modules}
+        dropped: set[int] = set()
+        batch = [0]
+
+        def pre(m: nn.Module, args: Any) -> None:
+            if batch[0] == 0:
+                self.first_start.setdefault(id(m), clock[0])
+            clock[0] += 1
+
+        def post(m: nn.Module, args: Any, out: Any) -> None:
+            if batch[0] == 0:
+                self.last_end[id(m)] = clock[0]
+            clock[0] += 1
+            if id(m) not in dropped:
+                size = _nbytes(out)
+                if used[0] + size > self.budget:
+                    dropped.add(id(m))
+                else:
+                    used[0] += size
+                    calls[id(m)][batch[0]].append(out)
+
+        handles = [m.register_forward_pre_hook(pre) for m in self.modules.values()]
+        handles += [m.register_forward_hook(post) for m in self.modules.values()]
+        try:
+            with torch.no_grad():
+                for b, x in enumerate(self.batches):
+                    batch[0] = b
+                    self.outputs.append(self.model(x))
+        finally:
+            for h in handles:
+                h.remove()
+        self.recorded = {k: v for k, v in calls.items() if k not in dropped and k in self.last_end}
+        return torch.cat(self.outputs)
+
+    def replayed(self, targets: Iterable[nn.Module]) -> list[tuple[str, nn.Module]]:
+        """The outermost recorded modules whose calls all end before any of ``targets`` starts."""
+        ids = {k for t in targets for k in self.sharing.get(id(t), {id(t)})}
+        if not ids or any(k not in self.first_start for k in ids):  # a faulted tensor used without calling its module
+            return []
+        starts = [self.first_start[k] for k in ids]
+        start = min(starts)
+        chosen = {k for k in self.recorded if self.last_end[k] < start}
+        return [(self.names[k], self.modules[k]) for k in self.modules if k in chosen and self.parent.get(k) not in chosen]
+
+    def run(self, targets: Iterable[nn.Module]) -> torch.Tensor:
+        """The output over all batches with the modules before ``targets`` replayed (a full
+        forward where the replay set fails its fault-free check)."""
+        chosen = [m for _, m in self.replayed(targets)]
+        key = frozenset(id(m) for m in chosen)
+        if chosen and key not in self._exact:
+            self._exact[key] = same_bits(self._forward(chosen), torch.cat(self.outputs))
+        return self._forward(chosen if chosen and self._exact[key] else [])
+
+    def _forward(self, chosen: list[nn.Module]) -> torch.Tensor:
+        outs = []
+        with torch.no_grad():
+            for b, x in enumerate(self.batches):
+                for m in chosen:
+                    replay = iter(self.recorded[id(m)][b])
+                    m.forward = lambda *args, r=replay, **kw: _clone(next(r))  # shadows the class's forward
+                try:
+                    outs.append(self.model(x))
+                finally:
+                    for m in chosen:
+                        del m.forward
+        return torch.cat(outs)
