@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,59 +11,121 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from .discovery import sites
+from .encodings import FloatEncoding
 from .errors import FaultError
 from .fault_models import StuckAt
 from .faults import Fault, FaultSet
 from .injection import inject
-from .loading import load_model
+from .site import Site, SiteList
 
 if TYPE_CHECKING:
     from .campaign import CampaignSpec
 
 
-def model_and_example(spec: str) -> tuple[nn.Module, torch.Tensor | None]:
-    """The model, and two example inputs when it is a bundled reference model."""
+def cmd_sites(args: argparse.Namespace) -> int:
     import resil.models as rm
 
-    return load_model(spec), (rm.dataset(spec).x_test[:2] if spec in rm.names() else None)
+    from .campaign.sources import check_forward
+    from .training.cli import load_model_option
 
-
-def cmd_sites(args: argparse.Namespace) -> int:
-    model, example = model_and_example(args.model)
+    model = load_model_option(args).eval()
+    example = rm.dataset(args.model).x_test[:2] if args.model in rm.names() else None
     if args.input_shape:
-        example = torch.zeros(2, *(int(d) for d in args.input_shape.split(",")))
+        try:
+            example = torch.zeros(2, *(int(d) for d in args.input_shape.split(",")))
+        except ValueError:
+            raise FaultError(f"--input-shape must be comma-separated positive integers such as 1,8,8, not {args.input_shape!r}") from None
+    if example is not None:
+        check_forward(model, example)
     print(sites(model, example).table())
     return 0
+
+
+def _element(site: Site, want: tuple[int, ...]) -> tuple[int, ...]:
+    """``want`` clamped into the site's shape (missing dimensions 0), moved on to a stored element if it is not stored."""
+    assert site.shape is not None  # listed with an example input
+    index = tuple(min(want[d] if d < len(want) else 0, n - 1) for d, n in enumerate(site.shape))
+    stored = site.elements()
+    flat = int(np.ravel_multi_index(index, site.shape))
+    flat = int(stored[min(int(np.searchsorted(stored, flat)), len(stored) - 1)])
+    return tuple(int(i) for i in np.unravel_index(flat, site.shape))
+
+
+def _bits(site: Site) -> tuple[int, int]:
+    """A high and a low bit to flip: a float's top exponent and top mantissa bit, else the bit below the top and bit 0."""
+    high = max(site.encoding.bits - 2, 0)
+    if isinstance(site.encoding, FloatEncoding):
+        return high, round(-math.log2(torch.finfo(site.encoding.dtype).eps)) - 1
+    return high, 0
+
+
+def _demo_faults(site_list: SiteList, flips: int, rng: np.random.Generator) -> list[tuple[str, Fault | FaultSet]]:
+    """The demo's faults on any model: a high and a low bit flip in the first weight's first kernel
+    centre, a stuck-at-1 high bit in the last bias, a high bit flip in the output of the second
+    layer with weights on every image, and ``flips`` random bit flips of stored weights and biases.
+    The elements are those of the dense CNN (README), clamped into each site's shape."""
+    weights = [s for s in site_list if s.kind == "weight"]
+    if not weights:
+        raise FaultError("the model has no weight sites to inject faults into")
+    first, biases = weights[0], [s for s in site_list if s.kind == "bias"]
+    layer = weights[min(1, len(weights) - 1)].module
+    out = next((s for s in site_list if s.kind == "activation" and s.module is layer and s.shape is not None), None)
+
+    def at(site: Site, index: tuple[int, ...]) -> str:
+        return f"{site.name}[{','.join(map(str, index))}]"
+
+    centre = _element(first, (0, 0, *(n // 2 for n in (first.shape or ())[2:])))
+    high, low = _bits(first)
+    faults: list[tuple[str, Fault | FaultSet]] = [(f"{at(first, centre)} bit {b} flip", Fault(first.name, centre, bit=b))
+                                                  for b in (high, low)]
+    if biases:
+        bias = biases[-1]
+        i, b = _element(bias, (3,)), _bits(bias)[0]
+        faults.append((f"{at(bias, i)} bit {b} stuck-at-1", Fault(bias.name, i, bit=b, model=StuckAt(1))))
+    if out is not None:
+        i, b = _element(out, (5, 2, 2)), _bits(out)[0]
+        faults.append((f"{at(out, i)} bit {b} flip, every image", Fault(out.name, i, bit=b)))
+    stored = [s for s in site_list if s.kind in ("weight", "bias")]
+    elements = [s.elements() for s in stored]
+    pick = rng.integers(0, len(stored), flips)
+    random_flips = FaultSet(
+        site=[stored[p].name for p in pick],
+        index=[int(elements[p][rng.integers(0, len(elements[p]))]) for p in pick],
+        bit=rng.integers(0, np.array([stored[p].encoding.bits for p in pick], dtype=np.int64)),
+    )
+    return [*faults, (f"{flips} random weight bit flips", random_flips)]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import resil.models as rm
 
+    from .campaign.sources import load_data
+    from .training.cli import load_model_option
+    from .training.ftt import check_classifier
+
     torch.set_num_threads(1)
-    model = rm.load(args.model)
-    data = rm.dataset(args.model)
-    x, y = data.x_test, data.y_test
+    model = load_model_option(args).eval()
+    bundled = args.model in rm.names()
+    if not bundled and args.data is None:
+        raise FaultError(f"--model {args.model} is not a bundled reference model, so it has no test data of its own: give --data "
+                         "(a .pt or .npz file with x and labels y, or file.py:function returning them)")
+    try:
+        x, y = load_data(args.data or args.model)
+    except FaultError as e:
+        raise FaultError(f"--data {args.data}: {e}") from e
+    check_classifier(model, x, y, f"--data {args.data}" if args.data else f"the test split of {args.model}")
+    assert y is not None  # check_classifier refuses data without labels
     site_list = sites(model, x[:2])
-    print(f"model {args.model}: {rm.info(args.model).description}, recorded test accuracy {rm.info(args.model).accuracy:.2%}\n")
+    if bundled and args.data is None and args.checkpoint is None:
+        about = f"{rm.info(args.model).description}, recorded test accuracy {rm.info(args.model).accuracy:.2%}"
+    else:
+        described = rm.info(args.model).description if bundled else type(model).__name__
+        about = f"{described}, {sum(p.numel() for p in model.parameters()):,} parameters, {len(x)} inputs from {args.data or 'its test split'}"
+    print(f"model {args.model}: {about}\n")
     print(site_list.table(), "\n")
-    rng = np.random.default_rng(args.seed)
-    weights = [s for s in site_list if s.kind in ("weight", "bias")]
-    pick = rng.integers(0, len(weights), args.random_flips)
-    random_flips = FaultSet(
-        site=[weights[p].name for p in pick],
-        index=[int(rng.integers(0, weights[p].numel or 1)) for p in pick],
-        bit=rng.integers(0, 32, args.random_flips),
-    )
-    scenarios: list[tuple[str, Fault | FaultSet]] = [
-        ("conv1.weight[0,0,1,1] bit 30 flip", Fault("conv1.weight", (0, 0, 1, 1), bit=30)),
-        ("conv1.weight[0,0,1,1] bit 22 flip", Fault("conv1.weight", (0, 0, 1, 1), bit=22)),
-        ("fc2.bias[3] bit 30 stuck-at-1", Fault("fc2.bias", 3, bit=30, model=StuckAt(1))),
-        ("conv2:out[5,2,2] bit 30 flip, every image", Fault("conv2:out", (5, 2, 2), bit=30)),
-        (f"{args.random_flips} random weight bit flips", random_flips),
-    ]
+    scenarios = _demo_faults(site_list, args.random_flips, np.random.default_rng(args.seed))
     with torch.no_grad():
         golden = model(x)
         print(f"{'fault':45s} {'accuracy':>9s} {'top-1 changed':>14s} {'max |logit change|':>19s}")
@@ -78,7 +141,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             shown = shown or (changed and (label, out))
     if shown:
         label, out = shown
-        i = int(((out.argmax(1) != golden.argmax(1)) & (golden.argmax(1) == y)).nonzero()[0])
+        flipped = out.argmax(1) != golden.argmax(1)
+        rows = (flipped & (golden.argmax(1) == y)).nonzero()  # prefer an image the model got right
+        i = int((rows if len(rows) else flipped.nonzero())[0])
         np.set_printoptions(precision=2, suppress=True, linewidth=120)
         print(f"\ntest image {i} (label {int(y[i])}) under '{label}':")
         print("  clean logits :", golden[i].numpy(), "-> class", int(golden[i].argmax()))
@@ -200,14 +265,22 @@ def _executor_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.cli import add_model_options, add_parser as add_harden_parser
+
     p = argparse.ArgumentParser(prog="resil", description="Fault injection for dense, spiking, pruned and quantized PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sites", help="list the fault sites of a model")
-    s.add_argument("model", help="bundled reference model name or package.module:factory")
-    s.add_argument("--input-shape", help="per-sample input shape, e.g. 1,8,8, to learn activation shapes")
+    s.add_argument("model", help="bundled reference model name, package.module:factory or path/file.py:factory")
+    add_model_options(s)
+    s.add_argument("--input-shape", help="per-sample input shape, e.g. 1,8,8, to learn activation shapes (default: a bundled "
+                                         "model's data)")
     s.set_defaults(run=cmd_sites)
-    d = sub.add_parser("demo", help="inject a few faults into a reference model and print clean vs faulty outputs")
-    d.add_argument("--model", default="dense-cnn")
+    d = sub.add_parser("demo", help="inject a few faults into a model and print clean vs faulty outputs")
+    d.add_argument("--model", default="dense-cnn", metavar="SOURCE",
+                   help="bundled reference model, package.module:factory or path/file.py:factory (default: %(default)s)")
+    add_model_options(d)
+    d.add_argument("--data", metavar="SOURCE", help="inputs and integer labels: a .pt or .npz file with x and y, or file.py:function "
+                                                    "returning them (default: a bundled model's test split; required for other models)")
     d.add_argument("--random-flips", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=cmd_demo)
@@ -239,8 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--inputs", type=int, help="evaluation inputs (the first N; default all)")
     cp.add_argument("--seed", type=int, help="random seed")
     cp.set_defaults(run=cmd_compare)
-    from .training.cli import add_parser as add_harden_parser
-
     add_harden_parser(sub)  # resil harden ftt|fat|search
     return p
 

@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import resil.models as rm
-from resil import loading
 from resil.campaign.sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from resil.errors import FaultError
 
@@ -140,7 +139,6 @@ def test_factories_keep_their_mode_and_bundled_models_come_in_eval_mode(code, mo
     assert load_model("usernets:build_training").training
     assert not load_model("usernets:build").training
     assert not load_model("dense-cnn").training
-    assert not loading.load_model("usernets:build_training").training  # the older entry point still puts it in eval mode
 
 
 def test_a_checkpoint_round_trips_bit_for_bit(code, monkeypatch):
@@ -474,15 +472,3 @@ def test_check_forward_resets_stateful_modules():
     assert any(bool(m.mem.abs().sum()) for m in leaky)  # a forward leaves membrane potentials behind
     check_forward(net, x)
     assert all(not bool(m.mem.abs().sum()) for m in leaky)
-
-
-def test_load_inputs_keeps_its_older_behaviour(tmp_path):
-    x, y = loading.load_inputs("dense-cnn", count=7)
-    assert torch.equal(x, rm.dataset("digits").x_test[:7]) and torch.equal(y, rm.dataset("digits").y_test[:7])
-    with pytest.raises(FaultError, match=r"5000 inputs requested but digits has 359"):
-        loading.load_inputs("dense-cnn", "", 5000)
-    with pytest.raises(FaultError, match=r"no dataset for 'usernets:build'"):
-        loading.load_inputs("usernets:build")
-    np.savez(tmp_path / "d.npz", x=np.zeros((3, 2), np.float32))
-    with pytest.raises(FaultError, match=r"has no labels"):
-        loading.load_inputs("usernets:build", str(tmp_path / "d.npz"))

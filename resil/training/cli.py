@@ -1,21 +1,33 @@
 """``resil harden ftt|fat|search``: the hardening methods from the command line.
 
-Each subcommand runs one method on the bundled digits data and writes a run directory
+Each subcommand runs one method and writes a run directory
 (:class:`resil.training.store.RunStore`): ``manifest.json`` (the command, its spec and hash, the
 status and a summary of the results), Parquet result tables, ``model.pt`` and ``report.png``
-(when matplotlib is installed). Every argument is checked before anything is created; a
-directory holding a run of another spec is refused.
+(when matplotlib is installed). Every argument, the model and the data are checked before
+anything is created; a directory holding a run of another spec, or of the same spec on another
+model or other data (``fingerprint`` in the manifest: a hash of the given model's state dict and
+one of the training and test data), is refused.
+
+``ftt`` and ``fat`` take any model source of :func:`resil.campaign.sources.load_model`: ``--model``
+a bundled name, ``package.module:factory`` or ``path/file.py:factory``, ``--kwargs JSON`` the
+factory's arguments, ``--checkpoint FILE`` a state dict loaded into it (``weights_only=True``).
+``--data`` (training) and ``--test-data`` are :func:`resil.campaign.sources.load_data` sources
+(``file.py:function``, a ``.pt`` or ``.npz`` file with ``x`` and integer labels ``y``, or a bundled
+dataset name for its training / test split); a bundled model defaults to its bundled split, any
+other model needs both. The spec records the given sources. ``model.pt`` holds the trained model:
+in the reference's checkpoint format for a bundled model (load it with
+``resil.models.info(name).restore``), else its ``state_dict()`` (pass it back as ``--checkpoint``).
 
 - ``resil harden ftt --model dense-cnn --faults adsaf --out DIR``: FT-NAS fault-tolerant
-  training vs normal training (:func:`resil.training.run_ftt`). Tables ``results`` (one row per
-  arm) and ``draws`` (faulty accuracy per draw, paired); ``model.pt`` is the hardened model in
-  the reference's checkpoint format (load it with ``resil.models.info(name).restore``).
+  training vs normal training (:func:`resil.training.run_ftt`; a non-bundled model trains with
+  ``resil.models.Recipe()``, ``--epochs`` overriding). Tables ``results`` (one row per arm) and
+  ``draws`` (faulty accuracy per draw, paired).
 - ``resil harden fat --model dense-cnn --out DIR``: ISimDL fault-aware training
   (:func:`resil.training.fat.fault_aware_training`). Tables ``history`` (per epoch) and
   ``faults`` (the critical faults found, :meth:`resil.FaultSet.to_dict` columns).
 - ``resil harden search --faults adsaf --out DIR``: fault-tolerant architecture search
-  (:func:`resil.training.search.search`). Tables ``candidates`` and ``comparison``; ``model.pt``
-  loads with :func:`resil.training.search.load_found`.
+  (:func:`resil.training.search.search`) on the bundled digits data. Tables ``candidates`` and
+  ``comparison``; ``model.pt`` loads with :func:`resil.training.search.load_found`.
 
 Fault specs (``--faults``): ``adsaf[:P]`` (per-cell rate, default 0.08), ``mibb[:P_M]`` (per-MAC
 rate, default 5e-4), ``ibb[:P]`` (per-feature rate, default 1e-3); several joined by commas.
@@ -23,21 +35,27 @@ rate, default 5e-4), ``ibb[:P]`` (per-feature rate, default 1e-3); several joine
 Example:
     >>> parse_faults("adsaf:0.05,mibb")
     (AdSAF(p=0.05, saf1=0.163, include=('*',)), MiBB(include=('*',), p_m=0.0005))
+    >>> parse_kwargs('{"width": 8}')
+    {'width': 8}
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from ..campaign.sources import fingerprint_model, fingerprint_tensors, load_data, load_model
 from ..errors import FaultError
 from ..ftnas import IBB, AdSAF, FaultProcess, MiBB
 
-__all__ = ["add_parser", "parse_faults"]
+__all__ = ["add_model_options", "add_parser", "load_model_option", "parse_faults", "parse_kwargs"]
 
 #: fault spec name -> (process class, its rate field, default rate)
 FAULTS: dict[str, tuple[type, str, float]] = {"adsaf": (AdSAF, "p", 0.08), "mibb": (MiBB, "p_m", 5e-4), "ibb": (IBB, "p", 1e-3)}
@@ -74,11 +92,80 @@ def _unit(name: str, v: float | None) -> None:
         raise FaultError(f"{name} must be in [0, 1], not {v}")
 
 
-def _reference(name: str) -> None:
+def parse_kwargs(text: str | None) -> dict[str, Any] | None:
+    """The factory arguments of ``--kwargs`` (a JSON object), None when not given.
+
+    Raises:
+        FaultError: for text that is not JSON or not a JSON object.
+    """
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise FaultError(f"--kwargs {text!r} is not valid JSON ({e}); give an object such as '{{\"width\": 8}}'") from None
+    if not isinstance(value, dict):
+        raise FaultError(f"--kwargs {text!r} is not a JSON object; give the factory's arguments as one, e.g. '{{\"width\": 8}}'")
+    return value
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--checkpoint FILE`` and ``--kwargs JSON``, which complete a model source argument ``model``."""
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="state dict to load into the model (torch.save of model.state_dict(), read with weights_only=True)")
+    p.add_argument("--kwargs", metavar="JSON", help="keyword arguments of the model factory as a JSON object, e.g. '{\"width\": 8}'")
+
+
+def load_model_option(args: argparse.Namespace) -> nn.Module:
+    """The model of ``args.model`` with ``args.checkpoint`` and ``args.kwargs``
+    (:func:`resil.campaign.sources.load_model`; in the mode its factory returns)."""
+    return load_model(args.model, checkpoint=args.checkpoint, kwargs=parse_kwargs(args.kwargs))
+
+
+def _split(source: str, train: bool, option: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The inputs and labels of a data source: a bundled dataset (or model) name gives its training or test split."""
     import resil.models as rm
 
-    if name not in rm.names():
-        raise FaultError(f"unknown model {name!r} for --model; bundled: {', '.join(rm.names())}")
+    if source in rm.DATASETS or source in rm.names():
+        d = rm.dataset(source)
+        return (d.x_train, d.y_train) if train else (d.x_test, d.y_test)
+    try:
+        return load_data(source)
+    except FaultError as e:
+        raise FaultError(f"{option} {source}: {e}") from e
+
+
+def _model_and_data(args: argparse.Namespace) -> tuple[nn.Module, Any, dict[str, Any], dict[str, str]]:
+    """The model and the training and test data (a :class:`resil.models.Dataset`) of ``harden
+    ftt|fat``, checked (:func:`resil.training.ftt.check_classifier`); the given sources, for the
+    spec; the run's fingerprint."""
+    import resil.models as rm
+
+    from .ftt import as_dataset, check_classifier
+
+    kwargs = parse_kwargs(args.kwargs)
+    model = load_model(args.model, checkpoint=args.checkpoint, kwargs=kwargs)
+    bundled = args.model in rm.names()
+    missing = [option for option, v in (("--data", args.data), ("--test-data", args.test_data)) if v is None]
+    if missing and not bundled:
+        raise FaultError(f"--model {args.model} is not a bundled reference model, so it has no data of its own: give "
+                         f"{' and '.join(missing)} (a .pt or .npz file with x and labels y, or file.py:function returning them)")
+    parts: list[torch.Tensor] = []
+    for option, source, train in (("--data", args.data, True), ("--test-data", args.test_data, False)):
+        x, y = _split(source or args.model, train, option)
+        check_classifier(model, x, y, f"{option} {source}" if source else f"the bundled {'training' if train else 'test'} split")
+        parts += [x, y]
+    data = as_dataset(tuple(parts), name=f"{args.data or args.model} / {args.test_data or args.model}")
+    given = {"checkpoint": args.checkpoint, "kwargs": kwargs, "data": args.data, "test_data": args.test_data}
+    fingerprint = {"model": fingerprint_model(model), "inputs": fingerprint_tensors(*parts)}
+    return model, data, {k: v for k, v in given.items() if v is not None}, fingerprint
+
+
+def _checkpoint(name: str, model: nn.Module) -> Any:
+    """What ``model.pt`` holds: a bundled model's checkpoint format, else the state dict."""
+    import resil.models as rm
+
+    return rm.info(name).save(model) if name in rm.names() else model.state_dict()
 
 
 def _names(text: str, option: str) -> tuple[str, ...]:
@@ -127,25 +214,26 @@ def _finish(store: Any, png: bytes | None, summary: dict[str, Any]) -> None:
 # -- ftt ------------------------------------------------------------------------------------------
 
 def cmd_ftt(args: argparse.Namespace) -> int:
-    import torch
-
     import resil.models as rm
 
-    from .ftt import _spec, run_ftt
+    from .ftt import _spec, prepare, run_ftt
     from .store import RunStore
 
-    _reference(args.model)
     procs = parse_faults(args.faults)
     _unit("--alpha", args.alpha)
     _positive("--epochs", args.epochs)
     _positive("--draws", args.draws)
+    model, data, given, fingerprint = _model_and_data(args)
+    prepare(model, procs)  # a fault process without sites fails before the directory exists (prepare modifies nothing)
     spec = {"model": args.model, "faults": [_spec(p) for p in procs], "alpha": args.alpha, "epochs": args.epochs,
-            "draws": args.draws, "seed": args.seed, "eval_seed": args.eval_seed, "range_gradient": not args.plain_ste}
+            "draws": args.draws, "seed": args.seed, "eval_seed": args.eval_seed, "range_gradient": not args.plain_ste, **given}
     store = RunStore(args.out)
-    store.create("ftt", spec)
+    store.create("ftt", spec, fingerprint)
     torch.set_num_threads(1)
-    r = run_ftt(args.model, procs, alpha=args.alpha, epochs=args.epochs, draws=args.draws, seed=args.seed,
-                eval_seed=args.eval_seed, range_gradient=not args.plain_ste, progress=True)
+    bundled = args.model in rm.names()  # without --checkpoint, trained as its reference is (from scratch or its checkpoint)
+    r = run_ftt(args.model if bundled and args.checkpoint is None else model, procs, data=data,
+                recipe=rm.info(args.model).recipe if bundled else None, alpha=args.alpha, epochs=args.epochs, draws=args.draws,
+                seed=args.seed, eval_seed=args.eval_seed, range_gradient=not args.plain_ste, progress=True)
     fn, ff = np.array(r.faulty_normal), np.array(r.faulty_ftt)
     std = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
     store.write_table("results", {"arm": ["normal", "ftt"], "clean": [r.clean_normal, r.clean_ftt],
@@ -153,7 +241,7 @@ def cmd_ftt(args: argparse.Namespace) -> int:
                                   "draws": [len(fn), len(ff)]})
     store.write_table("draws", {"draw": np.arange(len(fn)), "faulty_normal": fn, "faulty_ftt": ff})
     assert r.trained is not None
-    store.save_model(rm.info(args.model).save(r.trained))
+    store.save_model(_checkpoint(args.model, r.trained))
     png = _bars(["normal", f"FTT (alpha {r.alpha:g})"], [r.clean_normal, r.clean_ftt], [float(fn.mean()), float(ff.mean())],
                 [std(fn), std(ff)], f"{args.model} under {r.faults}, {r.epochs} epochs")
     _finish(store, png, r.to_dict())
@@ -165,16 +253,12 @@ def cmd_ftt(args: argparse.Namespace) -> int:
 # -- fat ------------------------------------------------------------------------------------------
 
 def cmd_fat(args: argparse.Namespace) -> int:
-    import torch
-
-    import resil.models as rm
     from resil.analysis.precision import BIT_WEIGHTINGS
     from resil.campaign.criteria import AccuracyDrop
 
     from .fat import fault_aware_training
     from .store import RunStore
 
-    _reference(args.model)
     _positive("--epochs", args.epochs)
     _positive("--k", args.k)
     _positive("--max-trials", args.max_trials)
@@ -198,16 +282,16 @@ def cmd_fat(args: argparse.Namespace) -> int:
             "sampler": args.sampler, "kind": args.kind, "theta": args.theta, "bit_weighting": args.bit_weighting, "tau": args.tau,
             "max_trials": args.max_trials, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
             "neutralise": args.neutralise, "clean_loss": not args.no_clean_loss}
+    model, d, given, fingerprint = _model_and_data(args)
+    spec.update(given)
     store = RunStore(args.out)
-    store.check("fat", spec)
-    d = rm.dataset(args.model)
+    store.check("fat", spec, fingerprint)
     torch.set_num_threads(1)
-    model = rm.load(args.model)
     from ..analysis.precision import select_space
     from ..discovery import sites
 
     select_space(sites(model, d.x_test[:1]), args.kind)  # a kind without sites fails before the directory exists
-    store.create("fat", spec)
+    store.create("fat", spec, fingerprint)
     r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, search_epochs=search_epochs,
                              k=args.k, stagger=args.stagger, sampler=args.sampler, kind=args.kind, criterion=criterion,
                              bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials, lr=args.lr,
@@ -218,7 +302,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
                                   "faults": [e.faults for e in h], "clean_accuracy": [e.clean_accuracy for e in h],
                                   "faulty_accuracy": [e.faulty_accuracy for e in h]})
     store.write_table("faults", {k: np.asarray(v) for k, v in r.faults.to_dict().items()})
-    store.save_model(rm.info(args.model).save(r.model))
+    store.save_model(_checkpoint(args.model, r.model))
     png = None
     try:
         from matplotlib.figure import Figure
@@ -246,8 +330,6 @@ def cmd_fat(args: argparse.Namespace) -> int:
 # -- search ---------------------------------------------------------------------------------------
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import torch
-
     from .ftt import _spec
     from .search import default_beta, save_found, search
     from .store import RunStore
@@ -296,23 +378,37 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------------
 
+def _source_options(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--checkpoint``, ``--kwargs``, ``--data`` and ``--test-data`` of ``harden ftt|fat``."""
+    p.add_argument("--model", default="dense-cnn", metavar="SOURCE",
+                   help="bundled reference model, package.module:factory or path/file.py:factory (default: %(default)s)")
+    add_model_options(p)
+    data = ("(a .pt or .npz file with x and integer labels y, file.py:function or package.module:function returning them, "
+            "or a bundled dataset name; default: a bundled model's {} split, required for other models)")
+    p.add_argument("--data", metavar="SOURCE", help="training data " + data.format("training"))
+    p.add_argument("--test-data", metavar="SOURCE", help="test data " + data.format("test"))
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``harden`` and its subcommands to the ``resil`` subparsers ``sub``."""
     h = sub.add_parser("harden", help="harden a network: fault-tolerant training, fault-aware training, architecture search",
-                       description="Hardening methods on the bundled digits data; each writes a run directory "
+                       description="Hardening methods: ftt and fat on a bundled model or yours (--model SOURCE, --data, "
+                                   "--test-data), search on the bundled digits data; each writes a run directory "
                                    "(manifest.json, Parquet tables, model.pt, report.png).")
     hs = h.add_subparsers(dest="method", required=True)
     fault_help = ("fault process(es): adsaf[:P] (RRAM stuck-at cells, default P 0.08), mibb[:P_M] (per-MAC bit bias, default "
                   "5e-4), ibb[:P] (per-feature bit bias, default 1e-3); several joined by commas (default: %(default)s)")
 
-    f = hs.add_parser("ftt", help="FT-NAS fault-tolerant training vs normal training of a reference model",
-                      description="Train a bundled reference model normally and with FT-NAS's fault-tolerant training "
-                                  "(loss (1-alpha)*CE(clean) + alpha*CE(faulty), fresh faults every step), then compare clean "
-                                  "and faulty test accuracy over paired fault draws.")
-    f.add_argument("--model", default="dense-cnn", help="bundled reference model (default: %(default)s)")
+    f = hs.add_parser("ftt", help="FT-NAS fault-tolerant training vs normal training of a model",
+                      description="Train a model normally and with FT-NAS's fault-tolerant training (loss "
+                                  "(1-alpha)*CE(clean) + alpha*CE(faulty), fresh faults every step), both from the same start, "
+                                  "then compare clean and faulty test accuracy over paired fault draws.")
+    _source_options(f)
     f.add_argument("--faults", default="adsaf", help=fault_help)
     f.add_argument("--alpha", type=float, default=0.5, help="weight of the faulty loss (FT-NAS: 0.7 adSAF, ~0.5 MiBB; default %(default)s)")
-    f.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
+    f.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: a bundled model's recipe; other models train with resil.models.Recipe(): "
+                        "10 epochs, Adam lr 3e-3, batch 64)")
     f.add_argument("--draws", type=int, default=20, help="fault draws of the evaluation (default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="seed of the training fault draws (default: %(default)s)")
     f.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation fault draws (default: %(default)s)")
@@ -321,9 +417,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     f.set_defaults(run=cmd_ftt)
 
     a = hs.add_parser("fat", help="ISimDL fault-aware training with critical faults found by importance sampling",
-                      description="Search critical single bit flips of a reference model (ISimDL importance sampling or "
+                      description="Search critical single bit flips of a model (ISimDL importance sampling or "
                                   "uniform), fix them into the model and keep training; report accuracy under them per epoch.")
-    a.add_argument("--model", default="dense-cnn", help="bundled reference model (default: %(default)s)")
+    _source_options(a)
     a.add_argument("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
     a.add_argument("--search-epochs", default="0", help="comma-separated epochs after which to search faults (0 = before training)")
     a.add_argument("--k", type=int, default=3, help="critical faults to find per search (default: %(default)s)")
@@ -345,10 +441,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a.set_defaults(run=cmd_fat)
 
     s = hs.add_parser("search", help="fault-tolerant architecture search (small FT-NAS) vs the reference models",
-                      description="Regularized evolution over small digits CNNs (widths, 3x3/5x5, max/avg pool, ReLU/ReLU6/"
-                                  "Hardtanh, float/int8/int4), candidates trained briefly with FTT and ranked on a validation "
-                                  "split by R = (1-beta)*clean + beta*faulty; the best is retrained and compared on the test "
-                                  "set with the reference models under the same faults.")
+                      description="On the bundled digits data (no --model or --data): regularized evolution over small "
+                                  "digits CNNs (widths, 3x3/5x5, max/avg pool, ReLU/ReLU6/Hardtanh, float/int8/int4), "
+                                  "candidates trained briefly with FTT and ranked on a validation split by R = (1-beta)*clean + "
+                                  "beta*faulty; the best is retrained and compared on the test set with the reference models "
+                                  "under the same faults.")
     s.add_argument("--faults", default="adsaf", help=fault_help)
     s.add_argument("--beta", type=float, default=None, help="reward weight of faulty accuracy (default: FT-NAS's, 0.2 adSAF, 0.5 MiBB)")
     s.add_argument("--alpha", type=float, default=0.5, help="FTT weight of the faulty loss; 0 = normal training (default: %(default)s)")

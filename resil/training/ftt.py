@@ -52,12 +52,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -67,9 +68,13 @@ from torch.nn import functional as F
 from ..discovery import sites as list_sites
 from ..encodings import IntEncoding
 from ..campaign.criteria import count_correct
+from ..campaign.sources import as_data, check_forward, load_model
 from ..errors import FaultError
 from ..ftnas import AdSAF, FaultProcess, FeatureFaults, _values, add_bit_bias, bias_values, fixed_point_scale, processes, stuck_cells
 from ..site import Site, SiteList
+
+if TYPE_CHECKING:
+    from resil.models import Dataset, Recipe
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -390,11 +395,13 @@ def faulty_accuracy(model: nn.Module, faults: FaultProcess | Sequence[FaultProce
     return FTT(model, faults, seed=seed).accuracy(x, y, draws=draws, progress=progress)
 
 
-# -- reference models: train normally and with FTT, compare -------------------------------------
+# -- normal vs FTT training of a reference model or of yours, compared --------------------------
 
 @dataclass
 class FTTResult:
     """Normal vs fault-tolerant training of one model under one fault process.
+
+    ``model`` is the bundled name, the source string or the class name of a live model.
 
     Accuracies are fractions; ``*_faulty`` hold one accuracy per fault draw (the same draws for
     both models). :meth:`to_dict` gives a JSON-ready dict.
@@ -446,50 +453,177 @@ def train_ftt(model: nn.Module, data: Any, recipe: Any, faults: FaultProcess | S
     return ftt.convert().eval()
 
 
-def run_ftt(name: str, faults: FaultProcess | Sequence[FaultProcess], *, alpha: float = 0.5, epochs: int | None = None,
-            draws: int = 20, seed: int = 0, eval_seed: int = 1, normal: nn.Module | None = None,
-            range_gradient: bool = True, progress: bool = False) -> FTTResult:
-    """Harden the bundled reference model ``name`` with FTT and compare it with normal training.
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``. Tensors that a forward pre-hook computes into plain attributes (a
+    pruned layer's ``weight = weight_orig * weight_mask``), which ``copy.deepcopy`` refuses, are
+    copied detached: the hook recomputes them from the copied parameters."""
+    computed = {id(v): v.detach().clone() for m in model.modules() for v in vars(m).values()
+                if isinstance(v, torch.Tensor) and v.grad_fn is not None}
+    return copy.deepcopy(model, computed)
 
-    Both arms use the model's recipe (same epochs, learning rate and data order; ``epochs``
-    overrides). Models trained from scratch (``dense-cnn``, ``snn``, ``int8``, ``int4``) are
-    built from the recipe's seed; the fine-tuned ones (``pruned-*``, ``structured-50``) start
-    from their shipped checkpoint in both arms. ``normal`` skips training the normal arm (pass the
-    model it would give, e.g. ``resil.models.load(name)`` for a from-scratch reference). Clean
-    accuracy is on the test set; faulty accuracy on the test set for ``draws`` fault draws,
-    paired between the two arms. Runs single-threaded.
+
+def _class_labels(y: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``y`` checked to be integer class indices >= 0, one per input."""
+    if y is None:
+        raise FaultError(f"{what} has no labels (y); training and accuracy need integer class labels")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise FaultError(f"{what}: labels must be integer class indices, one per input; got {y.dtype} labels of shape {tuple(y.shape)}")
+    if len(y) and int(y.min()) < 0:
+        raise FaultError(f"{what}: labels must be class indices >= 0, got {int(y.min())}")
+    return y
+
+
+def check_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, what: str = "the data") -> None:
+    """Raise unless ``y`` are integer class labels and ``model`` maps the first inputs of ``x`` to
+    class scores ``[B, classes]`` that every label indexes. Runs one forward pass
+    (:func:`resil.campaign.sources.check_forward`) on a copy of the model, so no training-mode
+    statistic of the model moves; ``what`` names the data in the errors.
+
+    Example:
+        >>> check_classifier(torch.nn.Linear(4, 3), torch.zeros(5, 4), torch.tensor([0, 1, 2, 2, 3]), "train.npz")
+        Traceback (most recent call last):
+        ...
+        resil.errors.FaultError: train.npz: the labels go up to 3 but the model outputs 3 class scores
+    """
+    y = _class_labels(y, what)
+    try:
+        out = check_forward(_copy(model), x)
+    except FaultError as e:
+        raise FaultError(f"{what}: {e}") from e
+    if out.dim() != 2:
+        raise FaultError(f"{what}: the model's output has shape {tuple(out.shape)} for inputs of shape {tuple(x[:2].shape)}; "
+                         "training needs class scores [batch, classes]")
+    if len(y) and int(y.max()) >= out.shape[1]:
+        raise FaultError(f"{what}: the labels go up to {int(y.max())} but the model outputs {out.shape[1]} class scores")
+
+
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def as_dataset(data: Any, name: str = "data") -> Dataset:
+    """Training and test data as a :class:`resil.models.Dataset`: a Dataset as it is, or
+    ``(x_train, y_train, x_test, y_test)`` as a tuple or a dict with those keys (tensors or numpy
+    arrays, read by :func:`resil.campaign.sources.as_data`; integer class labels).
+
+    Example:
+        >>> import numpy as np
+        >>> d = as_dataset((np.zeros((4, 2), np.float32), np.array([0, 1, 2, 1]), torch.zeros(2, 2), torch.tensor([1, 0])))
+        >>> tuple(d.x_train.shape), d.y_test.tolist(), d.classes
+        ((4, 2), [1, 0], 3)
+    """
+    from resil.models import Dataset
+
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, Mapping):
+        missing = [k for k in SPLITS if k not in data]
+        if missing:
+            raise FaultError(f"the data dict has no {', '.join(missing)}; it needs {', '.join(SPLITS)}")
+        parts = [data[k] for k in SPLITS]
+    elif isinstance(data, (tuple, list)) and len(data) == 4:
+        parts = list(data)
+    else:
+        got = f"a {type(data).__name__} of {len(data)} entries" if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"
+        raise FaultError(f"data must be a resil.models.Dataset or (x_train, y_train, x_test, y_test) as a tuple or a dict, got {got}")
+    splits = []
+    for what, x, y in (("the training data", *parts[:2]), ("the test data", *parts[2:])):
+        try:
+            x, y = as_data((x, y))
+        except FaultError as e:
+            raise FaultError(f"{what}: {e}") from e
+        splits += [x, _class_labels(y, what)]
+    return Dataset(name, *splits, classes=int(max(splits[1].max(), splits[3].max())) + 1)
+
+
+def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, data: Any = None, recipe: Recipe | None = None,
+            alpha: float = 0.5, epochs: int | None = None, draws: int = 20, seed: int = 0, eval_seed: int = 1,
+            normal: nn.Module | None = None, range_gradient: bool = True, progress: bool = False) -> FTTResult:
+    """Harden a model with FTT and compare it with normal training of the same model.
+
+    ``model`` is a bundled reference name, a live ``nn.Module`` or a source string of
+    :func:`resil.campaign.sources.load_model` (``package.module:factory``, ``file.py:factory``).
+    ``data`` holds the training and test data (see :func:`as_dataset`); a bundled model defaults to
+    its bundled split, any other model needs it.
+
+    Both arms train with the same :class:`resil.models.Recipe` (epochs, learning rate, batch size
+    and data order; ``epochs`` overrides): ``recipe``, by default the bundled model's own, else
+    ``Recipe()``. The normal arm trains with the plain cross-entropy, the FTT arm with the FTT loss.
+    A bundled model trained from scratch (``dense-cnn``, ``snn``, ``int8``, ``int4``) is built from
+    the recipe's seed, a fine-tuned one (``pruned-*``, ``structured-50``) starts from its shipped
+    checkpoint; any other model starts, in both arms, from a deep copy of the given one (which is
+    not modified). Each arm first sets the global torch seed to the recipe's. ``normal`` skips training the
+    normal arm (pass the model it would give, e.g. ``resil.models.load(name)`` for a from-scratch
+    reference). Clean accuracy is on the test set; faulty accuracy on the test set for ``draws``
+    fault draws, paired between the two arms. Runs single-threaded.
+
+    Raises:
+        FaultError: for a bad argument, a model without data, or data the model does not
+            classify (checked before training: see :func:`check_classifier`).
 
     Example (about a second):
         >>> from resil.ftnas import AdSAF
         >>> r = run_ftt("dense-cnn", AdSAF(p=0.08), alpha=0.7, epochs=1, draws=2)
         >>> sorted(r.to_dict())[:4], len(r.faulty_ftt)
         (['alpha', 'clean_drop', 'clean_ftt', 'clean_normal'], 2)
+
+    Your own model and data (a fraction of a second):
+        >>> from resil.models import Recipe
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x, y = torch.rand(40, 1, 4, 4), torch.randint(0, 3, (40,))
+        >>> r = run_ftt(net, AdSAF(p=0.08), data=(x[:32], y[:32], x[32:], y[32:]), recipe=Recipe(epochs=1, batch_size=16),
+        ...             draws=2)
+        >>> r.model, r.epochs, len(r.faulty_normal), r.trained is not net
+        ('Sequential', 1, 2, True)
     """
     import resil.models as rm
-    from resil.models.training import accuracy, train
+    from resil.models.training import Recipe, accuracy, train
 
-    ref = rm.info(name)
     procs = processes(faults)
-    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise FaultError(f"epochs must be a positive integer, not {epochs!r}")
     if not 0.0 <= alpha <= 1.0:
         raise FaultError(f"alpha must be in [0, 1], not {alpha!r}")
-    recipe = ref.recipe if epochs is None else type(ref.recipe)(**{**asdict(ref.recipe), "epochs": epochs})
-    data = rm.dataset(ref.dataset)
-    start = time.perf_counter()
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise FaultError(f"recipe must be a resil.models.Recipe, not a {type(recipe).__name__}")
+    bundled = isinstance(model, str) and model in rm.names()
+    if isinstance(model, str):
+        label, given = model, None if bundled else load_model(model)
+    elif isinstance(model, nn.Module):
+        label, given = type(model).__name__, model
+    else:
+        raise FaultError(f"model must be a bundled name, a source string or a torch.nn.Module, not a {type(model).__name__}")
+    ref = rm.info(label) if bundled else None
+    if ref is None and data is None:
+        raise FaultError(f"model {label!r} is not a bundled reference model, so it has no data of its own: pass "
+                         "data=(x_train, y_train, x_test, y_test) or a resil.models.Dataset")
+    base = recipe if recipe is not None else ref.recipe if ref is not None else Recipe()
+    recipe = base if epochs is None else replace(base, epochs=epochs)
 
     def start_model() -> nn.Module:
         torch.manual_seed(recipe.seed)
-        return ref.build() if ref.fit is None else rm.load(name)
+        if ref is None:
+            assert given is not None  # every model but a bundled one
+            return _copy(given)
+        return ref.build() if ref.fit is None else rm.load(label)
 
+    start = time.perf_counter()
     with rm.single_thread():
+        if data is None:
+            assert ref is not None  # only a bundled model may come without data
+            data = rm.dataset(ref.dataset)
+        else:
+            data = as_dataset(data)
+            probe = start_model()
+            check_classifier(probe, data.x_train, data.y_train, "the training data")
+            check_classifier(probe, data.x_test, data.y_test, "the test data")
         if normal is None:
             normal = train(start_model(), data, recipe)
         hardened = train_ftt(start_model(), data, recipe, procs, alpha=alpha, seed=seed, range_gradient=range_gradient)
         normal.eval()
         x, y = data.x_test, data.y_test
         result = FTTResult(
-            model=name, faults=" + ".join(_spec(p) for p in procs), alpha=float(alpha), epochs=recipe.epochs,
+            model=label, faults=" + ".join(_spec(p) for p in procs), alpha=float(alpha), epochs=recipe.epochs,
             range_gradient=bool(range_gradient),
             clean_normal=accuracy(normal, x, y), clean_ftt=accuracy(hardened, x, y),
             faulty_normal=faulty_accuracy(normal, procs, x, y, draws=draws, seed=eval_seed, progress=progress).tolist(),
