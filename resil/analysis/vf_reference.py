@@ -1,9 +1,8 @@
 """Reference fault injection for the vulnerability factors of one layer (what the analysis predicts).
 
-- Weight mode: a real bit flip of one stored weight (its code in the weight's encoding); the
-  faulted output channel is recomputed with the flipped weight by the layer's own operation
-  (``F.conv2d`` / ``F.linear`` on the golden layer input, many faults as output channels of one
-  call), spliced into the golden layer output, and the rest of the network runs exactly.
+- Weight mode: a real bit flip of one stored weight (its code in the weight's encoding),
+  evaluated by the evaluation core (:class:`~resil.campaign.evaluator.Evaluator`: injection,
+  the fast path where it applies, bit-identical to a full faulty forward).
 - Activation mode (a fault in one MAC operand, ``../shared/METHODS.md`` section 1): the error
   ``(flip_b(a_k) - a_k) * w_k`` is added to the one output neuron that MAC belongs to; the
   activation tensor itself is not corrupted.
@@ -29,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..encodings import Encoding, IntEncoding
+from ..campaign.criteria import Top1
+from ..campaign.evaluator import Evaluator
 from ..errors import FaultError
+from ..faults import FaultSet
 from ..statistics import normal_quantile
 from .vulnerability import MODES, LayerFaults, flip_delta
 
@@ -71,12 +70,6 @@ def population(lf: LayerFaults, mode: str) -> int:
     return lf.site_count(mode)
 
 
-def _flip(values: torch.Tensor, bits: torch.Tensor, encoding: Encoding) -> torch.Tensor:
-    """``values`` with bit ``bits[i]`` of element i flipped (encoding of the same shape as values)."""
-    codes = encoding.encode(values) ^ (torch.ones_like(bits, dtype=torch.int64) << bits.to(torch.int64))
-    return encoding.decode(codes).to(values.dtype)
-
-
 def fault_injection_vf(lf: LayerFaults, mode: str, faults: int | np.ndarray | None = None, *, seed: int = 0,
                        confidence: float = 0.99, faults_per_call: int = 64, progress: bool = False) -> FIResult:
     """Measure the layer VF by injecting faults one at a time.
@@ -107,23 +100,27 @@ def fault_injection_vf(lf: LayerFaults, mode: str, faults: int | np.ndarray | No
     outcomes = np.zeros(len(ids))
     bits_of = np.zeros(len(ids), dtype=np.int64)
     live_pairs = torch.nonzero(lf.live).cpu().numpy()  # [(c, k)] in row-major order
+    evaluator = Evaluator(probe.model, probe.x, None, Top1(), sites=lf.sites) if mode == "weight" else None
     steps = range(0, len(ids), faults_per_call)
     for a in tqdm(steps, desc=f"FI {lf.layer} ({mode})", disable=not progress, leave=False):
         chunk = ids[a : a + faults_per_call]
-        if mode == "weight":
+        if evaluator is not None:  # a real bit flip of the stored weight, through the evaluation core
             nb = lf.weight_encoding.bits
             pair, bit = chunk // nb, chunk % nb
-            rows = _weight_rows(lf, live_pairs[pair], bit)
+            flat = live_pairs[pair, 0] * lf.k + live_pairs[pair, 1]
+            counts = evaluator.evaluate_faults([FaultSet(lf.weight_site.name, [int(f)], [int(b)]) for f, b in zip(flat, bit)])
+            crit = (counts["critical"] + counts["non_finite"]) / B
         else:
             nb, L = lf.operand_encoding.bits, lf.positions
             pair, pos, bit = chunk // (L * nb), (chunk // nb) % L, chunk % nb
             rows = _operand_rows(lf, live_pairs[pair], pos, bit)
-        images = torch.arange(B, device=rows.device).repeat(len(chunk))
-        crit = probe.critical(rows, images).reshape(len(chunk), B).float().mean(1).cpu().numpy()
+            images = torch.arange(B, device=rows.device).repeat(len(chunk))
+            crit = probe.critical(rows, images).reshape(len(chunk), B).float().mean(1).cpu().numpy()
         outcomes[a : a + len(chunk)] = crit
         bits_of[a : a + len(chunk)] = bit
     nbits = (lf.weight_encoding if mode == "weight" else lf.operand_encoding).bits
-    return summarize(outcomes, ids, bits_of, N, nbits, (probe.rows - start) / B, confidence)
+    passes = float(len(ids)) if mode == "weight" else (probe.rows - start) / B  # one suffix pass per fault either way
+    return summarize(outcomes, ids, bits_of, N, nbits, passes, confidence)
 
 
 def summarize(outcomes: np.ndarray, ids: np.ndarray, bits: np.ndarray, population: int, nbits: int, passes: float,
@@ -145,27 +142,6 @@ def summarize(outcomes: np.ndarray, ids: np.ndarray, bits: np.ndarray, populatio
         sd = outcomes.std(ddof=1) if n > 1 else 0.5
         margin = float(normal_quantile(confidence) * sd / np.sqrt(n) * np.sqrt((population - n) / max(population - 1, 1)))
     return FIResult(float(outcomes.mean()), margin, n, population, passes, by_bit, outcomes, ids)
-
-
-def _weight_rows(lf: LayerFaults, pairs: np.ndarray, bits: np.ndarray) -> torch.Tensor:
-    """Layer outputs with the faulted channel recomputed from the flipped weight: ``[F * B, ...]``."""
-    m, out, a = lf.probe.module, lf.probe.output, lf.probe.input
-    c = torch.as_tensor(pairs[:, 0], device=out.device)
-    k = torch.as_tensor(pairs[:, 1], device=out.device)
-    w = lf.weight[c].clone()  # [F, K]
-    enc = lf.weight_encoding
-    if isinstance(enc, IntEncoding) and isinstance(enc.scale, torch.Tensor):
-        enc = enc.at(torch.as_tensor(pairs[:, 0] * lf.k + pairs[:, 1]), tuple(lf.weight_values.shape))
-    r = torch.arange(len(pairs), device=out.device)
-    w[r, k] = _flip(w[r, k], torch.as_tensor(bits, device=out.device), enc)
-    bias = None if m.bias is None else m.bias.detach()[c]
-    if isinstance(m, nn.Conv2d):
-        new = F.conv2d(a, w.view(len(pairs), *lf.weight_values.shape[1:]), bias, m.stride, m.padding, m.dilation)
-    else:
-        new = F.linear(a, w, bias)  # [B, F, ...]
-    rows = out.unsqueeze(0).repeat(len(pairs), *([1] * out.ndim))  # [F, B, C, ...]
-    rows[r, :, c] = new.transpose(0, 1)
-    return rows.reshape(-1, *out.shape[1:])
 
 
 def _operand_rows(lf: LayerFaults, pairs: np.ndarray, pos: np.ndarray, bits: np.ndarray) -> torch.Tensor:
