@@ -48,6 +48,7 @@ from ..site import SiteList
 from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
 from .grouped import GroupedForward, run_grouped, same_bits
 from .replay import ModuleReplay
+from .tree import TreeGroupedForward
 from .samplers import Scenarios
 from .suffix import SuffixForward
 
@@ -128,7 +129,7 @@ class Evaluator:
             self.mode = "plain"
         correct = -1 if labels is None else int(judge(self.criterion, output.unsqueeze(0), output, labels)["correct"][0])
         self.golden = Golden(output, labels, correct)
-        self.grouped = GroupedForward(self.suffix)
+        self.grouped = TreeGroupedForward(self.replay) if self.replay is not None else GroupedForward(self.suffix)
         #: scenarios evaluated by a forward pass (alone or in a group), not decided without one
         self.runs = 0
 

@@ -116,6 +116,7 @@ class GroupedForward:
         self._exact: dict[tuple[object, ...], bool] = {}
         self._codes: dict[str, torch.Tensor] = {}
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._tied: set[int] | None = None
 
     def stored_codes(self, site: Site) -> torch.Tensor:
         """The stored codes of ``site`` (flat), read once: the model is not changed between scenarios."""
@@ -255,9 +256,22 @@ class GroupedForward:
         """Whether the faults at rows ``take`` all come from fault models that are pure functions of the code."""
         return all(isinstance(sc.faults.models[m], DETERMINISTIC) for m in np.unique(sc.faults.model[take]))
 
+    def patch_allowed(self, module: nn.Module) -> bool:
+        """Whether a layer's touched channels may be recomputed alone: not when another module
+        shares its stored tensors (tied weights would see the fault too)."""
+        if self._tied is None:
+            owners: dict[int, set[int]] = {}
+            for m in self.suffix.model.modules():
+                for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
+                    owners.setdefault(t.untyped_storage().data_ptr(), set()).add(id(m))
+            self._tied = {k for ids in owners.values() if len(ids) > 1 for k in ids}
+        return id(module) not in self._tied
+
     def _patchable(self, stage: int, sc: Scenarios, take: np.ndarray, sites: SiteList) -> list[Site] | None:
         module = self.suffix.stages[stage]
         if not isinstance(module, PATCHABLE) or module._forward_hooks or module._forward_pre_hooks or getattr(module, "groups", 1) != 1:
+            return None
+        if not self.patch_allowed(module):
             return None
         fs = sc.faults
         if not self._deterministic(sc, take):

@@ -12,8 +12,9 @@ faulty forward.
 Guards: modules that share a stored tensor with a faulted one (tied weights) count as faulted;
 a replay set is used only after a fault-free forward with it gave the golden output bit
 for bit (glue code reading a replayed module's state, such as a spiking neuron's membrane, fails
-this check and runs the full forward); replayed tensors are copies, so in-place glue (``out +=
-identity``) cannot corrupt the recording; outputs are recorded while they fit in ``budget``
+this check and runs the full forward); a module whose recorded output later code changes in place
+(``out += identity``) is not replayed: found by the tensors' version counters, in the golden run
+and after every replayed run; outputs are recorded while they fit in ``budget``
 bytes, and modules past it are not replayed (their children may be).
 
 Example:
@@ -39,20 +40,21 @@ from torch import nn
 
 from .grouped import same_bits
 
-__all__ = ["ModuleReplay"]
+__all__ = ["RECORD_INPUTS", "ModuleReplay"]
+
+#: modules whose golden inputs are recorded too (their touched output channels can be recomputed)
+RECORD_INPUTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _clone(value: Any) -> Any:
-    """A copy of a recorded output (tensors cloned, structures rebuilt)."""
+def _versions(value: Any) -> tuple[int, ...]:
+    """The in-place version counters of the tensors in a recorded value."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_clone(v) for v in value))
+        return (value._version,)
     if isinstance(value, (tuple, list)):
-        return type(value)(_clone(v) for v in value)
+        return sum((_versions(v) for v in value), ())
     if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
+        return sum((_versions(v) for v in value.values()), ())
+    return ()
 
 
 def _nbytes(value: Any) -> int:
@@ -83,6 +85,7 @@ class ModuleReplay:
         self.first_start: dict[int, int] = {}
         self.last_end: dict[int, int] = {}
         self.recorded: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> output
+        self.inputs: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> first argument (Conv/Linear only)
         owners: dict[int, set[int]] = {}  # storage of a parameter or buffer -> the modules holding it
         for m in self.modules.values():
             for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
@@ -99,7 +102,9 @@ class ModuleReplay:
         clock = [0]
         used = [0]
         calls: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k in self.modules}
+        args_of: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k, m in self.modules.items() if isinstance(m, RECORD_INPUTS)}
         dropped: set[int] = set()
+        versions: dict[int, list[tuple[Any, tuple[int, ...]]]] = {}
         batch = [0]
 
         def pre(m: nn.Module, args: Any) -> None:
@@ -112,12 +117,16 @@ class ModuleReplay:
                 self.last_end[id(m)] = clock[0]
             clock[0] += 1
             if id(m) not in dropped:
-                size = _nbytes(out)
+                first = args[0] if id(m) in args_of and args else None
+                size = _nbytes(out) + _nbytes(first)
                 if used[0] + size > self.budget:
                     dropped.add(id(m))
                 else:
                     used[0] += size
                     calls[id(m)][batch[0]].append(out)
+                    versions.setdefault(id(m), []).append((out, _versions(out)))
+                    if id(m) in args_of:
+                        args_of[id(m)][batch[0]].append(first)
 
         handles = [m.register_forward_pre_hook(pre) for m in self.modules.values()]
         handles += [m.register_forward_hook(post) for m in self.modules.values()]
@@ -129,7 +138,9 @@ class ModuleReplay:
         finally:
             for h in handles:
                 h.remove()
+        dropped |= {k for k, seen in versions.items() if any(_versions(out) != v for out, v in seen)}  # changed in place by later code
         self.recorded = {k: v for k, v in calls.items() if k not in dropped and k in self.last_end}
+        self.inputs = {k: v for k, v in args_of.items() if k in self.recorded}
         return torch.cat(self.outputs)
 
     def replayed(self, targets: Iterable[nn.Module]) -> list[tuple[str, nn.Module]]:
@@ -155,12 +166,58 @@ class ModuleReplay:
         outs = []
         with torch.no_grad():
             for b, x in enumerate(self.batches):
+                before = {id(m): [_versions(o) for o in self.recorded[id(m)][b]] for m in chosen}
                 for m in chosen:
                     replay = iter(self.recorded[id(m)][b])
-                    m.forward = lambda *args, r=replay, **kw: _clone(next(r))  # shadows the class's forward
+                    m.forward = lambda *args, r=replay, **kw: next(r)  # shadows the class's forward
                 try:
                     outs.append(self.model(x))
                 finally:
                     for m in chosen:
                         del m.forward
+                self._forget_changed(chosen, b, before)
         return torch.cat(outs)
+
+    def _forget_changed(self, chosen: list[nn.Module], batch: int, before: dict[int, list[tuple[int, ...]]]) -> None:
+        """Stop replaying modules whose recorded outputs later code changed in place (this run's
+        result is right: the change came after the module returned, as in a full forward)."""
+        changed = [m for m in chosen if [_versions(o) for o in self.recorded[id(m)][batch]] != before[id(m)]]
+        for m in changed:
+            del self.recorded[id(m)]
+            self.inputs.pop(id(m), None)
+        if changed:
+            self._exact.clear()
+
+    def stacked_forward(self, batch: int, target: nn.Module, calls: Sequence[Any], copies: int, *, stack_prefix: bool) -> Any:
+        """The model's forward over input batch ``batch`` in which ``target`` returns ``calls[i]``
+        (``copies`` scenarios stacked along the batch) at its ``i``-th call and the modules that
+        finish before it replay their golden outputs: as they are (``stack_prefix=False``: cheap,
+        right when nothing but replayed modules reads them) or as stacked copies, with the input
+        batch stacked too (``stack_prefix=True``: glue such as a residual addition then sees
+        stacked tensors everywhere). The rest computes on what it receives."""
+        chosen = [m for _, m in self.replayed([target])]
+        replays = {id(m): iter(self.recorded[id(m)][batch]) for m in chosen}
+        own = iter(calls)
+        n = copies if stack_prefix else 1
+        for m in chosen:
+            m.forward = lambda *a, r=replays[id(m)], **kw: _stack_copies(next(r), n) if n > 1 else next(r)
+        target.forward = lambda *a, **kw: next(own)
+        try:
+            with torch.no_grad():
+                return self.model(_stack_copies(self.batches[batch], n) if n > 1 else self.batches[batch])
+        finally:
+            for m in (*chosen, target):
+                del m.forward
+
+
+def _stack_copies(value: Any, copies: int) -> Any:
+    """``copies`` copies of a recorded batch value stacked along the batch dimension (structures too)."""
+    if isinstance(value, torch.Tensor):
+        return value.unsqueeze(0).expand(copies, *value.shape).reshape(copies * len(value), *value.shape[1:]) if value.dim() else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_stack_copies(v, copies) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_stack_copies(v, copies) for v in value)
+    if isinstance(value, dict):
+        return {k: _stack_copies(v, copies) for k, v in value.items()}
+    return value

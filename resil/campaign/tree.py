@@ -1,0 +1,95 @@
+"""Many scenarios per forward pass in any module tree (models that are not an ``nn.Sequential``).
+
+Scenarios whose faults all sit in one module ``M`` (the weights and biases of a Conv/Linear, or
+its output) share everything but ``M``'s outputs. :class:`TreeGroupedForward` computes those for
+the whole group at once, exactly as :class:`~resil.campaign.grouped.GroupedForward` does for a
+stage (only the touched output channels recomputed, from ``M``'s recorded golden input), then
+runs the model's own forward once over stacked copies of the input batch: the modules that finish
+before ``M`` return stacked copies of their golden outputs (:class:`~resil.campaign.replay.ModuleReplay`),
+``M`` returns the stacked patched outputs, and everything else (glue code, residual additions,
+later modules) computes on the stacked batch.
+
+The same guards hold: recomputed channels must equal the full layer's bit for bit, and the
+stacked forward with ``M`` returning golden copies, one of them perturbed, must give every other
+copy's golden output bit for bit (this catches kernels that change with the batch size, models
+that mix the batch, and code that depends on the batch size); otherwise the scenarios run one at
+a time. Layers whose stored tensors another module shares (tied weights) are not patched.
+
+Example:
+    >>> import torch
+    >>> from resil.campaign.replay import ModuleReplay
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+    ...     def forward(self, x):
+    ...         return self.b(torch.relu(self.a(x)))
+    >>> r = ModuleReplay(Net().eval(), [torch.randn(5, 4)]); _ = r.golden()
+    >>> g = TreeGroupedForward(r); g.staged, g.sequential, [type(m).__name__ for m in g.suffix.stages]
+    (True, False, ['Linear', 'Linear'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .grouped import GroupedForward
+from .replay import ModuleReplay
+
+__all__ = ["TreeGroupedForward", "TreeStages"]
+
+
+class TreeStages:
+    """A :class:`ModuleReplay`'s recorded modules seen as stages: what :class:`GroupedForward` reads."""
+
+    def __init__(self, replay: ModuleReplay) -> None:
+        self.replay, self.model, self.batches, self.outputs = replay, replay.model, replay.batches, replay.outputs
+        order = sorted(replay.recorded, key=lambda k: replay.first_start[k])
+        self.stages: list[nn.Module] = [replay.modules[k] for k in order]
+        self.stage_of = {k: i for i, k in enumerate(order)}  # a site's own module, not its ancestors
+        self.recorded = [[replay.recorded[k][b] for k in order] for b in range(len(self.batches))]
+
+
+class TreeGroupedForward(GroupedForward):
+    """:class:`GroupedForward` over the modules of any tree (see the module docstring)."""
+
+    def __init__(self, replay: ModuleReplay, budget: int = 1 << 20, max_group: int = 256) -> None:
+        super().__init__(TreeStages(replay), budget, max_group)  # type: ignore[arg-type]
+        self.sequential = False
+        self.replay = replay
+        self._stack_prefix: dict[tuple[int, int, int], bool] = {}
+
+    def patch_allowed(self, module: nn.Module) -> bool:
+        """Recorded inputs exist and no other module shares the layer's stored tensors."""
+        return id(module) in self.replay.inputs and super().patch_allowed(module)
+
+    def _input(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
+        return self.replay.inputs[id(self.suffix.stages[stage])][batch][call]
+
+    def _replay(self, stage: int, batch: int, calls: list[torch.Tensor]) -> Any:
+        s = len(calls[0]) // len(self.suffix.batches[batch])
+        stack = self._stack_prefix.get((stage, batch, s), True)
+        return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, s, stack_prefix=stack)
+
+    def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
+        """As :meth:`GroupedForward._replay_exact`, first with the replayed outputs left unstacked
+        (no copies), then, if that fails (glue mixing them with stacked tensors), stacked."""
+        key = (stage, batch, s)
+        if ("replay", *key) not in self._exact:
+            for stack in (False, True):
+                self._stack_prefix[key] = stack
+                self._exact.pop(("replay", *key), None)
+                if super()._replay_exact(stage, batch, s):
+                    break
+        return self._exact[("replay", *key)]
+
+    def group_size(self, stage: int) -> int:
+        """How many scenarios fit the budget: the widest output computed on the stacked batch (of
+        the modules that do not finish before the faulted one)."""
+        start = self.replay.first_start[id(self.suffix.stages[stage])]
+        later = [k for k, m in enumerate(self.suffix.stages) if self.replay.last_end[id(m)] >= start]
+        widest = max((o.numel() for calls in self.suffix.recorded for k in later for o in calls[k] if isinstance(o, torch.Tensor)),
+                     default=1)
+        return int(max(1, min(self.max_group, self.budget // max(widest, 1))))
