@@ -15,11 +15,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from resil.encodings import FLOAT_ENCODINGS, Encoding, from_unsigned, to_unsigned
 from resil.injectors import int_view
 from resil.plan import ElementPlan
-from resil.site import Undo
+from resil.site import Undo, register_transparent_pre_hook
+
+register_transparent_pre_hook(prune.BasePruningMethod)  # weight = weight_orig * weight_mask: the site's own values
 
 
 def pruned_tensors(module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -356,8 +356,27 @@ def replace_at(obj: object, path: OutputPath, value: object) -> object:
 #: touches some channels stays in those channels through them (the fast campaign path uses this)
 CHANNEL_LOCAL: set[type[nn.Module]] = {
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 }
+
+
+#: forward pre-hook types that only recompute a layer's stored tensors from its sites' values
+#: (``torch.nn.utils.prune``'s ``weight = weight_orig * weight_mask``, registered by the pruning
+#: adapter): a layer with them may still have its output channels recomputed from its sites
+TRANSPARENT_PRE_HOOKS: set[type] = set()
+
+
+def register_transparent_pre_hook(*types: type) -> None:
+    """Declare forward pre-hook types that leave a layer computing with its sites' values (adapters call this).
+
+    Example:
+        >>> class Recompute: ...
+        >>> register_transparent_pre_hook(Recompute); Recompute in TRANSPARENT_PRE_HOOKS
+        True
+    """
+    TRANSPARENT_PRE_HOOKS.update(types)
 
 
 def register_channel_local(*types: type[nn.Module]) -> None:

@@ -47,12 +47,13 @@ from ..encodings import FloatEncoding
 from ..fault_models import BitFlip, Burst, StuckAt, Zero
 from ..faults import FOREVER
 from ..injection import inject
-from ..site import CHANNEL_LOCAL, Site, SiteList
+from ..site import CHANNEL_LOCAL, TRANSPARENT_PRE_HOOKS, Site, SiteList
 from .samplers import Scenarios
 from .suffix import SuffixForward
 
-#: layers whose output channels can be recomputed alone, and fault models that are pure functions of the stored code
-PATCHABLE = (nn.Conv2d, nn.Linear)
+#: layers whose output channels can be recomputed alone (grouped and depthwise convolutions too), and
+#: fault models that are pure functions of the stored code
+PATCHABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 DETERMINISTIC = (BitFlip, Burst, StuckAt, Zero)
 
 
@@ -269,7 +270,8 @@ class GroupedForward:
 
     def _patchable(self, stage: int, sc: Scenarios, take: np.ndarray, sites: SiteList) -> list[Site] | None:
         module = self.suffix.stages[stage]
-        if not isinstance(module, PATCHABLE) or module._forward_hooks or module._forward_pre_hooks or getattr(module, "groups", 1) != 1:
+        hooks_ok = not module._forward_hooks and all(isinstance(h, tuple(TRANSPARENT_PRE_HOOKS)) for h in module._forward_pre_hooks.values())
+        if not isinstance(module, PATCHABLE) or not hooks_ok or getattr(module, "padding_mode", "zeros") != "zeros":
             return None
         if not self.patch_allowed(module):
             return None
@@ -280,7 +282,7 @@ class GroupedForward:
         for site in (chosen[c] for c in np.unique(fs.site[take])):
             stored = getattr(module, site.attr, None)
             if (site.module is not module or site.kind not in ("weight", "bias") or site.attr != site.kind or site.batched
-                    or site.live is not None or not isinstance(stored, torch.Tensor) or site.shape != tuple(stored.shape)):
+                    or not isinstance(stored, torch.Tensor) or site.shape != tuple(stored.shape)):
                 return None
         return chosen
 
@@ -325,7 +327,7 @@ class GroupedForward:
 
         def recompute(batch: int, call: int) -> torch.Tensor:
             with torch.no_grad():
-                return self._layer(module, self._input(batch, stage, call), w_rows, b_rows)
+                return self._layer(module, self._input(batch, stage, call), w_rows, b_rows, rows % channels)
 
         return rows // channels, rows % channels, recompute
 
@@ -394,10 +396,18 @@ class GroupedForward:
         return rows // site.shape[0], row_channel, faulted
 
     @staticmethod
-    def _layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if isinstance(module, nn.Conv2d):
-            return nn.Conv2d._conv_forward(module, x, weight, bias)
-        return nn.functional.linear(x, weight, bias)
+    def _layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: np.ndarray) -> torch.Tensor:
+        """Output channels ``channels`` of a Conv/Linear layer alone, from rows of its weight and bias.
+        A grouped convolution (depthwise included) reads each row's own group of input channels."""
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            return nn.functional.linear(x, weight, bias)
+        conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[x.dim() - 2]
+        groups = module.groups
+        if groups > 1:  # each row its own group: the input channels of its group, side by side
+            per_in, per_out = module.in_channels // groups, module.out_channels // groups
+            picked = (torch.from_numpy(np.asarray(channels) // per_out).unsqueeze(1) * per_in + torch.arange(per_in)).reshape(-1)
+            x, groups = x[:, picked], len(channels)
+        return conv(x, weight, bias, module.stride, module.padding, module.dilation, groups)
 
     def _layer_values(self, stage: int, sites: SiteList) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes (decoded once)."""
@@ -418,7 +428,8 @@ class GroupedForward:
             pick = torch.arange(n_rows) % weight.shape[0]
             w, b = weight[pick], None if bias is None else bias[pick]
             self._exact[key] = all(  # every call: a loop must feed the stage the previous stage's output
-                same_bits(self._layer(self.suffix.stages[stage], self._input(batch, stage, c), w, b), self._golden_out(batch, stage, c)[:, pick])
+                same_bits(self._layer(self.suffix.stages[stage], self._input(batch, stage, c), w, b, pick.numpy()),
+                          self._golden_out(batch, stage, c)[:, pick])
                 for c in range(len(self.suffix.recorded[batch][stage])))
         return self._exact[key]
 
