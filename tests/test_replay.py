@@ -153,3 +153,23 @@ def test_a_class_model_groups_many_scenarios_per_pass_and_matches_plain(tmp_path
     exact = runners["fast"].evaluator.grouped._exact
     if batch_size > 1:  # one input per batch: the checks may refuse stacked kernels; the tables still agree
         assert any(k[0] == "replay" and k[3] > 1 and v for k, v in exact.items())  # groups of several scenarios per pass
+
+
+def test_a_memory_budget_forces_recomputation_and_still_matches(tmp_path):
+    import resil.models as rm
+
+    d = rm.dataset("digits")
+    x, y = d.x_test, d.y_test  # conv outputs of 359 images: ~1.5-3 MB each, 8.5 MB for all stages
+    tables = {}
+    for name, mode, mb in (("budget", "fast", 4), ("none", "fast", 0), ("plain", "plain", 2048)):
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=120), sites=rc.SiteSpec(kinds=("weight", "activation")),
+                               run=rc.RunSpec(mode=mode, shard_size=120, memory_mb=mb))
+        runner = rc.CampaignRunner(spec, rm.load("dense-cnn"), (x, y))
+        tables[name] = pd.DataFrame(runner.run_shard(0)).drop(columns=["fault_sites", "fault_indices", "fault_masks"])
+        if mode == "fast":
+            replay = runner.evaluator.replay
+            assert replay is not None and not runner.evaluator.suffix.stages  # the stage recordings passed the budget
+            kept = sum(sum(t.numel() * 4 for calls in per_batch for t in calls) for per_batch in replay.recorded.values())
+            assert kept <= mb << 20 and (kept > 0) == (mb > 0)
+    pd.testing.assert_frame_equal(tables["budget"], tables["plain"])
+    pd.testing.assert_frame_equal(tables["none"], tables["plain"])

@@ -88,6 +88,9 @@ class Evaluator:
         pruned: pruned-weight policy when listing sites (``live`` or ``dense``).
         batch_size: inputs per forward pass.
         mode: ``fast`` or ``plain`` (see the module docstring).
+        memory_mb: the most golden outputs recorded for replay, in MiB: an ``nn.Sequential`` whose
+            stage outputs would pass it is replayed module by module (:mod:`resil.campaign.replay`),
+            which records what fits and recomputes the rest.
         nondeterministic: accept a model whose fault-free runs differ (dropout active ...): every
             scenario then runs as a plain full forward. Without it such a model is refused.
 
@@ -97,7 +100,7 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None,
                  criterion: Criterion | str = "top1", *, sites: SiteList | None = None, pruned: str = "live",
-                 batch_size: int = 512, mode: str = "fast", nondeterministic: bool = False) -> None:
+                 batch_size: int = 512, mode: str = "fast", nondeterministic: bool = False, memory_mb: int = 2048) -> None:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or len(inputs) < 1:
             raise FaultError("inputs must be a tensor [N, ...] with N >= 1")
         if labels is not None and len(labels) != len(inputs):
@@ -110,12 +113,12 @@ class Evaluator:
         self.criterion = criterion_from_spec(criterion)
         self.sites = sites if sites is not None else list_sites(model, inputs[:2], pruned=pruned)
         self.suffix = SuffixForward(model, inputs, batch_size)
-        #: suffix replay for models that are not an ``nn.Sequential`` (any module tree)
-        self.replay = ModuleReplay(model, self.suffix.batches) if mode == "fast" and not self.suffix.stages else None
-        if mode == "plain":
-            output = self.suffix.run_from(0)
-        else:
-            output = self.replay.golden() if self.replay is not None else self.suffix.golden()
+        budget = int(memory_mb) << 20
+        output = self.suffix.run_from(0) if mode == "plain" else self.suffix.golden(budget) if self.suffix.stages else None
+        #: suffix replay for other module trees (and for an ``nn.Sequential`` whose stage outputs pass the budget)
+        self.replay = ModuleReplay(model, self.suffix.batches, budget) if output is None else None
+        if self.replay is not None:
+            output = self.replay.golden()
         #: whether two fault-free runs differed (allowed only with ``nondeterministic=True``; then plain mode)
         self.nondeterministic = not same_bits(self.suffix.run_from(0), output)
         if self.nondeterministic:

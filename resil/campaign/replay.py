@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .grouped import same_bits
+from .suffix import nbytes
 
 __all__ = ["RECORD_INPUTS", "ModuleReplay"]
 
@@ -55,16 +56,6 @@ def _versions(value: Any) -> tuple[int, ...]:
     if isinstance(value, dict):
         return sum((_versions(v) for v in value.values()), ())
     return ()
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
 
 
 class ModuleReplay:
@@ -118,7 +109,7 @@ class ModuleReplay:
             clock[0] += 1
             if id(m) not in dropped:
                 first = args[0] if id(m) in args_of and args else None
-                size = _nbytes(out) + _nbytes(first)
+                size = nbytes(out) + nbytes(first)
                 if used[0] + size > self.budget:
                     dropped.add(id(m))
                 else:

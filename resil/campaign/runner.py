@@ -50,7 +50,8 @@ class CampaignRunner:
                           "normalisation layers); call model.eval() first to evaluate it for inference", stacklevel=3)
         self.fingerprint = {"model": fingerprint_model(self.model), "inputs": fingerprint_tensors(self.inputs, self.labels)}
         self.evaluator = Evaluator(self.model, self.inputs, self.labels, spec.outcome.build(), pruned=spec.sites.pruned,
-                                   batch_size=spec.run.batch_size, mode=spec.run.mode, nondeterministic=spec.run.nondeterministic)
+                                   batch_size=spec.run.batch_size, mode=spec.run.mode, nondeterministic=spec.run.nondeterministic,
+                                   memory_mb=spec.run.memory_mb)
         self.sites = self.evaluator.sites
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)

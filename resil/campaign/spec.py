@@ -151,12 +151,14 @@ class RunSpec:
     equal to the stored bit, are masked without a forward pass; the others run from their first
     faulted stage on, from cached golden stage inputs; bit-identical results) or ``plain`` (a
     full forward per scenario, the reference). A model whose fault-free runs differ (dropout
-    active) is refused unless ``nondeterministic = true``, which runs it in plain mode."""
+    active) is refused unless ``nondeterministic = true``, which runs it in plain mode.
+    ``memory_mb`` bounds the golden outputs recorded for replay (the rest is recomputed)."""
 
     shard_size: int = 100
     batch_size: int = 512
     mode: str = "fast"
     nondeterministic: bool = False
+    memory_mb: int = 2048
 
 
 @dataclass(frozen=True)
@@ -297,5 +299,7 @@ def _validate(s: CampaignSpec) -> None:
         raise bad(f"[run] mode must be 'fast' or 'plain', not {s.run.mode!r}")
     if not isinstance(s.run.nondeterministic, bool):
         raise bad(f"[run] nondeterministic must be true or false, not {s.run.nondeterministic!r}")
+    if isinstance(s.run.memory_mb, bool) or not isinstance(s.run.memory_mb, int) or s.run.memory_mb < 0:
+        raise bad(f"[run] memory_mb must be an integer >= 0, not {s.run.memory_mb!r}")
     if s.run.shard_size < 1 or s.run.batch_size < 1:
         raise bad("[run] shard_size and batch_size must be >= 1")

@@ -22,6 +22,17 @@ from ..hooks import forward_hooks
 from ..site import Site
 
 
+def nbytes(value: Any) -> int:
+    """Bytes held by the tensors of a value (structures too)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    return 0
+
+
 class SuffixForward:
     """Forward passes over fixed input batches that can skip the stages before a given one."""
 
@@ -33,13 +44,17 @@ class SuffixForward:
         self.recorded: list[list[list[Any]]] = []  # [batch][stage][call] -> output
         self.outputs: list[torch.Tensor] = []  # [batch] -> the model's golden output
 
-    def golden(self) -> torch.Tensor:
-        """The full forward pass, recording every stage's outputs."""
+    def golden(self, budget: int | None = None) -> torch.Tensor | None:
+        """The full forward pass, recording every stage's outputs; None (nothing kept, no stages
+        left) when the first batch shows that the recordings of all batches would pass ``budget`` bytes."""
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
             with forward_hooks((stage, lambda m, a, o, k=k: calls[k].append(o)) for k, stage in enumerate(self.stages)), torch.no_grad():
                 self.outputs.append(self.model(x))
             self.recorded.append(calls)
+            if budget is not None and len(self.recorded) == 1 and nbytes(calls) * len(self.batches) > budget:
+                self.stages, self.stage_of, self.recorded, self.outputs = [], {}, [], []
+                return None
         return torch.cat(self.outputs)
 
     def first_stage(self, sites: Iterable[Site]) -> int:
