@@ -69,6 +69,12 @@ def test_residual_class_fast_equals_plain(tmp_path, kinds):
     x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))
     t = tables(ResidualNet, x, y, kinds, tmp_path)
     pd.testing.assert_frame_equal(t["fast"], t["plain"])
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=60), sites=rc.SiteSpec(include=("head*", "block2*"), kinds=kinds),
+                           run=rc.RunSpec(shard_size=60))
+    runner = rc.CampaignRunner(spec, ResidualNet().eval(), (x, y))
+    runner.run_shard(0)
+    replay = runner.evaluator.replay
+    assert replay is not None and any(replay._exact.values())  # the prefix is replayed, checked without the faults
 
 
 def test_tied_weights_count_as_faulted_together(tmp_path):
@@ -91,7 +97,7 @@ def test_the_replay_skips_the_prefix_and_falls_back_when_glue_reads_state():
     assert [n for n, _ in r.replayed([net.head2])] == ["stem", "block1", "block2", "head"]
     calls = []
     hook = net.stem.register_forward_hook(lambda m, a, o: calls.append(1))
-    assert torch.equal(r.run([net.head2]), golden) and calls == [1, 1]  # the check and the run: stem replayed (its hook still fires)
+    assert r.check([net.head2]) and torch.equal(r.run([net.head2]), golden) and calls == [1, 1]  # the check and the run: stem replayed (its hook still fires)
     hook.remove()
 
     class Remember(nn.Module):
@@ -115,7 +121,7 @@ def test_the_replay_skips_the_prefix_and_falls_back_when_glue_reads_state():
     rr = ModuleReplay(g, [torch.randn(4, 3), torch.randn(4, 3)])
     gold = rr.golden()
     assert not torch.equal(rr._forward([g.c]), gold)  # replayed, c keeps the last batch's state ...
-    assert torch.equal(rr.run([g.b]), gold)  # ... so the check refuses that replay set: full forward
+    assert not rr.check([g.b]) and torch.equal(rr.run([g.b]), gold)  # ... so the check refuses that replay set: full forward
 
 
 class Wrapped(nn.Module):

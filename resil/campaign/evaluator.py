@@ -160,7 +160,10 @@ class Evaluator:
         if self.fast:
             todo = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
         for i in todo:
-            with inject(self.model, sc.of(int(i)), sites=self.sites) as applied:
+            faults = sc.of(int(i))
+            if self.fast and self.replay is not None:  # the replay set's check runs before the faults go in
+                self.replay.check(self.sites[faults.site_names[c]].module for c in np.unique(faults.site))
+            with inject(self.model, faults, sites=self.sites) as applied:
                 if self.fast and self.replay is not None:
                     out = self.replay.run(s.module for s in applied.sites)
                 else:

@@ -26,8 +26,8 @@ Example:
     ...         return self.b(torch.relu(self.a(x)) + x)
     >>> net, x = Net().eval(), torch.randn(5, 4)
     >>> r = ModuleReplay(net, [x]); golden = r.golden()
-    >>> [n for n, _ in r.replayed([net.b])], torch.equal(r.run([net.b]), golden)
-    (['a'], True)
+    >>> [n for n, _ in r.replayed([net.b])], r.check([net.b]), torch.equal(r.run([net.b]), golden)
+    (['a'], True, True)
 """
 
 from __future__ import annotations
@@ -144,14 +144,20 @@ class ModuleReplay:
         chosen = {k for k in self.recorded if self.last_end[k] < start}
         return [(self.names[k], self.modules[k]) for k in self.modules if k in chosen and self.parent.get(k) not in chosen]
 
-    def run(self, targets: Iterable[nn.Module]) -> torch.Tensor:
-        """The output over all batches with the modules before ``targets`` replayed (a full
-        forward where the replay set fails its fault-free check)."""
+    def check(self, targets: Iterable[nn.Module]) -> bool:
+        """Whether replaying the modules before ``targets`` reproduces the golden output bit for bit
+        (run once per replay set; call it while no fault is applied)."""
         chosen = [m for _, m in self.replayed(targets)]
         key = frozenset(id(m) for m in chosen)
         if chosen and key not in self._exact:
             self._exact[key] = same_bits(self._forward(chosen), torch.cat(self.outputs))
-        return self._forward(chosen if chosen and self._exact[key] else [])
+        return bool(chosen) and self._exact[key]
+
+    def run(self, targets: Iterable[nn.Module]) -> torch.Tensor:
+        """The output over all batches with the modules before ``targets`` replayed where
+        :meth:`check` (called before the faults were applied) passed; else a full forward."""
+        chosen = [m for _, m in self.replayed(targets)]
+        return self._forward(chosen if self._exact.get(frozenset(id(m) for m in chosen), False) else [])
 
     def _forward(self, chosen: list[nn.Module]) -> torch.Tensor:
         outs = []
