@@ -159,13 +159,15 @@ class Evaluator:
         self.runs += len(todo)
         if self.fast:
             todo = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
+        replaying = self.fast and self.replay is not None
         for i in todo:
             faults = sc.of(int(i))
-            if self.fast and self.replay is not None:  # the replay set's check runs before the faults go in
-                self.replay.check(self.sites[faults.site_names[c]].module for c in np.unique(faults.site))
+            targets = [self.sites[faults.site_names[c]].module for c in np.unique(faults.site)]
+            if replaying:  # the replay set's check runs before the faults go in
+                self.replay.check(targets)
             with inject(self.model, faults, sites=self.sites) as applied:
-                if self.fast and self.replay is not None:
-                    out = self.replay.run(s.module for s in applied.sites)
+                if replaying:
+                    out = self.replay.run(targets)
                 else:
                     out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.fast else 0)
             for k, v in self.judge(out.unsqueeze(0)).items():

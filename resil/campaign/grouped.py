@@ -49,7 +49,7 @@ from ..faults import FOREVER
 from ..injection import inject
 from ..site import CHANNEL_LOCAL, TRANSPARENT_PRE_HOOKS, Site, SiteList
 from .samplers import Scenarios
-from .suffix import SuffixForward
+from .suffix import SuffixForward, sharing_modules
 
 #: layers whose output channels can be recomputed alone (grouped and depthwise convolutions too), and
 #: fault models that are pure functions of the stored code
@@ -117,7 +117,7 @@ class GroupedForward:
         self._exact: dict[tuple[object, ...], bool] = {}
         self._codes: dict[str, torch.Tensor] = {}
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._tied: set[int] | None = None
+        self._sharing: dict[int, set[int]] | None = None
 
     def stored_codes(self, site: Site) -> torch.Tensor:
         """The stored codes of ``site`` (flat), read once: the model is not changed between scenarios."""
@@ -260,13 +260,9 @@ class GroupedForward:
     def patch_allowed(self, module: nn.Module) -> bool:
         """Whether a layer's touched channels may be recomputed alone: not when another module
         shares its stored tensors (tied weights would see the fault too)."""
-        if self._tied is None:
-            owners: dict[int, set[int]] = {}
-            for m in self.suffix.model.modules():
-                for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
-                    owners.setdefault(t.untyped_storage().data_ptr(), set()).add(id(m))
-            self._tied = {k for ids in owners.values() if len(ids) > 1 for k in ids}
-        return id(module) not in self._tied
+        if self._sharing is None:
+            self._sharing = sharing_modules(self.suffix.model)
+        return self._sharing.get(id(module), {id(module)}) == {id(module)}
 
     def _patchable(self, stage: int, sc: Scenarios, take: np.ndarray, sites: SiteList) -> list[Site] | None:
         module = self.suffix.stages[stage]

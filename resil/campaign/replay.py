@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .grouped import same_bits
-from .suffix import nbytes
+from .grouped import _copies, same_bits
+from .suffix import nbytes, sharing_modules
 
 __all__ = ["RECORD_INPUTS", "ModuleReplay"]
 
@@ -77,14 +77,10 @@ class ModuleReplay:
         self.last_end: dict[int, int] = {}
         self.recorded: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> output
         self.inputs: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> first argument (Conv/Linear only)
-        owners: dict[int, set[int]] = {}  # storage of a parameter or buffer -> the modules holding it
-        for m in self.modules.values():
-            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
-                owners.setdefault(t.untyped_storage().data_ptr(), set()).add(id(m))
         #: per module, the modules sharing a stored tensor with it (tied weights): faulted together
-        self.sharing = {k: set().union(*(owners[t.untyped_storage().data_ptr()] for t in (*m.parameters(recurse=False),
-                                                                                          *m.buffers(recurse=False))), {k})
-                        for k, m in self.modules.items()}
+        self.sharing = sharing_modules(model)
+        #: modules whose recorded outputs later code changed in place after the golden run (not replayed any more)
+        self.forgotten: set[int] = set()
         self.outputs: list[Any] = []
         self._exact: dict[frozenset[int], bool] = {}
 
@@ -118,6 +114,7 @@ class ModuleReplay:
                     versions.setdefault(id(m), []).append((out, _versions(out)))
                     if id(m) in args_of:
                         args_of[id(m)][batch[0]].append(first)
+                        versions[id(m)].append((first, _versions(first)))
 
         handles = [m.register_forward_pre_hook(pre) for m in self.modules.values()]
         handles += [m.register_forward_hook(post) for m in self.modules.values()]
@@ -129,7 +126,7 @@ class ModuleReplay:
         finally:
             for h in handles:
                 h.remove()
-        dropped |= {k for k, seen in versions.items() if any(_versions(out) != v for out, v in seen)}  # changed in place by later code
+        dropped |= {k for k, seen in versions.items() if any(_versions(value) != v for value, v in seen)}  # changed in place by later code
         self.recorded = {k: v for k, v in calls.items() if k not in dropped and k in self.last_end}
         self.inputs = {k: v for k, v in args_of.items() if k in self.recorded}
         return torch.cat(self.outputs)
@@ -182,6 +179,7 @@ class ModuleReplay:
         for m in changed:
             del self.recorded[id(m)]
             self.inputs.pop(id(m), None)
+            self.forgotten.add(id(m))
         if changed:
             self._exact.clear()
 
@@ -194,6 +192,7 @@ class ModuleReplay:
         stacked tensors everywhere). The rest computes on what it receives."""
         chosen = [m for _, m in self.replayed([target])]
         replays = {id(m): iter(self.recorded[id(m)][batch]) for m in chosen}
+        before = {id(m): [_versions(o) for o in self.recorded[id(m)][batch]] for m in chosen}
         own = iter(calls)
         n = copies if stack_prefix else 1
         for m in chosen:
@@ -205,12 +204,13 @@ class ModuleReplay:
         finally:
             for m in (*chosen, target):
                 del m.forward
+            self._forget_changed(chosen, batch, before)
 
 
 def _stack_copies(value: Any, copies: int) -> Any:
     """``copies`` copies of a recorded batch value stacked along the batch dimension (structures too)."""
     if isinstance(value, torch.Tensor):
-        return value.unsqueeze(0).expand(copies, *value.shape).reshape(copies * len(value), *value.shape[1:]) if value.dim() else value
+        return _copies(value, copies) if value.dim() else value
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(_stack_copies(v, copies) for v in value))
     if isinstance(value, (tuple, list)):

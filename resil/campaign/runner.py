@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
 from typing import Any
-
-import warnings
-from collections import OrderedDict
 
 import numpy as np
 import torch

@@ -33,6 +33,24 @@ def nbytes(value: Any) -> int:
     return 0
 
 
+def sharing_modules(model: nn.Module) -> dict[int, set[int]]:
+    """Per module (by id), the modules holding one of its parameters or buffers too (tied
+    weights), itself included: a fault in one of them reaches all of them.
+
+    Example:
+        >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2); b.weight = a.weight
+        >>> net = nn.Sequential(a, b); len(sharing_modules(net)[id(a)]), len(sharing_modules(net)[id(net)])
+        (2, 1)
+    """
+    own = {id(m): [t.untyped_storage().data_ptr() for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
+           for m in model.modules()}
+    owners: dict[int, set[int]] = {}
+    for k, storages in own.items():
+        for ptr in storages:
+            owners.setdefault(ptr, set()).add(k)
+    return {k: {k}.union(*(owners[ptr] for ptr in storages)) for k, storages in own.items()}
+
+
 class SuffixForward:
     """Forward passes over fixed input batches that can skip the stages before a given one."""
 

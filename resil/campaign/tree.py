@@ -61,6 +61,11 @@ class TreeGroupedForward(GroupedForward):
         self.replay = replay
         self._stack_prefix: dict[tuple[int, int, int], bool] = {}
 
+    def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
+        """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
+        output in place, since the recordings the groups read may then be stale."""
+        return None if self.replay.forgotten else super().outputs(stage, sc, positions, sites)
+
     def patch_allowed(self, module: nn.Module) -> bool:
         """Recorded inputs exist and no other module shares the layer's stored tensors."""
         return id(module) in self.replay.inputs and super().patch_allowed(module)
