@@ -219,6 +219,16 @@ class FaultSet:
         """The faults selected by a slice, boolean mask or index array."""
         return FaultSet._from_columns(self.site_names, self.site[sel], self.models, self.model[sel], {c: v[sel] for c, v in self._cols.items()})
 
+    def with_batch(self, batch: np.ndarray) -> FaultSet:
+        """The same faults with another batch element per fault (-1: every element).
+
+        Example:
+            >>> FaultSet("a:out", [0, 1], [3, 3]).with_batch(np.array([2, -1])).batch.tolist()
+            [2, -1]
+        """
+        cols = {**self._cols, "batch": np.ascontiguousarray(batch, dtype=np.int64)}
+        return FaultSet._from_columns(self.site_names, self.site, self.models, self.model, cols)
+
     def __iter__(self) -> Iterator[Fault]:
         for i in range(len(self)):
             m = self.models[self.model[i]]

@@ -48,8 +48,9 @@ from ..site import SiteList
 from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
 from .grouped import GroupedForward, run_grouped, same_bits
 from .replay import ModuleReplay
-from .tree import TreeGroupedForward
+from .per_sample import SampleGather, split_by_batch
 from .samplers import Scenarios
+from .tree import TreeGroupedForward
 from .suffix import SuffixForward
 
 __all__ = ["MODES", "Evaluator", "Golden", "scenarios_of"]
@@ -133,6 +134,7 @@ class Evaluator:
         correct = -1 if labels is None else int(judge(self.criterion, output.unsqueeze(0), output, labels)["correct"][0])
         self.golden = Golden(output, labels, correct)
         self.grouped = TreeGroupedForward(self.replay) if self.replay is not None else GroupedForward(self.suffix)
+        self.per_sample = SampleGather(model, inputs, output, batch_size)
         #: scenarios evaluated by a forward pass (alone or in a group), not decided without one
         self.runs = 0
 
@@ -151,6 +153,8 @@ class Evaluator:
     def evaluate(self, sc: Scenarios) -> dict[str, np.ndarray]:
         """Outcome counts (``masked``, ``tolerable``, ``critical``, ``non_finite``, ``correct``) per scenario."""
         n = len(sc.ids)
+        if len(sc.faults) and int(sc.faults.batch.max()) >= len(self.inputs):
+            raise FaultError(f"a fault names input {int(sc.faults.batch.max())}, but there are {len(self.inputs)} inputs")
         counts = {k: np.zeros(n, dtype=np.int64) for k in (*OUTCOMES, "correct")}
         unchanged = sc.masked | (self.changes_nothing(sc) if self.fast else False)
         counts["masked"][unchanged] = len(self.inputs)
@@ -158,10 +162,15 @@ class Evaluator:
         todo = np.flatnonzero(~unchanged)
         self.runs += len(todo)
         if self.fast:
+            todo = self.per_sample.run(sc, todo, self.sites, self.judge, counts)
             todo = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
         replaying = self.fast and self.replay is not None
         for i in todo:
             faults = sc.of(int(i))
+            if faults.per_sample and len(self.suffix.batches) > 1:  # inputs are numbered over all batches
+                for k, v in self.judge(self._per_batch(faults).unsqueeze(0)).items():
+                    counts[k][i] = v[0]
+                continue
             targets = [self.sites[faults.site_names[c]].module for c in np.unique(faults.site)]
             if replaying:  # the replay set's check runs before the faults go in
                 self.replay.check(targets)
@@ -173,6 +182,14 @@ class Evaluator:
             for k, v in self.judge(out.unsqueeze(0)).items():
                 counts[k][i] = v[0]
         return counts
+
+    def _per_batch(self, faults: FaultSet) -> torch.Tensor:
+        """The output over all inputs, each input batch under the faults that reach it."""
+        outs = []
+        for x, part in zip(self.suffix.batches, split_by_batch(faults, [len(b) for b in self.suffix.batches])):
+            with torch.no_grad(), inject(self.model, part, sites=self.sites):
+                outs.append(self.model(x))
+        return torch.cat(outs)
 
     def evaluate_faults(self, faults: Sequence[FaultSet]) -> dict[str, np.ndarray]:
         """Outcome counts of scenarios given as fault sets (one per scenario)."""

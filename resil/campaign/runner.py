@@ -71,12 +71,13 @@ class CampaignRunner:
 
     def _sampler(self) -> Sampler:
         s = self.spec
+        samples = len(self.inputs) if s.faults.per_sample else 0
         if s.sampler.kind == "importance":
             from .sensitivity import sensitivity_scores
 
             scores = sensitivity_scores(self.model, self.inputs, self.evaluator.golden.top1, self.space)
-            return ImportanceSampler(s.sampler, self.space, self.fault_model, s.seed, scores)
-        return SAMPLERS[s.sampler.kind](s.sampler, self.space, self.fault_model, s.seed)
+            return ImportanceSampler(s.sampler, self.space, self.fault_model, s.seed, scores, samples=samples)
+        return SAMPLERS[s.sampler.kind](s.sampler, self.space, self.fault_model, s.seed, samples=samples)
 
     @property
     def golden(self) -> Golden:
@@ -136,6 +137,7 @@ def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
         "fault_sites": [names[j].astype(str).tolist() for j in split],
         "fault_indices": [fs.index[j].tolist() for j in split],
         "fault_masks": [masks[j].tolist() for j in split],
+        "fault_inputs": [fs.batch[j].tolist() for j in split],
     }
 
 

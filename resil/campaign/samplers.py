@@ -46,10 +46,13 @@ def rng_for(seed: int, scenario: int) -> np.random.Generator:
 
 
 class Sampler:
-    """Base class: a number of scenarios and a way to draw any of them."""
+    """Base class: a number of scenarios and a way to draw any of them. With ``samples > 0``
+    every fault also names one of that many inputs (kept as :attr:`inputs`) (per-sample faults), drawn uniformly from
+    the scenario's own stream after its locations, so the locations equal those of the same
+    campaign without ``per_sample``."""
 
-    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int) -> None:
-        self.spec, self.space, self.model, self.seed = spec, space, model, seed
+    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int, *, samples: int = 0) -> None:
+        self.spec, self.space, self.model, self.seed, self.inputs = spec, space, model, seed, samples
 
     def count(self) -> int:
         """How many scenarios the campaign has."""
@@ -68,7 +71,11 @@ class Sampler:
         site, element, bit = self.space.locate(locations)
         names = np.array([s.name for s in self.space.sites])
         uses_bits = self.model.uses_bits
-        faults = FaultSet(site=names[site], index=element, bit=bit if uses_bits else None, model=self.model)
+        batch = None
+        if self.inputs:
+            batch = np.concatenate([np.random.default_rng([self.seed, int(i), 1]).integers(0, self.inputs, len(f))
+                                    for i, f in zip(ids, flat)]) if flat else np.zeros(0, dtype=np.int64)
+        faults = FaultSet(site=names[site], index=element, bit=bit if uses_bits else None, model=self.model, batch=batch)
         if stratum is None:
             first = np.array([site[owner == i][0] if (owner == i).any() else -1 for i in range(n)])
             stratum = np.array([self.space.sites[s].name if s >= 0 else "" for s in first], dtype=object)
@@ -131,11 +138,11 @@ class StatisticalSampler(Sampler):
     reported by :meth:`strata` (``known_masked``), so estimators count them as masked.
     """
 
-    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int) -> None:
+    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int, *, samples: int = 0) -> None:
         from ..fault_models import StuckAt
         from ..statistics import leveugle_sample_size
 
-        super().__init__(spec, space, model, seed)
+        super().__init__(spec, space, model, seed, samples=samples)
         active: dict[str, list[np.ndarray]] = {}
         population: dict[str, int] = {}
         site_layers = layers(space)
@@ -187,10 +194,11 @@ class ImportanceSampler(Sampler):
     mixture of sensitivity scores and the uniform distribution), weighted by ``1 / (N q)`` so
     that weighted means estimate the uniform-sampling failure rate without bias."""
 
-    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int, scores: np.ndarray) -> None:
+    def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int, scores: np.ndarray, *,
+                 samples: int = 0) -> None:
         from ..statistics import defensive_mixture, importance_weights
 
-        super().__init__(spec, space, model, seed)
+        super().__init__(spec, space, model, seed, samples=samples)
         q = defensive_mixture(scores, spec.uniform_share)
         self.cdf = np.cumsum(q)
         self.weights = importance_weights(q)

@@ -39,6 +39,9 @@ class FaultSpace:
         chosen = [s for s in site_list if s.kind in sites.kinds and any(fnmatch.fnmatchcase(s.name, p) for p in sites.include)]
         if not chosen:
             raise FaultError(f"no site matches include={list(sites.include)} and kinds={list(sites.kinds)}; list them with `resil sites MODEL`")
+        no_samples = [s.name for s in chosen if faults.per_sample and (not s.batched or s.batch_dim is None)]
+        if no_samples:
+            raise FaultError(f"per_sample faults need sites with a batch dimension; {no_samples[:3]} have none")
         elements, bits = [], []
         for s in chosen:
             if s.shape is None:

@@ -24,6 +24,7 @@ Example campaign file::
     [faults]
     model = "bitflip"            # a registered fault model spec, e.g. 'stuck_at:{"value": 1}'
     bits = []                    # restrict bit positions (empty: every bit of each site)
+    # per_sample = true          # each fault hits one input's activations (drawn per scenario), not every input's
 
     [sampler]
     kind = "uniform"             # exhaustive | uniform | ber | sfi | importance
@@ -93,10 +94,13 @@ class SiteSpec:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """Which fault model, on which bit positions (empty: all)."""
+    """Which fault model, on which bit positions (empty: all); ``per_sample``: each fault hits
+    the computed values (activations, neuron state, spikes) of one input only, drawn uniformly
+    from the campaign's inputs (seeded per scenario), instead of every input's."""
 
     model: str = "bitflip"
     bits: tuple[int, ...] = ()
+    per_sample: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,11 @@ def _validate(s: CampaignSpec) -> None:
     fault_model_from_spec(s.faults.model)  # raises FaultError naming an unknown model
     if any(not 0 <= b < 64 for b in s.faults.bits):
         raise bad(f"[faults] bits must be in 0..63, not {list(s.faults.bits)}")
+    if not isinstance(s.faults.per_sample, bool):
+        raise bad(f"[faults] per_sample must be true or false, not {s.faults.per_sample!r}")
+    if s.faults.per_sample and set(s.sites.kinds) - {"activation", "state", "spike"}:
+        raise bad(f"[faults] per_sample faults hit one input's computed values: [sites] kinds must be among activation, "
+                  f"state, spike (stored weights are shared by every input), not {list(s.sites.kinds)}")
     sm = s.sampler
     if sm.kind not in SAMPLERS:
         raise bad(f"[sampler] kind must be one of {SAMPLERS}, not {sm.kind!r}")

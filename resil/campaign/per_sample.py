@@ -1,0 +1,141 @@
+"""Per-sample faults (a fault in one input's activations, pytorchfi's main use), many scenarios per pass.
+
+A fault that names an input (``batch = b``, counted over the evaluation inputs) changes the
+forward of that input only, so every other input keeps its golden output. A group of such
+scenarios therefore runs as one forward over just the inputs they touch, gathered into one
+batch with a row per (scenario, input) pair and each fault moved to its row; the rows' outputs
+then replace the golden rows of their scenario.
+
+Guard: on the first group of each gathered size, a fault-free forward of the gathered rows, and
+one with the first row perturbed, must reproduce the other rows' golden outputs bit for bit. A
+model whose outputs depend on the batch (batch statistics, normalising by the batch maximum,
+kernels whose reduction order changes with the batch size) fails it, and its per-sample
+scenarios then run one at a time over the whole input set, as in plain mode.
+
+Example:
+    >>> import torch, resil
+    >>> from resil.campaign.evaluator import Evaluator
+    >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
+    >>> x = torch.rand(8, 4); ev = Evaluator(net, x, net(x).argmax(1))
+    >>> sc = resil.FaultSet("1:out", [2], [30], batch=[5])  # input 5 only
+    >>> counts = ev.evaluate_faults([sc]); int(counts["masked"][0]) >= 7
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..faults import FaultSet
+from ..injection import inject
+from ..site import SiteList
+from .grouped import same_bits
+from .samplers import Scenarios
+
+__all__ = ["SampleGather", "split_by_batch"]
+
+
+def split_by_batch(faults: FaultSet, sizes: Sequence[int]) -> list[FaultSet]:
+    """The faults each input batch (of the given sizes, in order) sees: those on every sample,
+    and those naming one of its inputs, moved to its own numbering.
+
+    Example:
+        >>> fs = FaultSet("a:out", [0, 1, 2], [3, 3, 3], batch=[-1, 1, 4])
+        >>> [(p.batch.tolist()) for p in split_by_batch(fs, [3, 3])]
+        [[-1, 1], [-1, 1]]
+    """
+    parts, start = [], 0
+    for size in sizes:
+        keep = (faults.batch < 0) | ((faults.batch >= start) & (faults.batch < start + size))
+        part = faults[keep]
+        parts.append(part.with_batch(np.where(part.batch < 0, -1, part.batch - start)))
+        start += size
+    return parts
+
+
+class SampleGather:
+    """Evaluates scenarios whose every fault names an input, many per forward over the touched inputs.
+
+    Args:
+        model: the network.
+        inputs: the evaluation inputs ``[N, ...]``.
+        golden: the golden output ``[N, ...]``.
+        rows: the most gathered rows per forward (the campaign's batch size).
+        budget: the most elements of the ``[S, N, ...]`` outputs handed to the criterion at once.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, golden: torch.Tensor, rows: int, budget: int = 1 << 24) -> None:
+        self.model, self.inputs, self.golden, self.rows = model, inputs, golden, max(1, rows)
+        self.max_group = int(max(1, min(self.rows, budget // max(golden.numel(), 1))))
+        self._exact: dict[int, bool] = {}
+
+    @staticmethod
+    def eligible(sc: Scenarios) -> np.ndarray:
+        """Per scenario, whether it has faults and every one names an input."""
+        n = len(sc.ids)
+        some = np.zeros(n, dtype=bool)
+        every = np.ones(n, dtype=bool)
+        named = sc.faults.batch >= 0
+        some[sc.owner] = True
+        np.logical_and.at(every, sc.owner, named)
+        return some & every
+
+    def outputs(self, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor | None:
+        """Model outputs ``[len(positions), N, ...]`` of per-sample scenarios, or None when the
+        guard fails (run them one at a time)."""
+        local = np.full(len(sc.ids), -1, dtype=np.int64)
+        local[positions] = np.arange(len(positions))
+        take = np.flatnonzero(local[sc.owner] >= 0)
+        scen, sample = local[sc.owner[take]], sc.faults.batch[take]
+        pairs, row_of = np.unique(scen * len(self.inputs) + sample, return_inverse=True)
+        pair_scen, pair_sample = pairs // len(self.inputs), pairs % len(self.inputs)
+        if not self._gather_exact(pair_sample):
+            return None
+        faults = sc.faults[take].with_batch(row_of.reshape(-1))
+        with torch.no_grad(), inject(self.model, faults, sites=sites):
+            y = self.model(self.inputs[torch.from_numpy(pair_sample)])
+        out = self.golden.unsqueeze(0).repeat(len(positions), *([1] * self.golden.dim()))
+        out[torch.from_numpy(pair_scen), torch.from_numpy(pair_sample)] = y
+        return out
+
+    def _gather_exact(self, samples: np.ndarray) -> bool:
+        """Whether a forward over these gathered inputs gives their golden outputs bit for bit,
+        also with the first one perturbed (checked once per number of rows)."""
+        r = len(samples)
+        if r not in self._exact:
+            x = self.inputs[torch.from_numpy(samples)]
+            want = self.golden[torch.from_numpy(samples)]
+            with torch.no_grad():
+                exact = same_bits(self.model(x), want)
+                if exact and r > 1:
+                    probe = x.clone()
+                    probe[0] = x[0] * 2 + 1 if x.is_floating_point() else x[-1]
+                    exact = same_bits(self.model(probe)[1:], want[1:])
+            self._exact[r] = exact
+        return self._exact[r]
+
+    def run(self, sc: Scenarios, todo: np.ndarray, sites: SiteList, judge: object, counts: dict[str, np.ndarray]) -> np.ndarray:
+        """Evaluate the per-sample scenarios among positions ``todo`` into ``counts``; return the rest."""
+        mine = todo[self.eligible(sc)[todo]]
+        if not len(mine):
+            return todo
+        per = np.bincount(sc.owner, minlength=len(sc.ids))
+        left: list[np.ndarray] = []
+        start = 0
+        while start < len(mine):  # groups of scenarios whose rows fit one forward
+            rows = np.cumsum(per[mine[start:]])
+            stop = start + max(1, min(self.max_group, int(np.searchsorted(rows, self.rows, side="right"))))
+            chunk = mine[start:stop]
+            outputs = self.outputs(sc, chunk, sites)
+            if outputs is None:
+                left.append(chunk)
+            else:
+                for k, v in judge(outputs).items():  # type: ignore[operator]
+                    counts[k][chunk] = v
+            start = stop
+        rest = np.setdiff1d(todo, mine)
+        return np.sort(np.concatenate([rest, *left])) if left else rest
