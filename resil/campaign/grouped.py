@@ -311,7 +311,9 @@ class GroupedForward:
         if len(np.unique(scen * (channels * (per_channel + 1)) + element)) != len(take):
             return None  # two faults on one element of one scenario: let injection merge them
         rows, row_of = np.unique(scen * channels + channel, return_inverse=True)
-        if not all(self._rows_exact(stage, b, rows % channels, sites) for b in range(len(self.suffix.batches))):
+        batches = range(len(self.suffix.batches))
+        alone = all(self._rows_exact(stage, b, rows % channels, sites) for b in batches)
+        if not alone and not all(self._full_exact(stage, b, sites) for b in batches):
             return None
         values = self._faulty_values(sc, take, chosen, weight.dtype)
         w_rows = weight.reshape(channels, -1)[torch.from_numpy(rows % channels)].clone()
@@ -325,9 +327,57 @@ class GroupedForward:
 
         def recompute(batch: int, call: int) -> torch.Tensor:
             with torch.no_grad():
-                return self._layer(module, self._input(batch, stage, call), w_rows, b_rows, rows % channels)
+                x = self._input(batch, stage, call)
+                if alone:
+                    return self._layer(module, x, w_rows, b_rows, rows % channels)
+                return self._packed(module, x, weight, bias, w_rows, b_rows, rows % channels)
 
         return rows // channels, rows % channels, recompute
+
+    @staticmethod
+    def _packed(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                w_rows: torch.Tensor, b_rows: torch.Tensor | None, channels: np.ndarray) -> torch.Tensor:
+        """Faulty output channels computed in their own positions of full-shape layer calls: each
+        call holds at most one faulty row per channel (the rest golden), so every channel comes
+        from the very kernel and position the full layer uses. For layers whose result for a
+        channel computed alone differs from the full call's (``_rows_exact`` fails)."""
+        order = np.argsort(channels, kind="stable")
+        starts = np.r_[0, np.flatnonzero(np.diff(channels[order])) + 1]
+        rank = np.empty(len(channels), dtype=np.int64)
+        rank[order] = np.arange(len(channels)) - np.repeat(starts, np.diff(np.r_[starts, len(channels)]))
+        out: torch.Tensor | None = None
+        for p in range(int(rank.max()) + 1):
+            sel = torch.from_numpy(np.flatnonzero(rank == p))
+            ch = torch.from_numpy(channels)[sel]
+            w = weight.clone()
+            w[ch] = w_rows[sel]
+            b = None if bias is None else bias.clone()
+            if b is not None and b_rows is not None:
+                b[ch] = b_rows[sel]
+            y = GroupedForward._full_layer(module, x, w, b)
+            if out is None:
+                out = y.new_empty((y.shape[0], len(channels), *y.shape[2:]))
+            out[:, sel] = y[:, ch]
+        assert out is not None
+        return out
+
+    @staticmethod
+    def _full_layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """A Conv/Linear layer's whole output computed with the given weight and bias, as its forward does."""
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            return nn.functional.linear(x, weight, bias)
+        conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[x.dim() - 2]
+        return conv(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+
+    def _full_exact(self, stage: int, batch: int, sites: SiteList) -> bool:
+        """Whether the full layer computed from its sites' values reproduces its golden output at every call."""
+        key = ("full", stage, batch)
+        if key not in self._exact:
+            weight, bias = self._layer_values(stage, sites)
+            module = self.suffix.stages[stage]
+            self._exact[key] = all(same_bits(self._full_layer(module, self._input(batch, stage, c), weight, bias), self._golden_out(batch, stage, c))
+                                   for c in range(len(self.suffix.recorded[batch][stage])))
+        return self._exact[key]
 
     @staticmethod
     def _local_faults(sc: Scenarios, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
