@@ -236,6 +236,8 @@ def write_report_for(dirs: list[Path], out: Path) -> Path:
     """The report of the campaigns in ``dirs`` (each a campaign or a parent of several)."""
     from .report import write_report
 
+    if out.exists() and not out.is_dir():
+        raise FaultError(f"report directory {out} exists and is not a directory: choose another --out")
     found: list[Path] = []
     for d in dirs:
         found += [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
