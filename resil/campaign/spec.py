@@ -328,8 +328,8 @@ def _hints(cls: type) -> dict[str, Any]:
 #: the largest integer a spec field takes (results are stored as int64)
 INT_MAX = (1 << 63) - 1
 
-#: range checks per ``(section, field)`` after the type checks: an integer's least value, or a
-#: float's open/closed interval ``(low, high, low_inclusive, high_inclusive)``, or the allowed strings
+#: range checks per ``(section, field)`` after the type checks: an integer's least value, a
+#: number's interval within [0, 1] (each item of a list), the allowed strings, lists that need an entry
 _INT_MIN = {("", "seed"): 0, ("data", "inputs"): 0, ("sampler", "scenarios"): 1, ("sampler", "faults_per_scenario"): 1,
             ("sampler", "trials"): 0, ("run", "shard_size"): 1, ("run", "batch_size"): 1, ("run", "memory_mb"): 0}
 _UNIT = {("sampler", "margin"): "(0, 1)", ("sampler", "confidence"): "(0, 1)", ("sampler", "p"): "(0, 1)",
