@@ -408,8 +408,15 @@ def test_real_processes_print_one_line_and_debug_the_traceback(folder: Path, tmp
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "FaultError" in debug.stderr
     models = _resil("resil.models", "--help", cwd=tmp_path)
     assert models.returncode == 0 and "usage: python -m resil.models" in models.stdout
-    unknown = _resil("resil.models", "no-such-model", cwd=tmp_path)
-    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr and "no reference model 'no-such-model'" in unknown.stderr
+
+
+def test_retraining_an_unknown_reference_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from resil.models.__main__ import main as retrain
+
+    with pytest.raises(SystemExit) as e:
+        retrain(["no-such-model"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no reference model 'no-such-model'" in err and "Traceback" not in err
 
 
 # -- faults and fault models (Python API) ---------------------------------------------------------
