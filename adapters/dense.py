@@ -109,5 +109,5 @@ class DenseAdapter(Adapter):
         assert site.shape is not None
         pruned = pruned_tensors(site.module)
         if site.attr in pruned:
-            return corrupt_pruned(*pruned[site.attr], site.encoding, plan.stored())
+            return corrupt_pruned(site.module, site.attr, site.encoding, plan.stored())
         return corrupt_stored(getattr(site.module, site.attr), site.encoding, plan.stored(), site.shape)

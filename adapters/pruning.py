@@ -41,12 +41,15 @@ def live_elements(mask: torch.Tensor) -> np.ndarray:
     return torch.flatten(mask).nonzero().reshape(-1).cpu().numpy().astype(np.int64)
 
 
-def corrupt_pruned(orig: torch.Tensor, mask: torch.Tensor, encoding: Encoding, plan: ElementPlan) -> Undo:
-    """Apply ``plan`` to the stored weight ``orig * mask`` (a pruned element stores 0).
+def corrupt_pruned(module: nn.Module, name: str, encoding: Encoding, plan: ElementPlan) -> Undo:
+    """Apply ``plan`` to the stored weight ``<name>_orig * <name>_mask`` of ``module`` (a pruned
+    element stores 0).
 
     Writes the faulty values into ``orig`` and unmasks the faulted elements; the returned
-    function restores both bit-exactly.
+    function restores both bit-exactly. The attribute ``<name>`` (recomputed by the pruning
+    pre-hook before each forward) is recomputed after both, so it never holds stale values.
     """
+    orig, mask = pruned_tensors(module)[name]
     if orig.dtype not in FLOAT_ENCODINGS or not orig.is_contiguous() or not mask.is_contiguous():
         raise TypeError("pruned tensors must be contiguous floating-point tensors")
     raw, m = int_view(orig, encoding).view(-1), mask.detach().view(-1)
@@ -59,9 +62,19 @@ def corrupt_pruned(orig: torch.Tensor, mask: torch.Tensor, encoding: Encoding, p
     new = codes ^ plan.xor if plan.xor is not None else plan.apply(codes, encoding)
     raw[keys] = from_unsigned(new, raw.dtype, encoding.bits)
     m[keys] = 1
+    _recompute(module, name)
 
     def restore() -> None:
         raw[keys] = old_raw
         m[keys] = old_mask
+        _recompute(module, name)
 
     return restore
+
+
+def _recompute(module: nn.Module, name: str) -> None:
+    """Set ``module.<name>`` to ``<name>_orig * <name>_mask``, as the pruning pre-hook does before a forward."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
+            setattr(module, name, hook.apply_mask(module))
+            return

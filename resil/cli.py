@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import torch
@@ -34,9 +35,13 @@ def cmd_sites(args: argparse.Namespace) -> int:
     example = rm.dataset(args.model).x_test[:2] if args.model in rm.names() else None
     if args.input_shape:
         try:
-            example = torch.zeros(2, *(int(d) for d in args.input_shape.split(",")))
+            shape = tuple(int(d) for d in args.input_shape.split(","))
         except ValueError:
-            raise FaultError(f"--input-shape must be comma-separated positive integers such as 1,8,8, not {args.input_shape!r}") from None
+            shape = ()
+        if not shape or min(shape) < 1 or math.prod(shape) > 1 << 28:
+            raise FaultError(f"--input-shape must be comma-separated positive integers such as 1,8,8 (one input's shape, "
+                             f"at most 2**28 elements), not {args.input_shape!r}")
+        example = torch.zeros(2, *shape)
     if example is not None:
         check_forward(model, example)
     print(sites(model, example).table())
@@ -166,17 +171,38 @@ def _run_all(jobs: list[tuple["CampaignSpec | None", Path]], args: argparse.Name
 
     for spec, out in jobs:
         label = spec.name if spec else out.name
-        with tqdm(desc=label, unit="scen", dynamic_ncols=True) as bar:
-            def progress(n: int, remaining: int) -> None:
-                if remaining:
-                    bar.reset(total=remaining)
-                bar.update(n)
+        bars: list[tqdm] = []
 
+        def progress(n: int, remaining: int) -> None:
+            if not bars:  # the first call gives the total: the bar starts with it
+                bars.append(tqdm(desc=label, total=remaining, unit="scen", dynamic_ncols=True))
+            bars[0].update(n)
+
+        try:
             executor = make_executor(args.executor, args.workers, args.address)
             store = run(spec, out, executor, progress) if spec else resume(out, executor, progress)
+        finally:
+            for bar in bars:
+                bar.close()
         m = store.manifest()
         print(f"{label}: {m['scenarios']} scenarios x {m['inputs']} inputs -> {out}")
     return 0
+
+
+def _check_jobs(jobs: list[tuple["CampaignSpec", Path]]) -> None:
+    """Refuse, before any campaign runs, two campaigns into one directory and any campaign that
+    :func:`resil.campaign.run` would refuse (its model, data, sites, fault space or directory)."""
+    from .campaign import Store
+    from .campaign.runner import runner_for
+
+    seen: dict[Path, str] = {}
+    for spec, out in jobs:
+        key = out.resolve()
+        if key in seen:
+            raise FaultError(f"campaigns {seen[key]!r} and {spec.name!r} would both write {out}: give each campaign file its own name")
+        seen[key] = spec.name
+    for spec, out in jobs:
+        Store(out).check(runner_for(spec).manifest())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -185,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = [load_spec(f) for f in args.spec]  # every file checked before any work starts
     out = Path(args.out)
     jobs = [job for spec in specs for job in _campaign_dirs(spec, out if len(specs) == 1 else out / spec.name)]
-    _run_all(jobs, args)
+    _check_jobs(jobs)
+    _run_all(jobs, args)  # type: ignore[arg-type]
     if args.report:
         print(write_report_for([d for _, d in jobs], Path(args.report)))
     return 0
@@ -209,6 +236,8 @@ def write_report_for(dirs: list[Path], out: Path) -> Path:
     """The report of the campaigns in ``dirs`` (each a campaign or a parent of several)."""
     from .report import write_report
 
+    if out.exists() and not out.is_dir():
+        raise FaultError(f"report directory {out} exists and is not a directory: choose another --out")
     found: list[Path] = []
     for d in dirs:
         found += [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
@@ -260,14 +289,14 @@ def _labelled(arg: str) -> tuple[str, str]:
 
 def _executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("serial", "process", "dask"), default="serial", help="where shards run (default: this process)")
-    p.add_argument("--workers", type=int, default=2, help="processes for the process and dask executors")
+    p.add_argument("--workers", type=_count(1), default=2, help="processes for the process and dask executors (default: %(default)s)")
     p.add_argument("--address", help="address of a running Dask scheduler (dask executor)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .training.cli import add_model_options, add_parser as add_harden_parser
 
-    p = argparse.ArgumentParser(prog="resil", description="Fault injection for dense, spiking, pruned and quantized PyTorch networks.")
+    p = _Parser(prog="resil", description="Fault injection for dense, spiking, pruned and quantized PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sites", help="list the fault sites of a model")
     s.add_argument("model", help="bundled reference model name, package.module:factory or path/file.py:factory")
@@ -281,10 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(d)
     d.add_argument("--data", metavar="SOURCE", help="inputs and integer labels: a .pt or .npz file with x and y, or file.py:function "
                                                     "returning them (default: a bundled model's test split; required for other models)")
-    d.add_argument("--random-flips", type=int, default=1000)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--random-flips", type=_count(0), default=1000, metavar="N",
+                   help="random weight and bias bit flips in the last scenario (default: %(default)s)")
+    d.add_argument("--seed", type=_count(0), default=0, help="seed of the random flips (default: %(default)s)")
     d.set_defaults(run=cmd_demo)
-    r = sub.add_parser("run", help="run a campaign file into a result directory")
+    r = sub.add_parser("run", help="run a campaign file into a result directory", description=RUN_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("spec", nargs="+", help="campaign TOML file(s)")
     r.add_argument("--out", required=True,
                    help="result directory (with several files, one subdirectory per file; with several models, one per model)")
@@ -292,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_options(r)
     r.set_defaults(run=cmd_run)
     re = sub.add_parser("resume", help="run the missing shards of stored campaigns")
-    re.add_argument("dirs", nargs="+")
+    re.add_argument("dirs", nargs="+", help="campaign directories (or parents of several)")
     _executor_options(re)
     re.set_defaults(run=cmd_resume)
     rp = sub.add_parser("report", help="write PNG figures and one HTML report for campaigns (side by side)")
@@ -313,17 +344,119 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--seed", type=int, help="random seed")
     cp.set_defaults(run=cmd_compare)
     add_harden_parser(sub)  # resil harden ftt|fat|search
+    _add_debug(p)
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (with where to find the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    """``--debug`` on ``p`` and on every (sub)command under it: show the traceback of an error."""
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _add_debug(sub)
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, not {value}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+#: the campaign file ``resil run --help`` shows (valid: a test loads it)
+RUN_EXAMPLE = """\
+version = 1
+name = "quick"                  # a folder name: OUT/<name> when several files run together
+seed = 0
+[model]
+names = ["dense-cnn"]           # bundled, "package.module:factory" or "file.py:factory"
+[data]
+inputs = 64                     # how many inputs (0: all)
+[sites]
+include = ["conv*", "fc*"]      # a list of globs on site names (see `resil sites MODEL`)
+kinds = ["weight", "bias"]
+[faults]
+model = 'stuck_at:{"value": 1}' # or "bitflip", 'burst:{"length": 2}'
+bits = [30, 31]                 # must fit every selected site; empty: every bit
+[sampler]
+kind = "uniform"                # exhaustive | uniform | ber | sfi | importance
+scenarios = 200
+[outcome]
+criterion = "top1"              # or 'topk:{"k": 5}', 'deviation:{"threshold": 0.05}'
+[run]
+shard_size = 25
+"""
+
+RUN_DESCRIPTION = f"""Run campaign files (TOML) into result directories. Every file, model, data set, fault
+space and result directory is checked before anything is written.
+
+A campaign file (every key but version is optional; README "Campaigns" and examples/*.toml):
+
+{textwrap.indent(RUN_EXAMPLE, "    ")}"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``resil`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``resil`` command: 0 on success, 2 for bad input (one line on stderr),
+    1 for another failure (a file that cannot be written, a damaged store, a worker lost), 130
+    when interrupted; ``--debug`` shows the traceback instead."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (argparse has printed why)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.run(args))
-    except (FaultError, KeyError) as e:
-        print(f"resil: error: {e}", file=sys.stderr)
+    except BaseException as e:
+        code = exit_code(e)
+        if code is None or getattr(args, "debug", False):
+            raise
+        print(f"resil: {'interrupted' if code == 130 else 'error'}: {describe_error(e)}", file=sys.stderr)
+        return code
+
+
+def exit_code(e: BaseException) -> int | None:
+    """The exit status of an expected failure: 2 bad input, 130 interrupted, 1 another failure
+    the user can act on; None for a bug (its traceback is shown)."""
+    from concurrent.futures import BrokenExecutor
+
+    import pyarrow as pa
+
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    if isinstance(e, (FaultError, KeyError)):
         return 2
+    if isinstance(e, (OSError, MemoryError, BrokenExecutor, pa.ArrowException)):
+        return 1
+    return None
+
+
+def describe_error(e: BaseException) -> str:
+    """One line saying what went wrong."""
+    if isinstance(e, KeyboardInterrupt):
+        return "stopped before the end; completed shards are stored, `resil resume DIR` runs the rest"
+    if isinstance(e, KeyError):
+        return str(e.args[0] if e.args else e)
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.strerror or type(e).__name__}: {e.filename}"
+    text = str(e) or type(e).__name__
+    if not isinstance(e, FaultError):
+        text = f"{type(e).__name__}: {text}"
+    return " ".join(text.split())  # one line
 
 
 if __name__ == "__main__":

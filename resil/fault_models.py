@@ -115,8 +115,8 @@ class Burst(BitFlip):
     length: int = 2
 
     def __post_init__(self) -> None:
-        if self.length < 1:
-            raise FaultError(f"a burst needs a length of at least 1, not {self.length}")
+        if isinstance(self.length, bool) or not isinstance(self.length, (int, np.integer)) or not 1 <= self.length <= 64:
+            raise FaultError(f"a burst needs an integer length in 1..64, not {self.length!r}")
 
     @property
     def span(self) -> int:
@@ -143,7 +143,7 @@ class StuckAt(FaultModel):
     value: int
 
     def __post_init__(self) -> None:
-        if self.value not in (0, 1):
+        if isinstance(self.value, bool) or self.value not in (0, 1):
             raise FaultError(f"StuckAt takes 0 or 1, not {self.value!r}")
 
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:

@@ -49,6 +49,25 @@ class Fault:
     batch: int | None = None
     step: Step = None
 
+    def __post_init__(self) -> None:
+        def ints(v: Any) -> bool:
+            return isinstance(v, (tuple, list)) and all(_is_int(i) for i in v)
+
+        if not isinstance(self.site, str):
+            raise FaultError(f"Fault site must be a site name (a string such as 'fc.weight'), not {self.site!r:.60}")
+        if not (_is_int(self.index) or ints(self.index)):
+            raise FaultError(f"Fault index must be an int (flat) or a tuple of ints over the site's shape, not {self.index!r:.60}")
+        if not (self.bit is None or _is_int(self.bit) or ints(self.bit)):
+            raise FaultError(f"Fault bit must be an int, a list of ints or None, not {self.bit!r:.60}")
+        if not isinstance(self.model, FaultModel):
+            hint = (f"; build one from its spec with resil.fault_model_from_spec({self.model!r})" if isinstance(self.model, str) else "")
+            raise FaultError(f"Fault model must be a fault model such as resil.BitFlip() or resil.StuckAt(1), not "
+                             f"{self.model!r:.60}{hint}")
+        if not (self.batch is None or _is_int(self.batch)):
+            raise FaultError(f"Fault batch must be an int or None, not {self.batch!r:.60}")
+        if not (self.step is None or _is_int(self.step) or (ints(self.step) and len(self.step) == 2)):  # type: ignore[arg-type]
+            raise FaultError(f"Fault step must be an int, a (start, stop) pair of ints or None, not {self.step!r:.60}")
+
     @property
     def window(self) -> tuple[int, int]:
         """The steps ``(start, stop)`` the fault is present (stop exclusive)."""
@@ -109,7 +128,7 @@ class FaultSet:
     ) -> None:
         columns = (("index", index), ("bit", bit), ("mask", mask), ("batch", batch), ("step", step), ("step_stop", step_stop))
         ints = {k: _int_column(k, v) for k, v in columns if v is not None}
-        lengths = [a.shape for a in ints.values()] + [(len(v),) for v in (site, model) if v is not None and not isinstance(v, (str, FaultModel))]
+        lengths = [a.shape for a in ints.values()] + [(len(v),) for v in (site, model) if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str)]
         try:
             n = int(np.prod(np.broadcast_shapes(*lengths))) if lengths else 1
             ints = {k: np.broadcast_to(a, (n,)) for k, a in ints.items()}
@@ -320,9 +339,16 @@ def _int_column(name: str, v: Any) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _categorical(name: str, v: Any, n: int, kind: type) -> tuple[tuple[Any, ...], np.ndarray]:
     if isinstance(v, kind):
         return (v,), np.zeros(n, dtype=np.int16)
+    if isinstance(v, str) or not isinstance(v, (Sequence, np.ndarray)):
+        hint = f"; build one from its spec with resil.fault_model_from_spec({v!r})" if isinstance(v, str) else ""
+        raise FaultError(f"{name} must be a {kind.__name__} or one per fault, not {v!r:.60}{hint}")
     values = list(v) if not isinstance(v, np.ndarray) else v.tolist()
     if len(values) != n:
         raise FaultError(f"{len(values)} {name} values for {n} faults")

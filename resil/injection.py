@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from .fault_models import FaultModel
 from .faults import FOREVER, Fault, FaultSet
 from .injectors import ELEMENT_BITS
 from .plan import ElementPlan
-from .site import Site, SiteList, SitePlan, WindowPlan
+from .site import Site, SiteList, SitePlan, Undo, WindowPlan
 
 Faults = Fault | Sequence[Fault] | FaultSet
 
@@ -140,7 +141,11 @@ def inject(model: nn.Module, faults: Faults, *, sites: SiteList | None = None) -
     Stored tensors (weights, buffers) are corrupted in place and restored bit-exactly on exit,
     however the block exits; computed tensors (activations) are corrupted by forward hooks that
     are removed on exit. Faults on the same element combine in order (two flips of one bit
-    cancel). Blocks nest. Works under ``no_grad``, ``inference_mode`` and with gradients on.
+    cancel). Blocks nest and must exit last-in-first-out: a block that exits while a block
+    entered after it on the same model is still open restores the model correctly, then raises
+    :class:`FaultError` (do not share a model across threads during injection: each thread's
+    forwards would see the other's faults). Works under ``no_grad``, ``inference_mode`` and
+    with gradients on.
 
     Args:
         model: the model.
@@ -162,12 +167,69 @@ def inject(model: nn.Module, faults: Faults, *, sites: SiteList | None = None) -
     """
     site_list = sites if sites is not None else list_sites(model)
     fs = as_fault_set(faults, site_list)
-    plans = compile_faults(fs, site_list)
-    undo = []
+    scope = _Scope(compile_faults(fs, site_list))
+    with _LOCK:
+        scope.apply()
+        _OPEN.append(scope)
     try:
-        for site, plan in plans:
-            undo.append(site.install(plan))
-        yield Injection(fs, tuple(s for s, _ in plans))
+        yield Injection(fs, tuple(s for s, _ in scope.plans))
     finally:
-        for u in reversed(undo):
+        _close(scope)
+
+
+class _Scope:
+    """An open :func:`inject` block: its plans, the modules they touch and how to undo them."""
+
+    def __init__(self, plans: list[tuple[Site, SitePlan]]) -> None:
+        self.plans = plans
+        self.modules = {id(site.module) for site, _ in plans}
+        self.undo: list[Undo] = []
+
+    def apply(self) -> None:
+        """Install every plan (all or none: a failing install undoes the ones before it)."""
+        undo: list[Undo] = []
+        try:
+            for site, plan in self.plans:
+                undo.append(site.install(plan))
+        except BaseException:
+            for u in reversed(undo):
+                u()
+            raise
+        self.undo = undo
+
+    def restore(self) -> None:
+        for u in reversed(self.undo):
             u()
+        self.undo = []
+
+
+#: every open inject block of this process, in the order they were entered
+_OPEN: list[_Scope] = []
+_LOCK = threading.RLock()
+
+
+def _close(scope: _Scope) -> None:
+    """Undo ``scope``. Blocks must exit last-in-first-out; one that exits while blocks entered
+    after it on the same modules are still open (two threads sharing a model, say) would write
+    back codes saved under their faults. So those blocks are undone first, then this one, then
+    they are applied again: the model holds exactly the faults of the open blocks (bit-exact
+    once all exit), and the out-of-order exit is raised."""
+    with _LOCK:
+        i = next(j for j in range(len(_OPEN) - 1, -1, -1) if _OPEN[j] is scope)
+        touched, later = set(scope.modules), []
+        for other in _OPEN[i + 1:]:
+            if other.modules & touched:
+                later.append(other)
+                touched |= other.modules
+        for other in reversed(later):
+            other.restore()
+        scope.restore()
+        del _OPEN[i]
+        for other in later:
+            other.apply()
+    if later:
+        raise FaultError(f"inject blocks exited out of order: this block exited while {len(later)} block(s) entered after it on "
+                         "the same model were still open. The model is restored correctly (this block's faults are removed, "
+                         "the open blocks' faults stay until they exit), but outputs computed while the blocks overlapped mix "
+                         "their faults: nest inject blocks (last in, first out) and do not share a model across threads "
+                         "during injection")

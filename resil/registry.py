@@ -25,6 +25,8 @@ from typing import Any, Generic, TypeVar
 from .errors import FaultError
 
 T = TypeVar("T")
+#: an example value per field type, for the message naming missing parameters
+_EXAMPLES: dict[str, Any] = {"int": 1, "float": 0.5, "bool": True, "str": "..."}
 C = TypeVar("C", bound=type)
 
 
@@ -62,11 +64,22 @@ class Registry(Generic[T]):
         name, _, params = spec.partition(":")
         if name not in self._classes:
             raise FaultError(f"unknown {self.what} {name!r}; registered: {', '.join(self.names())}")
+        cls = self._classes[name]
         try:
             kwargs: dict[str, Any] = json.loads(params) if params else {}
             if not isinstance(kwargs, dict):
                 raise TypeError("parameters must be a JSON object")
-            return self._classes[name](**kwargs)
+        except (TypeError, ValueError) as e:
+            raise FaultError(f"bad parameters for {self.what} {name!r}: {params!r} ({e})") from None
+        required = [f for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING] if dataclasses.is_dataclass(cls) else []
+        missing = [f.name for f in required if f.name not in kwargs]
+        if missing:
+            example = json.dumps({f.name: kwargs.get(f.name, _EXAMPLES.get(str(f.type), 1)) for f in required})
+            raise FaultError(f"{self.what} {name!r} needs the parameter(s) {', '.join(missing)}, given as JSON after a colon: "
+                             f"'{name}:{example}'")
+        try:
+            return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise FaultError(f"bad parameters for {self.what} {name!r}: {params!r} ({e})") from None
 

@@ -50,7 +50,7 @@ def table(store: rc.Store):
     ("version = 1\n[sampler]\nscenario = 5", r"unknown key\(s\) \['scenario'\] in \[sampler\]"),
     ("version = 1\n[faults]\nmodel = 'nope'", "unknown fault model 'nope'"),
     ("version = 1\n[sampler]\nkind = 'ber'", "needs rates"),
-    ("version = 1\n[sites]\nkinds = ['weights']", "kinds must be among"),
+    ("version = 1\n[sites]\nkinds = ['weights']", "kinds must be one of"),
     ("version = [", "not valid TOML"),
 ])
 def test_bad_campaign_files_are_named(tmp_path, text, message):

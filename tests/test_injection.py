@@ -256,3 +256,44 @@ def test_output_sharing_storage_with_its_input_is_copied_before_corruption():
     with torch.no_grad(), resil.inject(net, resil.Fault("same:out", 1, bit=30)):
         got = net(x)
     assert torch.equal(got, torch.from_numpy(faulty + h))
+
+
+def _flipped(value: float, bit: int) -> float:
+    """``value`` as float32 with ``bit`` flipped (struct: the IEEE-754 bit pattern)."""
+    (code,) = struct.unpack("<I", struct.pack("<f", value))
+    return struct.unpack("<f", struct.pack("<I", code ^ (1 << bit)))[0]
+
+
+@pytest.mark.parametrize("model", [resil.BitFlip(), resil.StuckAt(1)])
+def test_blocks_exiting_out_of_order_restore_bit_exactly_and_raise(cnn, model):
+    """Two overlapping blocks on one element exiting first-in-first-out (as two threads sharing a
+    model would): the weight used to stay corrupted for good (0.0932 -> 3.17e37)."""
+    snap = snapshot(cnn)
+    w0 = float(cnn.conv1.weight.detach()[0, 0, 1, 1])
+    first = resil.inject(cnn, resil.Fault("conv1.weight", (0, 0, 1, 1), bit=30, model=model))
+    second = resil.inject(cnn, resil.Fault("conv1.weight", (0, 0, 1, 1), bit=29))
+    unrelated = resil.inject(cnn, resil.Fault("fc.bias", 3, bit=30))  # other modules: left applied as it is
+    first.__enter__()
+    second.__enter__()
+    unrelated.__enter__()
+    with pytest.raises(resil.FaultError, match="exited out of order"):
+        first.__exit__(None, None, None)
+    # only the open block's fault remains, applied to the original value
+    assert float(cnn.conv1.weight.detach()[0, 0, 1, 1]) == _flipped(w0, 29)
+    assert float(cnn.fc.bias.detach()[3]) == _flipped(float(snap["fc.bias"].view(np.float32)[3]), 30)
+    second.__exit__(None, None, None)
+    unrelated.__exit__(None, None, None)
+    assert_bit_identical(cnn, snap)
+
+
+def test_three_blocks_exiting_in_any_order_restore_bit_exactly(cnn):
+    snap = snapshot(cnn)
+    blocks = [resil.inject(cnn, resil.Fault("conv1.weight", (0, 0, 1, 1), bit=b, model=m))
+              for b, m in ((30, resil.StuckAt(1)), (29, resil.BitFlip()), (3, resil.StuckAt(0)))]
+    for b in blocks:
+        b.__enter__()
+    for i in (1, 0):
+        with pytest.raises(resil.FaultError, match="exited out of order"):
+            blocks[i].__exit__(None, None, None)
+    blocks[2].__exit__(None, None, None)
+    assert_bit_identical(cnn, snap)

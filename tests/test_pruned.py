@@ -97,3 +97,16 @@ def test_torch_pruning_gives_a_smaller_dense_network_with_the_right_sites():
     with torch.no_grad(), resil.inject(fresh, resil.Fault("7.weight", (3, 15), bit=30)):
         y = fresh(example)
     assert not torch.equal(y, fresh(example))
+
+
+def test_weight_attribute_follows_the_fault_in_and_out(pruned_mlp):
+    """``weight`` (recomputed by the pruning pre-hook before each forward) used to keep the faulty
+    value after the block until the next forward."""
+    pruned_mlp(torch.zeros(1, 6))
+    before = pruned_mlp[0].weight.detach().clone()
+    live = int(resil.sites(pruned_mlp)["0.weight"].elements()[0])
+    (code,) = struct.unpack("<I", struct.pack("<f", float(before.reshape(-1)[live])))
+    faulty = struct.unpack("<f", struct.pack("<I", code ^ (1 << 30)))[0]
+    with resil.inject(pruned_mlp, resil.FaultSet("0.weight", [live], [30])):
+        assert float(pruned_mlp[0].weight.reshape(-1)[live]) == faulty
+    assert torch.equal(pruned_mlp[0].weight.detach().view(torch.int32), before.view(torch.int32))

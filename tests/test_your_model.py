@@ -248,7 +248,7 @@ def test_bad_user_input_fails_before_anything_is_written(user_folder, tmp_path):
         with pytest.raises(resil.FaultError, match=message):
             rc.run(SPEC, tmp_path / f"bad{i}", **kwargs)
         assert not (tmp_path / f"bad{i}").exists()
-    with pytest.raises(resil.FaultError, match="names must be model names"):
+    with pytest.raises(resil.FaultError, match="names must be a list of strings"):
         rc.CampaignSpec(model=rc.ModelSpec((model,)))  # type: ignore[arg-type]
     with pytest.raises(resil.FaultError, match="source must be a string"):
         rc.CampaignSpec(data=rc.DataSpec(source=torch.rand(3)))  # type: ignore[arg-type]

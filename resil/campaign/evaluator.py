@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ class Evaluator:
                                  "accept it with nondeterministic=True ([run] nondeterministic = true), which runs every "
                                  "scenario as a plain full forward")
             self.mode = "plain"
+        _warn_non_finite(model, output)
         correct = -1 if labels is None else int(judge(self.criterion, output.unsqueeze(0), output, labels)["correct"][0])
         self.golden = Golden(output, labels, correct)
         self.grouped = TreeGroupedForward(self.replay) if self.replay is not None else GroupedForward(self.suffix)
@@ -215,6 +217,18 @@ class Evaluator:
         per_scenario = np.ones(len(sc.ids), dtype=bool)
         np.logical_and.at(per_scenario, sc.owner, same)
         return per_scenario
+
+
+def _warn_non_finite(model: nn.Module, golden: torch.Tensor) -> None:
+    """Warn when the fault-free output already holds NaN or inf: every scenario would count those
+    inputs as non-finite failures, so the failure rates would say nothing about the faults."""
+    if not golden.is_floating_point():
+        return
+    bad = int((~torch.isfinite(golden.reshape(len(golden), -1))).any(1).sum())
+    if bad:
+        warnings.warn(f"the fault-free (golden) output of {type(model).__name__} is NaN or infinite on {bad} of {len(golden)} "
+                      "inputs: every scenario counts them as non-finite failures (up to 100% failure whatever the fault); "
+                      "check the model, its checkpoint and the inputs", RuntimeWarning, stacklevel=3)
 
 
 def scenarios_of(faults: Sequence[FaultSet], ids: np.ndarray | None = None) -> Scenarios:

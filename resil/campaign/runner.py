@@ -259,5 +259,7 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     if missing:
         raise FaultError(f"{out} was run on a live {' and '.join(missing)} passed from Python; resume it with "
                          f"resil.campaign.resume({str(out)!r}, {', '.join(f'{k}=...' for k in missing)})")
+    if "spec" not in manifest:
+        raise FaultError(f"{out}/manifest.json holds no campaign spec; the directory may be damaged")
     spec = spec_from_dict(manifest["spec"], f"{out}/manifest.json")
     return run(spec, out, executor, progress, model=model, data=data)

@@ -19,6 +19,23 @@ def layer_of(site: Site) -> str:
     return name if site.batched else name.rsplit(".", 1)[0] if "." in name else ""
 
 
+def _bits_of(site: Site, requested: tuple[int, ...], span: int) -> np.ndarray:
+    """The start bits of faults on ``site``: ``requested`` (each must fit, with the ``span`` bits
+    from it, in the site's encoding), or every start bit that fits."""
+    width, what = site.bits, f"the {site.bits}-bit {site.encoding.name} encoding of site {site.name!r}"
+    fits = f"start bits 0..{width - span}" if span <= width else "none fits"
+    if not requested:
+        if span > width:
+            raise FaultError(f"a fault spanning {span} bits does not fit {what}; choose a shorter one or other [sites]")
+        return np.arange(width - span + 1)
+    outside = [b for b in requested if b + span > width]
+    if outside:
+        runs = f"bit {outside[0]} is outside" if span == 1 else f"a {span}-bit fault from bit {outside[0]} runs past"
+        raise FaultError(f"[faults] bits: {runs} {what} ({fits}); every requested bit must fit every selected site: "
+                         "narrow [sites] include/kinds or [faults] bits")
+    return np.array(requested, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class FaultSpace:
     """Sites with their elements and bit positions; flat index = site offset + element * nbits + bit slot."""
@@ -34,7 +51,8 @@ class FaultSpace:
         fault model spanning ``span`` bits, the start bits whose span stays inside the element).
 
         Raises:
-            FaultError: if no site matches, or a site's shape is unknown.
+            FaultError: if no site matches, a site's shape is unknown, a requested bit (or the
+                ``span`` bits from it) does not fit a selected site's encoding, or the space is empty.
         """
         chosen = [s for s in site_list if s.kind in sites.kinds and any(fnmatch.fnmatchcase(s.name, p) for p in sites.include)]
         if not chosen:
@@ -47,9 +65,10 @@ class FaultSpace:
             if s.shape is None:
                 raise FaultError(f"site {s.name!r} has an unknown shape")
             elements.append(s.elements())
-            allowed = np.arange(s.bits - span + 1) if not faults.bits else np.array([b for b in faults.bits if b + span <= s.bits], dtype=np.int64)
-            bits.append(allowed if uses_bits else np.array([-1]))
+            bits.append(_bits_of(s, faults.bits, span) if uses_bits else np.array([-1]))
         sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
+        if not sizes.sum():
+            raise FaultError(f"the fault space is empty: the {len(chosen)} selected site(s) store no element (every one pruned?)")
         return cls(tuple(chosen), tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])
 
     @property

@@ -41,15 +41,17 @@ Example campaign file::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from ..errors import FaultError
-from ..fault_models import fault_model_from_spec
+from ..fault_models import StuckAt, fault_model_from_spec
 from .criteria import Criterion, Deviation, criterion_from_spec
 
 SPEC_VERSION = 1
@@ -206,9 +208,11 @@ _SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": 
 
 def spec_from_dict(d: dict[str, Any], source: str = "campaign spec") -> CampaignSpec:
     """Build a :class:`CampaignSpec` from a dict (as read from TOML), naming any unknown key."""
+    if not isinstance(d, dict):
+        raise FaultError(f"{source}: a campaign spec is a table of keys, not a {type(d).__name__}")
     d = dict(d)
     version = d.pop("version", None)
-    if version != SPEC_VERSION:
+    if type(version) is not int or version != SPEC_VERSION:
         raise FaultError(f"{source}: version must be {SPEC_VERSION}, got {version!r}")
     top = {f.name for f in dataclasses.fields(CampaignSpec)} - set(_SECTIONS) - {"version"}
     kwargs: dict[str, Any] = {}
@@ -240,75 +244,170 @@ def load_spec(path: str | Path) -> CampaignSpec:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FaultError(f"campaign file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise FaultError(f"campaign file {str(path)!r} is a directory; give a TOML file such as examples/quick_uniform.toml") from None
+    except UnicodeDecodeError:
+        raise FaultError(f"campaign file {str(path)!r} is not a text file (not UTF-8); a campaign file is TOML") from None
+    except OSError as e:
+        raise FaultError(f"cannot read campaign file {str(path)!r}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise FaultError(f"{path}: not valid TOML: {e}") from None
     data.setdefault("base", str(path.resolve().parent))
-    return spec_from_dict(data, str(path))
+    spec = spec_from_dict(data, str(path))
+    check_name(spec.name, str(path))
+    return spec
+
+
+def check_name(name: str, source: str = "campaign spec") -> None:
+    """Refuse a campaign name that is not one safe path component (the command line runs
+    several campaign files into ``OUT/<name>``).
+
+    Example:
+        >>> check_name("../x")
+        Traceback (most recent call last):
+        ...
+        resil.errors.FaultError: campaign spec: name '../x' must be a single folder name ...
+    """
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable() or name != name.strip():
+        raise FaultError(f"{source}: name {name!r} must be a single folder name (no '/', '\\', '..', surrounding spaces "
+                         "or control characters, not empty): results go to OUT/<name> when several files run together")
 
 
 def _validate(s: CampaignSpec) -> None:
+    """Every field's type and range, then the rules that tie fields together (one pass, first problem raised)."""
     def bad(msg: str) -> FaultError:
-        return FaultError(f"campaign {s.name!r}: {msg}")
+        return FaultError(f"campaign {s.name!r:.80}: {msg}")
 
+    for section, obj in (("", s), *((k, getattr(s, k)) for k in _SECTIONS)):
+        if section and not isinstance(obj, _SECTIONS[section]):
+            raise bad(f"[{section}] must be a resil.campaign.{_SECTIONS[section].__name__}, not {type(obj).__name__}")
+        hints = _hints(type(obj))
+        for f in dataclasses.fields(obj):
+            if not (section == "" and f.name in _SECTIONS):
+                problem = _check_field(section, f.name, getattr(obj, f.name), hints[f.name])
+                if problem:
+                    raise bad(problem + _LIVE.get((section, f.name), ""))
     if s.version != SPEC_VERSION:
         raise bad(f"version must be {SPEC_VERSION}")
-    if isinstance(s.model.names, str) or not isinstance(s.model.names, tuple) or not s.model.names:
-        raise bad(f"[model] names must be a list of at least one model name, got {s.model.names!r}")
-    for n in s.model.names:
-        if not isinstance(n, str) or not n:
-            raise bad(f"[model] names must be model names or 'package.module:factory' strings, got a {type(n).__name__} ({n!r:.60}); "
-                      "pass a live model as resil.campaign.run(spec, out, model=...)")
-    if not isinstance(s.model.checkpoint, str) or not isinstance(s.model.kwargs, dict):
-        raise bad("[model] checkpoint must be a file path and kwargs a table of factory arguments")
-    for key in ("dataset", "source"):
-        v = getattr(s.data, key)
-        if not isinstance(v, str):
-            raise bad(f"[data] {key} must be a string, got a {type(v).__name__}; pass live data as resil.campaign.run(spec, out, data=...)")
-    if isinstance(s.data.inputs, bool) or not isinstance(s.data.inputs, int) or s.data.inputs < 0:
-        raise bad(f"[data] inputs must be an integer >= 0 (0: all), not {s.data.inputs!r}")
-    if s.data.select not in ("first", "random"):
-        raise bad(f"[data] select must be 'first' or 'random', not {s.data.select!r}")
-    if not s.sites.kinds or set(s.sites.kinds) - set(KINDS):
-        raise bad(f"[sites] kinds must be among {KINDS}, not {list(s.sites.kinds)}")
-    if s.sites.pruned not in ("live", "dense"):
-        raise bad(f"[sites] pruned must be 'live' or 'dense', not {s.sites.pruned!r}")
-    fault_model_from_spec(s.faults.model)  # raises FaultError naming an unknown model
+    if any(not n for n in s.model.names):
+        raise bad("[model] names must not hold an empty name")
+    try:
+        fault_model = fault_model_from_spec(s.faults.model)
+    except FaultError as e:
+        raise bad(f"[faults] model: {e}") from None
+    if s.faults.bits and not fault_model.uses_bits:
+        raise bad(f"[faults] bits restricts bit positions, but fault model {s.faults.model!r} replaces whole words: remove bits")
     if any(not 0 <= b < 64 for b in s.faults.bits):
-        raise bad(f"[faults] bits must be in 0..63, not {list(s.faults.bits)}")
-    if not isinstance(s.faults.per_sample, bool):
-        raise bad(f"[faults] per_sample must be true or false, not {s.faults.per_sample!r}")
+        raise bad(f"[faults] bits must be in 0..63 (0 = least significant), not {list(s.faults.bits)}")
+    past = [b for b in s.faults.bits if b + fault_model.span > 64]
+    if past:
+        raise bad(f"[faults] bits: fault model {s.faults.model!r} spans {fault_model.span} bits, so from bit {past[0]} it runs past bit 63")
     if s.faults.per_sample and set(s.sites.kinds) - {"activation", "state", "spike"}:
         raise bad(f"[faults] per_sample faults hit one input's computed values: [sites] kinds must be among activation, "
                   f"state, spike (stored weights are shared by every input), not {list(s.sites.kinds)}")
     sm = s.sampler
-    if sm.kind not in SAMPLERS:
-        raise bad(f"[sampler] kind must be one of {SAMPLERS}, not {sm.kind!r}")
-    if sm.scenarios < 1 or sm.faults_per_scenario < 1:
-        raise bad("[sampler] scenarios and faults_per_scenario must be >= 1")
-    if sm.kind == "ber" and (not sm.rates or any(not 0 < r < 1 for r in sm.rates)):
-        raise bad(f"[sampler] kind 'ber' needs rates in (0, 1), got {list(sm.rates)}")
+    if sm.kind == "ber" and not sm.rates:
+        raise bad("[sampler] kind 'ber' needs rates, e.g. rates = [1e-5, 1e-4]")
     if sm.kind == "importance" and sm.faults_per_scenario != 1:
         raise bad("[sampler] kind 'importance' draws single faults: faults_per_scenario must be 1")
-    if sm.data_aware and not s.faults.model.startswith("stuck_at"):
+    if sm.data_aware and not isinstance(fault_model, StuckAt):
         raise bad("[sampler] data_aware applies to stuck-at fault models only")
-    if isinstance(sm.trials, bool) or not isinstance(sm.trials, int) or sm.trials < 0:
-        raise bad(f"[sampler] trials must be an integer >= 0 (0: the Leveugle sample size), not {sm.trials!r}")
-    if sm.kind == "sfi" and sm.granularity not in ("network", "layer", "layer_bit"):
-        raise bad(f"[sampler] granularity must be network, layer or layer_bit, not {sm.granularity!r}")
-    if not (0 < sm.margin < 1 and 0 < sm.confidence < 1 and 0 < sm.p < 1 and 0 < sm.uniform_share <= 1):
-        raise bad("[sampler] margin, confidence and p must be in (0, 1), uniform_share in (0, 1]")
     try:
         s.outcome.build()
     except FaultError as e:
         raise bad(f"[outcome] {e}") from None
-    if s.run.mode not in ("fast", "plain"):
-        raise bad(f"[run] mode must be 'fast' or 'plain', not {s.run.mode!r}")
-    if not isinstance(s.run.nondeterministic, bool):
-        raise bad(f"[run] nondeterministic must be true or false, not {s.run.nondeterministic!r}")
-    if isinstance(s.run.memory_mb, bool) or not isinstance(s.run.memory_mb, int) or s.run.memory_mb < 0:
-        raise bad(f"[run] memory_mb must be an integer >= 0, not {s.run.memory_mb!r}")
-    if s.run.shard_size < 1 or s.run.batch_size < 1:
-        raise bad("[run] shard_size and batch_size must be >= 1")
+
+
+#: how to pass what a field cannot hold (a live object)
+_LIVE = {("model", "names"): "; pass a live model as resil.campaign.run(spec, out, model=...)",
+         ("data", "source"): "; pass live data as resil.campaign.run(spec, out, data=...)",
+         ("data", "dataset"): "; pass live data as resil.campaign.run(spec, out, data=...)"}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+#: the largest integer a spec field takes (results are stored as int64)
+INT_MAX = (1 << 63) - 1
+
+#: range checks per ``(section, field)`` after the type checks: an integer's least value, a
+#: number's interval within [0, 1] (each item of a list), the allowed strings, lists that need an entry
+_INT_MIN = {("", "seed"): 0, ("data", "inputs"): 0, ("sampler", "scenarios"): 1, ("sampler", "faults_per_scenario"): 1,
+            ("sampler", "trials"): 0, ("run", "shard_size"): 1, ("run", "batch_size"): 1, ("run", "memory_mb"): 0}
+_UNIT = {("sampler", "margin"): "(0, 1)", ("sampler", "confidence"): "(0, 1)", ("sampler", "p"): "(0, 1)",
+         ("sampler", "uniform_share"): "(0, 1]", ("sampler", "rates"): "(0, 1)"}
+_CHOICES = {("data", "select"): ("first", "random"), ("sites", "kinds"): KINDS, ("sites", "pruned"): ("live", "dense"),
+            ("sampler", "kind"): SAMPLERS, ("sampler", "granularity"): ("network", "layer", "layer_bit"),
+            ("run", "mode"): ("fast", "plain")}
+_NONEMPTY = {("model", "names"), ("sites", "include"), ("sites", "kinds")}
+
+
+def _where(section: str, name: str) -> str:
+    return f"[{section}] {name}" if section else name
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What is wrong with ``value`` as a ``hint`` (int, float, str, bool, tuple[X, ...], dict), or None."""
+    if hint is bool:
+        return None if isinstance(value, bool) else f"must be true or false, not {value!r:.80}"
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"must be an integer, not {value!r:.80}"
+        return None if abs(value) <= INT_MAX else f"must be an integer of at most {INT_MAX} in magnitude, not {value}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"must be a finite number, not {value!r:.80}"
+    if hint is str:
+        if not isinstance(value, str):
+            return f"must be a string, not {value!r:.80}"
+        return "must not contain a NUL character" if "\0" in value else None
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        if not isinstance(value, (tuple, list)):
+            return f"must be a list of {_PLURAL[item]} (e.g. [{_EXAMPLE[item]}]), not the single value {value!r:.80}"
+        bad = [v for v in value if _type_problem(v, item)]
+        return f"must be a list of {_PLURAL[item]}; {bad[0]!r:.80} is not one" if bad else None
+    if get_origin(hint) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return f"must be a table, not {value!r:.80}"
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return f"must hold only strings, finite numbers, booleans, lists and tables, not {value!r:.80}"
+        return None
+    raise TypeError(f"no check for a spec field of type {hint}")  # a new field type needs a rule here
+
+
+_PLURAL = {str: "strings", int: "integers", float: "numbers"}
+_EXAMPLE = {str: '"*"', int: "0, 1", float: "0.001"}
+
+
+def _check_field(section: str, name: str, value: Any, hint: Any) -> str | None:
+    """The problem with one field's value (type, then range), or None."""
+    problem = _type_problem(value, hint)
+    if problem:
+        return f"{_where(section, name)} {problem}"
+    key = (section, name)
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    if key in _NONEMPTY and not items:
+        return f"{_where(section, name)} must list at least one entry"
+    if key in _INT_MIN and value < _INT_MIN[key]:
+        return f"{_where(section, name)} must be an integer >= {_INT_MIN[key]}, not {value!r}"
+    if key in _UNIT:
+        interval = _UNIT[key]
+        bad = [v for v in items if not (0 < v < 1 or (interval.endswith("]") and v == 1))]
+        if bad:
+            return f"{_where(section, name)} must be in {interval}, not {bad[0]!r}"
+    if key in _CHOICES:
+        bad = [v for v in items if v not in _CHOICES[key]]
+        if bad:
+            return f"{_where(section, name)} must be one of {', '.join(_CHOICES[key])}, not {bad[0]!r}"
+    twice = [v for v in items if items.count(v) > 1] if isinstance(value, (tuple, list)) else []
+    if twice:
+        return f"{_where(section, name)} lists {twice[0]!r} twice"
+    return None
