@@ -83,3 +83,38 @@ def test_spiking_model_groups_through_its_own_time_loop_and_matches_plain(kinds,
     assert_same(t)
     assert max(grouped_sizes) > 5  # many scenarios per replayed forward
     assert any(k[0] == "replay" and v for k, v in t["fast_runner"].evaluator.grouped._exact.items())
+
+
+@pytest.mark.parametrize("as_class", [False, True])
+def test_faults_that_a_relu_hides_are_dropped_before_the_rest_runs(as_class):
+    from torch import nn
+
+    import resil
+    from resil.campaign.evaluator import Evaluator
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        net[0].bias[0] = -100.0  # channel 0 is negative on every input: the ReLU zeroes it whatever its low bits
+        net[0].bias[1] = 100.0  # channel 1 is positive on every input: a flip there reaches the output
+    model = net
+    if as_class:
+        class Net(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.a, self.b = net[0], net[2]
+
+            def forward(self, x):
+                return self.b(torch.relu(self.a(x)))
+
+        model = Net().eval()
+    x = torch.rand(16, 5)
+    site = "0:out" if not as_class else "a:out"
+    hidden = [resil.FaultSet(site, [0], [b]) for b in (0, 3, 10, 20)]  # mantissa bits of a value near -100: stays negative
+    seen = [resil.FaultSet(site, [1], [b]) for b in (10, 20)]
+    ev = Evaluator(model, x, model(x).argmax(1))
+    counts = ev.evaluate_faults(hidden + seen)
+    assert counts["masked"][:4].tolist() == [16] * 4  # the oracle: relu(negative) == 0 bit for bit
+    assert (counts["masked"][4:] < 16).all()
+    if not as_class:  # the class model's activation faults sit in its Linear 'a', whose output the F.relu glue reads
+        assert ev.grouped.dropped == 4

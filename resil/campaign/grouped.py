@@ -118,6 +118,8 @@ class GroupedForward:
         self._codes: dict[str, torch.Tensor] = {}
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._sharing: dict[int, set[int]] | None = None
+        #: scenarios found masked where their faulty values were patched in (fault dropping)
+        self.dropped = 0
 
     def stored_codes(self, site: Site) -> torch.Tensor:
         """The stored codes of ``site`` (flat), read once: the model is not changed between scenarios."""
@@ -158,22 +160,69 @@ class GroupedForward:
 
     def outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor | None:
         """The model outputs ``[len(positions), inputs, ...]`` of scenarios whose faults all sit
-        in ``stage``, or None when they cannot be evaluated together (run them alone)."""
+        in ``stage``, or None when they cannot be evaluated together (run them alone).
+
+        Fault dropping: a scenario whose faulty values equal the golden ones bit for bit where
+        they are patched in (after the channel-local stages they were carried through, at every
+        call and input batch) is masked there: it gets the golden output without running the rest."""
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         n = len(positions)
+        batches = range(len(self.suffix.batches))
         if not self.sequential:  # the model's own forward, the faulted stage's calls replaced
             if touched is None:
                 return None
             row_scen, row_channel, rows = touched
-            return torch.cat([self._replayed(stage, b, [self._stack(self._golden_out(b, stage, c), rows(b, c), row_scen, row_channel, n)
-                                                        for c in range(len(self.suffix.recorded[b][stage]))])
-                              for b in range(len(self.suffix.batches))], dim=1)
-        if touched is None:
-            per_batch = [(stage, h) for h in self._stage_alone(stage, sc, positions, sites)]
+            calls = [[rows(b, c) for c in range(len(self.suffix.recorded[b][stage]))] for b in batches]
+            live = self._live(n, row_scen, [(y, self._golden_out(b, stage, c)) for b in batches for c, y in enumerate(calls[b])], row_channel)
+            keep, row_scen, row_channel, calls = self._keep(live, row_scen, row_channel, calls)
+            outs = [self._replayed(stage, b, [self._stack(self._golden_out(b, stage, c), y, row_scen, row_channel, len(keep))
+                                              for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
+        elif touched is None:
+            alone = self._stage_alone(stage, sc, positions, sites)
+            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)], dtype=bool)
+            keep = np.flatnonzero(live)
+            outs = [self._after(stage + 1, b, h[torch.from_numpy(keep)]) if len(keep) else None for b, h in enumerate(alone)]
         else:
             row_scen, row_channel, rows = touched
-            per_batch = [self._widen(stage, b, rows(b, 0), row_scen, row_channel, n) for b in range(len(self.suffix.batches))]
-        return torch.cat([self._after(reached + 1, b, h) for b, (reached, h) in enumerate(per_batch)], dim=1)
+            carried = [self._carry(stage, b, rows(b, 0)) for b in batches]
+            live = self._live(n, row_scen, [(y, self._golden_out(b, reached)) for b, (reached, y) in enumerate(carried)], row_channel)
+            keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for _, y in carried])
+            outs = [self._after(reached + 1, b, self._stack(self._golden_out(b, reached), ys[b][0], row_scen, row_channel, len(keep)))
+                    if len(keep) else None for b, (reached, _) in enumerate(carried)]
+        self.dropped += n - len(keep)
+        full = [self.suffix.outputs[b].unsqueeze(0).repeat(n, *([1] * self.suffix.outputs[b].dim())) for b in batches]
+        for b, out in enumerate(outs):
+            if out is not None:
+                full[b][torch.from_numpy(keep)] = out
+        return torch.cat(full, dim=1)
+
+    @staticmethod
+    def _live(n: int, row_scen: np.ndarray, pairs: list[tuple[torch.Tensor, torch.Tensor]], row_channel: np.ndarray) -> np.ndarray:
+        """Per scenario, whether some faulty row ``y[:, r]`` differs from its golden channel in one of ``pairs``."""
+        differs = np.zeros(len(row_scen), dtype=bool)
+        pick = torch.from_numpy(row_channel)
+        for y, golden in pairs:
+            g = golden[:, pick]
+            if y.is_floating_point():
+                ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
+                ne = y.contiguous().view(ints) != g.contiguous().view(ints)
+            else:
+                ne = y != g
+            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).numpy()
+        live = np.zeros(n, dtype=bool)
+        np.logical_or.at(live, row_scen, differs)
+        return live
+
+    @staticmethod
+    def _keep(live: np.ndarray, row_scen: np.ndarray, row_channel: np.ndarray,
+              rows: list[list[torch.Tensor]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[torch.Tensor]]]:
+        """The live scenarios' positions, and their rows renumbered among them."""
+        keep = np.flatnonzero(live)
+        new = np.full(len(live), -1, dtype=np.int64)
+        new[keep] = np.arange(len(keep))
+        sel = live[row_scen]
+        pick = torch.from_numpy(np.flatnonzero(sel))
+        return keep, new[row_scen[sel]], row_channel[sel], [[y[:, pick] for y in calls] for calls in rows]
 
     def _input(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
         return self.suffix.batches[batch] if stage == 0 else self.suffix.recorded[batch][stage - 1][call]
@@ -387,15 +436,14 @@ class GroupedForward:
         take = np.flatnonzero(local[sc.owner] >= 0)
         return local[sc.owner[take]], take
 
-    def _widen(self, stage: int, batch: int, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray,
-               n_scen: int) -> tuple[int, torch.Tensor]:
+    def _carry(self, stage: int, batch: int, y: torch.Tensor) -> tuple[int, torch.Tensor]:
         """Carry the faulty channels ``y`` ``[B, rows, ...]`` of ``stage`` through the channel-local
-        stages after it, then patch them into stacked copies of the golden output there."""
+        stages after it: the stage reached and the channels there."""
         reached = stage
         while self._local_exact(reached + 1, batch, y.shape[1]):
             reached += 1
             y = self.suffix.stages[reached](y)
-        return reached, self._stack(self._golden_out(batch, reached), y, row_scen, row_channel, n_scen)
+        return reached, y
 
     @staticmethod
     def _stack(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray, n_scen: int) -> torch.Tensor:
