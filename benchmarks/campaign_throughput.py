@@ -10,6 +10,8 @@ Workloads (each the same seeded scenarios for every contender, one process, one 
   after its fault (from the faulted layer on for a weight, from the next stage on for a faulty
   output).
 * dense-cnn, single-bit activation flips (every sample): fast vs plain and the suffix limit.
+  For models that are not an ``nn.Sequential`` the suffix limit is measured: per scenario, a
+  fault-free forward with the modules that finish before its faulted one replayed (best of 3).
 * int8 (with its suffix limit) and snn, single-bit weight flips: fast vs plain.
 * the bundled nn.Sequential models pruned-50 (weights) and int8 (activations), with their suffix
   limits.
@@ -189,8 +191,41 @@ class PytorchfiLoop:
         return rows
 
 
+def tree_limit(runner: CampaignRunner) -> Callable[[int], float]:
+    """For a model that is not an ``nn.Sequential``: per shard, the summed cost of a fault-free
+    forward with the modules before each scenario's faulted modules replayed (measured per set
+    of faulted modules, best of 3): the best one-scenario-at-a-time suffix execution there."""
+    replay = runner.evaluator.replay
+    cost: dict[frozenset[int], float] = {}
+
+    def seconds_for(modules: list[nn.Module]) -> float:
+        key = frozenset(id(m) for m in modules)
+        if key not in cost:
+            replay.check(modules)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                replay.run(modules)
+                best = min(best, time.perf_counter() - t0)
+            cost[key] = best
+        return cost[key]
+
+    def shard_seconds(shard: int) -> float:
+        size = runner.spec.run.shard_size
+        sc = runner.sampler.draw(np.arange(shard * size, min((shard + 1) * size, runner.scenarios)))
+        total = 0.0
+        for i in range(len(sc.ids)):
+            fs = sc.of(i)
+            total += seconds_for([runner.sites[fs.site_names[c]].module for c in np.unique(fs.site)])
+        return total
+
+    return shard_seconds
+
+
 def suffix_limit(runner: CampaignRunner) -> Callable[[int], float]:
     """Per shard, the summed golden cost of the stages from each scenario's faulted stage on."""
+    if runner.evaluator.replay is not None:
+        return tree_limit(runner)
     sf = runner.evaluator.suffix
     cost = []
     with torch.no_grad():
@@ -245,7 +280,9 @@ def row(w: Workload, core: Any) -> tuple[str, bool]:
     identical = all(same(tables["plain"], t) for t in tables.values())
     rate = {name: w.scenarios / s for name, s in seconds.items()}
     limit = ""
-    if runners["fast"].evaluator.grouped.sequential:  # a time loop (the SNN) calls its stages many times: no per-stage cost
+    fast = runners["fast"].evaluator
+    # a time loop in an nn.Sequential (the SNN) calls its stages many times: no per-stage cost; per-sample faults: no suffix
+    if (fast.grouped.sequential or fast.replay is not None) and not w.per_sample:
         estimate = suffix_limit(runners["fast"])
         limit_rate = w.scenarios / sum(estimate(s) for s in range(runners["fast"].shards))
         limit = f"{limit_rate:13.0f} {rate['fast'] / limit_rate:11.2f}x"

@@ -45,7 +45,8 @@ def test_single_fault_scenarios_are_evaluated_in_groups(monkeypatch):
     monkeypatch.setattr(grouped.GroupedForward, "outputs", lambda self, k, sc, pos, sites: sizes.append(len(pos)) or original(self, k, sc, pos, sites))
     t = tables("dense-cnn", ("weight",), faults=1, scenarios=200, shard_size=200)
     assert_same(t)
-    assert max(sizes) > 50 and sum(sizes) == 200  # every single-stage scenario went through a group
+    # every single-stage scenario went through a group, but the few each stage runs alone to time them (4 weighted stages)
+    assert max(sizes) > 50 and 200 - 4 * grouped.GroupTimer.EXPLORE <= sum(sizes) < 200
 
 
 def test_failed_exactness_checks_fall_back_to_one_scenario_at_a_time(monkeypatch):
@@ -86,9 +87,10 @@ def test_spiking_model_groups_through_its_own_time_loop_and_matches_plain(kinds,
 
 
 @pytest.mark.parametrize("as_class", [False, True])
-def test_faults_that_a_relu_hides_are_dropped_before_the_rest_runs(as_class):
+def test_faults_that_a_relu_hides_are_dropped_before_the_rest_runs(as_class, monkeypatch):
     from torch import nn
 
+    monkeypatch.setattr(grouped.GroupTimer, "EXPLORE", 0)  # every scenario grouped: none run alone to time them
     import resil
     from resil.campaign.evaluator import Evaluator
 

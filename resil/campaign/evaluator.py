@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -163,11 +164,13 @@ class Evaluator:
         counts["correct"][unchanged] = self.golden.correct
         todo = np.flatnonzero(~unchanged)
         self.runs += len(todo)
+        stage_of = np.full(n, -1, dtype=np.int64)
         if self.fast:
             todo = self.per_sample.run(sc, todo, self.sites, self.judge, counts)
-            todo = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
+            todo, stage_of = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
         replaying = self.fast and self.replay is not None
         for i in todo:
+            t0 = time.perf_counter()
             faults = sc.of(int(i))
             if faults.per_sample and len(self.suffix.batches) > 1:  # inputs are numbered over all batches
                 for k, v in self.judge(self._per_batch(faults).unsqueeze(0)).items():
@@ -183,6 +186,8 @@ class Evaluator:
                     out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.fast else 0)
             for k, v in self.judge(out.unsqueeze(0)).items():
                 counts[k][i] = v[0]
+            if stage_of[i] >= 0:
+                self.grouped.timer.record(int(stage_of[i]), 1, time.perf_counter() - t0, 1)
         return counts
 
     def _per_batch(self, faults: FaultSet) -> torch.Tensor:

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -120,6 +121,8 @@ class GroupedForward:
         self._sharing: dict[int, set[int]] | None = None
         #: scenarios found masked where their faulty values were patched in (fault dropping)
         self.dropped = 0
+        #: measured costs that choose each stage's group size
+        self.timer = GroupTimer()
 
     def stored_codes(self, site: Site) -> torch.Tensor:
         """The stored codes of ``site`` (flat), read once: the model is not changed between scenarios."""
@@ -566,26 +569,81 @@ class GroupedForward:
         return values
 
 
+class GroupTimer:
+    """Chooses, per stage, how many scenarios to evaluate together from measured seconds per
+    scenario: grouped evaluation and one scenario at a time give identical outcomes, but which is
+    faster depends on the model, the shapes and the machine (stacked convolutions over tensors
+    past the cache size cost more per sample than one at a time on a CPU). A stage whose groups
+    cost more per scenario than its scenarios alone runs one at a time from then on.
+
+    Example:
+        >>> t = GroupTimer()
+        >>> for seconds in (0.5, 0.010, 0.010): t.record(3, 1, seconds, 1)  # the first: a warm-up
+        >>> for seconds in (0.5, 0.160): t.record(3, 8, seconds, 8)
+        >>> t.per_scenario(3, 1), t.per_scenario(3, 8), t.size(3, 8)   # 20 ms per grouped scenario against 10 alone
+        (0.01, 0.02, 1)
+    """
+
+    #: scenarios a stage runs alone first, to learn what one at a time costs there (the first is a warm-up)
+    EXPLORE = 3
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple[int, int], float] = {}
+        self._count: dict[tuple[int, int], int] = {}
+        self._warm: set[tuple[int, int]] = set()
+
+    def record(self, stage: int, size: int, seconds: float, scenarios: int) -> None:
+        """Note that ``scenarios`` of ``stage`` took ``seconds`` at group size ``size`` (1: alone).
+        The first record per stage and size is a warm-up (it pays the exactness checks) and not counted."""
+        key = (stage, size)
+        if key not in self._warm:
+            self._warm.add(key)
+            return
+        self._seconds[key] = self._seconds.get(key, 0.0) + seconds
+        self._count[key] = self._count.get(key, 0) + scenarios
+
+    def per_scenario(self, stage: int, size: int) -> float | None:
+        n = self._count.get((stage, size), 0)
+        return self._seconds[(stage, size)] / n if n else None
+
+    def exploring(self, stage: int) -> int:
+        """How many of a stage's scenarios should still run alone to measure it."""
+        return max(0, self.EXPLORE - self._count.get((stage, 1), 0) - ((stage, 1) in self._warm))
+
+    def size(self, stage: int, largest: int) -> int:
+        """The group size to use for ``stage``: ``largest``, or 1 once its groups were measured to
+        cost more per scenario than its scenarios alone."""
+        alone, grouped = self.per_scenario(stage, 1), self.per_scenario(stage, largest)
+        return 1 if alone is not None and grouped is not None and grouped >= alone else largest
+
+
 def run_grouped(
     grouped: GroupedForward, sc: Scenarios, todo: np.ndarray, sites: SiteList,
     classify: Callable[[torch.Tensor], dict[str, np.ndarray]], counts: dict[str, np.ndarray],
-) -> np.ndarray:
-    """Evaluate the groupable scenarios among positions ``todo`` into ``counts``; return the rest."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate the groupable scenarios among positions ``todo`` into ``counts``; return the rest
+    and every scenario's stage (-1: none), so that the caller can time the rest for :attr:`GroupedForward.timer`."""
     stage_of = grouped.stages(sc, sites)
+    left = np.zeros(len(sc.ids), dtype=bool)
     for stage in np.unique(stage_of[todo]):
         if stage < 0:
             continue
         members = todo[stage_of[todo] == stage]
-        size = grouped.group_size(int(stage))
-        if size < 2:  # one at a time: the plain suffix replay costs less than the grouped machinery
-            stage_of[members] = -1
+        explore = grouped.timer.exploring(int(stage)) if len(members) > GroupTimer.EXPLORE else 0
+        left[members[:explore]] = True
+        members = members[explore:]
+        size = grouped.timer.size(int(stage), grouped.group_size(int(stage)))
+        if size < 2:  # one at a time: the suffix replay costs less here than the grouped machinery
+            left[members] = True
             continue
         chunks = -(-len(members) // size)
         for chunk in np.array_split(members, chunks):
+            t0 = time.perf_counter()
             outputs = grouped.outputs(int(stage), sc, chunk, sites)
             if outputs is None:
-                stage_of[chunk] = -1
+                left[chunk] = True
                 continue
             for k, v in classify(outputs).items():
                 counts[k][chunk] = v
-    return todo[stage_of[todo] < 0]
+            grouped.timer.record(int(stage), size, time.perf_counter() - t0, len(chunk))
+    return todo[(stage_of[todo] < 0) | left[todo]], stage_of
