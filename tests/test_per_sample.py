@@ -139,3 +139,28 @@ def test_the_same_locations_as_without_per_sample(tmp_path):
     every = rc.run(rc.CampaignSpec(sites=spec.sites, sampler=spec.sampler, run=spec.run), tmp_path / "b", model=model, data=data).table().to_pandas()
     assert with_inputs.fault_indices.tolist() == every.fault_indices.tolist()
     assert (every.fault_inputs.map(lambda v: v[0]) == -1).all()
+
+
+def test_time_windowed_snn_faults_on_one_input_are_gathered_and_match_plain():
+    import resil
+    from resil.campaign.evaluator import Evaluator
+
+    torch.manual_seed(0)
+    model = SpikingClass(steps=6).eval()
+    x = torch.rand(12, 1, 8, 8) * 2
+    sites = resil.sites(model, x[:2])
+    names = [s.name for s in sites if s.kind in ("state", "spike")]
+    rng = np.random.default_rng(0)
+    faults = []
+    for k in range(30):
+        site = sites[names[k % len(names)]]
+        start = int(rng.integers(0, 5))
+        faults.append(resil.FaultSet(site.name, [int(rng.integers(0, int(np.prod(site.shape))))], [int(rng.integers(0, site.bits))],
+                                     batch=[int(rng.integers(0, 12))], step=[start], step_stop=[start + 2]))
+    labels = model(x).argmax(1)
+    fast = Evaluator(model, x, labels, batch_size=5)
+    plain = Evaluator(model, x, labels, batch_size=5, mode="plain")
+    a, b = fast.evaluate_faults(faults), plain.evaluate_faults(faults)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert fast.per_sample._exact and all(fast.per_sample._exact.values())  # gathered, not run alone
+    assert (a["masked"] >= 11).all() and (a["masked"] < 12).any()
