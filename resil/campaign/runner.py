@@ -189,7 +189,9 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     model or other data is refused before anything is written.
 
     Shards are dispatched through ``executor`` (any ``concurrent.futures.Executor``; default:
-    in this process) and written as they complete; shards already stored are skipped. With live
+    in this process; shut down when the run ends, is refused or fails) and written as they
+    complete; shards already stored (and verified) are skipped. The directory's writer lock is
+    held throughout: a second writer is refused. With live
     objects and an executor other than the serial one, the model (pickled: its class must be
     importable where the workers run) and the data are saved once into ``out/live/`` and each
     worker loads them once. ``progress(n, remaining)`` is called once with ``n = 0`` and the number
@@ -203,6 +205,16 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
         >>> rc.run(spec, tempfile.mkdtemp(), model=net, data=(x, y)).table().num_rows
         4
     """
+    try:
+        return _run(spec, out, executor or SerialExecutor(), progress, model, data)
+    except BaseException:
+        if executor is not None:  # refused before its first shard, or failed: no processes left behind
+            executor.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Callable[[int, int], None] | None,
+         model: nn.Module | None, data: Any) -> Store:
     if model is not None and not isinstance(model, nn.Module):
         raise FaultError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     store = Store(out)
@@ -216,14 +228,14 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
         if live_objects:
             live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
             _remember((spec.hash(), live), runner)
-        if live_objects and executor is not None and not isinstance(executor, SerialExecutor):
+        if live_objects and not isinstance(executor, SerialExecutor):
             live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
         done = store.done()
         todo = [s for s in range(runner.shards) if s not in done]
         size = spec.run.shard_size
         if progress:
             progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
-        _run_shards(store, executor or SerialExecutor(), todo, lambda s: (dataclasses.asdict(spec), s, 1, live),
+        _run_shards(store, executor, todo, lambda s: (dataclasses.asdict(spec), s, 1, live),
                     lambda s: progress(min(size, runner.scenarios - s * size), 0) if progress else None)
     return store
 
