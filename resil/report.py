@@ -29,7 +29,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from resil.campaign.metrics import COUNTS, estimate_failure
+from resil.campaign.metrics import estimate_failure
 from resil.campaign.metrics import sort_groups
 from resil.campaign.metrics import by_group as group_table
 from matplotlib import colormaps

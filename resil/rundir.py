@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -128,9 +127,9 @@ def write_table(path: str | Path, columns: dict[str, Any] | pa.Table) -> None:
     """Write ``columns`` (name -> values, or a table) as a Parquet table at ``path``, atomically,
     with page checksums and its SHA-256 sidecar (written first: a table without a matching sidecar
     is incomplete)."""
-    buf = io.BytesIO()
-    pq.write_table(columns if isinstance(columns, pa.Table) else pa.table(columns), buf, write_page_checksum=True)
-    data = buf.getvalue()
+    sink = pa.BufferOutputStream()
+    pq.write_table(columns if isinstance(columns, pa.Table) else pa.table(columns), sink, write_page_checksum=True)
+    data = sink.getvalue().to_pybytes()
     path = Path(path)
     atomic_write(checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     atomic_write(path, data)
@@ -146,7 +145,8 @@ def read_table(path: str | Path, *, checksum: bool = True) -> pa.Table:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with pa.OSFile(str(path), "rb") as f:
+            data = f.read_buffer()  # Arrow's memory: a buffer of Python's, released by Arrow threads at exit, can abort
     except FileNotFoundError:
         raise FaultError(f"{path} is missing") from None
     side = checksum_path(path)
@@ -154,11 +154,11 @@ def read_table(path: str | Path, *, checksum: bool = True) -> pa.Table:
         expected = side.read_text(encoding="utf-8", errors="replace").split(" ", 1)[0].strip()
         if hashlib.sha256(data).hexdigest() != expected:
             raise FaultError(f"{path} is damaged: its SHA-256 differs from the one stored in {side.name} when it was written "
-                             f"({len(data)} bytes now)")
+                             f"({data.size} bytes now)")
     elif checksum:
         raise FaultError(f"{path} has no checksum file {side.name}: it was not completely written")
     try:
-        return pq.read_table(io.BytesIO(data), page_checksum_verification=True)
+        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FaultError(f"{path} is damaged: not a readable Parquet table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 

@@ -31,7 +31,7 @@ import json
 import re
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class Store:
         if self._dir.check(manifest) is not None:
             self.manifest()
 
-    def lock(self) -> Any:
+    def lock(self) -> AbstractContextManager[None]:
         """A context holding the directory's writer lock: see :meth:`resil.rundir.RunDirectory.lock`."""
         return self._dir.lock()
 
