@@ -29,7 +29,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from resil.campaign.metrics import COUNTS, estimate_failure
+from resil.campaign.metrics import estimate_failure
 from resil.campaign.metrics import sort_groups
 from resil.campaign.metrics import by_group as group_table
 from matplotlib import colormaps
@@ -48,9 +48,6 @@ __all__ = [
     "summary", "write_report",
 ]
 
-#: per-scenario counts over the inputs; masked + tolerable + critical + non_finite == inputs
-#: columns every part file must have
-COLUMNS = ("scenario", "stratum", "site", "layer", "kind", "bit", "n_faults", "rate", "weight", *COUNTS)
 #: manifest keys the report reads
 MANIFEST_KEYS = ("version", "name", "model", "sampler", "inputs", "scenarios", "golden_accuracy")
 
@@ -103,21 +100,12 @@ def load_campaign(directory: PathLike) -> Campaign:
 
     root = Path(directory)
     path = root / "manifest.json"
-    manifest = Store(root).manifest()
+    store = Store(root)
+    manifest = store.manifest()
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise FaultError(f"{path} lacks {', '.join(missing)}")
-    parts = sorted((root / "parts").glob("shard-*.parquet"))
-    if not parts:
-        raise FaultError(f"{root} has no results: no parts/shard-*.parquet")
-    tables = []
-    for part in parts:
-        table = pd.read_parquet(part)
-        missing = [c for c in COLUMNS if c not in table.columns]
-        if missing:
-            raise FaultError(f"{part} lacks the columns {', '.join(missing)}")
-        tables.append(table)
-    table = pd.concat(tables, ignore_index=True).sort_values("scenario", kind="stable", ignore_index=True)
+    table = store.table().to_pandas()  # every part verified (schema, checksums, scenario ids)
     if table.empty:
         raise FaultError(f"{root} has no results: its parts hold no scenarios")
     return Campaign(str(manifest["name"]), manifest, table)

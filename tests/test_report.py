@@ -15,6 +15,7 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 pytest.importorskip("matplotlib")
 
+from resil.campaign.store import Store  # noqa: E402
 from resil.errors import FaultError  # noqa: E402
 from resil.report import (  # noqa: E402
     Campaign, by_group, load_campaign, plot_bit_heatmap, plot_bits, plot_layers, plot_rate, rank_campaigns, summary, write_report,
@@ -61,16 +62,18 @@ def outcome(rng: np.random.Generator, p: float, **columns: object) -> dict:
 
 
 def write_campaign(root: Path, name: str, rows: list[dict], sampler: str = "uniform") -> Path:
-    """A campaign directory whose two parts hold the scenarios out of order (odd ids first)."""
+    """A campaign directory (written by resil's store) whose two parts are written last shard first,
+    each holding its scenarios in reverse order."""
     rows = [{"scenario": i, **r} for i, r in enumerate(rows)]
-    root.mkdir(parents=True)
     manifest = {"version": 1, "name": name, "model": name.split("-")[0] + "-cnn", "spec": {}, "spec_hash": "abc123",
                 "golden_accuracy": 0.9, "inputs": INPUTS, "scenarios": len(rows), "shard_size": len(rows) // 2 + 1, "sampler": sampler}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    (root / "parts").mkdir()
+    store = Store(root)
+    store.create(manifest)
     frame = pd.DataFrame(rows).astype({"scenario": "int64", "bit": "int64", "n_faults": "int64", "rate": "float64"})
-    frame.iloc[1::2][::-1].to_parquet(root / "parts" / "shard-000000.parquet")
-    frame.iloc[0::2].to_parquet(root / "parts" / "shard-000001.parquet")
+    frame = frame.assign(fault_sites=[[s] for s in frame.site], fault_indices=[[0]] * len(frame), fault_masks=[[1]] * len(frame))
+    for shard in (1, 0):
+        part = frame.iloc[shard * manifest["shard_size"]:(shard + 1) * manifest["shard_size"]][::-1]
+        store.write(shard, {c: part[c].tolist() for c in part.columns})
     return root
 
 

@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -358,27 +359,28 @@ def _records(columns: Mapping[str, Any], group: str, inputs: int) -> pd.DataFram
     })
 
 
-def _part_columns(path: Any) -> dict[str, Any]:
+def _part_columns(table: Any) -> dict[str, Any]:
     """A stored part's columns (lists for the list columns)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
     return {c: (table.column(c).to_pylist() if c.startswith("fault_") else table.column(c).to_numpy()) for c in table.column_names}
 
 
 def _study_store(out: Any, settings: dict[str, Any], model: nn.Module, evaluator: Evaluator, spaces: Mapping[str, FaultSpace],
-                 plan: Mapping[str, tuple[int, bool]]) -> Store:
-    """The PVF study's run directory: a campaign directory with one part per group (created or resumed)."""
+                 plan: Mapping[str, tuple[int, bool]], locks: ExitStack) -> Store:
+    """The PVF study's run directory: a campaign directory with one part per group (created or
+    resumed), its writer lock held in ``locks``."""
     digest = hashlib.sha256(json.dumps({"pvf": settings}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     store = Store(out)
-    store.create({
+    manifest = {
         "version": 1, "name": "pvf", "model": type(model).__name__, "spec": settings, "spec_hash": digest, "sampler": "pvf",
         "fingerprint": {"model": fingerprint_model(model), "inputs": fingerprint_tensors(evaluator.inputs, None)},
         "live": {"model": True, "data": True}, "criterion": evaluator.criterion.spec(), "labels": False, "inputs": len(evaluator.inputs),
         "scenarios": sum(n for n, _ in plan.values()), "shards": len(spaces), "golden_accuracy": None,
-        "space": sum(s.total for s in spaces.values()),
+        "space": sum(s.total for s in spaces.values()), "shard_scenarios": [plan[k][0] for k in spaces],
         "strata": {k: {"population": s.total, "known_masked": 0, "samples": plan[k][0]} for k, s in spaces.items()},
-    })
+    }
+    store.check(manifest)
+    locks.enter_context(store.lock())
+    store.create(manifest)
     return store
 
 
@@ -487,22 +489,23 @@ def pvf(
 
     evaluator = Evaluator(model, inputs, None, crit, sites=site_list, batch_size=batch_size, mode=mode)
     store = None
+    locks = ExitStack()
     if out is not None:
         settings = {"groups": groups if isinstance(groups, (str, Mapping)) else list(groups), "plan": {k: v[0] for k, v in plan.items()},
                     "confidence": confidence, "fault_model": fm.spec(), "faults_per_trial": faults_per_trial, "ber": ber,
                     "bits": None if bits is None else list(bits), "criterion": crit.spec(), "kinds": list(kinds), "seed": seed}
-        store = _study_store(out, settings, model, evaluator, spaces, plan)
-    done = store.done() if store is not None else set()
+        store = _study_store(out, settings, model, evaluator, spaces, plan, locks)
     bar = tqdm(total=sum(n for name, (n, _) in plan.items()), desc="PVF trials", disable=not progress, leave=False)
     frames: list[pd.DataFrame] = []
     estimates: dict[str, PVFEstimate] = {}
     offset = 0
     try:
+        done = store.done() if store is not None else set()
         for g_pos, (name, space) in enumerate(spaces.items()):
             n, exhaustive = plan[name]
             if g_pos in done:
                 assert store is not None
-                columns = _part_columns(store.part_path(g_pos))
+                columns = _part_columns(store.read(g_pos))
                 bar.update(n)
             else:
                 columns = _run_group(evaluator, space, fm, n, single, seed, g_pos, ber, faults_per_trial, name, offset, bar)
@@ -515,5 +518,6 @@ def pvf(
             estimates[name] = PVFEstimate.of(d, n, space.total, confidence, exhaustive)
     finally:
         bar.close()
+        locks.close()
     records = pd.concat(frames, ignore_index=True)
     return PVFResult(estimates, records, crit, per_trial, repr(fm) if ber is None else f"{fm!r}, BER {ber:g}", len(inputs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
@@ -17,12 +17,13 @@ from torch import nn
 from ..errors import FaultError
 from ..fault_models import fault_model_from_spec
 from .evaluator import Evaluator, Golden
+from .executors import SerialExecutor, in_flight, restarted, worker_lost
 from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .space import FaultSpace, layer_of
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from .spec import CampaignSpec, spec_from_dict
-from .store import Store
+from .store import Store, shard_ids
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler, "sfi": StatisticalSampler}
@@ -104,8 +105,7 @@ class CampaignRunner:
 
     def run_shard(self, shard: int) -> dict[str, Any]:
         """The result rows (as columns) of one shard."""
-        size = self.spec.run.shard_size
-        ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
+        ids = shard_ids(shard, self.spec.run.shard_size, self.scenarios)
         sc = self.sampler.draw(ids)
         counts = self.evaluator.evaluate(sc)
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
@@ -191,7 +191,9 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     model or other data is refused before anything is written.
 
     Shards are dispatched through ``executor`` (any ``concurrent.futures.Executor``; default:
-    in this process) and written as they complete; shards already stored are skipped. With live
+    in this process; shut down when the run ends, is refused or fails) and written as they
+    complete; shards already stored (and verified) are skipped. The directory's writer lock is
+    held throughout: a second writer is refused. With live
     objects and an executor other than the serial one, the model (pickled: its class must be
     importable where the workers run) and the data are saved once into ``out/live/`` and each
     worker loads them once. ``progress(n, remaining)`` is called once with ``n = 0`` and the number
@@ -205,45 +207,96 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
         >>> rc.run(spec, tempfile.mkdtemp(), model=net, data=(x, y)).table().num_rows
         4
     """
-    from .executors import SerialExecutor, in_flight
+    try:
+        return _run(spec, out, executor or SerialExecutor(), progress, model, data)
+    except BaseException:
+        if executor is not None:  # refused before its first shard, or failed: no processes left behind
+            executor.shutdown(wait=False, cancel_futures=True)
+        raise
 
+
+def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Callable[[int, int], None] | None,
+         model: nn.Module | None, data: Any) -> Store:
     if model is not None and not isinstance(model, nn.Module):
         raise FaultError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     store = Store(out)
     live_objects = model is not None or data is not None
     runner = CampaignRunner(spec, model, data) if live_objects else runner_for(spec)
-    live = ""
-    store.create(runner.manifest())
-    if live_objects:
-        live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
-        _remember((spec.hash(), live), runner)
-    serial = executor is None or isinstance(executor, SerialExecutor)
-    if live_objects and not serial:
-        live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
-    todo = [s for s in range(runner.shards) if s not in store.done()]
-    size = spec.run.shard_size
-    if progress:
-        progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
-    waiting = iter(todo)
-    with (executor or SerialExecutor()) as ex:
-        pending: dict[Future[dict[str, Any]], int] = {}
-
-        def submit_next() -> None:
-            shard = next(waiting, None)
-            if shard is not None:
-                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, 1, live)] = shard
-
-        for _ in range(in_flight(ex)):
-            submit_next()
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                shard = pending.pop(f)
-                store.write(shard, f.result())
-                if progress:
-                    progress(min(size, runner.scenarios - shard * size), 0)
-                submit_next()
+    manifest = runner.manifest()
+    store.check(manifest)
+    with store.lock():
+        store.create(manifest)
+        live = ""
+        if live_objects:
+            live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
+            _remember((spec.hash(), live), runner)
+        if live_objects and not isinstance(executor, SerialExecutor):
+            live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
+        done = store.done()
+        todo = [s for s in range(runner.shards) if s not in done]
+        size = spec.run.shard_size
+        if progress:
+            progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
+        _run_shards(store, executor, todo, lambda s: (dataclasses.asdict(spec), s, 1, live),
+                    lambda s: progress(min(size, runner.scenarios - s * size), 0) if progress else None)
     return store
+
+
+def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Callable[[int], tuple[Any, ...]],
+                finished: Callable[[int], None]) -> None:
+    """Run the shards ``todo`` through ``executor`` (shut down at the end), storing each as it
+    completes. The shards in flight when worker processes die run once more in a fresh pool;
+    if they die again, or the executor cannot be restarted, a :class:`FaultError` says so (the
+    shards stored so far are intact). On any error or interrupt the executor's queued shards are
+    cancelled and the error is raised."""
+    waiting, rerun = deque(todo), set()
+    pending: dict[Future[dict[str, Any]], int] = {}
+    ex = executor
+
+    def fill() -> None:
+        while waiting and len(pending) < in_flight(ex):
+            shard = waiting.popleft()
+            pending[ex.submit(run_shard, *arguments(shard))] = shard
+
+    def keep(f: Future[dict[str, Any]], lost: list[int]) -> None:
+        """Store a finished shard (raising its error), or note it as lost with its worker."""
+        shard = pending.pop(f)
+        if f.cancelled() or worker_lost(f.exception()):
+            lost.append(shard)
+            return
+        try:
+            store.write(shard, f.result())
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror or e}; the shards stored before are intact: fix the cause, then "
+                          f"`resil resume {store.root}`") from e
+        finished(shard)
+
+    try:
+        fill()
+        while pending:
+            lost: list[int] = []
+            for f in wait(pending, return_when=FIRST_COMPLETED).done:
+                keep(f, lost)
+            if lost:
+                fresh = restarted(ex)  # shuts the dead pool down: its other shards are finished, or lost with it
+                if fresh is not None:
+                    for f in list(pending):
+                        keep(f, lost)
+                again = sorted(set(lost) & rerun)
+                if fresh is None or again:
+                    how = f"again in a fresh pool, running shard(s) {again}" if again else f"running shard(s) {sorted(lost)}"
+                    raise FaultError(f"{store.root}: worker processes died {how} (killed, out of memory, or exited without "
+                                     f"an error); the shards stored are intact: `resil resume {store.root}` runs the others")
+                warnings.warn(f"{store.root}: worker processes died running shard(s) {sorted(lost)}; running them again "
+                              "in a fresh pool", stacklevel=3)
+                rerun.update(lost)
+                ex = fresh
+                waiting.extendleft(sorted(lost, reverse=True))
+            fill()
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
 
 
 def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int, int], None] | None = None, *,
@@ -251,6 +304,8 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     """Continue the campaign stored in ``out``: run only its missing shards (with the same live
     ``model`` / ``data`` it was started with, if any: others are refused)."""
     manifest = Store(out).manifest()
+    if not isinstance(manifest.get("spec"), dict):
+        raise FaultError(f"{out}/manifest.json has no campaign spec; the directory may be damaged")
     if manifest.get("sampler") == "pvf":
         raise FaultError(f"{out} holds a PVF study: continue it by calling resil.analysis.pvf(model, inputs, ..., out={str(out)!r}) "
                          "again with the same arguments")
