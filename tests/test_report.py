@@ -70,7 +70,7 @@ def write_campaign(root: Path, name: str, rows: list[dict], sampler: str = "unif
     store = Store(root)
     store.create(manifest)
     frame = pd.DataFrame(rows).astype({"scenario": "int64", "bit": "int64", "n_faults": "int64", "rate": "float64"})
-    frame = frame.assign(fault_sites=[[s] for s in frame.site], fault_indices=[[0]] * len(frame), fault_masks=[[1]] * len(frame))
+    frame = frame.assign(fault_sites=[[s] for s in frame.site], fault_indices=[[0]] * len(frame), fault_masks=[[1]] * len(frame), fault_inputs=[[-1]] * len(frame))
     for shard in (1, 0):
         part = frame.iloc[shard * manifest["shard_size"]:(shard + 1) * manifest["shard_size"]][::-1]
         store.write(shard, {c: part[c].tolist() for c in part.columns})

@@ -37,7 +37,7 @@ def rows(ids: list[int], masked: int = 3) -> dict:
     n = len(ids)
     text, none, zero = [""] * n, [[] for _ in ids], [0] * n
     return {"scenario": ids, "stratum": text, "site": text, "layer": text, "kind": text, "bit": [-1] * n, "n_faults": zero,
-            "rate": [0.0] * n, "weight": [1.0] * n, "fault_sites": none, "fault_indices": none, "fault_masks": none,
+            "rate": [0.0] * n, "weight": [1.0] * n, "fault_sites": none, "fault_indices": none, "fault_masks": none, "fault_inputs": none,
             "inputs": [masked] * n, "masked": [masked] * n, "tolerable": zero, "critical": zero, "non_finite": zero, "correct": zero}
 
 

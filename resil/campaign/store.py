@@ -3,7 +3,8 @@
 One row per scenario with outcome counts over the campaign's inputs, in a fixed, typed schema
 (:data:`SCHEMA`, version :data:`SCHEMA_VERSION`, recorded in the manifest as ``parts_schema`` and
 in every part's metadata): scenario, stratum, site, layer, kind, bit, n_faults, rate, weight,
-fault_sites, fault_indices, fault_masks, inputs, masked, tolerable, critical, non_finite, correct;
+fault_sites, fault_indices, fault_masks, fault_inputs (the input each fault hits, -1: every
+input), inputs, masked, tolerable, critical, non_finite, correct;
 a shard without any fault has typed empty columns too. The manifest and its checks are
 :class:`resil.rundir.RunDirectory`'s; every part is written with page checksums and a SHA-256
 sidecar (:func:`resil.rundir.write_table`), fsynced and renamed, so a killed run loses at most the
@@ -52,7 +53,7 @@ SCHEMA = pa.schema([
     pa.field("scenario", pa.int64()), pa.field("stratum", pa.string()), pa.field("site", pa.string()), pa.field("layer", pa.string()),
     pa.field("kind", pa.string()), pa.field("bit", pa.int64()), pa.field("n_faults", pa.int64()), pa.field("rate", pa.float64()),
     pa.field("weight", pa.float64()), pa.field("fault_sites", pa.list_(pa.string())), pa.field("fault_indices", pa.list_(pa.int64())),
-    pa.field("fault_masks", pa.list_(pa.int64())), *_counts,
+    pa.field("fault_masks", pa.list_(pa.int64())), pa.field("fault_inputs", pa.list_(pa.int64())), *_counts,
 ])
 _PART = re.compile(r"shard-(\d{6})\.parquet")
 _RESUME = "`resil resume {root}` moves it aside and runs its shard again"
@@ -241,6 +242,9 @@ class Store:
             spec = json.loads(meta.get("resil.run", "{}")).get("spec_hash")
             raise _Damaged(f"{path} is a part of another campaign (spec {spec}, this one {manifest.get('spec_hash')})")
         if table.schema.remove_metadata() != SCHEMA:
+            if legacy and "fault_inputs" not in table.column_names and "fault_masks" in table.column_names:
+                every = [[-1] * len(m) for m in table.column("fault_masks").to_pylist()]  # version 1: faults on every input
+                table = table.append_column("fault_inputs", pa.array(every, pa.list_(pa.int64())))
             try:
                 table = table.select(SCHEMA.names).cast(SCHEMA)  # version 1: untyped empty fault columns
             except (KeyError, pa.ArrowException) as e:
