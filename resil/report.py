@@ -1,12 +1,15 @@
-"""Campaign reports: load result directories, summarise them with Wilson intervals, draw
-comparison figures and write one self-contained HTML page.
+"""Campaign reports: load result directories, summarise them with intervals over scenarios, tell
+variants apart, draw comparison figures and write one self-contained HTML page.
 
 A campaign directory holds ``manifest.json`` and ``parts/shard-NNNNNN.parquet`` (one row per
-scenario with outcome counts over the inputs; see :mod:`resil.campaign.store`). A *trial* is one
-(scenario, input) pair: the failure probability of a group is ``sum(critical + non_finite) /
-sum(inputs)`` and its accuracy ``sum(correct) / sum(inputs)``, each with a Wilson 95% interval.
-Importance-sampled campaigns (``weight != 1``) use weighted means instead, with intervals over
-Kish's effective number of trials.
+scenario with outcome counts over the inputs; see :mod:`resil.campaign.store`). The failure
+probability of a group is the mean failure fraction of its scenarios (``sum(critical +
+non_finite) / sum(inputs)``, every scenario has the same inputs) and its accuracy the mean share
+of correct inputs, each with the 95% interval over scenarios of
+:func:`resil.statistics.scenario_estimate` (the table says which). Importance-sampled campaigns
+(``weight != 1``) use weighted means instead, with Wilson intervals over Kish's effective number
+of scenarios. Campaigns are told apart by :func:`resil.campaign.metrics.verdicts`, the rule
+``resil compare`` uses too.
 
 Example:
     >>> from resil.report import load_campaign, by_group, plot_layers, write_report
@@ -29,7 +32,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from resil.campaign.metrics import COUNTS, estimate_failure
+from resil.campaign.metrics import COUNTS, estimate_failure, sequential, verdicts
 from resil.campaign.metrics import sort_groups
 from resil.campaign.metrics import by_group as group_table
 from matplotlib import colormaps
@@ -134,7 +137,7 @@ def by_group(campaign: Campaign, by: GroupBy = "layer") -> pd.DataFrame:
         >>> by_group(Campaign("demo", {}, t), "layer")[["layer", "failures", "inputs", "failure"]].round(4).values.tolist()
         [['conv1', 5, 10, 0.5], ['fc', 3, 20, 0.15]]
     """
-    return group_table(campaign.table, by, campaign.name)
+    return group_table(campaign.table, by, campaign.name, sequential=sequential(campaign.manifest))
 
 
 def summary(campaigns: Campaigns) -> pd.DataFrame:
@@ -142,7 +145,7 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
 
     Columns: ``campaign`` (a unique label), ``model``, ``sampler``, ``scenarios`` (rows read),
     ``planned`` (scenarios in the manifest), ``inputs`` (per scenario), ``golden_accuracy``, then
-    the estimates and intervals of :func:`by_group`.
+    the estimates and intervals of :func:`by_group` (``failure_method``, ``accuracy_method``: which interval).
 
     Example:
         >>> summary([load_campaign("runs/dense-cnn")])[["campaign", "failure"]]  # doctest: +SKIP
@@ -153,12 +156,13 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
         total = by_group(c, []).iloc[0].to_dict()
         overall = estimate_failure(c.manifest, c.table) if c.manifest.get("sampler") in ("sfi", "importance") else None
         if overall is not None:  # stratified / re-weighted estimators
-            total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high)
+            total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high, failure_method=overall.method)
         rows.append({
             "campaign": label, "model": c.manifest.get("model"), "sampler": c.manifest.get("sampler"),
             "scenarios": int(total["scenarios"]), "planned": c.manifest.get("scenarios"), "inputs": c.manifest.get("inputs"),
             "golden_accuracy": c.manifest.get("golden_accuracy"), "weighted": c.weighted,
             **{k: float(total[k]) for k in ("failure", "failure_low", "failure_high", "accuracy", "accuracy_low", "accuracy_high")},
+            "failure_method": total["failure_method"], "accuracy_method": total["accuracy_method"],
         })
     return pd.DataFrame(rows)
 
@@ -200,8 +204,8 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
               band_alpha: float | None = None) -> tuple[Figure, Axes]:
     """Accuracy (or failure probability, ``metric="failure"``) against the bit error rate.
 
-    One line per campaign that has rates (BER campaigns; others are skipped) with its Wilson
-    95% band (opacity ``band_alpha``, by default :func:`band_opacity`), on a log rate axis; for
+    One line per campaign that has rates (BER campaigns; others are skipped) with the 95% band
+    of :func:`by_group` (opacity ``band_alpha``, by default :func:`band_opacity`), on a log rate axis; for
     accuracy, each campaign's fault-free accuracy is dashed.
 
     Example:
@@ -235,7 +239,7 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     ax.set_ylabel("accuracy under faults" if metric == "accuracy" else "failure probability")
     ax.set_title(("Accuracy" if metric == "accuracy" else "Failure probability") + " vs bit error rate")
     ax.grid(True, which="major", alpha=0.3)
-    extra = [Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    extra = [Patch(color="grey", alpha=0.25, label="95% interval over scenarios")]
     if golden:
         extra.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="fault-free accuracy"))
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
@@ -265,7 +269,7 @@ def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None)
     ax.xaxis.set_major_formatter(_percent())
     ax.set_ylabel("layer (of the first fault in a scenario)")
     ax.set_xlabel("failure probability (critical or non-finite output)")
-    ax.set_title("Failure probability per layer\n(error bars: 95% Wilson interval)", fontsize=11)
+    ax.set_title("Failure probability per layer\n(error bars: 95% interval over scenarios)", fontsize=11)
     return fig, ax
 
 
@@ -388,7 +392,7 @@ def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = N
     ax.set_ylabel("failure probability" + (" (symmetric log)" if log else ""))
     ax.set_title("Failure probability per bit position")
     ax.grid(True, alpha=0.3)
-    handles = [*ax.get_legend_handles_labels()[0], Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    handles = [*ax.get_legend_handles_labels()[0], Patch(color="grey", alpha=0.25, label="95% interval over scenarios")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return fig, ax
 
@@ -488,12 +492,20 @@ def write_report(dirs: Sequence[PathLike], out: PathLike) -> Path:
     samplers: dict[str, list[Campaign]] = {}
     for c in campaigns:
         samplers.setdefault(str(c.manifest["sampler"]), []).append(c)
-    comparisons = [(sampler, [c.name for c in group], {"": rank_campaigns(group), **{k: rank_campaigns(group, k) for k in _keys(group[0])}})
+    comparisons = [(sampler, [c.name for c in group], {k: (rank_campaigns(group, k or None), _verdicts(group, k))
+                                                       for k in ("", *_keys(group[0]))})
                    for sampler, group in samplers.items() if len(group) > 1]
     details = [(c.name, c.manifest, {k: by_group(c, k) for k in _keys(c)}) for c in campaigns]
     path = root / "report.html"
     path.write_text(render_html(summary(campaigns), comparisons, details, images), encoding="utf-8")
     return path
+
+
+def _verdicts(group: list[Campaign], key: str) -> pd.DataFrame:
+    """:func:`resil.campaign.metrics.verdicts` by failure probability (lower is more robust) of the
+    campaigns per group of ``key`` (``""``: overall), for the groups they share."""
+    v = verdicts({c.name: (c.manifest, c.table) for c in group}, key or None, "failure", higher_is_better=False)
+    return v[v["runner_up"].notna()]
 
 
 def _keys(c: Campaign) -> tuple[str, ...]:
@@ -503,13 +515,13 @@ def _keys(c: Campaign) -> tuple[str, ...]:
 
 def _figures(cs: list[Campaign]) -> Iterator[tuple[str, str, Figure]]:
     """(file name, caption, figure) for every figure whose data exist."""
-    band = "Shaded bands: 95% Wilson intervals."
+    band = "Shaded bands: the 95% intervals over scenarios the tables print."
     if any(c.ber for c in cs):
         yield "accuracy_vs_rate.png", f"Accuracy under faults vs bit error rate; dashed: fault-free accuracy. {band}", plot_rate(cs)[0]
         yield "failure_vs_rate.png", f"Failure probability vs bit error rate. {band}", plot_rate(cs, "failure")[0]
     single = [c for c in cs if not c.ber]
     if single:
-        yield "failure_by_layer.png", "Failure probability per layer of the first fault; error bars: 95% Wilson intervals.", plot_layers(cs)[0]
+        yield "failure_by_layer.png", "Failure probability per layer of the first fault; error bars: the 95% intervals over scenarios the tables print.", plot_layers(cs)[0]
     with_bits = [c for c in single if (c.table["bit"] >= 0).any()]
     if with_bits:
         yield "failure_by_bit.png", f"Failure probability per bit position of single-bit faults. {band}", plot_bits(cs)[0]

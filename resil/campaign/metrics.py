@@ -188,7 +188,8 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
         resolve: the smallest difference the scenario count is planned for.
 
     Returns:
-        One row per group present in at least two campaigns: the key, ``best``, ``runner_up``,
+        One row per group (a group only one campaign has: verdict ``"A (only model)"``,
+        ``runner_up`` None): the key, ``best``, ``runner_up``,
         ``separated`` (best vs runner-up), ``tied`` (the campaigns not separated from the best,
         best first), ``difference``, ``difference_low``, ``difference_high`` (best minus
         runner-up), ``paired``, ``needed`` (scenarios per group that would separate them; 0 when
@@ -226,6 +227,9 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
     for group in sort_groups(pd.DataFrame({"k": list(values)}), ["k"])["k"]:
         present = [m for m in labels if m in values[group]]
         if len(present) < 2:
+            rows.append({by or "group": group, "best": present[0], "runner_up": None, "separated": False, "tied": (present[0],),
+                         "difference": np.nan, "difference_low": np.nan, "difference_high": np.nan, "paired": False,
+                         "needed": 0, "verdict": f"{present[0]} (only model)"})
             continue
         means = {m: float(values[group][m][0].mean()) for m in present}
         order = sorted(present, key=lambda m: (-sign * means[m], present.index(m)))
