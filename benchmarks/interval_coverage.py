@@ -20,6 +20,13 @@ Candidates:
 - ``resil``: the rule resil applies, :func:`resil.statistics.scenario_estimate`: Wilson for
   single-fault scenarios, else t never narrower than what n scenarios cannot rule out.
 
+The adaptive stop: per workload, ``--reps`` simulated adaptive campaigns draw scenarios in
+random order from the table in rounds of 50 and stop once the betting confidence sequence
+(:func:`resil.statistics.sequence_interval`, what ``[sampler] stop_margin`` stops on) has a
+half-width <= 0.02, or at 2,000 scenarios; their coverage is that interval's, next to the
+coverage of the fixed-n rule's interval computed at the same data-chosen n (which stopping on
+the data does not license).
+
     .venv/bin/python benchmarks/interval_coverage.py             # about 10 minutes the first time
     .venv/bin/python benchmarks/interval_coverage.py --reps 200 --sizes 20 40
     .venv/bin/python benchmarks/interval_coverage.py --cache runs/interval_coverage   # reuse the large campaigns
@@ -36,7 +43,7 @@ import numpy as np
 import torch
 
 import resil.campaign as rc
-from resil.statistics import confidence_sequence, scenario_estimate, t_interval, wilson_interval
+from resil.statistics import confidence_sequence, scenario_estimate, sequence_interval, t_interval, wilson_interval
 
 WORKLOADS = {  # name: (model, sampler, rate, metric)
     "single dense": ("dense-cnn", "uniform", None, "failure"),
@@ -48,6 +55,9 @@ WORKLOADS = {  # name: (model, sampler, rate, metric)
     "ber 1e-5 snn": ("snn", "ber", 1e-5, "accuracy"),
     "ber 1e-4 snn": ("snn", "ber", 1e-4, "accuracy"),
 }
+
+
+STOP, ROUND, MOST = 0.02, 50, 2000
 
 
 def population(name: str, big: int, cache: Path) -> tuple[np.ndarray, bool]:
@@ -127,6 +137,28 @@ def main() -> int:
             cells = [f"{cover[m] / args.reps:6.1%} {width[m] / w0:6.2f}" for m in ms]
             print(f"{name:16s} {x.size:6d} {truth:7.4f} {n:4d}  " + "  ".join(cells), flush=True)
     print("cover: share of repetitions whose interval holds the truth; width: mean width / Wilson's mean width")
+    print(f"\nadaptive stop (half-width <= {STOP}, rounds of {ROUND}, at most {MOST}); {args.reps} campaigns per row:")
+    print(f"{'workload':16s} {'truth':>7s} {'mean n':>7s} {'stopped':>8s}  {'betting cover':>13s}  {'fixed-n rule at that n':>22s}")
+    for name in args.workloads:
+        if WORKLOADS[name][1] != "ber":
+            continue
+        x, _ = population(name, args.big, args.cache)
+        truth = float(x.mean())
+        cover = naive = stopped = 0
+        ns = []
+        for _ in range(args.reps):
+            order = x[rng.permutation(x.size)][:MOST]
+            for n in range(ROUND, MOST + 1, ROUND):
+                low, high = sequence_interval(order[:n])
+                if (high - low) / 2 <= STOP:
+                    stopped += 1
+                    break
+            ns.append(n)
+            cover += low <= truth <= high
+            e = scenario_estimate(order[:n], population=x.size)
+            naive += e.low <= truth <= e.high
+        print(f"{name:16s} {truth:7.4f} {np.mean(ns):7.0f} {stopped / args.reps:8.0%}  {cover / args.reps:13.1%}  {naive / args.reps:22.1%}",
+              flush=True)
     print(f"run time {time.perf_counter() - start:.0f} s")
     return 0
 

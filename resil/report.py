@@ -144,7 +144,7 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
     """One row per campaign: what ran and the overall failure probability and accuracy.
 
     Columns: ``campaign`` (a unique label), ``model``, ``sampler``, ``scenarios`` (rows read),
-    ``planned`` (scenarios in the manifest), ``inputs`` (per scenario), ``golden_accuracy``, then
+    ``planned`` (scenarios in the manifest; for an adaptive campaign, those it stopped at), ``inputs`` (per scenario), ``golden_accuracy``, then
     the estimates and intervals of :func:`by_group` (``failure_method``, ``accuracy_method``: which interval).
 
     Example:
@@ -159,7 +159,8 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
             total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high, failure_method=overall.method)
         rows.append({
             "campaign": label, "model": c.manifest.get("model"), "sampler": c.manifest.get("sampler"),
-            "scenarios": int(total["scenarios"]), "planned": c.manifest.get("scenarios"), "inputs": c.manifest.get("inputs"),
+            "scenarios": int(total["scenarios"]), "inputs": c.manifest.get("inputs"),
+            "planned": (c.manifest.get("stop") or {}).get("scenarios", c.manifest.get("scenarios")),  # adaptive: what it stopped at
             "golden_accuracy": c.manifest.get("golden_accuracy"), "weighted": c.weighted,
             **{k: float(total[k]) for k in ("failure", "failure_low", "failure_high", "accuracy", "accuracy_low", "accuracy_high")},
             "failure_method": total["failure_method"], "accuracy_method": total["accuracy_method"],

@@ -54,6 +54,7 @@ __all__ = [
     "normal_quantile",
     "scenario_estimate",
     "scenarios_to_resolve",
+    "sequence_interval",
     "stratified_sample_sizes",
     "t_interval",
     "unseen_share",
@@ -449,8 +450,8 @@ def scenario_estimate(values: ArrayLike, confidence: float = 0.95, population: f
     big_n = _check_population(population, x.size)
     m = float(x.mean())
     if sequential:
-        lows, highs = confidence_sequence(x, c)
-        return Estimate(m, float(lows[-1]), float(highs[-1]), x.size, float(x.size), "betting")
+        low, high = sequence_interval(x, c)
+        return Estimate(m, low, high, x.size, float(x.size), "betting")
     sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
     low, high, method = _rule(m, sd, x.size, c, big_n, single_fault or bool(np.all((x == 0) | (x == 1))))
     return Estimate(m, low, high, x.size, float(x.size), method)
@@ -571,8 +572,8 @@ def confidence_sequence(values: ArrayLike, confidence: float = 0.95) -> tuple[Fl
     admissible range; running intersection). With probability ``confidence`` the mean lies in
     every interval at once, so a campaign may look after each round and stop when the interval
     is narrow enough without spoiling coverage. It needs no normal approximation, adapts to the
-    observed spread and keeps what n values cannot rule out. Ends are found on a grid of 1/800
-    and the last one refined by bisection.
+    observed spread and keeps what n values cannot rule out. Ends are found on a grid of 1/800;
+    the last interval is :func:`sequence_interval` (exact to 1e-9).
 
     Returns:
         ``(low, high)``: the ends after each value.
@@ -584,30 +585,47 @@ def confidence_sequence(values: ArrayLike, confidence: float = 0.95) -> tuple[Fl
     """
     x = _check_unit("values", values)
     alpha = 1 - _check_fraction("confidence", confidence)
-    threshold = math.log(1 / alpha)
-    lam = _bets(x, alpha)
     grid = np.unique(np.concatenate([np.linspace(0, 1, 801), [x.mean()]]))
-    kept = _max_log_capital(x, lam, grid) < threshold
+    kept = _max_log_capital(x, _bets(x, alpha), grid) < math.log(1 / alpha)
     first = np.argmax(kept, axis=0)
     last = grid.size - 1 - np.argmax(kept[::-1], axis=0)
     lows, highs = grid[first], grid[last]
-
-    def accepted(m: float) -> bool:
-        return bool(_max_log_capital(x, lam, np.array([m]))[0, -1] < threshold)
-
-    for end, outward in ((0, -1.0), (1, 1.0)):
-        inside = float(lows[-1] if end == 0 else highs[-1])
-        outside = inside + outward / 800
-        if not 0 <= outside <= 1:
-            continue
-        for _ in range(30):
-            mid = (inside + outside) / 2
-            inside, outside = (mid, outside) if accepted(mid) else (inside, mid)
-        if end == 0:
-            lows[-1] = inside
-        else:
-            highs[-1] = inside
+    lows[-1], highs[-1] = sequence_interval(x, confidence)
     return lows, highs
+
+
+def sequence_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
+    """The last interval of :func:`confidence_sequence` (the means no time so far rejected), by
+    bisection from the least rejected mean of a coarse grid (the set is an interval).
+
+    Example:
+        >>> low, high = sequence_interval([0.97] * 400)
+        >>> print(f"{low:.4f} {high:.4f}")
+        0.9524 0.9746
+    """
+    x = _check_unit("values", values)
+    alpha = 1 - _check_fraction("confidence", confidence)
+    threshold = math.log(1 / alpha)
+    lam = _bets(x, alpha)
+
+    def worst(m: FloatArray) -> FloatArray:
+        return _max_log_capital(x, lam, m)[:, -1]
+
+    coarse = np.linspace(0, 1, 101)
+    centre = float(coarse[np.argmin(worst(coarse))])
+    if worst(np.array([centre]))[0] >= threshold:  # cannot happen for data in [0, 1]
+        return centre, centre
+    ends = []
+    for bound in (0.0, 1.0):
+        inside, outside = centre, bound
+        if worst(np.array([bound]))[0] < threshold:
+            ends.append(bound)
+            continue
+        while abs(outside - inside) > 1e-9:
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if worst(np.array([mid]))[0] < threshold else (inside, mid)
+        ends.append(inside)
+    return ends[0], ends[1]
 
 
 def _check_unit(name: str, values: ArrayLike) -> FloatArray:

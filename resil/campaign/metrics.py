@@ -64,8 +64,10 @@ def estimate_failure(manifest: dict, df: pd.DataFrame, confidence: float = 0.95)
 
 
 def sequential(manifest: Mapping) -> bool:
-    """Whether the campaign decided its number of scenarios from its outcomes (``[sampler] stop_margin``)."""
-    return bool(((manifest.get("spec") or {}).get("sampler") or {}).get("stop_margin"))
+    """Whether the campaign stopped on a confidence sequence (``[sampler] stop_margin``, not ``sfi``:
+    iterative SFI keeps its stratified estimate)."""
+    sampler = (manifest.get("spec") or {}).get("sampler") or {}
+    return bool(sampler.get("stop_margin")) and sampler.get("kind") != "sfi"
 
 
 def by_stratum(campaign: str | Path | Store) -> pd.DataFrame:

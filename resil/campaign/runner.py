@@ -88,7 +88,20 @@ class CampaignRunner:
 
     @property
     def shards(self) -> int:
+        if self.spec.sampler.stop_margin:
+            from .adaptive import shard_count
+
+            return shard_count(self.sampler.blocks(), self.spec.run.shard_size)
         return -(-self.scenarios // self.spec.run.shard_size)
+
+    def shard_ids(self, shard: int) -> np.ndarray:
+        """The scenario ids of one shard (of an adaptive campaign: one round of one stratum)."""
+        size = self.spec.run.shard_size
+        if self.spec.sampler.stop_margin:
+            from .adaptive import round_ids
+
+            return round_ids(self.sampler.blocks(), size, shard)
+        return np.arange(shard * size, min((shard + 1) * size, self.scenarios))
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -103,8 +116,7 @@ class CampaignRunner:
 
     def run_shard(self, shard: int) -> dict[str, Any]:
         """The result rows (as columns) of one shard."""
-        size = self.spec.run.shard_size
-        ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
+        ids = self.shard_ids(shard)
         sc = self.sampler.draw(ids)
         counts = self.evaluator.evaluate(sc)
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
@@ -219,28 +231,35 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     if live_objects and not serial:
         live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
     todo = [s for s in range(runner.shards) if s not in store.done()]
-    size = spec.run.shard_size
     if progress:
-        progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
-    waiting = iter(todo)
+        progress(0, sum(len(runner.shard_ids(s)) for s in todo))
     with (executor or SerialExecutor()) as ex:
-        pending: dict[Future[dict[str, Any]], int] = {}
+        def complete(shards: list[int]) -> None:
+            waiting = iter(shards)
+            pending: dict[Future[dict[str, Any]], int] = {}
 
-        def submit_next() -> None:
-            shard = next(waiting, None)
-            if shard is not None:
-                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, 1, live)] = shard
+            def submit_next() -> None:
+                shard = next(waiting, None)
+                if shard is not None:
+                    pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, 1, live)] = shard
 
-        for _ in range(in_flight(ex)):
-            submit_next()
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                shard = pending.pop(f)
-                store.write(shard, f.result())
-                if progress:
-                    progress(min(size, runner.scenarios - shard * size), 0)
+            for _ in range(in_flight(ex)):
                 submit_next()
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    shard = pending.pop(f)
+                    store.write(shard, f.result())
+                    if progress:
+                        progress(len(runner.shard_ids(shard)), 0)
+                    submit_next()
+
+        if spec.sampler.stop_margin:  # adaptive: rounds until every stratum knows enough
+            from .adaptive import run_rounds
+
+            run_rounds(runner, store, complete)
+        else:
+            complete(todo)
     return store
 
 

@@ -60,6 +60,10 @@ class Store:
         """Write one shard's rows atomically."""
         write_table(self.part_path(shard), columns)
 
+    def update_manifest(self, **entries: Any) -> None:
+        """Add or replace top-level entries of the stored manifest (e.g. an adaptive campaign's ``stop``)."""
+        self._dir.write_manifest({**self.manifest(), **entries})
+
     def table(self) -> pa.Table:
         """Every complete part, in scenario order."""
         parts = sorted(self.parts.glob("shard-*.parquet"))
