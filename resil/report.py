@@ -47,7 +47,7 @@ from .errors import FaultError
 from .report_html import render_html
 
 __all__ = [
-    "Campaign", "by_group", "load_campaign", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
+    "Campaign", "by_group", "load_campaign", "network_order", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
     "summary", "write_report",
 ]
 
@@ -247,9 +247,10 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     return fig, ax
 
 
-def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None) -> tuple[Figure, Axes]:
+def plot_layers(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = None) -> tuple[Figure, Axes]:
     """Failure probability per layer (of each scenario's first fault) as horizontal bars with
-    Wilson 95% error bars, layers top to bottom in natural order (the first campaign's first);
+    the 95% error bars of :func:`by_group`, layers top to bottom in network order
+    (:func:`network_order`); ``log=None`` picks a symmetric-log axis when values span two decades;
     several campaigns give grouped bars (a layer gets a bar from each campaign that has it). Bit-error-rate
     campaigns are left out (see :attr:`Campaign.ber`); colours follow the campaigns' positions.
 
@@ -263,15 +264,43 @@ def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None)
     groups = {i: by_group(c, "layer").set_index("layer") for i, c in enumerate(cs) if not c.ber}
     if not groups:
         raise FaultError("every campaign is a bit-error-rate campaign; plot them with plot_rate")
-    layers = list(dict.fromkeys(layer for g in groups.values() for layer in g.index))
+    layers = network_order([c for c in cs if not c.ber], [layer for g in groups.values() for layer in g.index])
     fig, ax = _layer_bars(groups, _labels(cs), layers, "failure", ax)
-    if log:
-        ax.set_xscale("log")
+    values = np.concatenate([g["failure"].to_numpy(dtype=float) for g in groups.values()])
+    positive = values[values > 0]
+    if log is None:
+        log = positive.size > 0 and positive.max() >= 100 * positive.min()
+    if log and positive.size:
+        ax.set_xscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())), linscale=0.4)
     ax.xaxis.set_major_formatter(_percent())
     ax.set_ylabel("layer (of the first fault in a scenario)")
     ax.set_xlabel("failure probability (critical or non-finite output)")
     ax.set_title("Failure probability per layer\n(error bars: 95% interval over scenarios)", fontsize=11)
     return fig, ax
+
+
+def network_order(campaigns: Sequence[Campaign], layers: Sequence[str]) -> list[str]:
+    """``layers`` (unique) in network order: the order of the campaigns' manifests (``layers``,
+    merged keeping each one's order), then any others in natural order.
+
+    Example:
+        >>> c = Campaign("x", {"layers": ["conv1", "conv2", "fc10", "fc2"]}, pd.DataFrame())
+        >>> network_order([c], ["fc2", "conv2", "fc10", "extra"])
+        ['conv2', 'fc10', 'fc2', 'extra']
+    """
+    from .analysis.compare import layer_order
+
+    known = layer_order([c.manifest.get("layers") or [] for c in campaigns])
+    wanted = list(dict.fromkeys(layers))
+    rest = sort_groups(pd.DataFrame({"layer": [x for x in wanted if x not in known]}), ["layer"])["layer"].tolist()
+    return [x for x in known if x in wanted] + rest
+
+
+def _in_network_order(frame: pd.DataFrame, campaigns: Sequence[Campaign]) -> pd.DataFrame:
+    """Rows of a per-layer table in network order."""
+    order = network_order(campaigns, list(frame["layer"]))
+    return frame.assign(_pos=frame["layer"].map({x: i for i, x in enumerate(order)})).sort_values("_pos", kind="stable").drop(
+        columns="_pos").reset_index(drop=True)
 
 
 def plot_layer_estimates(table: pd.DataFrame, labels: Sequence[str] | None = None, layers: Sequence[str] | None = None,
@@ -493,10 +522,13 @@ def write_report(dirs: Sequence[PathLike], out: PathLike) -> Path:
     samplers: dict[str, list[Campaign]] = {}
     for c in campaigns:
         samplers.setdefault(str(c.manifest["sampler"]), []).append(c)
-    comparisons = [(sampler, [c.name for c in group], {k: (rank_campaigns(group, k or None), _verdicts(group, k))
+    def ordered(frame: pd.DataFrame, key: str, group: Sequence[Campaign]) -> pd.DataFrame:
+        return _in_network_order(frame, group) if key == "layer" and not frame.empty else frame
+
+    comparisons = [(sampler, [c.name for c in group], {k: (rank_campaigns(group, k or None), ordered(_verdicts(group, k), k, group))
                                                        for k in ("", *_keys(group[0]))})
                    for sampler, group in samplers.items() if len(group) > 1]
-    details = [(c.name, c.manifest, {k: by_group(c, k) for k in _keys(c)}) for c in campaigns]
+    details = [(c.name, c.manifest, {k: ordered(by_group(c, k), k, [c]) for k in _keys(c)}) for c in campaigns]
     path = root / "report.html"
     path.write_text(render_html(summary(campaigns), comparisons, details, images), encoding="utf-8")
     return path

@@ -27,7 +27,7 @@ th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-
 th { background: #f2f2f2; } td.num { text-align: right; white-space: nowrap; }
 td.best { font-weight: bold; background: #e8f4e8; } td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption, p.note { color: #555; font-size: .9em; }
+figcaption, p.note { color: #555; font-size: .9em; } ul.conclusion li { margin: .2em 0; }
 """
 
 
@@ -46,13 +46,14 @@ def render_html(summary: pd.DataFrame, comparisons: Sequence[tuple[str, list[str
     labels = list(summary["campaign"])
     title = "resil report: " + ", ".join(labels)
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style>\n</head>\n<body>", f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", _summary(summary)]
-    if comparisons:
+             f"<style>{STYLE}</style>\n</head>\n<body>", f"<h1>{html.escape(title)}</h1>"]
+    if comparisons:  # the conclusion first
         parts.append("<h2>Which variant is most robust</h2>")
         for sampler, members, rankings in comparisons:
             if summary["sampler"].nunique() > 1:
                 parts.append(f"<h3>Campaigns with the {html.escape(sampler)} sampler</h3>")
             parts.append(_comparison(rankings, members))
+    parts += ["<h2>Summary</h2>", _summary(summary)]
     if images:
         parts.append("<h2>Figures</h2>")
         for filename, caption, png in images:
@@ -206,6 +207,13 @@ def render_comparison(settings: dict[str, str], models: Sequence[str], descripti
     title = "resil: robustness of " + ", ".join(models)
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style>\n</head>\n<body>", f"<h1>{html.escape(title)}</h1>"]
+    parts.append("<h2>Conclusion</h2>")  # first: what the data say, per rate and per layer
+    items = [f"<li><b>p = {html.escape(_value(r['rate']))}</b>: {html.escape(str(r['verdict']))}</li>" for _, r in best.iterrows()]
+    items += [f"<li><b>{html.escape(str(r['layer']))}</b> (PVF): {html.escape(str(r['verdict']))}</li>" for _, r in layer_best.iterrows()]
+    parts.append("<ul class=\"conclusion\">\n" + "\n".join(items) + "\n</ul>")
+    parts.append("<p class=\"note\">Accuracy under weight bit errors per bit error rate p and parameter vulnerability per layer; "
+                 "each verdict compares the best model with every other one by the 95% interval of their difference.</p>")
+    parts.append("<h2>Settings</h2>")
     parts.append(html_table(["setting", "value"], [[k, v] for k, v in settings.items()]))
     parts.append("<h2>Models</h2>")
     rows = [[m, pct(clean.get(m, float("nan"))), descriptions.get(m, "")] for m in models]

@@ -112,6 +112,7 @@ class CampaignRunner:
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
+            "layers": list(dict.fromkeys(layer_of(s) for s in self.space.sites)),  # in network order, for reports
         }
 
     def run_shard(self, shard: int) -> dict[str, Any]:
