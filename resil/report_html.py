@@ -224,7 +224,7 @@ def render_comparison(settings: dict[str, str], models: Sequence[str], descripti
                  "The model with the highest accuracy is compared with every other one by the 95% interval of their difference "
                  "(paired when the campaigns share fault locations and inputs, unpaired otherwise); the verdict names the models "
                  "it is shown to beat, or says that no difference was detected and about how many scenarios per rate would "
-                 "resolve one. Bold: the highest accuracy. "
+                 "resolve one. "
                  + interval_note([*rates["accuracy_method"]] if "accuracy_method" in rates.columns else []) + "</p>")
     for filename, caption, png in images:
         data = base64.b64encode(png).decode("ascii")
@@ -254,17 +254,19 @@ def render_comparison(settings: dict[str, str], models: Sequence[str], descripti
 
 def _best_table(frame: pd.DataFrame, best: pd.DataFrame, models: Sequence[str], clean: dict[str, float] | None, value: str,
                 key: str, best_label: str, order: Sequence[Any] | None = None) -> str:
-    """One row per group: the verdict first, then each model's value [CI] (the best in bold); ``clean`` adds a first row."""
-    header = [key, f"verdict: {best_label} (95%)", *models]
+    """One row per group: each model's value [CI], in bold the best and those the data do not separate
+    from it (the verdicts are listed in full above the tables); ``clean`` adds a first row."""
+    header = [key, *models]
     rows, marks = [], []
     if clean is not None:
-        rows.append(["no fault", "", *(pct(clean.get(m, float("nan"))) for m in models)])
+        rows.append(["no fault", *(pct(clean.get(m, float("nan"))) for m in models)])
         marks.append([False] * len(header))
     cells = {(r[key], r["model"]): pct_ci(r[value], r[f"{value}_low"], r[f"{value}_high"]) for _, r in frame.iterrows()}
     verdicts = best.set_index(key) if not best.empty else None
     for group in (order if order is not None else list(dict.fromkeys(frame[key]))):
         v = verdicts.loc[group] if verdicts is not None and group in verdicts.index else None
-        winner = v["best"] if v is not None else ""
-        rows.append([_value(group), "" if v is None else str(v["verdict"]), *(cells.get((group, m), "-") for m in models)])
-        marks.append([False, False, *(m == winner for m in models)])
-    return html_table(header, rows, marks)
+        top = set(v["tied"]) if v is not None and "tied" in v.index else {v["best"]} if v is not None else set()
+        rows.append([_value(group), *(cells.get((group, m), "-") for m in models)])
+        marks.append([False, *(m in top for m in models)])
+    return html_table(header, rows, marks) + (f"\n<p class=\"note\">Bold: {html.escape(best_label)} and the models the data do "
+                                              "not separate from it (the verdicts are under Conclusion).</p>")

@@ -4,6 +4,7 @@ stored records are recounted (and re-simulated) independently, the report, resum
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 import re
@@ -243,6 +244,10 @@ def test_report_embeds_every_figure(tiny) -> None:
     assert not re.search(r"(src|href)=\"(https?:|//)|<script|<link", page)  # self-contained
     for text in ["Most robust model per bit error rate", "Parameter vulnerability factor (PVF) per layer", *MODELS]:
         assert text in page
+    conclusion = page[page.index("<h2>Conclusion</h2>"):page.index("<h2>Settings</h2>")]  # the verdicts come first
+    assert page.index("<h2>Conclusion</h2>") < page.index("<h2>Settings</h2>") < page.index("<figure>")
+    for r in tiny.best.itertuples():
+        assert html.escape(r.verdict) in conclusion
 
 
 def test_rerun_skips_finished_work_and_other_settings_are_refused(tiny) -> None:

@@ -206,8 +206,10 @@ def test_write_report(dirs: dict[str, Path], tmp_path: Path) -> None:
     for name in ("dense-cnn", "pruned-cnn", "dense-ber", "Which variant is most robust"):
         assert name in page
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
-    ranking = page[page.index("Which variant is most robust"):page.index("<h2>Figures</h2>")]
+    assert page.index("Which variant is most robust") < page.index("<h2>Summary</h2>")  # the conclusion first
+    ranking = page[page.index("Which variant is most robust"):page.index("<h2>Summary</h2>")]
     assert "pruned-cnn" in ranking and "dense-ber" not in ranking  # ranked only against the same sampler
+    assert re.search(r"(dense|pruned)-cnn more robust than (dense|pruned)-cnn \(95%\)|no difference detected between", ranking)
     outside_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "http" not in outside_images and "<script" not in outside_images and "<link" not in outside_images
 

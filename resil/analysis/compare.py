@@ -65,8 +65,8 @@ class CompareSettings:
     """
 
     rates: tuple[float, ...] = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    scenarios: int = 40
-    trials: int = 2000
+    scenarios: int = 100
+    trials: int = 1000
     inputs: int = 0
     seed: int = 0
     kinds: tuple[str, ...] = ("weight",)
@@ -126,11 +126,11 @@ class Comparison:
         lines.append(f"\nPVF per layer ({s.trials} single bit flips per layer; PVF [95% Wilson interval over trials] in %):")
         layers = list(dict.fromkeys(self.layers["layer"]))
         pvf = self.layers.set_index(["model", "layer"])
-        lines.append(f"{'model':{width}s}  " + "  ".join(f"{layer:>18s}" for layer in layers))
+        lines.append(f"{'model':{width}s}  " + "  ".join(f"{layer:>21s}" for layer in layers))
         for m in self.models:
-            cells = [f"{_pct(pvf.loc[(m, layer), 'pvf'], False)} [{_pct(pvf.loc[(m, layer), 'low'], False)}, "
-                     f"{_pct(pvf.loc[(m, layer), 'high'], False)}]" if (m, layer) in pvf.index else "-" for layer in layers]
-            lines.append(f"{m:{width}s}  " + "  ".join(f"{cell:>18s}" for cell in cells))
+            cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.3f}, {100 * pvf.loc[(m, layer), 'high']:.3f}]"
+                     if (m, layer) in pvf.index else "-" for layer in layers]
+            lines.append(f"{m:{width}s}  " + "  ".join(f"{cell:>21s}" for cell in cells))
         for r in self.layer_best.itertuples():
             lines.append(f"{r.layer}: {r.verdict}")
         lines.append(f"\nreport: {self.report}\nrun time: {self.seconds:.0f} s")
@@ -203,43 +203,47 @@ def compare(models: Models = None, out: str | os.PathLike[str] = "compare", *, d
     finally:
         torch.set_num_threads(threads)
     from ..campaign.metrics import verdicts
-    from ..campaign.store import Store
+    from ..report import load_campaign
 
+    bers = {job.label: load_campaign(job.ber_dir) for job in jobs}  # read once, for tables, verdicts and figures
+    pvfs = {job.label: load_campaign(job.pvf_dir) for job in jobs}
     clean = {job.label: job.clean() for job in jobs}
-    layers = pd.concat([job.layers() for job in jobs], ignore_index=True)
-    rates = pd.concat([job.rates() for job in jobs], ignore_index=True)
-    ber = {job.label: (Store(job.ber_dir).manifest(), Store(job.ber_dir).table().to_pandas()) for job in jobs}
-    pvf = {job.label: (Store(job.pvf_dir).manifest(), Store(job.pvf_dir).table().to_pandas()) for job in jobs}
+    layers = pd.concat([job.layers(pvfs[job.label]) for job in jobs], ignore_index=True)
+    rates = pd.concat([job.rates(bers[job.label]) for job in jobs], ignore_index=True)
+    ber = {label: (c.manifest, c.table) for label, c in bers.items()}
+    pvf = {label: (c.manifest, c.table) for label, c in pvfs.items()}
     best = verdicts(ber, "rate", "accuracy")
     failure_best = verdicts(ber, "rate", "failure", higher_is_better=False)
     order = layer_order([list(dict.fromkeys(layers.loc[layers.model == m, "layer"])) for m in sources])
-    layer_best = verdicts(pvf, "stratum", "failure", higher_is_better=False).rename(columns={"stratum": "layer"})
+    layer_best = verdicts(pvf, "stratum", "failure", higher_is_better=False, resolve=0.001, per="layer").rename(columns={"stratum": "layer"})
     layer_best = layer_best.set_index("layer").loc[[x for x in order if x in set(layer_best["layer"])]].reset_index()
     comparison = Comparison(root, tuple(sources), s, clean, layers, rates, best, failure_best, layer_best, None, 0.0)
     written = None
     if report:
-        written = write_comparison(comparison, [job.ber_dir for job in jobs], root / "report", time.perf_counter() - start,
+        written = write_comparison(comparison, list(bers.values()), root / "report", time.perf_counter() - start,
                                    {job.label: job.description for job in jobs})
     return dataclasses.replace(comparison, report=written, seconds=time.perf_counter() - start)
 
 
-def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: float, descriptions: Mapping[str, str]) -> Path:
-    """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out``."""
-    from ..report import Campaign, load_campaign, plot_layer_estimates, plot_rate
+def write_comparison(c: Comparison, ber: Sequence[Any], out: Path, seconds: float, descriptions: Mapping[str, str]) -> Path:
+    """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out`` (``ber``:
+    each model's BER campaign, :func:`resil.report.load_campaign`)."""
+    from ..report import Campaign, plot_layer_estimates, plot_rate
     from ..report_html import render_comparison
 
     out.mkdir(parents=True, exist_ok=True)
-    campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, map(load_campaign, dirs))]
+    campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, ber)]
     layers = layer_order([list(dict.fromkeys(c.layers.loc[c.layers.model == m, "layer"])) for m in c.models])
     s = c.settings
+    inputs = f"{campaigns[0].manifest['inputs']}" if campaigns else str(s.inputs)  # the inputs used (settings: 0 = all)
     flips = "one bit flip of the stored encoding (float32 bits of float weights, integer code bits of quantized ones)"
     figures = [
         ("ber_accuracy.png", "Accuracy under faults vs bit error rate (every stored weight bit flips with probability p, "
-         f"{s.scenarios} scenarios per rate, {s.inputs} inputs); shaded: the 95% intervals over scenarios the tables print; dashed: fault-free accuracy.",
+         f"{s.scenarios} scenarios per rate, {inputs} inputs); shaded: the 95% intervals over scenarios the tables print; dashed: fault-free accuracy.",
          plot_rate(campaigns, band_alpha=0.15)[0]),
         ("ber_failure.png", "Failure probability (top-1 differs from the fault-free top-1, or non-finite output) vs bit error rate; "
          "shaded: the 95% intervals over scenarios the tables print.", plot_rate(campaigns, "failure", band_alpha=0.15)[0]),
-        ("layers_pvf.png", f"PVF per layer: {s.trials} trials per layer, each {flips} in the layer's weights, judged over {s.inputs} "
+        ("layers_pvf.png", f"PVF per layer: {s.trials} trials per layer, each {flips} in the layer's weights, judged over {inputs} "
          "inputs (a layer with fewer fault locations gets every location once); error bars: 95% Wilson intervals. "
          "Neither bar nor error bar: the model has no such layer.",
          plot_layer_estimates(c.layers, labels=list(c.models), layers=layers, value="pvf", log=True,
@@ -255,7 +259,7 @@ def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: fl
         "models": ", ".join(c.models),
         "fault model": flips,
         "faulted sites": ", ".join(s.kinds) + " (pruned weights are not stored: only live weights can fail)",
-        "PVF": f"{s.trials} trials per layer (all locations when a layer has fewer), {s.inputs} inputs per trial",
+        "PVF": f"{s.trials} trials per layer (all locations when a layer has fewer), {inputs} inputs per trial",
         "bit error rates": ", ".join(_rate(r) for r in s.rates) + f"; {s.scenarios} scenarios per rate",
         "seed": str(s.seed),
         "run time": f"{seconds:.0f} s (this call; finished parts are not re-run)",
@@ -321,22 +325,22 @@ class _Job:
 
         return float(Store(self.ber_dir).manifest()["golden_accuracy"] or float("nan"))
 
-    def layers(self) -> pd.DataFrame:
-        from ..campaign.metrics import by_stratum
-        from ..campaign.store import Store
+    def layers(self, study: Any) -> pd.DataFrame:
+        from ..report import by_group
 
-        strata = Store(self.pvf_dir).manifest()["strata"]
-        g = by_stratum(self.pvf_dir)
+        strata = study.manifest["strata"]
+        g = by_group(study, "stratum").set_index("stratum")
+        g = g.loc[[name for name in strata if name in g.index]]  # in the study's (network) order
         rows = [{"model": self.label, "layer": layer, "pvf": r.failure, "low": r.failure_low, "high": r.failure_high, "method": r.failure_method,
                  "trials": int(r.scenarios), "incorrect": float(r.failure * r.scenarios), "population": strata[layer]["population"],
                  "exhaustive": strata[layer]["samples"] >= strata[layer]["population"]}
                 for layer, r in g.iterrows()]
         return pd.DataFrame(rows)
 
-    def rates(self) -> pd.DataFrame:
-        from ..report import by_group, load_campaign
+    def rates(self, campaign: Any) -> pd.DataFrame:
+        from ..report import by_group
 
-        g = by_group(load_campaign(self.ber_dir), "rate")
+        g = by_group(campaign, "rate")
         cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high", "_method"))]
         return g[cols].assign(model=self.label)[["model", *cols]]
 

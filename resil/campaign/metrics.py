@@ -168,7 +168,7 @@ def shares_scenarios(a: Mapping, b: Mapping) -> bool:
 
 
 def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | None = "rate", metric: str = "accuracy",
-             higher_is_better: bool = True, confidence: float = 0.95, resolve: float = 0.01) -> pd.DataFrame:
+             higher_is_better: bool = True, confidence: float = 0.95, resolve: float = 0.01, per: str = "") -> pd.DataFrame:
     """Which campaign is most robust per group, by the one verdict rule of resil's reports.
 
     Per group the best campaign has the best mean ``metric`` (``"accuracy"`` or ``"failure"``).
@@ -188,6 +188,7 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
         higher_is_better: True for accuracy, False for failure.
         confidence: two-sided confidence of every interval.
         resolve: the smallest difference the scenario count is planned for.
+        per: what a group is called in the verdict ("about N scenarios per <per>"; default ``by``).
 
     Returns:
         One row per group (a group only one campaign has: verdict ``"A (only model)"``,
@@ -253,7 +254,7 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
             size = max(abs(d.value), resolve)
             xo = values[group][runner][0]
             needed = scenarios_to_resolve(xb, xo, size, confidence, paired=paired, single_fault=single)
-            verdict = (f"no difference detected between {', '.join(tied)}; about {needed} scenarios per {by or 'campaign'} "
+            verdict = (f"no difference detected between {', '.join(tied)}; about {needed} scenarios per {per or by or 'campaign'} "
                        f"would resolve a difference of {100 * size:.1f} points")
             if rest:
                 verdict += f"; {', '.join(tied)} more robust than {', '.join(rest)} ({confidence:.0%})"
