@@ -24,7 +24,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 2em; max
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; } td.num { text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; } td.num { text-align: right; }
 td.best { font-weight: bold; background: #e8f4e8; } td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption, p.note { color: #555; font-size: .9em; } ul.conclusion li { margin: .2em 0; }
@@ -99,10 +99,10 @@ def pct_ci(p: float, low: float, high: float) -> str:
     """A probability in percent with its interval.
 
     Example:
-        >>> pct_ci(0.5, 0.4, 0.6)
+        >>> pct_ci(0.5, 0.4, 0.6).replace("\u00a0", " ")
         '50% [40, 60]'
     """
-    return f"{pct(p)} [{100 * low:.3g}, {100 * high:.3g}]"
+    return f"{pct(p)} [{100 * low:.3g},\u00a0{100 * high:.3g}]"  # may wrap before the interval, not inside it
 
 
 def _summary(s: pd.DataFrame) -> str:
@@ -201,7 +201,7 @@ def render_comparison(settings: dict[str, str], models: Sequence[str], descripti
         ...                   "verdict": ["a more robust than b (95%)"]})
         >>> p = pd.DataFrame(columns=["model", "layer", "pvf", "low", "high", "trials", "population"])
         >>> page = render_comparison({}, ["a", "b"], {}, {"a": 0.98, "b": 0.97}, r, b, b, p, b.iloc[:0], [], [])
-        >>> "Most robust model per bit error rate" in page, "90% [80, 95]" in page, "a more robust than b (95%)" in page
+        >>> "Most robust model per bit error rate" in page, "90% [80,\xa095]" in page, "a more robust than b (95%)" in page
         (True, True, True)
     """
     title = "resil: robustness of " + ", ".join(models)
