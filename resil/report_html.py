@@ -25,7 +25,7 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } td.num { text-align: right; }
-td.best { font-weight: bold; background: #e8f4e8; } td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
+td.best { font-weight: bold; background: #e8f4e8; } td.wide { min-width: 17em; } td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption, p.note { color: #555; font-size: .9em; } ul.conclusion li { margin: .2em 0; }
 """
@@ -71,15 +71,16 @@ def render_html(summary: pd.DataFrame, comparisons: Sequence[tuple[str, list[str
     return "\n".join(parts)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], best: Sequence[Sequence[bool]] | None = None) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], best: Sequence[Sequence[bool]] | None = None,
+               wide: int | None = None) -> str:
     """A table of already formatted cells (escaped here); numbers align right, ``best`` marks
-    cells to highlight."""
+    cells to highlight, column ``wide`` (a verdict) gets room to read."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
         cells = []
         for j, v in enumerate(row):
-            classes = " ".join(c for c, on in (("num", NUMBER.match(v)), ("best", best and best[i][j])) if on)
+            classes = " ".join(c for c, on in (("num", NUMBER.match(v)), ("best", best and best[i][j]), ("wide", j == wide)) if on)
             cells.append(f"<td class=\"{classes}\">{html.escape(v)}</td>" if classes else f"<td>{html.escape(v)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<div class=\"scroll\"><table>\n<tr>{head}</tr>\n" + "\n".join(body) + "\n</table></div>"
@@ -150,7 +151,7 @@ def _comparison(rankings: dict[str, tuple[pd.DataFrame, pd.DataFrame]], labels: 
     note = ("<p class=\"note\">Per group, the campaign with the lowest failure probability is compared with every other one by the "
             "95% interval of their difference (paired when the campaigns share fault locations and inputs); only groups that at "
             "least two campaigns share, and only against campaigns of the same sampler. Bold: the lowest failure probability.</p>")
-    return html_table(header, rows, best) + "\n" + note
+    return html_table(header, rows, best, wide=1) + "\n" + note
 
 
 def _groups(table: pd.DataFrame, key: str) -> str:
