@@ -222,15 +222,15 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     cs = _as_list(campaigns)
     fig, ax = _axes(ax, (7.5, 4.8))
     golden = drawn = False
-    for i, (c, label) in enumerate(zip(cs, _labels(cs))):
+    for k, (c, label) in zip(_palette(cs, [c.ber for c in cs]), zip(cs, _labels(cs))):
         g = by_group(c, "rate")
         if g.empty:
             continue
         drawn = True
-        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
-        ax.plot(g["rate"], g[metric], marker=_marker(i), markersize=4, color=_color(i), label=label)
+        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
+        ax.plot(g["rate"], g[metric], marker=_marker(k), markersize=4, color=_color(k), label=label)
         if metric == "accuracy" and c.manifest.get("golden_accuracy") is not None:
-            ax.axhline(c.manifest["golden_accuracy"], color=_color(i), linestyle="--", linewidth=1)
+            ax.axhline(c.manifest["golden_accuracy"], color=_color(k), linestyle="--", linewidth=1)
             golden = True
     if not drawn:
         raise FaultError("no campaign has bit error rates (sampler 'ber'); nothing to plot against the rate")
@@ -266,7 +266,7 @@ def plot_layers(campaigns: Campaigns, log: bool | None = None, ax: Axes | None =
     if not groups:
         raise FaultError("every campaign is a bit-error-rate campaign; plot them with plot_rate")
     layers = network_order([c for c in cs if not c.ber], [layer for g in groups.values() for layer in g.index])
-    fig, ax = _layer_bars(groups, _labels(cs), layers, "failure", ax)
+    fig, ax = _layer_bars(groups, _labels(cs), layers, "failure", ax, _palette(cs, [not c.ber for c in cs]))
     values = np.concatenate([g["failure"].to_numpy(dtype=float) for g in groups.values()])
     positive = values[values > 0]
     if log is None:
@@ -354,7 +354,7 @@ def plot_layer_estimates(table: pd.DataFrame, labels: Sequence[str] | None = Non
 
 
 def _layer_bars(groups: dict[int, pd.DataFrame], labels: Sequence[str], layers: Sequence[str], value: str,
-                ax: Axes | None) -> tuple[Figure, Axes]:
+                ax: Axes | None, palette: Sequence[int] | None = None) -> tuple[Figure, Axes]:
     """Grouped horizontal bars, one group per layer (top to bottom), one bar per campaign ``i``
     that has the layer (``groups[i]`` indexed by layer, with ``value``, ``<value>_low``,
     ``<value>_high``), coloured by ``i``, with interval error bars."""
@@ -367,8 +367,9 @@ def _layer_bars(groups: dict[int, pd.DataFrame], labels: Sequence[str], layers: 
              for row, layer in enumerate(layers) if layer in g.index]
         g = g.loc[[layer for layer in layers if layer in g.index]]
         xerr = np.vstack([g[value] - g[f"{value}_low"], g[f"{value}_high"] - g[value]])
-        ax.barh(y, g[value], thickness * 0.92, xerr=xerr, color=_color(i), label=labels[i],
-                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(i, dark=True)})
+        k = palette[i] if palette is not None else i
+        ax.barh(y, g[value], thickness * 0.92, xerr=xerr, color=_color(k), label=labels[i],
+                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(k, dark=True)})
     ax.set_yticks(np.arange(len(layers)), [_layer_name(layer) for layer in layers], fontsize=9)
     ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
@@ -396,15 +397,15 @@ def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = N
     cs = _as_list(campaigns)
     fig, ax = _axes(ax, (10.0, 4.8))
     drawn = []
-    for i, (c, label) in enumerate(zip(cs, _labels(cs))):
+    for k, (c, label) in zip(_palette(cs, [not c.ber for c in cs]), zip(cs, _labels(cs))):
         g = by_group(c, "bit")
         g = g[g["bit"] >= 0]
         if c.ber or g.empty:
             continue
         drawn.append(g)
         g = g.set_index("bit").reindex(range(g["bit"].min(), g["bit"].max() + 1)).reset_index()  # gaps break the line
-        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(i), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
-        ax.plot(g["bit"], g["failure"], marker=_marker(i), markersize=4, color=_color(i), label=label)
+        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
+        ax.plot(g["bit"], g["failure"], marker=_marker(k), markersize=4, color=_color(k), label=label)
     if not drawn:
         raise FaultError("no campaign has single-bit faults (BER campaigns left out); nothing to plot per bit")
     data = pd.concat(drawn)
@@ -588,6 +589,28 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
         return ax.get_figure(root=True), ax
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")
     return fig, fig.add_subplot()
+
+
+def _palette(cs: Sequence[Campaign], drawn: Sequence[bool] | None = None) -> list[int]:
+    """Colour index per campaign: one per model (its manifest's ``model``), so a model keeps its colour
+    across figures and campaign kinds; campaigns of one model drawn in the same figure (``drawn``)
+    get colours of their own.
+
+    Example:
+        >>> t = pd.DataFrame()
+        >>> cs = [Campaign("a", {"model": "int8"}, t), Campaign("b", {"model": "snn"}, t), Campaign("c", {"model": "int8"}, t)]
+        >>> _palette(cs, [True, True, False]), _palette(cs)
+        ([0, 1, 0], [0, 1, 2])
+    """
+    models = list(dict.fromkeys(str(c.manifest.get("model", c.name)) for c in cs))
+    out, used, spare = [], set(), len(models)
+    for c, shown in zip(cs, drawn if drawn is not None else [True] * len(cs)):
+        k = models.index(str(c.manifest.get("model", c.name)))
+        if shown and k in used:
+            k, spare = spare, spare + 1
+        used |= {k} if shown else set()
+        out.append(k)
+    return out
 
 
 def _color(i: int, dark: bool = False) -> tuple[float, float, float]:
