@@ -16,9 +16,10 @@ An output is **incorrect** by the task's criterion: :class:`Top1` (classificatio
 from the golden top-1) or :class:`Deviation` (CTR / regression: ``|faulty - golden| > threshold``,
 absolute or relative); a non-finite output (NaN, inf) is always incorrect.
 
-Intervals are Wilson score intervals over trials (:func:`resil.statistics.wilson_interval`): exact
-binomial coverage for ``"any"``; conservative for ``"fraction"`` (a share in [0, 1] with mean p has
-variance at most p (1 - p)). Trials are drawn without replacement when one fault location per
+Intervals are over trials, by resil's one rule (:func:`resil.statistics.scenario_estimate`): Wilson
+score intervals for single-fault trials (exact binomial coverage for ``"any"``; conservative for
+``"fraction"``, a share in [0, 1] with mean p has variance at most p (1 - p)), the t rule that keeps
+what the number of trials cannot rule out for multi-fault and BER trials. Trials are drawn without replacement when one fault location per
 trial is used, and a group with no more locations than the requested trials is injected
 exhaustively (PVF exact). :func:`trials_needed` sizes N with Leveugle's formula, which is the
 normal (Wald) approximation with a finite population correction.
@@ -68,7 +69,7 @@ from ..errors import FaultError
 from ..fault_models import BitFlip, Burst, FaultModel
 from ..faults import FaultSet
 from ..site import Site, SiteList
-from ..statistics import leveugle_sample_size, wilson_interval
+from ..statistics import leveugle_sample_size, scenario_estimate
 
 __all__ = [
     "Criterion", "Deviation", "PARAMETER_KINDS", "PVFEstimate", "PVFResult", "ParameterGroup", "Top1", "parameter_groups", "pvf",
@@ -223,11 +224,12 @@ def trials_needed(margin: float, confidence: float = 0.95, population: int | flo
 
 @dataclass(frozen=True)
 class PVFEstimate:
-    """PVF of one group: D / N with its Wilson interval.
+    """PVF of one group: D / N with its interval over trials.
 
     Attributes:
         pvf: D / N.
-        low, high: the Wilson interval at ``confidence``.
+        low, high: the interval at ``confidence`` (``method``: Wilson for single faults, see
+            :func:`resil.statistics.scenario_estimate`).
         trials: N.
         incorrect: D (a sum of shares for ``per_trial="fraction"``).
         population: fault locations in the group (the trials' universe for one location per trial).
@@ -243,6 +245,7 @@ class PVFEstimate:
     population: int
     confidence: float
     exhaustive: bool = False
+    method: str = "wilson"
 
     @property
     def margin(self) -> float:
@@ -250,9 +253,11 @@ class PVFEstimate:
         return (self.high - self.low) / 2
 
     @classmethod
-    def of(cls, incorrect: float, trials: int, population: int, confidence: float, exhaustive: bool = False) -> PVFEstimate:
-        low, high = wilson_interval(incorrect, trials, confidence)
-        return cls(incorrect / trials, float(low), float(high), trials, float(incorrect), population, confidence, exhaustive)
+    def of(cls, outcomes: np.ndarray, population: int, confidence: float, exhaustive: bool = False,
+           single_fault: bool = True) -> PVFEstimate:
+        """The estimate from the trials' outcomes (share of incorrect inputs, or 0/1)."""
+        e = scenario_estimate(outcomes, confidence, single_fault=single_fault)
+        return cls(e.value, e.low, e.high, e.n, float(np.sum(outcomes)), population, confidence, exhaustive, e.method)
 
 
 @dataclass(frozen=True)
@@ -288,7 +293,7 @@ class PVFResult:
         conf = confidence or next(iter(self.estimates.values())).confidence
         out = {}
         for b, df in self.records[self.records.bit >= 0].groupby("bit"):
-            out[int(b)] = PVFEstimate.of(float(self._outcome(df).sum()), len(df), 0, conf)
+            out[int(b)] = PVFEstimate.of(self._outcome(df), 0, conf, single_fault=bool((df["n_faults"] <= 1).all()))
         return dict(sorted(out.items()))
 
     def table(self, margin: float = 0.01) -> pd.DataFrame:
@@ -514,8 +519,8 @@ def pvf(
             offset += n
             df = _records(columns, name, len(inputs))
             frames.append(df)
-            d = float(df["incorrect"].sum()) if per_trial == "fraction" else float(df["any"].sum())
-            estimates[name] = PVFEstimate.of(d, n, space.total, confidence, exhaustive)
+            outcomes = (df["incorrect"] if per_trial == "fraction" else df["any"].astype(float)).to_numpy()
+            estimates[name] = PVFEstimate.of(outcomes, space.total, confidence, exhaustive, bool((df["n_faults"] <= 1).all()))
     finally:
         bar.close()
         locks.close()

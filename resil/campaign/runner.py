@@ -90,7 +90,20 @@ class CampaignRunner:
 
     @property
     def shards(self) -> int:
+        if self.spec.sampler.stop_margin:
+            from .adaptive import shard_count
+
+            return shard_count(self.sampler.blocks(), self.spec.run.shard_size)
         return -(-self.scenarios // self.spec.run.shard_size)
+
+    def shard_ids(self, shard: int) -> np.ndarray:
+        """The scenario ids of one shard (of an adaptive campaign: one round of one stratum)."""
+        size = self.spec.run.shard_size
+        if self.spec.sampler.stop_margin:
+            from .adaptive import round_ids
+
+            return round_ids(self.sampler.blocks(), size, shard)
+        return np.arange(shard * size, min((shard + 1) * size, self.scenarios))
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -101,11 +114,14 @@ class CampaignRunner:
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
+            "layers": list(dict.fromkeys(layer_of(s) for s in self.space.sites)),  # in network order, for reports
+            # adaptive campaigns: rounds of strata, some empty, so the store checks each part's ids by these counts
+            **({"shard_scenarios": [len(self.shard_ids(k)) for k in range(self.shards)]} if self.spec.sampler.stop_margin else {}),
         }
 
     def run_shard(self, shard: int) -> dict[str, Any]:
         """The result rows (as columns) of one shard."""
-        ids = shard_ids(shard, self.spec.run.shard_size, self.scenarios)
+        ids = self.shard_ids(shard)
         sc = self.sampler.draw(ids)
         counts = self.evaluator.evaluate(sc)
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
@@ -234,18 +250,28 @@ def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Call
             live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
         done = store.done()
         todo = [s for s in range(runner.shards) if s not in done]
-        size = spec.run.shard_size
         if progress:
-            progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
-        _run_shards(store, executor, todo, lambda s: (dataclasses.asdict(spec), s, 1, live),
-                    lambda s: progress(min(size, runner.scenarios - s * size), 0) if progress else None)
+            progress(0, sum(len(runner.shard_ids(s)) for s in todo))
+        current = [executor]
+
+        def complete(shards: list[int]) -> None:
+            current[0] = _run_shards(store, current[0], shards, lambda s: (dataclasses.asdict(spec), s, 1, live),
+                                     lambda s: progress(len(runner.shard_ids(s)), 0) if progress else None)
+
+        if spec.sampler.stop_margin:  # adaptive: rounds until every stratum knows enough
+            from .adaptive import run_rounds
+
+            run_rounds(runner, store, complete)
+        else:
+            complete(todo)
+        current[0].shutdown()
     return store
 
 
 def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Callable[[int], tuple[Any, ...]],
-                finished: Callable[[int], None]) -> None:
-    """Run the shards ``todo`` through ``executor`` (shut down at the end), storing each as it
-    completes. The shards in flight when worker processes die run once more in a fresh pool;
+                finished: Callable[[int], None]) -> Executor:
+    """Run the shards ``todo`` through ``executor``, storing each as it completes; return the
+    executor to go on with (a fresh pool if workers died; the caller shuts it down). The shards in flight when worker processes die run once more in a fresh pool;
     if they die again, or the executor cannot be restarted, a :class:`FaultError` says so (the
     shards stored so far are intact). On any error or interrupt the executor's queued shards are
     cancelled and the error is raised."""
@@ -296,7 +322,7 @@ def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Ca
     except BaseException:
         ex.shutdown(wait=False, cancel_futures=True)
         raise
-    ex.shutdown()
+    return ex
 
 
 def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int, int], None] | None = None, *,
@@ -314,7 +340,5 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     if missing:
         raise FaultError(f"{out} was run on a live {' and '.join(missing)} passed from Python; resume it with "
                          f"resil.campaign.resume({str(out)!r}, {', '.join(f'{k}=...' for k in missing)})")
-    if "spec" not in manifest:
-        raise FaultError(f"{out}/manifest.json holds no campaign spec; the directory may be damaged")
     spec = spec_from_dict(manifest["spec"], f"{out}/manifest.json")
     return run(spec, out, executor, progress, model=model, data=data)

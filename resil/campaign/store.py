@@ -190,6 +190,10 @@ class Store:
         self.parts.mkdir(exist_ok=True)
         write_table(self.part_path(shard), table)
 
+    def update_manifest(self, **entries: Any) -> None:
+        """Add or replace top-level entries of the stored manifest (e.g. an adaptive campaign's ``stop``)."""
+        self._dir.write_manifest({**self.manifest(), **entries})
+
     def table(self) -> pa.Table:
         """Every complete part, verified, in scenario order.
 
