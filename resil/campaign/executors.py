@@ -1,14 +1,18 @@
 """Executors behind one seam, ``concurrent.futures.Executor``: in this process, local processes,
-or a Dask cluster (the ``dask`` extra) for users who outgrow one machine."""
+or a Dask cluster (the ``dask`` extra) or Slurm jobs (the ``slurm`` extra) for users who outgrow one machine."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FaultError
+
+if TYPE_CHECKING:
+    from .slurm import SlurmOptions
 
 
 class SerialExecutor(Executor):
@@ -23,9 +27,11 @@ class SerialExecutor(Executor):
         return future
 
 
-def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None) -> Executor:
-    """``serial``, ``process`` (``workers`` local processes) or ``dask`` (a local cluster of
-    ``workers`` processes, or the scheduler at ``address``)."""
+def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None, *,
+                  folder: str | Path | None = None, slurm: SlurmOptions | None = None) -> Executor:
+    """``serial``, ``process`` (``workers`` local processes), ``dask`` (a local cluster of
+    ``workers`` processes, or the scheduler at ``address``) or ``slurm`` (jobs with the ``slurm``
+    options, their files in ``folder``: see :mod:`resil.campaign.slurm`)."""
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
@@ -37,7 +43,13 @@ def make_executor(kind: str = "serial", workers: int = 2, address: str | None = 
             raise FaultError("the dask executor needs the dask extra: pip install 'resil[dask]'") from None
         client = Client(address) if address else Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
         return _DaskExecutor(client)
-    raise FaultError(f"unknown executor {kind!r}: serial, process or dask")
+    if kind == "slurm":
+        from .slurm import SlurmExecutor, SlurmOptions
+
+        if folder is None:
+            raise FaultError("the slurm executor needs a folder for its jobs on a file system the nodes share, e.g. DIR/slurm")
+        return SlurmExecutor(folder, slurm or SlurmOptions())
+    raise FaultError(f"unknown executor {kind!r}: serial, process, dask or slurm")
 
 
 class _DaskExecutor(Executor):
@@ -71,4 +83,4 @@ def in_flight(executor: Executor) -> int:
         return 2 * executor._max_workers
     if isinstance(executor, _DaskExecutor):
         return 2 * max(1, sum(executor.client.nthreads().values()))
-    return 4
+    return getattr(executor, "in_flight", 4)

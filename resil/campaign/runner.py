@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections import OrderedDict
@@ -228,13 +229,16 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     with (executor or SerialExecutor()) as ex:
         pending: dict[Future[dict[str, Any]], int] = {}
 
+        threads = getattr(ex, "threads", 1)
+
         def submit_next() -> None:
             shard = next(waiting, None)
             if shard is not None:
-                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, 1, live)] = shard
+                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, threads, live)] = shard
 
-        for _ in range(in_flight(ex)):
-            submit_next()
+        with getattr(ex, "batch", contextlib.nullcontext)():  # one array job where the executor batches
+            for _ in range(min(in_flight(ex), len(todo))):
+                submit_next()
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
