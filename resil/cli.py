@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import textwrap
@@ -210,6 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _slurm_options(args)
     specs = [load_spec(f) for f in args.spec]  # every file checked before any work starts
+    if args.device is not None:
+        specs = [dataclasses.replace(s, run=dataclasses.replace(s.run, device=args.device)) for s in specs]
     out = Path(args.out)
     jobs = [job for spec in specs for job in _campaign_dirs(spec, out if len(specs) == 1 else out / spec.name)]
     _check_jobs(jobs)
@@ -347,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True,
                    help="result directory (with several files, one subdirectory per file; with several models, one per model)")
     r.add_argument("--report", help="write the report of these campaigns into this directory afterwards")
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N: replaces the files' [run] device (default: theirs, cpu if unset)")
     _executor_options(r)
     r.set_defaults(run=cmd_run)
     re = sub.add_parser("resume", help="run the missing shards of stored campaigns")

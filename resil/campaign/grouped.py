@@ -211,7 +211,7 @@ class GroupedForward:
                 ne = y.contiguous().view(ints) != g.contiguous().view(ints)
             else:
                 ne = y != g
-            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).numpy()
+            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).cpu().numpy()
         live = np.zeros(n, dtype=bool)
         np.logical_or.at(live, row_scen, differs)
         return live
@@ -488,7 +488,7 @@ class GroupedForward:
             for m in np.unique(fs.model[take]):
                 sel = torch.from_numpy(np.flatnonzero(fs.model[take] == m))
                 codes = site.encoding.encode(flat[:, row_t[sel], offset[sel]])
-                mask = torch.from_numpy(fs.mask[take])[sel].expand_as(codes)
+                mask = torch.from_numpy(fs.mask[take])[sel].to(codes.device).expand_as(codes)
                 flat[:, row_t[sel], offset[sel]] = site.encoding.decode(fs.models[m].apply(codes, mask, site.encoding))
             return y
 
@@ -555,7 +555,7 @@ class GroupedForward:
     def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], dtype: torch.dtype) -> torch.Tensor:
         """The faulty value of every fault in ``take`` (in the stored dtype), from the fault models on the stored codes."""
         fs = sc.faults
-        values = torch.empty(len(take), dtype=dtype)
+        values = torch.empty(len(take), dtype=dtype, device=self.stored_codes(chosen[0]).device)
         site_col, model_col = fs.site[take].astype(np.int64), fs.model[take].astype(np.int64)
         for s_code, site in enumerate(chosen):
             for m_code, model in enumerate(fs.models):
@@ -564,7 +564,7 @@ class GroupedForward:
                     continue
                 idx = torch.from_numpy(fs.index[take[rows]])
                 codes = self.stored_codes(site)[idx]
-                faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]), site.encoding.at(idx, site.shape or ()))
+                faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]).to(codes.device), site.encoding.at(idx, site.shape or ()))
                 values[torch.from_numpy(rows)] = site.encoding.at(idx, site.shape or ()).decode(faulty).to(dtype)
         return values
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import FaultError
 from ..fault_models import fault_model_from_spec
+from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
 from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
@@ -32,18 +33,23 @@ SAMPLERS: dict[str, type[Sampler]] = {
 class CampaignRunner:
     """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, evaluator.
 
-    ``model`` and ``data`` (live objects) replace the spec's ``[model]`` and ``[data]`` sources.
+    ``model`` and ``data`` (live objects) replace the spec's ``[model]`` and ``[data]`` sources;
+    the model, inputs and labels are moved to ``[run] device`` (a live model in place).
     """
 
     def __init__(self, spec: CampaignSpec, model: nn.Module | None = None, data: Any = None) -> None:
         self.spec = spec
         self.live = {"model": model is not None, "data": data is not None}
+        self.device = resolve_device(spec.run.device)  # before any work: an unknown or missing device is an error
         self.model = model if model is not None else load_model(
             spec.model.names[0], checkpoint=spec.model.checkpoint or None, kwargs=spec.model.kwargs, base=_base(spec))
         if not isinstance(self.model, nn.Module):
             raise FaultError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
         self.label = type(self.model).__name__ if model is not None else spec.model.names[0]
-        self.inputs, self.labels = select(*self._data(data), spec.data.inputs or None, spec.data.select, spec.seed)
+        self.numerics = exact_numerics(self.device)
+        inputs, labels = select(*self._data(data), spec.data.inputs or None, spec.data.select, spec.seed)
+        self.model.to(self.device)
+        self.inputs, self.labels = inputs.to(self.device), None if labels is None else labels.to(self.device)
         check_forward(self.model, self.inputs)
         if self.model.training:
             warnings.warn(f"{self.label} is in training mode: it is evaluated so (dropout active, batch statistics in "
@@ -97,7 +103,7 @@ class CampaignRunner:
             "version": 1, "name": self.spec.name, "model": self.label, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
             "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
             "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None, "mode": self.evaluator.mode,
-            "nondeterministic": self.evaluator.nondeterministic,
+            "nondeterministic": self.evaluator.nondeterministic, "numerics": self.numerics,
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
