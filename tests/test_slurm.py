@@ -10,7 +10,7 @@ import pytest
 
 import resil
 import resil.campaign as rc
-from resil.campaign.slurm import SlurmOptions, parse_extra
+from resil.campaign.slurm import SlurmJobError, SlurmOptions, parse_extra
 from resil.cli import main
 
 TESTS = str(Path(__file__).parent)
@@ -45,7 +45,7 @@ def test_killed_task_then_resume_runs_only_the_missing_shards(tmp_path, monkeypa
     serial = table(rc.run(s, tmp_path / "serial"))  # no marker: nobody dies
     out = tmp_path / "out"
     marker.touch()
-    with pytest.raises(rc.slurm.SlurmJobError, match="resume"):
+    with pytest.raises(SlurmJobError, match="resume"):
         rc.run(s, out, rc.make_executor("slurm", folder=out / "slurm", slurm=SlurmOptions(cluster="local")))
     assert not marker.exists()  # a task took it and was killed
     missing = 3 - len(rc.Store(out).done())

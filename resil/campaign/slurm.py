@@ -12,7 +12,6 @@ process).
 
 Example:
     >>> import tempfile
-    >>> from concurrent.futures import wait
     >>> with SlurmExecutor(tempfile.mkdtemp(), SlurmOptions(cluster="debug")) as ex:
     ...     ex.submit(pow, 2, 10).result()
     1024
