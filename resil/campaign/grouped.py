@@ -367,7 +367,7 @@ class GroupedForward:
         alone = all(self._rows_exact(stage, b, rows % channels, sites) for b in batches)
         if not alone and not all(self._full_exact(stage, b, sites) for b in batches):
             return None
-        values = self._faulty_values(sc, take, chosen, weight.dtype)
+        values = self._faulty_values(sc, take, chosen, weight)
         w_rows = weight.reshape(channels, -1)[torch.from_numpy(rows % channels)].clone()
         w_rows[torch.from_numpy(row_of[is_w]), torch.from_numpy(index[is_w] % per_channel)] = values[torch.from_numpy(is_w)]
         b_rows = None if bias is None else bias[torch.from_numpy(rows % channels)].clone()
@@ -552,10 +552,12 @@ class GroupedForward:
             self._exact[key] = same_bits(module(before[:, pick]), self._golden_out(batch, stage)[:, pick])
         return self._exact[key]
 
-    def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], dtype: torch.dtype) -> torch.Tensor:
-        """The faulty value of every fault in ``take`` (in the stored dtype), from the fault models on the stored codes."""
+    def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], like: torch.Tensor) -> torch.Tensor:
+        """The faulty value of every fault in ``take`` (in the dtype and on the device of the layer's
+        weight ``like``), from the fault models on the stored codes."""
         fs = sc.faults
-        values = torch.empty(len(take), dtype=dtype, device=self.stored_codes(chosen[0]).device)
+        dtype = like.dtype
+        values = torch.empty(len(take), dtype=dtype, device=like.device)
         site_col, model_col = fs.site[take].astype(np.int64), fs.model[take].astype(np.int64)
         for s_code, site in enumerate(chosen):
             for m_code, model in enumerate(fs.models):
