@@ -8,7 +8,7 @@ pickled tasks, results and logs in ``DIR/slurm/``, live models and data are read
 ``DIR/live/``. A task that fails or is killed leaves its shard missing: ``resil resume DIR``
 submits only the missing shards. ``cluster`` selects submitit's backend: ``slurm`` (``sbatch``),
 ``local`` (a process per task on this machine, for tests and laptops) or ``debug`` (in this
-process).
+process; as in submitit, a task that raises stops in ``pdb``).
 
 Example:
     >>> import tempfile
@@ -148,8 +148,19 @@ class SlurmExecutor(Executor):
         if self._queued is not None:
             self._queued.append((fn, args, kwargs, future))
         else:
-            self._track([self._ex.submit(fn, *args, **kwargs)], [future])
+            with self._submission():
+                self._track([self._ex.submit(fn, *args, **kwargs)], [future])
         return future
+
+    @contextlib.contextmanager
+    def _submission(self) -> Iterator[None]:
+        """sbatch refusing a job (an unknown partition or account, a time over the limit) as one error."""
+        from submitit.core.utils import FailedSubmissionError, UncompletedJobError
+
+        try:
+            yield
+        except (FailedSubmissionError, UncompletedJobError) as e:  # sbatch's error, or output without a job id
+            raise FaultError(f"sbatch refused the job: {' '.join(str(e).split())[-600:]}") from None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -160,15 +171,16 @@ class SlurmExecutor(Executor):
         finally:
             queued, self._queued = self._queued, None
             if queued:
-                with self._ex.batch():
-                    jobs = [self._ex.submit(fn, *args, **kwargs) for fn, args, kwargs, _ in queued]
+                with self._submission():
+                    with self._ex.batch():
+                        jobs = [self._ex.submit(fn, *args, **kwargs) for fn, args, kwargs, _ in queued]
                 self._track(jobs, [f for *_, f in queued])
 
     def _track(self, jobs: list[Any], futures: list[Future[Any]]) -> None:
+        for f in futures:  # running before the poller may resolve it
+            f.set_running_or_notify_cancel()
         with self._lock:
             self._jobs += zip(jobs, futures)
-        for f in futures:
-            f.set_running_or_notify_cancel()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):
