@@ -4,6 +4,7 @@ the numerics; an unknown or unavailable device is one error before any work."""
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,15 @@ def test_unknown_or_missing_device_is_one_error_before_any_work(tmp_path, capsys
     with pytest.raises(resil.FaultError, match=message):
         rc.run(rc.CampaignSpec(run=rc.RunSpec(device=device)), tmp_path / "api")
     assert not (tmp_path / "api").exists()
+
+
+def test_no_campaign_path_hard_codes_a_device():
+    """Tensors follow the tensors they combine with: outside resil.campaign.device (which resolves
+    [run] device) no module of the package names a device, except the CPU fallback of a module
+    without parameters or tensor outputs in resil.injectors."""
+    root = Path(__file__).parent.parent
+    pattern = re.compile(r"""device=["']|\.cuda\(|torch\.device\(["']|\.to\(["'](cpu|cuda)""")
+    found = [f"{p.relative_to(root)}: {line.strip()}" for p in sorted([*(root / "resil").rglob("*.py"), *(root / "adapters").rglob("*.py")])
+             if p.name != "device.py" for line in p.read_text().splitlines() if pattern.search(line)]
+    assert found == ['resil/injectors.py: return device if isinstance(device, torch.device) else default or torch.device("cpu")',
+                     'resil/injectors.py: return torch.device("cpu")']
