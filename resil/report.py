@@ -1,12 +1,15 @@
-"""Campaign reports: load result directories, summarise them with Wilson intervals, draw
-comparison figures and write one self-contained HTML page.
+"""Campaign reports: load result directories, summarise them with intervals over scenarios, tell
+variants apart, draw comparison figures and write one self-contained HTML page.
 
 A campaign directory holds ``manifest.json`` and ``parts/shard-NNNNNN.parquet`` (one row per
-scenario with outcome counts over the inputs; see :mod:`resil.campaign.store`). A *trial* is one
-(scenario, input) pair: the failure probability of a group is ``sum(critical + non_finite) /
-sum(inputs)`` and its accuracy ``sum(correct) / sum(inputs)``, each with a Wilson 95% interval.
-Importance-sampled campaigns (``weight != 1``) use weighted means instead, with intervals over
-Kish's effective number of trials.
+scenario with outcome counts over the inputs; see :mod:`resil.campaign.store`). The failure
+probability of a group is the mean failure fraction of its scenarios (``sum(critical +
+non_finite) / sum(inputs)``, every scenario has the same inputs) and its accuracy the mean share
+of correct inputs, each with the 95% interval over scenarios of
+:func:`resil.statistics.scenario_estimate` (the table says which). Importance-sampled campaigns
+(``weight != 1``) use weighted means instead, with Wilson intervals over Kish's effective number
+of scenarios. Campaigns are told apart by :func:`resil.campaign.metrics.verdicts`, the rule
+``resil compare`` uses too.
 
 Example:
     >>> from resil.report import load_campaign, by_group, plot_layers, write_report
@@ -29,7 +32,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 
-from resil.campaign.metrics import COUNTS, estimate_failure
+from resil.campaign.metrics import COUNTS, estimate_failure, sequential, verdicts
 from resil.campaign.metrics import sort_groups
 from resil.campaign.metrics import by_group as group_table
 from matplotlib import colormaps
@@ -44,12 +47,11 @@ from .errors import FaultError
 from .report_html import render_html
 
 __all__ = [
-    "Campaign", "by_group", "load_campaign", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
+    "Campaign", "by_group", "load_campaign", "network_order", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
     "summary", "write_report",
 ]
 
-#: per-scenario counts over the inputs; masked + tolerable + critical + non_finite == inputs
-#: columns every part file must have
+#: the columns of a part the report reads (every part has them: the store's schema)
 COLUMNS = ("scenario", "stratum", "site", "layer", "kind", "bit", "n_faults", "rate", "weight", *COUNTS)
 #: manifest keys the report reads
 MANIFEST_KEYS = ("version", "name", "model", "sampler", "inputs", "scenarios", "golden_accuracy")
@@ -89,7 +91,7 @@ class Campaign:
 
 
 def load_campaign(directory: PathLike) -> Campaign:
-    """Read a campaign directory: the manifest and every part, concatenated in scenario order.
+    """Read a campaign directory: the manifest and every part (its :data:`COLUMNS`), concatenated in scenario order.
 
     Example:
         >>> c = load_campaign("runs/dense-cnn")  # doctest: +SKIP
@@ -103,21 +105,12 @@ def load_campaign(directory: PathLike) -> Campaign:
 
     root = Path(directory)
     path = root / "manifest.json"
-    manifest = Store(root).manifest()
+    store = Store(root)
+    manifest = store.manifest()
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise FaultError(f"{path} lacks {', '.join(missing)}")
-    parts = sorted((root / "parts").glob("shard-*.parquet"))
-    if not parts:
-        raise FaultError(f"{root} has no results: no parts/shard-*.parquet")
-    tables = []
-    for part in parts:
-        table = pd.read_parquet(part)
-        missing = [c for c in COLUMNS if c not in table.columns]
-        if missing:
-            raise FaultError(f"{part} lacks the columns {', '.join(missing)}")
-        tables.append(table)
-    table = pd.concat(tables, ignore_index=True).sort_values("scenario", kind="stable", ignore_index=True)
+    table = store.table().select(list(COLUMNS)).to_pandas()  # every part verified; only the columns reports use
     if table.empty:
         raise FaultError(f"{root} has no results: its parts hold no scenarios")
     return Campaign(str(manifest["name"]), manifest, table)
@@ -134,15 +127,15 @@ def by_group(campaign: Campaign, by: GroupBy = "layer") -> pd.DataFrame:
         >>> by_group(Campaign("demo", {}, t), "layer")[["layer", "failures", "inputs", "failure"]].round(4).values.tolist()
         [['conv1', 5, 10, 0.5], ['fc', 3, 20, 0.15]]
     """
-    return group_table(campaign.table, by, campaign.name)
+    return group_table(campaign.table, by, campaign.name, sequential=sequential(campaign.manifest))
 
 
 def summary(campaigns: Campaigns) -> pd.DataFrame:
     """One row per campaign: what ran and the overall failure probability and accuracy.
 
     Columns: ``campaign`` (a unique label), ``model``, ``sampler``, ``scenarios`` (rows read),
-    ``planned`` (scenarios in the manifest), ``inputs`` (per scenario), ``golden_accuracy``, then
-    the estimates and intervals of :func:`by_group`.
+    ``planned`` (scenarios in the manifest; for an adaptive campaign, those it stopped at), ``inputs`` (per scenario), ``golden_accuracy``, then
+    the estimates and intervals of :func:`by_group` (``failure_method``, ``accuracy_method``: which interval).
 
     Example:
         >>> summary([load_campaign("runs/dense-cnn")])[["campaign", "failure"]]  # doctest: +SKIP
@@ -153,12 +146,14 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
         total = by_group(c, []).iloc[0].to_dict()
         overall = estimate_failure(c.manifest, c.table) if c.manifest.get("sampler") in ("sfi", "importance") else None
         if overall is not None:  # stratified / re-weighted estimators
-            total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high)
+            total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high, failure_method=overall.method)
         rows.append({
             "campaign": label, "model": c.manifest.get("model"), "sampler": c.manifest.get("sampler"),
-            "scenarios": int(total["scenarios"]), "planned": c.manifest.get("scenarios"), "inputs": c.manifest.get("inputs"),
+            "scenarios": int(total["scenarios"]), "inputs": c.manifest.get("inputs"),
+            "planned": (c.manifest.get("stop") or {}).get("scenarios", c.manifest.get("scenarios")),  # adaptive: what it stopped at
             "golden_accuracy": c.manifest.get("golden_accuracy"), "weighted": c.weighted,
             **{k: float(total[k]) for k in ("failure", "failure_low", "failure_high", "accuracy", "accuracy_low", "accuracy_high")},
+            "failure_method": total["failure_method"], "accuracy_method": total["accuracy_method"],
         })
     return pd.DataFrame(rows)
 
@@ -200,8 +195,8 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
               band_alpha: float | None = None) -> tuple[Figure, Axes]:
     """Accuracy (or failure probability, ``metric="failure"``) against the bit error rate.
 
-    One line per campaign that has rates (BER campaigns; others are skipped) with its Wilson
-    95% band (opacity ``band_alpha``, by default :func:`band_opacity`), on a log rate axis; for
+    One line per campaign that has rates (BER campaigns; others are skipped) with the 95% band
+    of :func:`by_group` (opacity ``band_alpha``, by default :func:`band_opacity`), on a log rate axis; for
     accuracy, each campaign's fault-free accuracy is dashed.
 
     Example:
@@ -216,15 +211,15 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     cs = _as_list(campaigns)
     fig, ax = _axes(ax, (7.5, 4.8))
     golden = drawn = False
-    for i, (c, label) in enumerate(zip(cs, _labels(cs))):
+    for k, (c, label) in zip(_palette(cs, [c.ber for c in cs]), zip(cs, _labels(cs))):
         g = by_group(c, "rate")
         if g.empty:
             continue
         drawn = True
-        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(i), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
-        ax.plot(g["rate"], g[metric], marker=_marker(i), markersize=4, color=_color(i), label=label)
+        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
+        ax.plot(g["rate"], g[metric], marker=_marker(k), markersize=4, color=_color(k), label=label)
         if metric == "accuracy" and c.manifest.get("golden_accuracy") is not None:
-            ax.axhline(c.manifest["golden_accuracy"], color=_color(i), linestyle="--", linewidth=1)
+            ax.axhline(c.manifest["golden_accuracy"], color=_color(k), linestyle="--", linewidth=1)
             golden = True
     if not drawn:
         raise FaultError("no campaign has bit error rates (sampler 'ber'); nothing to plot against the rate")
@@ -235,16 +230,17 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     ax.set_ylabel("accuracy under faults" if metric == "accuracy" else "failure probability")
     ax.set_title(("Accuracy" if metric == "accuracy" else "Failure probability") + " vs bit error rate")
     ax.grid(True, which="major", alpha=0.3)
-    extra = [Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    extra = [Patch(color="grey", alpha=0.25, label="95% interval over scenarios")]
     if golden:
         extra.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="fault-free accuracy"))
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return fig, ax
 
 
-def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None) -> tuple[Figure, Axes]:
+def plot_layers(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = None) -> tuple[Figure, Axes]:
     """Failure probability per layer (of each scenario's first fault) as horizontal bars with
-    Wilson 95% error bars, layers top to bottom in natural order (the first campaign's first);
+    the 95% error bars of :func:`by_group`, layers top to bottom in network order
+    (:func:`network_order`); ``log=None`` picks a symmetric-log axis when values span two decades;
     several campaigns give grouped bars (a layer gets a bar from each campaign that has it). Bit-error-rate
     campaigns are left out (see :attr:`Campaign.ber`); colours follow the campaigns' positions.
 
@@ -258,15 +254,43 @@ def plot_layers(campaigns: Campaigns, log: bool = False, ax: Axes | None = None)
     groups = {i: by_group(c, "layer").set_index("layer") for i, c in enumerate(cs) if not c.ber}
     if not groups:
         raise FaultError("every campaign is a bit-error-rate campaign; plot them with plot_rate")
-    layers = list(dict.fromkeys(layer for g in groups.values() for layer in g.index))
-    fig, ax = _layer_bars(groups, _labels(cs), layers, "failure", ax)
-    if log:
-        ax.set_xscale("log")
+    layers = network_order([c for c in cs if not c.ber], [layer for g in groups.values() for layer in g.index])
+    fig, ax = _layer_bars(groups, _labels(cs), layers, "failure", ax, _palette(cs, [not c.ber for c in cs]))
+    values = np.concatenate([g["failure"].to_numpy(dtype=float) for g in groups.values()])
+    positive = values[values > 0]
+    if log is None:
+        log = positive.size > 0 and positive.max() >= 100 * positive.min()
+    if log and positive.size:
+        ax.set_xscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())), linscale=0.4)
     ax.xaxis.set_major_formatter(_percent())
     ax.set_ylabel("layer (of the first fault in a scenario)")
     ax.set_xlabel("failure probability (critical or non-finite output)")
-    ax.set_title("Failure probability per layer\n(error bars: 95% Wilson interval)", fontsize=11)
+    ax.set_title("Failure probability per layer\n(error bars: 95% interval over scenarios)", fontsize=11)
     return fig, ax
+
+
+def network_order(campaigns: Sequence[Campaign], layers: Sequence[str]) -> list[str]:
+    """``layers`` (unique) in network order: the order of the campaigns' manifests (``layers``,
+    merged keeping each one's order), then any others in natural order.
+
+    Example:
+        >>> c = Campaign("x", {"layers": ["conv1", "conv2", "fc10", "fc2"]}, pd.DataFrame())
+        >>> network_order([c], ["fc2", "conv2", "fc10", "extra"])
+        ['conv2', 'fc10', 'fc2', 'extra']
+    """
+    from .analysis.compare import layer_order
+
+    known = layer_order([c.manifest.get("layers") or [] for c in campaigns])
+    wanted = list(dict.fromkeys(layers))
+    rest = sort_groups(pd.DataFrame({"layer": [x for x in wanted if x not in known]}), ["layer"])["layer"].tolist()
+    return [x for x in known if x in wanted] + rest
+
+
+def _in_network_order(frame: pd.DataFrame, campaigns: Sequence[Campaign]) -> pd.DataFrame:
+    """Rows of a per-layer table in network order."""
+    order = network_order(campaigns, list(frame["layer"]))
+    return frame.assign(_pos=frame["layer"].map({x: i for i, x in enumerate(order)})).sort_values("_pos", kind="stable").drop(
+        columns="_pos").reset_index(drop=True)
 
 
 def plot_layer_estimates(table: pd.DataFrame, labels: Sequence[str] | None = None, layers: Sequence[str] | None = None,
@@ -319,7 +343,7 @@ def plot_layer_estimates(table: pd.DataFrame, labels: Sequence[str] | None = Non
 
 
 def _layer_bars(groups: dict[int, pd.DataFrame], labels: Sequence[str], layers: Sequence[str], value: str,
-                ax: Axes | None) -> tuple[Figure, Axes]:
+                ax: Axes | None, palette: Sequence[int] | None = None) -> tuple[Figure, Axes]:
     """Grouped horizontal bars, one group per layer (top to bottom), one bar per campaign ``i``
     that has the layer (``groups[i]`` indexed by layer, with ``value``, ``<value>_low``,
     ``<value>_high``), coloured by ``i``, with interval error bars."""
@@ -332,8 +356,9 @@ def _layer_bars(groups: dict[int, pd.DataFrame], labels: Sequence[str], layers: 
              for row, layer in enumerate(layers) if layer in g.index]
         g = g.loc[[layer for layer in layers if layer in g.index]]
         xerr = np.vstack([g[value] - g[f"{value}_low"], g[f"{value}_high"] - g[value]])
-        ax.barh(y, g[value], thickness * 0.92, xerr=xerr, color=_color(i), label=labels[i],
-                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(i, dark=True)})
+        k = palette[i] if palette is not None else i
+        ax.barh(y, g[value], thickness * 0.92, xerr=xerr, color=_color(k), label=labels[i],
+                error_kw={"elinewidth": 1, "capsize": 2.5, "ecolor": _color(k, dark=True)})
     ax.set_yticks(np.arange(len(layers)), [_layer_name(layer) for layer in layers], fontsize=9)
     ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.grid(True, axis="x", alpha=0.3)
@@ -361,15 +386,15 @@ def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = N
     cs = _as_list(campaigns)
     fig, ax = _axes(ax, (10.0, 4.8))
     drawn = []
-    for i, (c, label) in enumerate(zip(cs, _labels(cs))):
+    for k, (c, label) in zip(_palette(cs, [not c.ber for c in cs]), zip(cs, _labels(cs))):
         g = by_group(c, "bit")
         g = g[g["bit"] >= 0]
         if c.ber or g.empty:
             continue
         drawn.append(g)
         g = g.set_index("bit").reindex(range(g["bit"].min(), g["bit"].max() + 1)).reset_index()  # gaps break the line
-        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(i), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
-        ax.plot(g["bit"], g["failure"], marker=_marker(i), markersize=4, color=_color(i), label=label)
+        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
+        ax.plot(g["bit"], g["failure"], marker=_marker(k), markersize=4, color=_color(k), label=label)
     if not drawn:
         raise FaultError("no campaign has single-bit faults (BER campaigns left out); nothing to plot per bit")
     data = pd.concat(drawn)
@@ -388,7 +413,7 @@ def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = N
     ax.set_ylabel("failure probability" + (" (symmetric log)" if log else ""))
     ax.set_title("Failure probability per bit position")
     ax.grid(True, alpha=0.3)
-    handles = [*ax.get_legend_handles_labels()[0], Patch(color="grey", alpha=0.25, label="95% Wilson interval")]
+    handles = [*ax.get_legend_handles_labels()[0], Patch(color="grey", alpha=0.25, label="95% interval over scenarios")]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     return fig, ax
 
@@ -488,12 +513,23 @@ def write_report(dirs: Sequence[PathLike], out: PathLike) -> Path:
     samplers: dict[str, list[Campaign]] = {}
     for c in campaigns:
         samplers.setdefault(str(c.manifest["sampler"]), []).append(c)
-    comparisons = [(sampler, [c.name for c in group], {"": rank_campaigns(group), **{k: rank_campaigns(group, k) for k in _keys(group[0])}})
+    def ordered(frame: pd.DataFrame, key: str, group: Sequence[Campaign]) -> pd.DataFrame:
+        return _in_network_order(frame, group) if key == "layer" and not frame.empty else frame
+
+    comparisons = [(sampler, [c.name for c in group], {k: (rank_campaigns(group, k or None), ordered(_verdicts(group, k), k, group))
+                                                       for k in ("", *_keys(group[0]))})
                    for sampler, group in samplers.items() if len(group) > 1]
-    details = [(c.name, c.manifest, {k: by_group(c, k) for k in _keys(c)}) for c in campaigns]
+    details = [(c.name, c.manifest, {k: ordered(by_group(c, k), k, [c]) for k in _keys(c)}) for c in campaigns]
     path = root / "report.html"
     path.write_text(render_html(summary(campaigns), comparisons, details, images), encoding="utf-8")
     return path
+
+
+def _verdicts(group: list[Campaign], key: str) -> pd.DataFrame:
+    """:func:`resil.campaign.metrics.verdicts` by failure probability (lower is more robust) of the
+    campaigns per group of ``key`` (``""``: overall), for the groups they share."""
+    v = verdicts({c.name: (c.manifest, c.table) for c in group}, key or None, "failure", higher_is_better=False)
+    return v[v["runner_up"].notna()]
 
 
 def _keys(c: Campaign) -> tuple[str, ...]:
@@ -503,13 +539,13 @@ def _keys(c: Campaign) -> tuple[str, ...]:
 
 def _figures(cs: list[Campaign]) -> Iterator[tuple[str, str, Figure]]:
     """(file name, caption, figure) for every figure whose data exist."""
-    band = "Shaded bands: 95% Wilson intervals."
+    band = "Shaded bands: the 95% intervals over scenarios the tables print."
     if any(c.ber for c in cs):
         yield "accuracy_vs_rate.png", f"Accuracy under faults vs bit error rate; dashed: fault-free accuracy. {band}", plot_rate(cs)[0]
         yield "failure_vs_rate.png", f"Failure probability vs bit error rate. {band}", plot_rate(cs, "failure")[0]
     single = [c for c in cs if not c.ber]
     if single:
-        yield "failure_by_layer.png", "Failure probability per layer of the first fault; error bars: 95% Wilson intervals.", plot_layers(cs)[0]
+        yield "failure_by_layer.png", "Failure probability per layer of the first fault; error bars: the 95% intervals over scenarios the tables print.", plot_layers(cs)[0]
     with_bits = [c for c in single if (c.table["bit"] >= 0).any()]
     if with_bits:
         yield "failure_by_bit.png", f"Failure probability per bit position of single-bit faults. {band}", plot_bits(cs)[0]
@@ -542,6 +578,28 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
         return ax.get_figure(root=True), ax
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")
     return fig, fig.add_subplot()
+
+
+def _palette(cs: Sequence[Campaign], drawn: Sequence[bool] | None = None) -> list[int]:
+    """Colour index per campaign: one per model (its manifest's ``model``), so a model keeps its colour
+    across figures and campaign kinds; campaigns of one model drawn in the same figure (``drawn``)
+    get colours of their own.
+
+    Example:
+        >>> t = pd.DataFrame()
+        >>> cs = [Campaign("a", {"model": "int8"}, t), Campaign("b", {"model": "snn"}, t), Campaign("c", {"model": "int8"}, t)]
+        >>> _palette(cs, [True, True, False]), _palette(cs)
+        ([0, 1, 0], [0, 1, 2])
+    """
+    models = list(dict.fromkeys(str(c.manifest.get("model", c.name)) for c in cs))
+    out, used, spare = [], set(), len(models)
+    for c, shown in zip(cs, drawn if drawn is not None else [True] * len(cs)):
+        k = models.index(str(c.manifest.get("model", c.name)))
+        if shown and k in used:
+            k, spare = spare, spare + 1
+        used |= {k} if shown else set()
+        out.append(k)
+    return out
 
 
 def _color(i: int, dark: bool = False) -> tuple[float, float, float]:

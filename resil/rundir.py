@@ -5,8 +5,12 @@ Every result directory of resil (a campaign of :mod:`resil.campaign.store`, a ha
 ``spec_hash``, optionally a ``fingerprint`` of the model and inputs it ran on) under schema
 ``version`` 1. A :class:`RunDirectory` reads it with errors that say what is wrong, and refuses,
 before anything is written, a directory holding another run: another kind, another spec, or the
-same spec run on another model or other inputs. Every file is written under a temporary name
-and renamed (:func:`atomic_write`), so a killed run leaves complete files or none.
+same spec run on another model or other inputs. Every file is written under a temporary name,
+fsynced and renamed, and the directory fsynced (:func:`atomic_write`), so a killed run or a lost
+power supply leaves complete files or none. Tables (:func:`write_table`) carry Parquet page
+checksums and a whole-file SHA-256 in a hidden sidecar (``.NAME.parquet.sha256``, the format of
+``sha256sum``); :func:`read_table` verifies both, so a damaged table is refused, never read back
+as other numbers. One process writes a run directory at a time (:meth:`RunDirectory.lock`).
 
 Example:
     >>> import tempfile
@@ -23,23 +27,30 @@ Example:
 
 from __future__ import annotations
 
-import io
+import contextlib
+import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import filelock
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import FaultError
 
-__all__ = ["MANIFEST", "VERSION", "Kind", "RunDirectory", "atomic_write", "write_table"]
+__all__ = ["LOCK", "MANIFEST", "VERSION", "Kind", "RunDirectory", "atomic_write", "checksum_path", "read_table", "write_table"]
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 VERSION = 1
 CHOOSE = "choose another --out directory or delete it"
 
@@ -71,7 +82,8 @@ _PARTS = {"model": ("a different model", "parameters/buffers hash", "two models"
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name in the same directory, fsync it, rename it.
+    """Write ``data`` to ``path`` under a temporary name in the same directory, fsync it, rename it,
+    fsync the directory.
 
     The temporary name holds the pid and a random token, so concurrent writers of one path never
     share a temporary file; readers see the old file or a new one, never a partial one.
@@ -84,16 +96,71 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        fsync_directory(path.parent)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, read-only: say which file (errno kept, so PermissionError stays one)
+            raise OSError(e.errno, f"{e.strerror or e}: cannot write {path}") from e
         raise
 
 
-def write_table(path: str | Path, columns: dict[str, Any]) -> None:
-    """Write ``columns`` (name -> values) as a Parquet table at ``path``, atomically."""
-    buf = io.BytesIO()
-    pq.write_table(pa.table(columns), buf)
-    atomic_write(path, buf.getvalue())
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    if os.name == "nt":  # pragma: no cover - Windows cannot open a directory; its renames are durable
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The SHA-256 sidecar of the table at ``path``: ``.NAME.sha256`` beside it (hidden, so
+    ``pd.read_parquet(folder)`` and ``*.parquet`` globs skip it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
+def write_table(path: str | Path, columns: dict[str, Any] | pa.Table) -> None:
+    """Write ``columns`` (name -> values, or a table) as a Parquet table at ``path``, atomically,
+    with page checksums and its SHA-256 sidecar (written first: a table without a matching sidecar
+    is incomplete)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(columns if isinstance(columns, pa.Table) else pa.table(columns), sink, write_page_checksum=True)
+    data = sink.getvalue().to_pybytes()
+    path = Path(path)
+    atomic_write(checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    atomic_write(path, data)
+
+
+def read_table(path: str | Path, *, checksum: bool = True) -> pa.Table:
+    """The table at ``path``, verified against its SHA-256 sidecar (``checksum=False``: only if it
+    has one, for tables of older resil versions) and its page checksums.
+
+    Raises:
+        FaultError: naming the file, if it is missing, has no sidecar, or does not match it or
+            its page checksums, or is not a Parquet table.
+    """
+    path = Path(path)
+    try:
+        with pa.OSFile(str(path), "rb") as f:
+            data = f.read_buffer()  # Arrow's memory: a buffer of Python's, released by Arrow threads at exit, can abort
+    except FileNotFoundError:
+        raise FaultError(f"{path} is missing") from None
+    side = checksum_path(path)
+    if side.exists():
+        expected = side.read_text(encoding="utf-8", errors="replace").split(" ", 1)[0].strip()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise FaultError(f"{path} is damaged: its SHA-256 differs from the one stored in {side.name} when it was written "
+                             f"({data.size} bytes now)")
+    elif checksum:
+        raise FaultError(f"{path} has no checksum file {side.name}: it was not completely written")
+    try:
+        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise FaultError(f"{path} is damaged: not a readable Parquet table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 class RunDirectory:
@@ -160,6 +227,40 @@ class RunDirectory:
         self.root.mkdir(parents=True, exist_ok=True)
         self.write_manifest({**manifest, "version": VERSION, "kind": self.kind})
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this directory's writer lock (``DIR/.lock``, creating the directory): one process
+        writes a run directory at a time. The lock file names its holder (pid, host, time); the
+        lock is the operating system's (``filelock``), so it dies with its process, and a holder
+        left in the file by a process that did not release it (killed) is taken over with a warning.
+
+        Raises:
+            FaultError: naming the holder, if another process holds the lock.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        lock = filelock.FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise FaultError(f"{self.root} is being written by {_holder(path)} (lock file {path}): one writer per run "
+                             "directory; wait for it to finish or stop it") from None
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror or e}: cannot create the lock file {path}") from e
+        try:
+            left = _holder(path, empty="")
+            if left:
+                warnings.warn(f"{self.root}: taking over the lock of {left}, which is no longer running (it was killed "
+                              "or crashed); its stored parts are verified before use", stacklevel=3)
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(json.dumps(me))
+            yield
+        finally:
+            with contextlib.suppress(OSError), open(path, "w", encoding="utf-8"):
+                pass  # released cleanly: no holder left in the file
+            lock.release()
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the stored manifest, atomically."""
         atomic_write(self.path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
@@ -182,3 +283,14 @@ class RunDirectory:
         if kind not in _KINDS:
             raise FaultError(f"{self.path} has an unknown kind {kind!r} (known: {list(_KINDS)}); the directory may be damaged")
         return _KINDS[kind]
+
+
+def _holder(path: Path, empty: str = "another process") -> str:
+    """Who the lock file at ``path`` names: ``pid 12 on host h since 2026-01-01 10:00:00 UTC``."""
+    try:
+        h = json.loads(path.read_text(encoding="utf-8"))
+        return f"pid {h['pid']} on host {h['host']} since {h['since']}"
+    except FileNotFoundError:
+        return empty
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return empty if not path.read_bytes().strip() else "another process (unreadable lock file)"

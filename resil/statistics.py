@@ -5,6 +5,11 @@ Pure numpy functions (no torch):
 - :func:`leveugle_sample_size`, :func:`stratified_sample_sizes`: how many faults to inject for a
   margin and confidence (statistical fault injection, Leveugle et al., DATE 2009).
 - :func:`wilson_interval`, :func:`wilson_margin`: binomial intervals for critical-fault rates.
+- :func:`scenario_estimate`: the mean of per-scenario fractions (accuracy, failure share) with
+  resil's one interval rule (Wilson for all-or-nothing scenarios, else a t interval over
+  scenarios that keeps what n scenarios cannot rule out; a betting confidence sequence when the
+  campaign stopped on its data); :func:`difference_estimate` and :func:`scenarios_to_resolve`
+  compare two campaigns with it.
 - :func:`combine_strata`: a stratified (layer-wise, layer x bit) estimate of a vulnerability factor.
 - :func:`defensive_mixture`, :func:`importance_weights`, :func:`importance_estimate`: unbiased
   failure rates from faults drawn by sensitivity (ISimDL-style importance sampling).
@@ -35,16 +40,24 @@ from .errors import FaultError
 
 __all__ = [
     "Estimate",
+    "INTERVALS",
     "bit_planes",
     "combine_strata",
+    "confidence_sequence",
     "data_aware_masked",
     "data_aware_population",
     "defensive_mixture",
+    "difference_estimate",
     "importance_estimate",
     "importance_weights",
     "leveugle_sample_size",
     "normal_quantile",
+    "scenario_estimate",
+    "scenarios_to_resolve",
+    "sequence_interval",
     "stratified_sample_sizes",
+    "t_interval",
+    "unseen_share",
     "wilson_interval",
     "wilson_margin",
 ]
@@ -64,6 +77,7 @@ class Estimate:
         n: number of samples (simulated faults) behind it.
         ess: effective sample size, Kish's (sum w)^2 / sum(w^2) of the per-sample weights
             (equals ``n`` for equally weighted samples).
+        method: which interval it is (a key of :data:`INTERVALS`, e.g. ``"t"``, ``"wilson"``).
 
     Example:
         >>> e = Estimate(value=0.1, low=0.05, high=0.15, n=400, ess=400.0)
@@ -76,6 +90,7 @@ class Estimate:
     high: float
     n: int
     ess: float
+    method: str = ""
 
     @property
     def margin(self) -> float:
@@ -299,6 +314,327 @@ def wilson_margin(successes: ArrayLike, trials: ArrayLike, confidence: float = 0
     return (high - low) / 2
 
 
+# --------------------------------------------------------------------------- means of per-scenario fractions
+
+#: what each interval method of an :class:`Estimate` is, as the reports say it
+INTERVALS = {
+    "wilson": "Wilson score interval over scenarios, each scenario's fraction counted as a pass/fail share",
+    "t": "Student t over scenarios (finite population correction), never narrower than what n scenarios cannot "
+         "rule out: a share 1 - (alpha/2)^(1/n) of unseen scenarios anywhere in [0, 1] (about 3.7/n at 95%)",
+    "betting": "anytime-valid betting confidence sequence over scenarios (Waudby-Smith & Ramdas 2024), valid under "
+               "stopping on the data",
+    "stratified": "stratified normal interval over strata (finite population correction per stratum)",
+    "importance": "CLT interval of the importance-weighted mean",
+}
+
+
+def _t_half(sd: float, n: int, confidence: float, population: float) -> float:
+    """Half-width t_{n-1} sd / sqrt(n) sqrt((N - n) / (N - 1)) of the t interval (inf for n < 2)."""
+    if n < 2:
+        return math.inf
+    from scipy.stats import t as student
+
+    fpc = 1.0 if math.isinf(population) else math.sqrt(max(population - n, 0.0) / max(population - 1, 1.0))
+    return float(student.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n) * fpc
+
+
+def _check_population(population: float, n: int) -> float:
+    if isinstance(population, bool) or not isinstance(population, (int, float, np.integer, np.floating)) or not population >= n:
+        raise FaultError(f"population must be a number >= the number of values ({n}) or inf, got {population!r}")
+    return float(population)
+
+
+def t_interval(values: ArrayLike, confidence: float = 0.95, population: float = math.inf) -> tuple[float, float]:
+    """Student-t interval for the mean of ``values``, with the finite population correction.
+
+    mean +- t_{n-1} s / sqrt(n) sqrt((N - n) / (N - 1)) (s with ddof = 1) for n values drawn
+    without replacement from N (``population``; inf: no correction). It uses the observed
+    spread, so it is narrow when the values agree, and it collapses to a point when they are
+    all equal: alone it assumes the sample shows every kind of value the population holds
+    (see :func:`scenario_estimate` for the rule that does not).
+
+    Example:
+        >>> low, high = t_interval([0.9, 0.8, 0.85, 0.95])
+        >>> print(f"{low:.4f} {high:.4f}")
+        0.7723 0.9777
+    """
+    x = _as_vector("values", values)
+    c = _check_fraction("confidence", confidence)
+    big_n = _check_population(population, x.size)
+    half = _t_half(float(x.std(ddof=1)) if x.size > 1 else 0.0, x.size, c, big_n)
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
+def unseen_share(n: int, confidence: float = 0.95, population: float = math.inf) -> float:
+    """The largest share of a population that n draws miss with probability alpha / 2.
+
+    A kind of scenario holding a share u of the population is missed by n independent draws
+    with probability (1 - u)^n, so u = 1 - (alpha/2)^(1/n) (the Clopper-Pearson upper bound for
+    0 of n; about 3.7 / n at 95 %, the "rule of three"). For draws without replacement from N
+    scenarios, the hypergeometric chance of missing K of them; n = N leaves nothing unseen.
+
+    Example:
+        >>> round(unseen_share(40), 4), round(unseen_share(40, population=100), 4), unseen_share(100, population=100)
+        (0.0881, 0.06, 0.0)
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise FaultError(f"n must be an integer >= 1, got {n!r}")
+    alpha = 1 - _check_fraction("confidence", confidence)
+    big_n = _check_population(population, n)
+    if math.isinf(big_n):
+        return 1 - (alpha / 2) ** (1 / n)
+
+    def log_miss(k: int) -> float:  # log P(none of k marked among N is drawn in n)
+        return (math.lgamma(big_n - k + 1) - math.lgamma(big_n - k - n + 1)
+                - math.lgamma(big_n + 1) + math.lgamma(big_n - n + 1))
+
+    lo, hi = 0, int(big_n) - n  # log_miss(lo) >= log(alpha/2); find the largest such k
+    if log_miss(hi) >= math.log(alpha / 2):
+        return hi / big_n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if log_miss(mid) >= math.log(alpha / 2) else (lo, mid)
+    return lo / big_n
+
+
+def _rule(mean: float, sd: float, n: int, confidence: float, population: float, all_or_nothing: bool) -> tuple[float, float, str]:
+    """The interval of :func:`scenario_estimate` from summary statistics."""
+    if all_or_nothing:
+        low, high = wilson_interval(mean * n, n, confidence)
+        return float(low), float(high), "wilson"
+    half = _t_half(sd, n, confidence, population)
+    u = unseen_share(n, confidence, population)
+    low = min(mean - half, (1 - u) * mean)
+    high = max(mean + half, (1 - u) * mean + u)
+    return max(0.0, low), min(1.0, high), "t"
+
+
+def scenario_estimate(values: ArrayLike, confidence: float = 0.95, population: float = math.inf, *,
+                      single_fault: bool = False, sequential: bool = False) -> Estimate:
+    """The mean of per-scenario fractions in [0, 1] (accuracy, failure share) with resil's one interval rule.
+
+    - ``sequential`` (the campaign stopped on its data): the betting confidence sequence
+      (:func:`confidence_sequence`), valid whenever the campaign stopped;
+    - single-fault scenarios, or fractions that are all 0 or 1 (each scenario all-or-nothing):
+      the Wilson interval over scenarios;
+    - otherwise the Student-t interval over scenarios (:func:`t_interval`, using their observed
+      spread), never narrower than what the n scenarios cannot rule out: the interval of the
+      mean if a share :func:`unseen_share` of scenarios never seen were anywhere in [0, 1], i.e.
+      [(1 - u) m, (1 - u) m + u]. So a sample that shows no spread, e.g. because rare
+      catastrophic scenarios were missed, still gets about 3.7/n of width, while a sample with
+      a small spread gets a narrow interval once n is large.
+
+    The rule was chosen by ``benchmarks/interval_coverage.py`` (coverage of candidates on
+    real campaigns, see README). ``method`` names the interval (:data:`INTERVALS`), ``n`` the
+    scenarios behind it.
+
+    Args:
+        values: per-scenario fractions in [0, 1], in scenario order.
+        confidence: two-sided confidence level in (0, 1).
+        population: scenarios the sample is drawn from without replacement (inf: with replacement).
+        single_fault: the scenarios hold one fault each (outcomes are close to all-or-nothing).
+        sequential: the number of scenarios was decided by looking at the outcomes.
+
+    Example:
+        >>> e = scenario_estimate([0.97] * 40)
+        >>> print(f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}] {e.method} n={e.n}")
+        0.970 [0.885, 0.973] t n=40
+        >>> e = scenario_estimate([0.97, 0.975, 0.965] * 400)
+        >>> print(f"[{e.low:.4f}, {e.high:.4f}] {e.method}")
+        [0.9670, 0.9702] t
+        >>> scenario_estimate([0, 1, 0, 0]).method
+        'wilson'
+    """
+    x = _check_unit("values", values)
+    c = _check_fraction("confidence", confidence)
+    big_n = _check_population(population, x.size)
+    m = float(x.mean())
+    if sequential:
+        low, high = sequence_interval(x, c)
+        return Estimate(m, low, high, x.size, float(x.size), "betting")
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    low, high, method = _rule(m, sd, x.size, c, big_n, single_fault or bool(np.all((x == 0) | (x == 1))))
+    return Estimate(m, low, high, x.size, float(x.size), method)
+
+
+def difference_estimate(a: ArrayLike, b: ArrayLike, confidence: float = 0.95, *, paired: bool = False,
+                        single_fault: bool = False) -> Estimate:
+    """The difference mean(a) - mean(b) of two campaigns' per-scenario fractions, with its interval.
+
+    - ``paired`` (the campaigns share scenario ids, fault locations and inputs, so scenario i
+      of one is scenario i of the other): :func:`scenario_estimate`'s rule on the per-scenario
+      differences, mapped to [0, 1] as (d + 1) / 2;
+    - unpaired: each mean's :func:`scenario_estimate` interval at 1 - alpha/2 (Bonferroni), and
+      the difference interval [low_a - high_b, high_a - low_b].
+
+    ``n`` is the smaller number of scenarios.
+
+    Example:
+        >>> a, b = [0.9, 0.92, 0.91, 0.93] * 50, [0.8, 0.83, 0.79, 0.82] * 50
+        >>> p, u = difference_estimate(a, b, paired=True), difference_estimate(a, b)
+        >>> print(f"{p.value:.3f} paired [{p.low:.3f}, {p.high:.3f}], unpaired [{u.low:.3f}, {u.high:.3f}]")
+        0.105 paired [0.085, 0.121], unpaired [0.081, 0.124]
+    """
+    x, y = _check_unit("a", a), _check_unit("b", b)
+    c = _check_fraction("confidence", confidence)
+    if paired:
+        if x.size != y.size:
+            raise FaultError(f"paired differences need as many scenarios in a as in b, got {x.size} and {y.size}")
+        e = scenario_estimate((x - y + 1) / 2, c)
+        return Estimate(2 * e.value - 1, 2 * e.low - 1, 2 * e.high - 1, x.size, float(x.size), e.method)
+    ea = scenario_estimate(x, 1 - (1 - c) / 2, single_fault=single_fault)
+    eb = scenario_estimate(y, 1 - (1 - c) / 2, single_fault=single_fault)
+    n = min(x.size, y.size)
+    return Estimate(ea.value - eb.value, ea.low - eb.high, ea.high - eb.low, n, float(n), ea.method)
+
+
+def scenarios_to_resolve(a: ArrayLike, b: ArrayLike, difference: float, confidence: float = 0.95, *, paired: bool = False,
+                         single_fault: bool = False, limit: int = 10**7) -> int:
+    """About how many scenarios per campaign :func:`difference_estimate` needs to exclude 0 for a
+    true difference of ``difference`` (the sign does not matter), if the spreads stay as observed.
+
+    The means are moved to differ by ``difference`` around their observed midpoint; the
+    interval is then evaluated for growing n from the observed spread (per-scenario
+    differences when ``paired``) until it excludes 0. Returns ``limit`` when even that is not enough.
+
+    Example:
+        >>> a, b = [0.9, 0.92, 0.91, 0.93] * 10, [0.91, 0.9, 0.92, 0.9] * 10
+        >>> scenarios_to_resolve(a, b, 0.01, paired=True), scenarios_to_resolve(a, b, 0.01)
+        (371, 441)
+    """
+    x, y = _check_unit("a", a), _check_unit("b", b)
+    c = _check_fraction("confidence", confidence)
+    d = abs(float(difference))
+    if not 0 < d <= 1:
+        raise FaultError(f"difference must be in (0, 1] in absolute value, got {difference!r}")
+    if paired:
+        sd = float(np.std(x - y, ddof=1)) / 2 if x.size > 1 else 0.5
+        def resolved(n: int) -> bool:
+            low, high, _ = _rule((d + 1) / 2, sd, n, c, math.inf, False)
+            return low > 0.5
+    else:
+        mid = (float(x.mean()) + float(y.mean())) / 2
+        ma = min(1.0, max(d, mid + d / 2))
+        mb = ma - d
+        sa, sb = (float(np.std(v, ddof=1)) if v.size > 1 else 0.5 for v in (x, y))
+        half = 1 - (1 - c) / 2
+
+        def resolved(n: int) -> bool:
+            low_a = _rule(ma, sa, n, half, math.inf, single_fault)[0]
+            high_b = _rule(mb, sb, n, half, math.inf, single_fault)[1]
+            return low_a > high_b
+    hi = 2
+    while not resolved(hi):
+        if hi >= limit:
+            return limit
+        hi = min(2 * hi, limit)
+    lo = hi // 2
+    while hi - lo > 1:
+        mid_n = (lo + hi) // 2
+        lo, hi = (lo, mid_n) if resolved(mid_n) else (mid_n, hi)
+    return hi
+
+
+def _bets(x: FloatArray, alpha: float) -> FloatArray:
+    """The predictable plug-in bets lambda_t of Waudby-Smith & Ramdas (2024, eq. 27), before truncation."""
+    t = np.arange(1, x.size + 1, dtype=np.float64)
+    mu = (0.5 + np.cumsum(x)) / (t + 1)
+    var = (0.25 + np.cumsum((x - mu) ** 2)) / (t + 1)
+    var_before = np.concatenate([[0.25], var[:-1]])
+    return np.sqrt(2 * math.log(2 / alpha) / (var_before * t * np.log1p(t)))
+
+
+def _max_log_capital(x: FloatArray, lam: FloatArray, m: FloatArray, chunk: int = 2048) -> FloatArray:
+    """Running maximum over t of log K_t(m), the hedged capital (Theorem 3, theta = 1/2, bets
+    truncated at 1/2 of the admissible range), for every candidate mean ``m`` (rows) after each
+    value (columns), computed in blocks of values to bound memory."""
+    mm = m[:, None]
+    up_cap, down_cap = 0.5 / np.maximum(mm, 1e-300), 0.5 / np.maximum(1 - mm, 1e-300)
+    out = np.empty((m.size, x.size))
+    log_up = log_down = np.zeros((m.size, 1))
+    best = np.full((m.size, 1), -np.inf)
+    for start in range(0, x.size, chunk):
+        xs, ls = x[start:start + chunk], lam[start:start + chunk]
+        log_up = log_up[:, -1:] + np.cumsum(np.log1p(np.minimum(ls, up_cap) * (xs - mm)), axis=1)
+        log_down = log_down[:, -1:] + np.cumsum(np.log1p(-np.minimum(ls, down_cap) * (xs - mm)), axis=1)
+        logk = np.logaddexp(log_up, log_down) + math.log(0.5)
+        out[:, start:start + xs.size] = np.maximum(np.maximum.accumulate(logk, axis=1), best)
+        best = out[:, start + xs.size - 1:start + xs.size]
+    return out
+
+
+def confidence_sequence(values: ArrayLike, confidence: float = 0.95) -> tuple[FloatArray, FloatArray]:
+    """Anytime-valid confidence sequence for the mean of values in [0, 1], observed in order.
+
+    The hedged-capital betting confidence sequence of Waudby-Smith & Ramdas ("Estimating means
+    of bounded random variables by betting", JRSS-B 2024, Theorem 3; predictable plug-in bets
+    lambda_t = sqrt(2 log(2/alpha) / (sigma_{t-1}^2 t log(1+t))) truncated at 1/2 of the
+    admissible range; running intersection). With probability ``confidence`` the mean lies in
+    every interval at once, so a campaign may look after each round and stop when the interval
+    is narrow enough without spoiling coverage. It needs no normal approximation, adapts to the
+    observed spread and keeps what n values cannot rule out. Ends are found on a grid of 1/800;
+    the last interval is :func:`sequence_interval` (exact to 1e-9).
+
+    Returns:
+        ``(low, high)``: the ends after each value.
+
+    Example:
+        >>> low, high = confidence_sequence([0.5, 0.6, 0.4] * 100)
+        >>> bool(low[-1] < 0.5 < high[-1]), bool(high[-1] - low[-1] < high[29] - low[29])
+        (True, True)
+    """
+    x = _check_unit("values", values)
+    alpha = 1 - _check_fraction("confidence", confidence)
+    grid = np.unique(np.concatenate([np.linspace(0, 1, 801), [x.mean()]]))
+    kept = _max_log_capital(x, _bets(x, alpha), grid) < math.log(1 / alpha)
+    first = np.argmax(kept, axis=0)
+    last = grid.size - 1 - np.argmax(kept[::-1], axis=0)
+    lows, highs = grid[first], grid[last]
+    lows[-1], highs[-1] = sequence_interval(x, confidence)
+    return lows, highs
+
+
+def sequence_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
+    """The last interval of :func:`confidence_sequence` (the means no time so far rejected), by
+    bisection from the least rejected mean of a coarse grid (the set is an interval).
+
+    Example:
+        >>> low, high = sequence_interval([0.97] * 400)
+        >>> print(f"{low:.4f} {high:.4f}")
+        0.9524 0.9746
+    """
+    x = _check_unit("values", values)
+    alpha = 1 - _check_fraction("confidence", confidence)
+    threshold = math.log(1 / alpha)
+    lam = _bets(x, alpha)
+
+    def worst(m: FloatArray) -> FloatArray:
+        return _max_log_capital(x, lam, m)[:, -1]
+
+    coarse = np.linspace(0, 1, 101)
+    centre = float(coarse[np.argmin(worst(coarse))])
+    if worst(np.array([centre]))[0] >= threshold:  # cannot happen for data in [0, 1]
+        return centre, centre
+    ends = []
+    for bound in (0.0, 1.0):
+        inside, outside = centre, bound
+        if worst(np.array([bound]))[0] < threshold:
+            ends.append(bound)
+            continue
+        while abs(outside - inside) > 1e-9:
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if worst(np.array([mid]))[0] < threshold else (inside, mid)
+        ends.append(inside)
+    return ends[0], ends[1]
+
+
+def _check_unit(name: str, values: ArrayLike) -> FloatArray:
+    x = _as_vector(name, values)
+    if np.any(x < 0) or np.any(x > 1):
+        raise FaultError(f"{name} must lie in [0, 1]")
+    return x
+
+
 # --------------------------------------------------------------------------- stratified SFI
 
 
@@ -363,6 +699,7 @@ def combine_strata(
         high=min(1.0, value + half),
         n=int(round(n.sum())),
         ess=ess,
+        method="stratified",
     )
 
 
@@ -494,7 +831,7 @@ def importance_estimate(
     low, high = value - half, value + half
     if clip:
         low, high = min(max(low, 0.0), 1.0), min(max(high, 0.0), 1.0)
-    return Estimate(value=value, low=low, high=high, n=n, ess=ess)
+    return Estimate(value=value, low=low, high=high, n=n, ess=ess, method="importance")
 
 
 # --------------------------------------------------------------------------- data-aware SFI
@@ -586,3 +923,4 @@ def data_aware_population(
     unmasked = ~data_aware_masked(stored_bits, stuck_value)
     counts = np.count_nonzero(unmasked, axis=axis)
     return int(counts) if axis is None else np.asarray(counts)
+

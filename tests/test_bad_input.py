@@ -324,7 +324,7 @@ FLAGS = [
     (["resume", "{f}/a-list"], "holds a JSON list"),
     (["resume", "{f}/harden-run"], "not a campaign"),
     (["resume", "{f}/new-schema"], "schema version 7"),
-    (["resume", "{f}/no-spec"], "holds no campaign spec"),
+    (["resume", "{f}/no-spec"], "no campaign spec"),
     (["resume", "{f}/bad-spec"], "scenarios must be an integer"),
     (["resume", "{f}/odd-kind"], "unknown kind 'weird'"),
     (["resume", "{f}/good", "--workers", "0"], "--workers: must be >= 1"),

@@ -133,7 +133,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     proc.wait()
     done = len(list((out / "parts").glob("shard-*.parquet")))
     assert 3 <= done < 60, "the run was not killed mid-way"
-    resumed = table(rc.resume(out))
+    with pytest.warns(UserWarning, match=f"taking over the lock of pid {proc.pid} on host .*, which is no longer running"):
+        resumed = table(rc.resume(out))
     uninterrupted = table(rc.run(rc.load_spec(spec_file), tmp_path / "whole"))
     assert resumed.equals(uninterrupted)
     assert resumed.scenario.is_unique and len(resumed) == 1500

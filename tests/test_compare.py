@@ -4,6 +4,7 @@ stored records are recounted (and re-simulated) independently, the report, resum
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 import re
@@ -12,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 import resil  # noqa: E402
 import resil.models as rm  # noqa: E402
-from resil.analysis.compare import CompareSettings, best_per_group, compare, layer_order  # noqa: E402
+from resil.analysis.compare import CompareSettings, compare, layer_order  # noqa: E402
+from resil.campaign.metrics import verdicts  # noqa: E402
 from resil.cli import main  # noqa: E402
 from resil.errors import FaultError  # noqa: E402
 
@@ -36,34 +39,71 @@ def wilson(k: float, n: int, z: float = 1.959963984540054) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-# --------------------------------------------------------------------------- best model per group
+def rule_by_hand(x: np.ndarray, confidence: float = 0.95, single: bool = False) -> tuple[float, float]:
+    """resil's interval rule from its definition: Wilson for all-or-nothing scenarios, else the t
+    interval (scipy) widened to [(1 - u) m, (1 - u) m + u], u the Clopper-Pearson bound for 0 of n."""
+    n, m = len(x), float(np.mean(x))
+    if single or np.isin(x, [0, 1]).all():
+        return wilson(m * n, n, stats.norm.ppf(0.5 + confidence / 2))
+    u = stats.beta.ppf(1 - (1 - confidence) / 2, 1, n)
+    low, high = stats.t.interval(confidence, n - 1, loc=m, scale=stats.sem(x)) if np.ptp(x) > 0 else (m, m)
+    return max(0.0, min(low, (1 - u) * m)), min(1.0, max(high, (1 - u) * m + u))
 
 
-def test_best_per_rate_on_a_hand_made_table_with_a_tie() -> None:
-    rows = [  # rate, model, accuracy, low, high
-        (1e-5, "dense", 0.97, 0.93, 0.99), (1e-5, "int8", 0.96, 0.92, 0.99), (1e-5, "snn", 0.95, 0.91, 0.98),  # all overlap
-        (1e-3, "dense", 0.10, 0.05, 0.20), (1e-3, "int8", 0.90, 0.85, 0.94), (1e-3, "snn", 0.60, 0.50, 0.70),  # int8 separated
-        (1e-2, "dense", 0.00, 0.00, 0.05), (1e-2, "int8", 0.40, 0.30, 0.50), (1e-2, "snn", 0.35, 0.25, 0.45),  # int8 ~ snn
-    ]
-    t = pd.DataFrame(rows, columns=["rate", "model", "accuracy", "accuracy_low", "accuracy_high"])
-    b = best_per_group(t, "rate", "accuracy").set_index("rate")
-    assert b.loc[1e-5, "best"] == "dense" and b.loc[1e-5, "runner_up"] == "int8"
-    assert not b.loc[1e-5, "separated"] and b.loc[1e-5, "verdict"] == "tie: dense, int8, snn"
-    assert b.loc[1e-3, "best"] == "int8" and b.loc[1e-3, "runner_up"] == "snn"
-    assert b.loc[1e-3, "separated"] and b.loc[1e-3, "verdict"] == "int8" and b.loc[1e-3, "tied"] == ("int8",)
-    assert b.loc[1e-2, "best"] == "int8" and b.loc[1e-2, "verdict"] == "tie: int8, snn"  # dense's interval ends at 5% < 30%
-    assert list(b.index) == [1e-5, 1e-3, 1e-2]
+def campaign(accuracy: list[float], rate: float = 1e-4, seed: int = 0, space: int = 100) -> tuple[dict, pd.DataFrame]:
+    """A BER campaign's manifest and per-scenario rows with the given accuracies (100 inputs each)."""
+    manifest = {"spec": {"seed": seed, "sampler": {"kind": "ber"}, "faults": {}, "sites": {}}, "space": space,
+                "fingerprint": {"inputs": "x"}}
+    correct = np.round(np.array(accuracy) * 100).astype(int)
+    return manifest, pd.DataFrame({"scenario": np.arange(len(correct)), "rate": rate, "inputs": 100, "correct": correct,
+                                   "critical": 100 - correct, "non_finite": 0, "n_faults": 5})
 
 
-def test_best_per_group_lower_is_better_equal_values_and_one_model() -> None:
-    t = pd.DataFrame({"layer": ["fc1", "fc1", "fc1", "fc2"], "model": ["a", "b", "c", "a"], "pvf": [0.02, 0.001, 0.001, 0.3],
-                      "low": [0.015, 0.0, 0.0, 0.2], "high": [0.027, 0.004, 0.004, 0.4]})
-    b = best_per_group(t, "layer", "pvf", higher_is_better=False).set_index("layer")
-    assert b.loc["fc1", "best"] == "b" and b.loc["fc1", "runner_up"] == "c"  # equal values: the first row wins, as a tie
-    assert b.loc["fc1", "verdict"] == "tie: b, c" and not b.loc["fc1", "separated"]
-    assert pd.isna(b.loc["fc2", "runner_up"]) and not b.loc["fc2", "separated"] and b.loc["fc2", "verdict"] == "a (only model)"
-    with pytest.raises(FaultError, match="lacks"):
-        best_per_group(t, "rate", "pvf")
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_separated_verdict_uses_the_unpaired_difference_interval_by_hand() -> None:
+    a, b = [0.9, 0.92, 0.91] * 20, [0.5, 0.55, 0.6] * 20
+    v = verdicts({"dense": campaign(a, space=10), "int8": campaign(b, space=20)}).iloc[0]
+    la, ha = rule_by_hand(np.array(a), 0.975)
+    lb, hb = rule_by_hand(np.array(b), 0.975)
+    assert (v.best, v.runner_up, v.separated, v.paired) == ("dense", "int8", True, False)
+    assert (v.difference_low, v.difference_high) == pytest.approx((la - hb, ha - lb))
+    assert v.verdict == "dense more robust than int8 (95%)"
+
+
+def test_campaigns_sharing_scenarios_are_paired() -> None:
+    rng = np.random.default_rng(0)
+    a = np.clip(rng.normal(0.9, 0.05, 200), 0, 1).round(2)
+    b = np.clip(a - 0.02 + rng.normal(0, 0.005, 200), 0, 1).round(2)
+    v = verdicts({"pruned": campaign(list(b)), "dense": campaign(list(a))}).iloc[0]
+    low, high = rule_by_hand((a - b + 1) / 2)
+    assert v.paired and v.best == "dense"
+    assert (v.difference_low, v.difference_high) == pytest.approx((2 * low - 1, 2 * high - 1))
+    unpaired = verdicts({"pruned": campaign(list(b), seed=1), "dense": campaign(list(a))}).iloc[0]
+    assert not unpaired.paired and unpaired.difference_high - unpaired.difference_low > v.difference_high - v.difference_low
+
+
+def test_no_difference_verdict_names_the_scenarios_that_would_resolve_it() -> None:
+    a, b, c = [0.95, 0.96] * 20, [0.93, 0.94] * 20, [0.2, 0.3] * 20
+    v = verdicts({"a": campaign(a), "b": campaign(b, seed=3), "c": campaign(c, seed=4)}).iloc[0]
+    assert not v.separated and v.tied == ("a", "b") and v.needed > 40
+    assert v.verdict == (f"no difference detected between a, b; about {v.needed} scenarios per rate would resolve a difference "
+                         "of 2.0 points; a, b more robust than c (95%)")
+    k = v.needed // 2 + 1  # with that many scenarios of the same spread the difference is resolved
+    more = verdicts({"a": campaign([0.95, 0.96] * k), "b": campaign([0.93, 0.94] * k, seed=3)}).iloc[0]
+    assert more.separated and more.verdict == "a more robust than b (95%)"
+
+
+def test_lower_is_better_and_a_group_only_one_model_has() -> None:
+    ma, ta = campaign([0.9] * 30, rate=1e-4)
+    mb, tb = campaign([0.5] * 30, rate=1e-4)
+    ta = pd.concat([ta, campaign([0.8] * 30, rate=1e-3)[1].assign(scenario=range(30, 60))], ignore_index=True)
+    v = verdicts({"a": (ma, ta), "b": (mb, tb)}, "rate", "failure", higher_is_better=False).set_index("rate")
+    assert v.loc[1e-4, "best"] == "a" and v.loc[1e-4, "verdict"] == "a more robust than b (95%)"
+    assert v.loc[1e-3, "verdict"] == "a (only model)" and pd.isna(v.loc[1e-3, "runner_up"])
+    with pytest.raises(FaultError, match="metric"):
+        verdicts({"a": (ma, ta)}, "rate", "pvf")
 
 
 def test_layer_order_keeps_every_model_order() -> None:
@@ -185,7 +225,7 @@ def test_ber_curves_and_clean_accuracy_recount(tiny) -> None:
             share = (r.correct / r.inputs).to_numpy()
             assert len(share) == TINY.scenarios
             assert mine.loc[rate, "accuracy"] == pytest.approx(share.mean(), abs=1e-12)
-            assert (mine.loc[rate, "accuracy_low"], mine.loc[rate, "accuracy_high"]) == pytest.approx(wilson(share.sum(), len(share)), abs=1e-9)
+            assert (mine.loc[rate, "accuracy_low"], mine.loc[rate, "accuracy_high"]) == pytest.approx(rule_by_hand(share), abs=1e-9)
         net, d = rm.load(m), rm.dataset(m)
         with torch.no_grad():
             clean = (net(d.x_test[: TINY.inputs]).argmax(1) == d.y_test[: TINY.inputs]).float().mean().item()
@@ -204,6 +244,10 @@ def test_report_embeds_every_figure(tiny) -> None:
     assert not re.search(r"(src|href)=\"(https?:|//)|<script|<link", page)  # self-contained
     for text in ["Most robust model per bit error rate", "Parameter vulnerability factor (PVF) per layer", *MODELS]:
         assert text in page
+    conclusion = page[page.index("<h2>Conclusion</h2>"):page.index("<h2>Settings</h2>")]  # the verdicts come first
+    assert page.index("<h2>Conclusion</h2>") < page.index("<h2>Settings</h2>") < page.index("<figure>")
+    for r in tiny.best.itertuples():
+        assert html.escape(r.verdict) in conclusion
 
 
 def test_rerun_skips_finished_work_and_other_settings_are_refused(tiny) -> None:

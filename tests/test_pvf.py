@@ -58,8 +58,10 @@ def test_estimate_interval_is_the_wilson_score_interval(d, n):
     p = d / n
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    e = PVFEstimate.of(d, n, 10_000, 0.95)
-    assert e.pvf == pytest.approx(p)
+    whole = int(d)
+    outcomes = np.array([1.0] * whole + ([d - whole] if d > whole else []) + [0.0] * (n - whole - (d > whole)))
+    e = PVFEstimate.of(outcomes, 10_000, 0.95)  # single-fault trials: Wilson
+    assert e.pvf == pytest.approx(p) and e.method == "wilson" and e.trials == n
     assert e.low == pytest.approx(0.0 if d == 0 else center - half, abs=1e-12)
     assert e.high == pytest.approx(1.0 if d == n else center + half, abs=1e-12)
     if d == 0:  # the published closed form at zero failures: z^2 / (n + z^2)

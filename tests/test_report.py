@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -10,11 +9,13 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from scipy import stats
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 pytest.importorskip("matplotlib")
 
+from resil.campaign.store import Store  # noqa: E402
 from resil.errors import FaultError  # noqa: E402
 from resil.report import (  # noqa: E402
     Campaign, by_group, load_campaign, plot_bit_heatmap, plot_bits, plot_layers, plot_rate, rank_campaigns, summary, write_report,
@@ -61,16 +62,18 @@ def outcome(rng: np.random.Generator, p: float, **columns: object) -> dict:
 
 
 def write_campaign(root: Path, name: str, rows: list[dict], sampler: str = "uniform") -> Path:
-    """A campaign directory whose two parts hold the scenarios out of order (odd ids first)."""
+    """A campaign directory (written by resil's store) whose two parts are written last shard first,
+    each holding its scenarios in reverse order."""
     rows = [{"scenario": i, **r} for i, r in enumerate(rows)]
-    root.mkdir(parents=True)
     manifest = {"version": 1, "name": name, "model": name.split("-")[0] + "-cnn", "spec": {}, "spec_hash": "abc123",
                 "golden_accuracy": 0.9, "inputs": INPUTS, "scenarios": len(rows), "shard_size": len(rows) // 2 + 1, "sampler": sampler}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    (root / "parts").mkdir()
+    store = Store(root)
+    store.create(manifest)
     frame = pd.DataFrame(rows).astype({"scenario": "int64", "bit": "int64", "n_faults": "int64", "rate": "float64"})
-    frame.iloc[1::2][::-1].to_parquet(root / "parts" / "shard-000000.parquet")
-    frame.iloc[0::2].to_parquet(root / "parts" / "shard-000001.parquet")
+    frame = frame.assign(fault_sites=[[s] for s in frame.site], fault_indices=[[0]] * len(frame), fault_masks=[[1]] * len(frame), fault_inputs=[[-1]] * len(frame))
+    for shard in (1, 0):
+        part = frame.iloc[shard * manifest["shard_size"]:(shard + 1) * manifest["shard_size"]][::-1]
+        store.write(shard, {c: part[c].tolist() for c in part.columns})
     return root
 
 
@@ -106,23 +109,36 @@ def test_by_group_matches_hand_computed_proportions(dirs: dict[str, Path], by: s
     c = load_campaign(dirs[name])
     rows = rows_ber(2) if by == "rate" else rows_per_bit(0, 1.0)
     keys = [by] if isinstance(by, str) else by
-    sums: dict[tuple, list[int]] = {}
+    sums: dict[tuple, list] = {}
     for r in rows:
-        s = sums.setdefault(tuple(r[k] for k in keys), [0, 0, 0, 0])
+        s = sums.setdefault(tuple(r[k] for k in keys), [0, 0, 0, 0, [], [], True])
         s[0] += 1
         s[1] += r["inputs"]
         s[2] += r["critical"] + r["non_finite"]
         s[3] += r["correct"]
+        s[4].append((r["critical"] + r["non_finite"]) / r["inputs"])
+        s[5].append(r["correct"] / r["inputs"])
+        s[6] &= r["n_faults"] == 1
     g = by_group(c, by)
     assert len(g) == len(sums)
     for row in g.itertuples():
-        scenarios, n, failures, correct = sums[tuple(getattr(row, k) for k in keys)]
+        scenarios, n, failures, correct, fail_fractions, accuracies, single = sums[tuple(getattr(row, k) for k in keys)]
         assert (row.scenarios, row.inputs, row.failures, row.correct) == (scenarios, n, failures, correct)
         assert row.failure == pytest.approx(failures / n) and row.accuracy == pytest.approx(correct / n)
         assert row.failure_low <= row.failure <= row.failure_high and row.accuracy_low <= row.accuracy <= row.accuracy_high
-        # intervals count scenarios (each with the same number of inputs): successes = mean fraction x scenarios
-        assert (row.failure_low, row.failure_high) == pytest.approx(wilson(failures / n * scenarios, scenarios), abs=1e-4)
-        assert (row.accuracy_low, row.accuracy_high) == pytest.approx(wilson(correct / n * scenarios, scenarios), abs=1e-4)
+        # intervals count scenarios: Wilson over scenarios for single faults (successes = mean fraction x scenarios),
+        # else t over scenarios widened to what their number cannot rule out
+        for value, fractions, low, high, method in ((row.failure, fail_fractions, row.failure_low, row.failure_high, row.failure_method),
+                                                    (row.accuracy, accuracies, row.accuracy_low, row.accuracy_high, row.accuracy_method)):
+            x = np.array(fractions)
+            if single or np.isin(x, [0, 1]).all():
+                assert method == "wilson" and (low, high) == pytest.approx(wilson(value * scenarios, scenarios), abs=1e-4)
+            else:
+                assert method == "t"
+                u = stats.beta.ppf(0.975, 1, scenarios)
+                t_low, t_high = stats.t.interval(0.95, scenarios - 1, loc=x.mean(), scale=stats.sem(x))
+                expected = max(0, min(t_low, (1 - u) * x.mean())), min(1, max(t_high, (1 - u) * x.mean() + u))
+                assert (low, high) == pytest.approx(expected, abs=1e-9)
 
 
 def test_by_group_orders_groups(dirs: dict[str, Path]) -> None:
@@ -192,8 +208,10 @@ def test_write_report(dirs: dict[str, Path], tmp_path: Path) -> None:
     for name in ("dense-cnn", "pruned-cnn", "dense-ber", "Which variant is most robust"):
         assert name in page
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
-    ranking = page[page.index("Which variant is most robust"):page.index("<h2>Figures</h2>")]
+    assert page.index("Which variant is most robust") < page.index("<h2>Summary</h2>")  # the conclusion first
+    ranking = page[page.index("Which variant is most robust"):page.index("<h2>Summary</h2>")]
     assert "pruned-cnn" in ranking and "dense-ber" not in ranking  # ranked only against the same sampler
+    assert re.search(r"(dense|pruned)-cnn more robust than (dense|pruned)-cnn \(95%\)|no difference detected between", ranking)
     outside_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "http" not in outside_images and "<script" not in outside_images and "<link" not in outside_images
 

@@ -3,6 +3,7 @@
 The oracles are the files themselves, read back with json and pyarrow.
 """
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -26,8 +27,18 @@ H = spec_hash("ftt", SPEC)
 
 def campaign(spec_hash: str = "c1", **fingerprint: str) -> dict:
     """A campaign manifest as the runner writes one (the fields the store cares about, and some)."""
-    m = {"version": 1, "name": "t", "model": "dense-cnn", "spec": {}, "spec_hash": spec_hash, "scenarios": 4}
+    m = {"version": 1, "name": "t", "model": "dense-cnn", "spec": {}, "spec_hash": spec_hash, "scenarios": 4,
+         "shard_size": 4}
     return {**m, "fingerprint": fingerprint} if fingerprint else m
+
+
+def rows(ids: list[int], masked: int = 3) -> dict:
+    """A part's columns (every column of the store's schema) for scenarios ``ids``, no faults."""
+    n = len(ids)
+    text, none, zero = [""] * n, [[] for _ in ids], [0] * n
+    return {"scenario": ids, "stratum": text, "site": text, "layer": text, "kind": text, "bit": [-1] * n, "n_faults": zero,
+            "rate": [0.0] * n, "weight": [1.0] * n, "fault_sites": none, "fault_indices": none, "fault_masks": none, "fault_inputs": none,
+            "inputs": [masked] * n, "masked": [masked] * n, "tolerable": zero, "critical": zero, "non_finite": zero, "correct": zero}
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -55,17 +66,20 @@ def harden_dir(tmp_path: Path) -> Path:
 def campaign_dir(tmp_path: Path) -> Path:
     d = tmp_path / "c"
     Store(d).create(campaign())
-    Store(d).write(0, {"scenario": [1, 0], "masked": [3, 4]})
+    Store(d).write(0, rows([1, 0, 3, 2]))
     return d
 
 
 def test_created_directories_hold_versioned_manifests_and_tables(campaign_dir: Path, harden_dir: Path) -> None:
-    assert stored(campaign_dir) == {**campaign(), "kind": "campaign"}
+    assert stored(campaign_dir) == {**campaign(), "kind": "campaign", "parts_schema": 2}
     assert stored(harden_dir) == {"version": 1, "kind": "harden", "command": "ftt", "spec": SPEC, "spec_hash": H, "status": "running"}
-    assert pq.read_table(campaign_dir / "parts" / "shard-000000.parquet").to_pydict() == {"scenario": [1, 0], "masked": [3, 4]}
-    assert Store(campaign_dir).table().to_pydict()["scenario"] == [0, 1]
+    assert pq.read_table(campaign_dir / "parts" / "shard-000000.parquet").to_pydict() == rows([1, 0, 3, 2])
+    assert Store(campaign_dir).table().to_pydict()["scenario"] == [0, 1, 2, 3]
     assert pq.read_table(harden_dir / "results.parquet").to_pydict() == {"arm": ["normal", "ftt"]}
-    assert sorted(p.name for p in harden_dir.iterdir()) == ["manifest.json", "results.parquet"]  # no temporary files
+    # no temporary files; each table has its SHA-256 in a hidden sidecar
+    assert sorted(p.name for p in harden_dir.iterdir()) == [".results.parquet.sha256", "manifest.json", "results.parquet"]
+    digest = hashlib.sha256((harden_dir / "results.parquet").read_bytes()).hexdigest()
+    assert (harden_dir / ".results.parquet.sha256").read_text() == f"{digest}  results.parquet\n"
 
 
 def test_a_harden_run_is_refused_as_a_campaign(harden_dir: Path) -> None:
@@ -130,7 +144,7 @@ def test_another_fingerprint_is_refused_naming_what_differs(tmp_path: Path, now:
 def test_the_same_run_resumes(tmp_path: Path) -> None:
     c, h = tmp_path / "c", tmp_path / "h"
     Store(c).create(campaign(model="m1", inputs="i1"))
-    Store(c).write(0, {"scenario": [0]})
+    Store(c).write(0, rows([0, 1, 2, 3]))
     before = snapshot(c)
     Store(c).create(campaign(model="m1", inputs="i1"))
     Store(c).create(campaign())  # a caller that computes no fingerprint cannot compare one
@@ -204,7 +218,7 @@ def test_atomic_write_fsyncs_and_leaves_no_temporary_file(tmp_path: Path, monkey
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
     atomic_write(tmp_path / "a.bin", b"one")
     atomic_write(tmp_path / "a.bin", b"two")
-    assert (tmp_path / "a.bin").read_bytes() == b"two" and os.listdir(tmp_path) == ["a.bin"] and len(synced) == 2
+    assert (tmp_path / "a.bin").read_bytes() == b"two" and os.listdir(tmp_path) == ["a.bin"] and len(synced) == 4  # file, directory
     with pytest.raises(TypeError):
         atomic_write(tmp_path / "a.bin", "not bytes")  # type: ignore[arg-type]
     assert (tmp_path / "a.bin").read_bytes() == b"two" and os.listdir(tmp_path) == ["a.bin"]

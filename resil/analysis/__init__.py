@@ -5,13 +5,13 @@ robustness comparison across compression variants.
 ``from resil.analysis.compare import ...``).
 """
 
-from .compare import CompareSettings, Comparison, best_per_group, compare
+from .compare import CompareSettings, Comparison, compare
 from .pvf import Deviation, PVFEstimate, PVFResult, Top1, parameter_groups, pvf, trials_needed
 from .vf_reference import FIResult, fault_injection_vf
 from .vulnerability import LayerFaults, LayerVF, ModelVF, Sampling, VulnerabilityAnalysis, flip_errors
 
 __all__ = [
     "CompareSettings", "Comparison", "Deviation", "FIResult", "LayerFaults", "LayerVF", "ModelVF", "PVFEstimate", "PVFResult",
-    "Sampling", "Top1", "VulnerabilityAnalysis", "best_per_group", "compare", "fault_injection_vf", "flip_errors",
+    "Sampling", "Top1", "VulnerabilityAnalysis", "compare", "fault_injection_vf", "flip_errors",
     "parameter_groups", "pvf", "trials_needed",
 ]

@@ -6,12 +6,15 @@ pruned 50 / 80 %, channel-pruned, int8, int4, spiking), with identical settings:
 (a) the **PVF per layer** (:func:`resil.analysis.pvf`): ``trials`` single bit flips of the stored
     weight encoding per layer (float32 bits of float models, integer code bits of int8 / int4),
     each judged over every evaluation input (top-1 differs from the golden top-1, or non-finite),
-    with 95 % Wilson intervals; layers are aligned by name (``conv1``, ``conv2``, ``fc1``, ``fc2``);
+    with 95 % Wilson intervals over trials; layers are aligned by name (``conv1``, ``conv2``, ``fc1``, ``fc2``);
 (b) **accuracy against the bit error rate**: a BER campaign (:mod:`resil.campaign`, the same
     sampler spec for every model: every stored weight bit flips with probability p, ``scenarios``
-    scenarios per rate) with Wilson intervals over scenarios (:func:`resil.report.by_group`);
-(c) **the most robust variant per rate** (:func:`best_per_group`): the model with the highest
-    accuracy under faults at each rate, and whether its interval separates from the runner-up's.
+    scenarios per rate) with intervals over scenarios (:func:`resil.statistics.scenario_estimate`);
+(c) **the most robust variant per rate and per layer** (:func:`resil.campaign.metrics.verdicts`,
+    the rule ``resil report`` uses too): the best model is compared with every other one by the
+    95 % interval of their difference (paired when the campaigns share fault locations and
+    inputs); the verdict says "A more robust than B (95%)" or "no difference detected; about N
+    scenarios per rate would resolve a difference of d".
 
 The models are bundled names, factory specs, or your own objects: ``compare({"dense": m1, "int8":
 m2}, out, data=(x, y))`` (any data :func:`resil.campaign.run` takes; default: each bundled
@@ -23,11 +26,8 @@ and a directory holding other results (other settings, another model or other da
 before any work. The report goes to ``out/report`` (``index.html``, self-contained, and its PNGs).
 
 Example:
-    >>> import pandas as pd
-    >>> t = pd.DataFrame({"rate": [1e-4] * 3, "model": ["a", "b", "c"], "accuracy": [0.9, 0.8, 0.5],
-    ...                   "accuracy_low": [0.85, 0.7, 0.4], "accuracy_high": [0.95, 0.88, 0.6]})
-    >>> best_per_group(t, "rate", "accuracy")[["best", "runner_up", "separated", "verdict"]].values.tolist()
-    [['a', 'b', False, 'tie: a, b']]
+    >>> c = compare(["dense-cnn", "int8"], "runs/compare", quick=True)  # doctest: +SKIP
+    >>> c.best[["rate", "verdict"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from torch import nn
 
 from ..errors import FaultError
 
-__all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "best_per_group", "compare", "layer_order"]
+__all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "compare", "layer_order"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ class CompareSettings:
     """
 
     rates: tuple[float, ...] = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    scenarios: int = 40
-    trials: int = 2000
+    scenarios: int = 100
+    trials: int = 1000
     inputs: int = 0
     seed: int = 0
     kinds: tuple[str, ...] = ("weight",)
@@ -87,11 +87,13 @@ class Comparison:
         models: the models compared, in the given order.
         settings: what every model got.
         clean: fault-free accuracy per model on the evaluation inputs.
-        layers: PVF per model and layer: ``model``, ``layer``, ``pvf``, ``low``, ``high``,
+        layers: PVF per model and layer: ``model``, ``layer``, ``pvf``, ``low``, ``high``, ``method``,
             ``trials``, ``incorrect`` (D), ``population`` (single-bit locations), ``exhaustive``.
-        rates: per model and rate: ``model``, ``rate``, ``scenarios``, ``accuracy``, ``failure``
-            and their ``_low`` / ``_high`` Wilson bounds.
-        best: :func:`best_per_group` of ``rates`` by accuracy (one row per rate).
+        rates: per model and rate: ``model``, ``rate``, ``scenarios``, ``accuracy``, ``failure``,
+            their ``_low`` / ``_high`` bounds and ``_method`` (the interval, see :data:`resil.statistics.INTERVALS`).
+        best: :func:`resil.campaign.metrics.verdicts` of the BER campaigns by accuracy (one row per rate).
+        failure_best: the same by failure probability (lower is better).
+        layer_best: the same of the PVF studies by layer (lower PVF is better).
         report: the ``index.html`` written, or None.
         seconds: wall time of the call.
     """
@@ -103,78 +105,36 @@ class Comparison:
     layers: pd.DataFrame
     rates: pd.DataFrame
     best: pd.DataFrame
+    failure_best: pd.DataFrame
+    layer_best: pd.DataFrame
     report: Path | None
     seconds: float
 
     def summary(self) -> str:
-        """The most robust model per rate and the PVF per layer, as printed by ``resil compare``."""
+        """The verdict per rate and the PVF per layer, as printed by ``resil compare``."""
         width = max(len(m) for m in self.models)
         s = self.settings
-        lines = [f"\nmost robust model per bit error rate (accuracy under faults, 95% Wilson intervals over {s.scenarios} scenarios):",
+        lines = [f"\nmost robust model per bit error rate (accuracy under faults over {s.scenarios} scenarios per rate; "
+                 "verdicts from the 95% interval of each difference to the best):",
                  f"{'rate':>8s}  {'best':{width}s}  {'accuracy [95% CI]':22s}  verdict",
-                 f"{'no fault':>8s}  {'':{width}s}  " + ", ".join(f"{m} {self.clean[m]:.1%}" for m in self.models)]
+                 f"{'no fault':>8s}  {'':{width}s}  " + ", ".join(f"{m} {_pct(self.clean[m])}" for m in self.models)]
         acc = self.rates.set_index(["rate", "model"])
         for r in self.best.itertuples():
             a = acc.loc[(r.rate, r.best)]
-            ci = f"{a.accuracy:.1%} [{a.accuracy_low:.1%}, {a.accuracy_high:.1%}]"
-            lines.append(f"{r.rate:8.0e}  {r.best:{width}s}  {ci:22s}  {'separated from ' + str(r.runner_up) if r.separated else r.verdict}")
-        lines.append(f"\nPVF per layer ({s.trials} single bit flips per layer; PVF [95% Wilson interval] in %):")
+            ci = f"{_pct(a.accuracy)} [{_pct(a.accuracy_low, False)}, {_pct(a.accuracy_high, False)}]"
+            lines.append(f"{_rate(r.rate):>8s}  {r.best:{width}s}  {ci:22s}  {r.verdict}")
+        lines.append(f"\nPVF per layer ({s.trials} single bit flips per layer; PVF [95% Wilson interval over trials] in %):")
         layers = list(dict.fromkeys(self.layers["layer"]))
         pvf = self.layers.set_index(["model", "layer"])
-        lines.append(f"{'model':{width}s}  " + "  ".join(f"{layer:>18s}" for layer in layers))
+        lines.append(f"{'model':{width}s}  " + "  ".join(f"{layer:>21s}" for layer in layers))
         for m in self.models:
-            cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.2f}, {100 * pvf.loc[(m, layer), 'high']:.2f}]"
+            cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.3f}, {100 * pvf.loc[(m, layer), 'high']:.3f}]"
                      if (m, layer) in pvf.index else "-" for layer in layers]
-            lines.append(f"{m:{width}s}  " + "  ".join(f"{cell:>18s}" for cell in cells))
+            lines.append(f"{m:{width}s}  " + "  ".join(f"{cell:>21s}" for cell in cells))
+        for r in self.layer_best.itertuples():
+            lines.append(f"{r.layer}: {r.verdict}")
         lines.append(f"\nreport: {self.report}\nrun time: {self.seconds:.0f} s")
         return "\n".join(lines)
-
-
-def best_per_group(table: pd.DataFrame, key: str = "rate", value: str = "accuracy", higher_is_better: bool = True,
-                   label: str = "model") -> pd.DataFrame:
-    """The best model per group and whether the data separate it from the runner-up.
-
-    ``table`` has one row per (group, model) with ``value`` and its interval ``<value>_low`` /
-    ``<value>_high`` (or ``low`` / ``high``). Per group, the best model has the highest value
-    (the lowest with ``higher_is_better=False``; equal values: the first row). It is
-    ``separated`` when its interval does not overlap the runner-up's; otherwise the verdict is a
-    tie with every model whose interval overlaps the best one's.
-
-    Returns:
-        One row per group (in order of first appearance): ``key``, ``best``, ``runner_up``
-        (None with one model), ``separated``, ``tied`` (tuple of models, best first),
-        ``verdict`` (``"a"`` or ``"tie: a, b"``).
-
-    Raises:
-        FaultError: when a column is missing.
-
-    Example:
-        >>> t = pd.DataFrame({"layer": ["fc1", "fc1"], "model": ["x", "y"], "pvf": [0.02, 0.001],
-        ...                   "low": [0.015, 0.0], "high": [0.027, 0.004]})
-        >>> best_per_group(t, "layer", "pvf", higher_is_better=False)[["best", "verdict"]].values.tolist()
-        [['y', 'y']]
-    """
-    low, high = (f"{value}_low", f"{value}_high") if f"{value}_low" in table.columns else ("low", "high")
-    missing = [c for c in (key, label, value, low, high) if c not in table.columns]
-    if missing:
-        raise FaultError(f"best_per_group: the table lacks {missing}; it has {list(table.columns)}")
-    rows = []
-    for group, g in table.groupby(key, sort=False):
-        order = g.assign(_pos=np.arange(len(g))).sort_values([value, "_pos"], ascending=[not higher_is_better, True], kind="stable")
-        best = order.iloc[0]
-        runner = order.iloc[1] if len(order) > 1 else None
-        overlaps = (order[high] >= best[low]) & (order[low] <= best[high])
-        tied = tuple(str(m) for m in order.loc[overlaps, label])
-        separated = runner is not None and not (runner[high] >= best[low] and runner[low] <= best[high])
-        if runner is None:
-            verdict = f"{best[label]} (only model)"
-        elif separated:
-            verdict = str(best[label])
-        else:
-            verdict = "tie: " + ", ".join(tied)
-        rows.append({key: group, "best": str(best[label]), "runner_up": None if runner is None else str(runner[label]),
-                     "separated": bool(separated), "tied": tied, "verdict": verdict})
-    return pd.DataFrame(rows, columns=[key, "best", "runner_up", "separated", "tied", "verdict"])
 
 
 def layer_order(per_model: Sequence[Sequence[str]]) -> list[str]:
@@ -242,35 +202,48 @@ def compare(models: Models = None, out: str | os.PathLike[str] = "compare", *, d
             job.run(progress)
     finally:
         torch.set_num_threads(threads)
+    from ..campaign.metrics import verdicts
+    from ..report import load_campaign
+
+    bers = {job.label: load_campaign(job.ber_dir) for job in jobs}  # read once, for tables, verdicts and figures
+    pvfs = {job.label: load_campaign(job.pvf_dir) for job in jobs}
     clean = {job.label: job.clean() for job in jobs}
-    layers = pd.concat([job.layers() for job in jobs], ignore_index=True)
-    rates = pd.concat([job.rates() for job in jobs], ignore_index=True)
-    best = best_per_group(rates, "rate", "accuracy")
-    comparison = Comparison(root, tuple(sources), s, clean, layers, rates, best, None, 0.0)
+    layers = pd.concat([job.layers(pvfs[job.label]) for job in jobs], ignore_index=True)
+    rates = pd.concat([job.rates(bers[job.label]) for job in jobs], ignore_index=True)
+    ber = {label: (c.manifest, c.table) for label, c in bers.items()}
+    pvf = {label: (c.manifest, c.table) for label, c in pvfs.items()}
+    best = verdicts(ber, "rate", "accuracy")
+    failure_best = verdicts(ber, "rate", "failure", higher_is_better=False)
+    order = layer_order([list(dict.fromkeys(layers.loc[layers.model == m, "layer"])) for m in sources])
+    layer_best = verdicts(pvf, "stratum", "failure", higher_is_better=False, resolve=0.001, per="layer").rename(columns={"stratum": "layer"})
+    layer_best = layer_best.set_index("layer").loc[[x for x in order if x in set(layer_best["layer"])]].reset_index()
+    comparison = Comparison(root, tuple(sources), s, clean, layers, rates, best, failure_best, layer_best, None, 0.0)
     written = None
     if report:
-        written = write_comparison(comparison, [job.ber_dir for job in jobs], root / "report", time.perf_counter() - start,
+        written = write_comparison(comparison, list(bers.values()), root / "report", time.perf_counter() - start,
                                    {job.label: job.description for job in jobs})
     return dataclasses.replace(comparison, report=written, seconds=time.perf_counter() - start)
 
 
-def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: float, descriptions: Mapping[str, str]) -> Path:
-    """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out``."""
-    from ..report import Campaign, load_campaign, plot_layer_estimates, plot_rate
+def write_comparison(c: Comparison, ber: Sequence[Any], out: Path, seconds: float, descriptions: Mapping[str, str]) -> Path:
+    """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out`` (``ber``:
+    each model's BER campaign, :func:`resil.report.load_campaign`)."""
+    from ..report import Campaign, plot_layer_estimates, plot_rate
     from ..report_html import render_comparison
 
     out.mkdir(parents=True, exist_ok=True)
-    campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, map(load_campaign, dirs))]
+    campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, ber)]
     layers = layer_order([list(dict.fromkeys(c.layers.loc[c.layers.model == m, "layer"])) for m in c.models])
     s = c.settings
+    inputs = f"{campaigns[0].manifest['inputs']}" if campaigns else str(s.inputs)  # the inputs used (settings: 0 = all)
     flips = "one bit flip of the stored encoding (float32 bits of float weights, integer code bits of quantized ones)"
     figures = [
         ("ber_accuracy.png", "Accuracy under faults vs bit error rate (every stored weight bit flips with probability p, "
-         f"{s.scenarios} scenarios per rate, {s.inputs} inputs); shaded: 95% Wilson intervals over scenarios; dashed: fault-free accuracy.",
+         f"{s.scenarios} scenarios per rate, {inputs} inputs); shaded: the 95% intervals over scenarios the tables print; dashed: fault-free accuracy.",
          plot_rate(campaigns, band_alpha=0.15)[0]),
         ("ber_failure.png", "Failure probability (top-1 differs from the fault-free top-1, or non-finite output) vs bit error rate; "
-         "shaded: 95% Wilson intervals.", plot_rate(campaigns, "failure", band_alpha=0.15)[0]),
-        ("layers_pvf.png", f"PVF per layer: {s.trials} trials per layer, each {flips} in the layer's weights, judged over {s.inputs} "
+         "shaded: the 95% intervals over scenarios the tables print.", plot_rate(campaigns, "failure", band_alpha=0.15)[0]),
+        ("layers_pvf.png", f"PVF per layer: {s.trials} trials per layer, each {flips} in the layer's weights, judged over {inputs} "
          "inputs (a layer with fewer fault locations gets every location once); error bars: 95% Wilson intervals. "
          "Neither bar nor error bar: the model has no such layer.",
          plot_layer_estimates(c.layers, labels=list(c.models), layers=layers, value="pvf", log=True,
@@ -282,18 +255,16 @@ def write_comparison(c: Comparison, dirs: Sequence[Path], out: Path, seconds: fl
     for filename, caption, fig in figures:
         fig.savefig(out / filename, dpi=110, metadata={"Software": None})
         images.append((filename, caption, (out / filename).read_bytes()))
-    pvf_best = best_per_group(c.layers, "layer", "pvf", higher_is_better=False)
-    fail_best = best_per_group(c.rates, "rate", "failure", higher_is_better=False)
     settings = {
         "models": ", ".join(c.models),
         "fault model": flips,
         "faulted sites": ", ".join(s.kinds) + " (pruned weights are not stored: only live weights can fail)",
-        "PVF": f"{s.trials} trials per layer (all locations when a layer has fewer), {s.inputs} inputs per trial",
+        "PVF": f"{s.trials} trials per layer (all locations when a layer has fewer), {inputs} inputs per trial",
         "bit error rates": ", ".join(_rate(r) for r in s.rates) + f"; {s.scenarios} scenarios per rate",
         "seed": str(s.seed),
         "run time": f"{seconds:.0f} s (this call; finished parts are not re-run)",
     }
-    page = render_comparison(settings, list(c.models), dict(descriptions), c.clean, c.rates, c.best, fail_best, c.layers, pvf_best, layers, images)
+    page = render_comparison(settings, list(c.models), dict(descriptions), c.clean, c.rates, c.best, c.failure_best, c.layers, c.layer_best, layers, images)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -354,24 +325,32 @@ class _Job:
 
         return float(Store(self.ber_dir).manifest()["golden_accuracy"] or float("nan"))
 
-    def layers(self) -> pd.DataFrame:
-        from ..campaign.metrics import by_stratum
-        from ..campaign.store import Store
+    def layers(self, study: Any) -> pd.DataFrame:
+        from ..report import by_group
 
-        strata = Store(self.pvf_dir).manifest()["strata"]
-        g = by_stratum(self.pvf_dir)
-        rows = [{"model": self.label, "layer": layer, "pvf": r.failure, "low": r.failure_low, "high": r.failure_high,
+        strata = study.manifest["strata"]
+        g = by_group(study, "stratum").set_index("stratum")
+        g = g.loc[[name for name in strata if name in g.index]]  # in the study's (network) order
+        rows = [{"model": self.label, "layer": layer, "pvf": r.failure, "low": r.failure_low, "high": r.failure_high, "method": r.failure_method,
                  "trials": int(r.scenarios), "incorrect": float(r.failure * r.scenarios), "population": strata[layer]["population"],
                  "exhaustive": strata[layer]["samples"] >= strata[layer]["population"]}
                 for layer, r in g.iterrows()]
         return pd.DataFrame(rows)
 
-    def rates(self) -> pd.DataFrame:
-        from ..report import by_group, load_campaign
+    def rates(self, campaign: Any) -> pd.DataFrame:
+        from ..report import by_group
 
-        g = by_group(load_campaign(self.ber_dir), "rate")
-        cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high"))]
+        g = by_group(campaign, "rate")
+        cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high", "_method"))]
         return g[cols].assign(model=self.label)[["model", *cols]]
+
+
+def _pct(p: float, sign: bool = True) -> str:
+    """A share in percent with three significant digits, the one number format of the tables (0.9712 -> 97.1%)."""
+    from ..report_html import pct
+
+    text = pct(p)
+    return text if sign else text.rstrip("%")
 
 
 def _rate(r: float) -> str:

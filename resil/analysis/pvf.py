@@ -16,9 +16,10 @@ An output is **incorrect** by the task's criterion: :class:`Top1` (classificatio
 from the golden top-1) or :class:`Deviation` (CTR / regression: ``|faulty - golden| > threshold``,
 absolute or relative); a non-finite output (NaN, inf) is always incorrect.
 
-Intervals are Wilson score intervals over trials (:func:`resil.statistics.wilson_interval`): exact
-binomial coverage for ``"any"``; conservative for ``"fraction"`` (a share in [0, 1] with mean p has
-variance at most p (1 - p)). Trials are drawn without replacement when one fault location per
+Intervals are over trials, by resil's one rule (:func:`resil.statistics.scenario_estimate`): Wilson
+score intervals for single-fault trials (exact binomial coverage for ``"any"``; conservative for
+``"fraction"``, a share in [0, 1] with mean p has variance at most p (1 - p)), the t rule that keeps
+what the number of trials cannot rule out for multi-fault and BER trials. Trials are drawn without replacement when one fault location per
 trial is used, and a group with no more locations than the requested trials is injected
 exhaustively (PVF exact). :func:`trials_needed` sizes N with Leveugle's formula, which is the
 normal (Wald) approximation with a finite population correction.
@@ -47,6 +48,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,7 +69,7 @@ from ..errors import FaultError
 from ..fault_models import BitFlip, Burst, FaultModel
 from ..faults import FaultSet
 from ..site import Site, SiteList
-from ..statistics import leveugle_sample_size, wilson_interval
+from ..statistics import leveugle_sample_size, scenario_estimate
 
 __all__ = [
     "Criterion", "Deviation", "PARAMETER_KINDS", "PVFEstimate", "PVFResult", "ParameterGroup", "Top1", "parameter_groups", "pvf",
@@ -222,11 +224,12 @@ def trials_needed(margin: float, confidence: float = 0.95, population: int | flo
 
 @dataclass(frozen=True)
 class PVFEstimate:
-    """PVF of one group: D / N with its Wilson interval.
+    """PVF of one group: D / N with its interval over trials.
 
     Attributes:
         pvf: D / N.
-        low, high: the Wilson interval at ``confidence``.
+        low, high: the interval at ``confidence`` (``method``: Wilson for single faults, see
+            :func:`resil.statistics.scenario_estimate`).
         trials: N.
         incorrect: D (a sum of shares for ``per_trial="fraction"``).
         population: fault locations in the group (the trials' universe for one location per trial).
@@ -242,6 +245,7 @@ class PVFEstimate:
     population: int
     confidence: float
     exhaustive: bool = False
+    method: str = "wilson"
 
     @property
     def margin(self) -> float:
@@ -249,9 +253,11 @@ class PVFEstimate:
         return (self.high - self.low) / 2
 
     @classmethod
-    def of(cls, incorrect: float, trials: int, population: int, confidence: float, exhaustive: bool = False) -> PVFEstimate:
-        low, high = wilson_interval(incorrect, trials, confidence)
-        return cls(incorrect / trials, float(low), float(high), trials, float(incorrect), population, confidence, exhaustive)
+    def of(cls, outcomes: np.ndarray, population: int, confidence: float, exhaustive: bool = False,
+           single_fault: bool = True) -> PVFEstimate:
+        """The estimate from the trials' outcomes (share of incorrect inputs, or 0/1)."""
+        e = scenario_estimate(outcomes, confidence, single_fault=single_fault)
+        return cls(e.value, e.low, e.high, e.n, float(np.sum(outcomes)), population, confidence, exhaustive, e.method)
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,7 @@ class PVFResult:
         conf = confidence or next(iter(self.estimates.values())).confidence
         out = {}
         for b, df in self.records[self.records.bit >= 0].groupby("bit"):
-            out[int(b)] = PVFEstimate.of(float(self._outcome(df).sum()), len(df), 0, conf)
+            out[int(b)] = PVFEstimate.of(self._outcome(df), 0, conf, single_fault=bool((df["n_faults"] <= 1).all()))
         return dict(sorted(out.items()))
 
     def table(self, margin: float = 0.01) -> pd.DataFrame:
@@ -358,27 +364,28 @@ def _records(columns: Mapping[str, Any], group: str, inputs: int) -> pd.DataFram
     })
 
 
-def _part_columns(path: Any) -> dict[str, Any]:
+def _part_columns(table: Any) -> dict[str, Any]:
     """A stored part's columns (lists for the list columns)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
     return {c: (table.column(c).to_pylist() if c.startswith("fault_") else table.column(c).to_numpy()) for c in table.column_names}
 
 
 def _study_store(out: Any, settings: dict[str, Any], model: nn.Module, evaluator: Evaluator, spaces: Mapping[str, FaultSpace],
-                 plan: Mapping[str, tuple[int, bool]]) -> Store:
-    """The PVF study's run directory: a campaign directory with one part per group (created or resumed)."""
+                 plan: Mapping[str, tuple[int, bool]], locks: ExitStack) -> Store:
+    """The PVF study's run directory: a campaign directory with one part per group (created or
+    resumed), its writer lock held in ``locks``."""
     digest = hashlib.sha256(json.dumps({"pvf": settings}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     store = Store(out)
-    store.create({
+    manifest = {
         "version": 1, "name": "pvf", "model": type(model).__name__, "spec": settings, "spec_hash": digest, "sampler": "pvf",
         "fingerprint": {"model": fingerprint_model(model), "inputs": fingerprint_tensors(evaluator.inputs, None)},
         "live": {"model": True, "data": True}, "criterion": evaluator.criterion.spec(), "labels": False, "inputs": len(evaluator.inputs),
         "scenarios": sum(n for n, _ in plan.values()), "shards": len(spaces), "golden_accuracy": None,
-        "space": sum(s.total for s in spaces.values()),
+        "space": sum(s.total for s in spaces.values()), "shard_scenarios": [plan[k][0] for k in spaces],
         "strata": {k: {"population": s.total, "known_masked": 0, "samples": plan[k][0]} for k, s in spaces.items()},
-    })
+    }
+    store.check(manifest)
+    locks.enter_context(store.lock())
+    store.create(manifest)
     return store
 
 
@@ -487,22 +494,23 @@ def pvf(
 
     evaluator = Evaluator(model, inputs, None, crit, sites=site_list, batch_size=batch_size, mode=mode)
     store = None
+    locks = ExitStack()
     if out is not None:
         settings = {"groups": groups if isinstance(groups, (str, Mapping)) else list(groups), "plan": {k: v[0] for k, v in plan.items()},
                     "confidence": confidence, "fault_model": fm.spec(), "faults_per_trial": faults_per_trial, "ber": ber,
                     "bits": None if bits is None else list(bits), "criterion": crit.spec(), "kinds": list(kinds), "seed": seed}
-        store = _study_store(out, settings, model, evaluator, spaces, plan)
-    done = store.done() if store is not None else set()
+        store = _study_store(out, settings, model, evaluator, spaces, plan, locks)
     bar = tqdm(total=sum(n for name, (n, _) in plan.items()), desc="PVF trials", disable=not progress, leave=False)
     frames: list[pd.DataFrame] = []
     estimates: dict[str, PVFEstimate] = {}
     offset = 0
     try:
+        done = store.done() if store is not None else set()
         for g_pos, (name, space) in enumerate(spaces.items()):
             n, exhaustive = plan[name]
             if g_pos in done:
                 assert store is not None
-                columns = _part_columns(store.part_path(g_pos))
+                columns = _part_columns(store.read(g_pos))
                 bar.update(n)
             else:
                 columns = _run_group(evaluator, space, fm, n, single, seed, g_pos, ber, faults_per_trial, name, offset, bar)
@@ -511,9 +519,10 @@ def pvf(
             offset += n
             df = _records(columns, name, len(inputs))
             frames.append(df)
-            d = float(df["incorrect"].sum()) if per_trial == "fraction" else float(df["any"].sum())
-            estimates[name] = PVFEstimate.of(d, n, space.total, confidence, exhaustive)
+            outcomes = (df["incorrect"] if per_trial == "fraction" else df["any"].astype(float)).to_numpy()
+            estimates[name] = PVFEstimate.of(outcomes, space.total, confidence, exhaustive, bool((df["n_faults"] <= 1).all()))
     finally:
         bar.close()
+        locks.close()
     records = pd.concat(frames, ignore_index=True)
     return PVFResult(estimates, records, crit, per_trial, repr(fm) if ber is None else f"{fm!r}, BER {ber:g}", len(inputs))

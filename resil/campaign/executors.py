@@ -1,11 +1,19 @@
 """Executors behind one seam, ``concurrent.futures.Executor``: in this process, local processes,
-or a Dask cluster (the ``dask`` extra) or Slurm jobs (the ``slurm`` extra) for users who outgrow one machine."""
+or a Dask cluster (the ``dask`` extra) or Slurm jobs (the ``slurm`` extra, :mod:`resil.campaign.slurm`)
+for users who outgrow one machine.
+
+Workers that die (killed, out of memory, ``os._exit``) are recognised (:func:`worker_lost`); a local
+process pool is replaced by a fresh one (:func:`restarted`), a Dask cluster restarts its workers
+itself and reports a task that kept killing them. A local Dask cluster started here listens on
+127.0.0.1 only (other users of the machine can still reach it).
+"""
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, CancelledError, Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,26 +38,67 @@ class SerialExecutor(Executor):
 def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None, *,
                   folder: str | Path | None = None, slurm: SlurmOptions | None = None) -> Executor:
     """``serial``, ``process`` (``workers`` local processes), ``dask`` (a local cluster of
-    ``workers`` processes, or the scheduler at ``address``) or ``slurm`` (jobs with the ``slurm``
-    options, their files in ``folder``: see :mod:`resil.campaign.slurm`)."""
+    ``workers`` processes on 127.0.0.1, or the scheduler at ``address``) or ``slurm`` (jobs with
+    the ``slurm`` options, their files in ``folder``: see :mod:`resil.campaign.slurm`).
+
+    Raises:
+        FaultError: for an unknown kind or a worker count that is not an integer >= 1 (before
+            any process starts).
+
+    Example:
+        >>> make_executor("process", 0)
+        Traceback (most recent call last):
+        ...
+        resil.errors.FaultError: workers must be an integer >= 1, got 0
+    """
+    if kind not in ("serial", "process", "dask", "slurm"):
+        raise FaultError(f"unknown executor {kind!r}: serial, process, dask or slurm")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise FaultError(f"workers must be an integer >= 1, got {workers!r}")
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
         return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    if kind == "dask":
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise FaultError("the dask executor needs the dask extra: pip install 'resil[dask]'") from None
-        client = Client(address) if address else Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
-        return _DaskExecutor(client)
     if kind == "slurm":
         from .slurm import SlurmExecutor, SlurmOptions
 
         if folder is None:
             raise FaultError("the slurm executor needs a folder for its jobs on a file system the nodes share, e.g. DIR/slurm")
         return SlurmExecutor(folder, slurm or SlurmOptions())
-    raise FaultError(f"unknown executor {kind!r}: serial, process, dask or slurm")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise FaultError("the dask executor needs the dask extra: pip install 'resil[dask]'") from None
+    if address:
+        return _DaskExecutor(Client(address))
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+    return _DaskExecutor(Client(cluster))
+
+
+def worker_lost(error: BaseException | None) -> bool:
+    """Whether ``error`` (a task's) says its worker died rather than the task failing: a broken
+    process pool, a Dask task that killed its workers, a task cancelled when its cluster went away.
+
+    Example:
+        >>> from concurrent.futures.process import BrokenProcessPool
+        >>> worker_lost(BrokenProcessPool("a child process terminated abruptly")), worker_lost(ValueError())
+        (True, False)
+    """
+    if error is None:
+        return False
+    if isinstance(error, (BrokenExecutor, CancelledError)):
+        return True
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(error, distributed.KilledWorker)
+
+
+def restarted(executor: Executor) -> Executor | None:
+    """A fresh executor like ``executor`` after its workers died (``executor`` is shut down):
+    a new local process pool; None for others (a Dask cluster restarts its own workers)."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return None
+    executor.shutdown(wait=True, cancel_futures=True)
+    return ProcessPoolExecutor(max_workers=executor._max_workers, mp_context=executor._mp_context)
 
 
 class _DaskExecutor(Executor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
@@ -19,12 +19,13 @@ from ..errors import FaultError
 from ..fault_models import fault_model_from_spec
 from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
+from .executors import SerialExecutor, in_flight, restarted, worker_lost
 from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .space import FaultSpace, layer_of
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from .spec import CampaignSpec, spec_from_dict
-from .store import Store
+from .store import Store, shard_ids
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler, "sfi": StatisticalSampler}
@@ -96,7 +97,20 @@ class CampaignRunner:
 
     @property
     def shards(self) -> int:
+        if self.spec.sampler.stop_margin:
+            from .adaptive import shard_count
+
+            return shard_count(self.sampler.blocks(), self.spec.run.shard_size)
         return -(-self.scenarios // self.spec.run.shard_size)
+
+    def shard_ids(self, shard: int) -> np.ndarray:
+        """The scenario ids of one shard (of an adaptive campaign: one round of one stratum)."""
+        size = self.spec.run.shard_size
+        if self.spec.sampler.stop_margin:
+            from .adaptive import round_ids
+
+            return round_ids(self.sampler.blocks(), size, shard)
+        return np.arange(shard * size, min((shard + 1) * size, self.scenarios))
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -107,12 +121,14 @@ class CampaignRunner:
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
+            "layers": list(dict.fromkeys(layer_of(s) for s in self.space.sites)),  # in network order, for reports
+            # adaptive campaigns: rounds of strata, some empty, so the store checks each part's ids by these counts
+            **({"shard_scenarios": [len(self.shard_ids(k)) for k in range(self.shards)]} if self.spec.sampler.stop_margin else {}),
         }
 
     def run_shard(self, shard: int) -> dict[str, Any]:
         """The result rows (as columns) of one shard."""
-        size = self.spec.run.shard_size
-        ids = np.arange(shard * size, min((shard + 1) * size, self.scenarios))
+        ids = self.shard_ids(shard)
         sc = self.sampler.draw(ids)
         counts = self.evaluator.evaluate(sc)
         return {**describe(sc, self.space), "inputs": np.full(len(ids), len(self.inputs), dtype=np.int64), **counts}
@@ -198,7 +214,9 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
     model or other data is refused before anything is written.
 
     Shards are dispatched through ``executor`` (any ``concurrent.futures.Executor``; default:
-    in this process) and written as they complete; shards already stored are skipped. With live
+    in this process; shut down when the run ends, is refused or fails) and written as they
+    complete; shards already stored (and verified) are skipped. The directory's writer lock is
+    held throughout: a second writer is refused. With live
     objects and an executor other than the serial one, the model (pickled: its class must be
     importable where the workers run) and the data are saved once into ``out/live/`` and each
     worker loads them once. ``progress(n, remaining)`` is called once with ``n = 0`` and the number
@@ -212,48 +230,108 @@ def run(spec: CampaignSpec, out: str | Path, executor: Executor | None = None,
         >>> rc.run(spec, tempfile.mkdtemp(), model=net, data=(x, y)).table().num_rows
         4
     """
-    from .executors import SerialExecutor, in_flight
+    try:
+        return _run(spec, out, executor or SerialExecutor(), progress, model, data)
+    except BaseException:
+        if executor is not None:  # refused before its first shard, or failed: no processes left behind
+            executor.shutdown(wait=False, cancel_futures=True)
+        raise
 
+
+def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Callable[[int, int], None] | None,
+         model: nn.Module | None, data: Any) -> Store:
     if model is not None and not isinstance(model, nn.Module):
         raise FaultError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     store = Store(out)
     live_objects = model is not None or data is not None
     runner = CampaignRunner(spec, model, data) if live_objects else runner_for(spec)
-    live = ""
-    store.create(runner.manifest())
-    if live_objects:
-        live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
-        _remember((spec.hash(), live), runner)
-    serial = executor is None or isinstance(executor, SerialExecutor)
-    if live_objects and not serial:
-        live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
-    todo = [s for s in range(runner.shards) if s not in store.done()]
-    size = spec.run.shard_size
-    if progress:
-        progress(0, sum(min(size, runner.scenarios - s * size) for s in todo))
-    waiting = iter(todo)
-    with (executor or SerialExecutor()) as ex:
-        pending: dict[Future[dict[str, Any]], int] = {}
+    manifest = runner.manifest()
+    store.check(manifest)
+    with store.lock():
+        store.create(manifest)
+        live = ""
+        if live_objects:
+            live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
+            _remember((spec.hash(), live), runner)
+        if live_objects and not isinstance(executor, SerialExecutor):
+            live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
+        done = store.done()
+        todo = [s for s in range(runner.shards) if s not in done]
+        if progress:
+            progress(0, sum(len(runner.shard_ids(s)) for s in todo))
+        current = [executor]
 
-        threads = getattr(ex, "threads", 1)
+        def complete(shards: list[int]) -> None:
+            threads = getattr(current[0], "threads", 1)  # torch threads per task: the Slurm executor's --slurm-cpus
+            current[0] = _run_shards(store, current[0], shards, lambda s: (dataclasses.asdict(spec), s, threads, live),
+                                     lambda s: progress(len(runner.shard_ids(s)), 0) if progress else None)
 
-        def submit_next() -> None:
-            shard = next(waiting, None)
-            if shard is not None:
-                pending[ex.submit(run_shard, dataclasses.asdict(spec), shard, threads, live)] = shard
+        if spec.sampler.stop_margin:  # adaptive: rounds until every stratum knows enough
+            from .adaptive import run_rounds
 
-        with getattr(ex, "batch", contextlib.nullcontext)():  # one array job where the executor batches
-            for _ in range(min(in_flight(ex), len(todo))):
-                submit_next()
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                shard = pending.pop(f)
-                store.write(shard, f.result())
-                if progress:
-                    progress(min(size, runner.scenarios - shard * size), 0)
-                submit_next()
+            run_rounds(runner, store, complete)
+        else:
+            complete(todo)
+        current[0].shutdown()
     return store
+
+
+def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Callable[[int], tuple[Any, ...]],
+                finished: Callable[[int], None]) -> Executor:
+    """Run the shards ``todo`` through ``executor``, storing each as it completes; return the
+    executor to go on with (a fresh pool if workers died; the caller shuts it down). The shards in flight when worker processes die run once more in a fresh pool;
+    if they die again, or the executor cannot be restarted, a :class:`FaultError` says so (the
+    shards stored so far are intact). On any error or interrupt the executor's queued shards are
+    cancelled and the error is raised."""
+    waiting, rerun = deque(todo), set()
+    pending: dict[Future[dict[str, Any]], int] = {}
+    ex = executor
+
+    def fill() -> None:
+        while waiting and len(pending) < in_flight(ex):
+            shard = waiting.popleft()
+            pending[ex.submit(run_shard, *arguments(shard))] = shard
+
+    def keep(f: Future[dict[str, Any]], lost: list[int]) -> None:
+        """Store a finished shard (raising its error), or note it as lost with its worker."""
+        shard = pending.pop(f)
+        if f.cancelled() or worker_lost(f.exception()):
+            lost.append(shard)
+            return
+        try:
+            store.write(shard, f.result())
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror or e}; the shards stored before are intact: fix the cause, then "
+                          f"`resil resume {store.root}`") from e
+        finished(shard)
+
+    try:
+        with getattr(ex, "batch", contextlib.nullcontext)():  # one array job where the executor batches
+            fill()
+        while pending:
+            lost: list[int] = []
+            for f in wait(pending, return_when=FIRST_COMPLETED).done:
+                keep(f, lost)
+            if lost:
+                fresh = restarted(ex)  # shuts the dead pool down: its other shards are finished, or lost with it
+                if fresh is not None:
+                    for f in list(pending):
+                        keep(f, lost)
+                again = sorted(set(lost) & rerun)
+                if fresh is None or again:
+                    how = f"again in a fresh pool, running shard(s) {again}" if again else f"running shard(s) {sorted(lost)}"
+                    raise FaultError(f"{store.root}: worker processes died {how} (killed, out of memory, or exited without "
+                                     f"an error); the shards stored are intact: `resil resume {store.root}` runs the others")
+                warnings.warn(f"{store.root}: worker processes died running shard(s) {sorted(lost)}; running them again "
+                              "in a fresh pool", stacklevel=3)
+                rerun.update(lost)
+                ex = fresh
+                waiting.extendleft(sorted(lost, reverse=True))
+            fill()
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    return ex
 
 
 def resume(out: str | Path, executor: Executor | None = None, progress: Callable[[int, int], None] | None = None, *,
@@ -261,6 +339,8 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     """Continue the campaign stored in ``out``: run only its missing shards (with the same live
     ``model`` / ``data`` it was started with, if any: others are refused)."""
     manifest = Store(out).manifest()
+    if not isinstance(manifest.get("spec"), dict):
+        raise FaultError(f"{out}/manifest.json has no campaign spec; the directory may be damaged")
     if manifest.get("sampler") == "pvf":
         raise FaultError(f"{out} holds a PVF study: continue it by calling resil.analysis.pvf(model, inputs, ..., out={str(out)!r}) "
                          "again with the same arguments")
@@ -269,7 +349,5 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     if missing:
         raise FaultError(f"{out} was run on a live {' and '.join(missing)} passed from Python; resume it with "
                          f"resil.campaign.resume({str(out)!r}, {', '.join(f'{k}=...' for k in missing)})")
-    if "spec" not in manifest:
-        raise FaultError(f"{out}/manifest.json holds no campaign spec; the directory may be damaged")
     spec = spec_from_dict(manifest["spec"], f"{out}/manifest.json")
     return run(spec, out, executor, progress, model=model, data=data)

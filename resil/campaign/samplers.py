@@ -62,6 +62,11 @@ class Sampler:
         """The scenarios with these ids."""
         raise NotImplementedError
 
+    def blocks(self) -> list[tuple[str, int, int]]:
+        """The strata as consecutive id ranges ``(name, first id, scenarios)``, which adaptive
+        campaigns run round by round (:mod:`resil.campaign.adaptive`); one block by default."""
+        return [("all", 0, self.count())]
+
     def _scenarios(self, ids: np.ndarray, flat: list[np.ndarray], *, rate: np.ndarray | None = None,
                    weight: np.ndarray | None = None, stratum: np.ndarray | None = None) -> Scenarios:
         """Scenarios from the flat fault locations of each scenario."""
@@ -100,7 +105,7 @@ class UniformSampler(Sampler):
     """``scenarios`` scenarios of ``faults_per_scenario`` locations drawn uniformly (distinct within a scenario)."""
 
     def count(self) -> int:
-        return self.spec.scenarios
+        return self.spec.max_scenarios if self.spec.stop_margin else self.spec.scenarios
 
     def draw(self, ids: np.ndarray) -> Scenarios:
         k = min(self.spec.faults_per_scenario, self.space.total)
@@ -110,11 +115,19 @@ class UniformSampler(Sampler):
 class BitErrorRateSampler(Sampler):
     """For each rate p, ``scenarios`` scenarios in which every location is faulty with probability p."""
 
+    @property
+    def per_rate(self) -> int:
+        """Scenario ids per rate: ``scenarios``, or ``max_scenarios`` in an adaptive campaign."""
+        return self.spec.max_scenarios if self.spec.stop_margin else self.spec.scenarios
+
     def count(self) -> int:
-        return len(self.spec.rates) * self.spec.scenarios
+        return len(self.spec.rates) * self.per_rate
+
+    def blocks(self) -> list[tuple[str, int, int]]:
+        return [(f"p={p:.0e}", i * self.per_rate, self.per_rate) for i, p in enumerate(self.spec.rates)]
 
     def draw(self, ids: np.ndarray) -> Scenarios:
-        rates = np.array(self.spec.rates)[np.asarray(ids) // self.spec.scenarios]
+        rates = np.array(self.spec.rates)[np.asarray(ids) // self.per_rate]
         flat = []
         for i, p in zip(ids, rates):
             rng = rng_for(self.seed, i)
@@ -140,7 +153,6 @@ class StatisticalSampler(Sampler):
 
     def __init__(self, spec: SamplerSpec, space: FaultSpace, model: FaultModel, seed: int, *, samples: int = 0) -> None:
         from ..fault_models import StuckAt
-        from ..statistics import leveugle_sample_size
 
         super().__init__(spec, space, model, seed, samples=samples)
         active: dict[str, list[np.ndarray]] = {}
@@ -165,10 +177,23 @@ class StatisticalSampler(Sampler):
         self.names = list(active)
         self.populations = population
         self.active = [np.concatenate(active[n]) for n in self.names]
-        self.samples = np.array([min(spec.trials, len(a)) if spec.trials else leveugle_sample_size(len(a), spec.margin, spec.confidence, spec.p)
-                                 if len(a) else 0 for a in self.active])
+        self.samples = np.array([min(spec.trials, len(a)) if spec.trials else self._planned(len(a)) if len(a) else 0 for a in self.active])
         self.starts = np.r_[0, np.cumsum(self.samples)]
         self._perms: dict[int, np.ndarray] = {}
+
+    def _planned(self, population: int) -> int:
+        """Leveugle's n for the stratum; in an adaptive (iterative) campaign the conservative n for
+        ``stop_margin`` with p = 0.5, capped at ``max_scenarios``: the most it may run."""
+        from ..statistics import leveugle_sample_size
+
+        s = self.spec
+        if not s.stop_margin:
+            return leveugle_sample_size(population, s.margin, s.confidence, s.p)
+        n = leveugle_sample_size(population, s.stop_margin, s.confidence, 0.5)
+        return min(n, s.max_scenarios) if s.max_scenarios else n
+
+    def blocks(self) -> list[tuple[str, int, int]]:
+        return [(n, int(start), int(k)) for n, start, k in zip(self.names, self.starts, self.samples)]
 
     def strata(self) -> dict[str, dict[str, int]]:
         """Per stratum: its population, the locations known masked (data-aware) and the sample size."""

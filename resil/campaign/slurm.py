@@ -25,7 +25,7 @@ import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import BrokenExecutor, Executor, Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,8 @@ _OWN = {"partition": "--slurm-partition", "time": "--slurm-time", "cpus-per-task
         "job-name": None, "open-mode": None, "nodes": None, "ntasks-per-node": None, "wckey": None}
 
 
-class SlurmJobError(BrokenExecutor):
-    """A shard's Slurm task failed or was killed; its shard is missing and ``resil resume DIR`` runs it."""
+class SlurmJobError(FaultError):
+    """A shard's Slurm task failed or was killed (its log named); its shard is missing and ``resil resume DIR`` runs it."""
 
 
 @dataclass(frozen=True)

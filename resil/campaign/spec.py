@@ -120,6 +120,12 @@ class SamplerSpec:
             stratum has fewer: a PVF study per layer; ``data_aware`` skips stuck-at faults equal
             to the stored bit), or
             ``importance`` (sensitivity-driven with a ``uniform_share`` defensive mixture).
+        stop_margin: adaptive campaign (``uniform``, ``ber``, ``sfi``; 0: off): run in rounds of
+            one shard per stratum (per rate for ``ber``, per layer/bit stratum for ``sfi``) and
+            stop each stratum once the half-width of its 95% interval is at most this; see
+            :mod:`resil.campaign.adaptive`. Replaces ``scenarios`` (and ``margin`` / ``trials`` for ``sfi``).
+        max_scenarios: with ``stop_margin``, the most scenarios per stratum (needed for
+            ``uniform`` and ``ber``; ``sfi`` defaults to Leveugle's conservative n).
     """
 
     kind: str = "uniform"
@@ -133,6 +139,8 @@ class SamplerSpec:
     trials: int = 0
     data_aware: bool = False
     uniform_share: float = 0.1
+    stop_margin: float = 0.0
+    max_scenarios: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,9 @@ class CampaignSpec:
         d = {k: v for k, v in self.to_dict().items() if k != "base"}
         if d["run"]["device"] == "cpu":
             del d["run"]["device"]
+        for key in ("stop_margin", "max_scenarios"):  # unset adaptive fields: the hashes of campaigns stored before them
+            if not d["sampler"][key]:
+                del d["sampler"][key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -264,6 +275,9 @@ def load_spec(path: str | Path) -> CampaignSpec:
     except tomllib.TOMLDecodeError as e:
         raise FaultError(f"{path}: not valid TOML: {e}") from None
     data.setdefault("base", str(path.resolve().parent))
+    sampler = data.get("sampler")
+    if isinstance(sampler, dict) and sampler.get("stop_margin") and "scenarios" in sampler:
+        raise FaultError(f"{path}: [sampler] give either scenarios or stop_margin (with max_scenarios), not both")
     spec = spec_from_dict(data, str(path))
     check_name(spec.name, str(path))
     return spec
@@ -331,6 +345,7 @@ def _validate(s: CampaignSpec) -> None:
         s.outcome.build()
     except FaultError as e:
         raise bad(f"[outcome] {e}") from None
+    _validate_stop(s, bad)
 
 
 #: how to pass what a field cannot hold (a live object)
@@ -423,3 +438,34 @@ def _check_field(section: str, name: str, value: Any, hint: Any) -> str | None:
     if twice:
         return f"{_where(section, name)} lists {twice[0]!r} twice"
     return None
+
+
+def _validate_stop(s: CampaignSpec, bad: Any) -> None:
+    """The adaptive-campaign fields: ``stop_margin`` and ``max_scenarios`` (see :mod:`resil.campaign.adaptive`)."""
+    sm, default = s.sampler, SamplerSpec()
+    for key in ("stop_margin", "max_scenarios"):
+        v = getattr(sm, key)
+        if isinstance(v, bool) or not isinstance(v, int if key == "max_scenarios" else (int, float)):
+            raise bad(f"[sampler] {key} must be a number, not {v!r}")
+    if not sm.stop_margin:
+        if sm.max_scenarios:
+            raise bad("[sampler] max_scenarios applies to adaptive campaigns only: set stop_margin too")
+        return
+    if not 0 < sm.stop_margin < 0.5:
+        raise bad(f"[sampler] stop_margin (the half-width each stratum's 95% interval must reach) must be in (0, 0.5), "
+                  f"not {sm.stop_margin!r}")
+    if sm.kind not in ("uniform", "ber", "sfi"):
+        raise bad(f"[sampler] stop_margin applies to the uniform, ber and sfi samplers, not {sm.kind!r}")
+    if sm.scenarios != default.scenarios or (sm.kind == "sfi" and sm.trials):
+        raise bad("[sampler] give either a fixed number of scenarios (scenarios, trials) or stop_margin, not both; "
+                  "with stop_margin, max_scenarios bounds the scenarios per stratum")
+    pilot = s.run.shard_size
+    if sm.kind == "sfi":
+        from ..statistics import leveugle_sample_size
+
+        pilot = leveugle_sample_size(float("inf"), 0.05, sm.confidence)
+    if sm.max_scenarios < 0 or (sm.kind != "sfi" and not sm.max_scenarios):
+        raise bad(f"[sampler] stop_margin needs max_scenarios (an integer >= the pilot of {pilot} scenarios per stratum)")
+    if sm.max_scenarios and sm.max_scenarios < pilot:
+        what = "[run] shard_size, the first round" if sm.kind != "sfi" else "Leveugle's n for a 5% margin, iterative SFI's pilot"
+        raise bad(f"[sampler] max_scenarios ({sm.max_scenarios}) is below the pilot size {pilot} ({what})")

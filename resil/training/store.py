@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from ..errors import FaultError
-from ..rundir import RunDirectory, atomic_write, write_table
+from ..rundir import RunDirectory, atomic_write, read_table, write_table
 
 __all__ = ["RunStore", "spec_hash"]
 
@@ -89,7 +88,7 @@ class RunStore:
         path = self.root / f"{name}.parquet"
         if not path.exists():
             raise FaultError(f"{self.root} has no table {name!r}")
-        return pq.read_table(path)
+        return read_table(path, checksum=False)  # verified by its checksums (runs of older resil versions have none)
 
     def save_model(self, state: Any, name: str = "model.pt") -> Path:
         """Save a checkpoint (e.g. a state dict) atomically."""
