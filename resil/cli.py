@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import textwrap
@@ -179,7 +180,7 @@ def _run_all(jobs: list[tuple["CampaignSpec | None", Path]], args: argparse.Name
             bars[0].update(n)
 
         try:
-            executor = make_executor(args.executor, args.workers, args.address)
+            executor = make_executor(args.executor, args.workers, args.address, folder=out / "slurm", slurm=args.slurm)
             store = run(spec, out, executor, progress) if spec else resume(out, executor, progress)
         finally:
             for bar in bars:
@@ -208,7 +209,10 @@ def _check_jobs(jobs: list[tuple["CampaignSpec", Path]]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .campaign import load_spec
 
+    _slurm_options(args)
     specs = [load_spec(f) for f in args.spec]  # every file checked before any work starts
+    if args.device is not None:
+        specs = [dataclasses.replace(s, run=dataclasses.replace(s.run, device=args.device)) for s in specs]
     out = Path(args.out)
     jobs = [job for spec in specs for job in _campaign_dirs(spec, out if len(specs) == 1 else out / spec.name)]
     _check_jobs(jobs)
@@ -221,6 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .campaign import Store
 
+    _slurm_options(args)
     jobs: list[tuple[CampaignSpec | None, Path]] = []
     for d in map(Path, args.dirs):
         found = [d] if (d / "manifest.json").exists() else sorted(p.parent for p in d.glob("*/manifest.json"))
@@ -288,9 +293,34 @@ def _labelled(arg: str) -> tuple[str, str]:
 
 
 def _executor_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=("serial", "process", "dask"), default="serial", help="where shards run (default: this process)")
+    p.add_argument("--executor", choices=("serial", "process", "dask", "slurm"), default="serial",
+                   help="where shards run (default: this process)")
     p.add_argument("--workers", type=_count(1), default=2, help="processes for the process and dask executors (default: %(default)s)")
     p.add_argument("--address", help="address of a running Dask scheduler (dask executor)")
+    g = p.add_argument_group("slurm executor", "one array job with a task per shard; its files in DIR/slurm (README \"Beyond one machine\")")
+    g.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), help="submitit backend: sbatch (default), "
+                   "a process per task on this machine, or this process")
+    g.add_argument("--slurm-partition", help="partition (default: the cluster's)")
+    g.add_argument("--slurm-time", type=_count(1), metavar="MINUTES", help="time limit per task (default: 60)")
+    g.add_argument("--slurm-cpus", type=_count(1), help="CPUs (torch threads) per task (default: 1)")
+    g.add_argument("--slurm-gpus", type=_count(0), help="GPUs per task (default: 0)")
+    g.add_argument("--slurm-array-parallelism", type=_count(1), metavar="N", help="tasks running at once (default: 256)")
+    g.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE", help="another sbatch option, e.g. account=myproject "
+                   "(repeatable)")
+
+
+def _slurm_options(args: argparse.Namespace) -> None:
+    """Check the executor options before any work: ``args.slurm`` becomes the Slurm options (or None)."""
+    from .campaign.slurm import SlurmOptions, parse_extra
+
+    given = {k: v for k, v in vars(args).items() if k.startswith("slurm_") and v is not None}
+    args.slurm = None
+    if args.executor != "slurm":
+        if given:
+            raise FaultError(f"--{next(iter(given)).replace('_', '-')} applies to --executor slurm only")
+        return
+    extra = parse_extra(given.pop("slurm_extra", None))
+    args.slurm = SlurmOptions(**{k[len("slurm_"):]: v for k, v in given.items()}, extra=extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True,
                    help="result directory (with several files, one subdirectory per file; with several models, one per model)")
     r.add_argument("--report", help="write the report of these campaigns into this directory afterwards")
+    r.add_argument("--device", help="auto, cpu, cuda or cuda:N: replaces the files' [run] device (default: theirs, cpu if unset)")
     _executor_options(r)
     r.set_defaults(run=cmd_run)
     re = sub.add_parser("resume", help="run the missing shards of stored campaigns")

@@ -1,4 +1,4 @@
-"""A model whose forward kills the worker process it runs in (imported by process and Dask workers)."""
+"""A model whose forward kills the worker process it runs in (imported by process, Dask and submitit workers)."""
 
 import multiprocessing
 import os
@@ -10,7 +10,7 @@ import resil.models as rm
 
 
 class Dying(torch.nn.Module):
-    """The dense reference CNN; in a worker process (never in the main one) its forward ends the
+    """The dense reference CNN; in a worker process or a submitit task (never in the main process) its forward ends the
     process with ``os._exit`` while ``deaths`` (a file holding one byte per death) has fewer than
     ``times`` bytes."""
 
@@ -20,7 +20,7 @@ class Dying(torch.nn.Module):
         self.deaths, self.times = Path(deaths), times
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if multiprocessing.parent_process() is not None:
+        if multiprocessing.parent_process() is not None or os.environ.get("SUBMITIT_EXECUTOR"):
             if (self.deaths.stat().st_size if self.deaths.exists() else 0) < self.times:
                 with open(self.deaths, "ab") as f:
                     f.write(b"x")

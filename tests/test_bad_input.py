@@ -168,6 +168,9 @@ FIELDS = [
     ("run", "nondeterministic", 1, "nondeterministic must be true or false"),
     ("run", "memory_mb", -1, "memory_mb must be an integer >= 0"),
     ("run", "memory_mb", "big", "memory_mb must be an integer"),
+    ("run", "device", "tpu", "device must be auto, cpu, cuda or cuda:N"),
+    ("run", "device", "cuda:x", "device must be auto, cpu, cuda or cuda:N"),
+    ("run", "device", 0, "device must be a string"),
 ]
 
 #: bad combinations of fields

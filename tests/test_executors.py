@@ -28,7 +28,7 @@ def test_bad_worker_counts_are_refused_before_any_work(kind: str, workers: objec
 
 
 def test_an_unknown_executor_is_refused() -> None:
-    with pytest.raises(FaultError, match="unknown executor 'threads': serial, process or dask"):
+    with pytest.raises(FaultError, match="unknown executor 'threads': serial, process, dask or slurm"):
         make_executor("threads", 2)
 
 

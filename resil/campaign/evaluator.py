@@ -218,7 +218,8 @@ class Evaluator:
                 index = torch.from_numpy(fs.index[rows])
                 codes = self.grouped.stored_codes(site)[index]
                 encoding = site.encoding.at(index, site.shape or ())
-                same[rows] = (model.apply(codes, torch.from_numpy(fs.mask[rows]), encoding) == codes).numpy()
+                mask = torch.from_numpy(fs.mask[rows]).to(codes.device)
+                same[rows] = (model.apply(codes, mask, encoding) == codes).cpu().numpy()
         per_scenario = np.ones(len(sc.ids), dtype=bool)
         np.logical_and.at(per_scenario, sc.owner, same)
         return per_scenario

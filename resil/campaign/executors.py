@@ -1,5 +1,6 @@
 """Executors behind one seam, ``concurrent.futures.Executor``: in this process, local processes,
-or a Dask cluster (the ``dask`` extra) for users who outgrow one machine.
+or a Dask cluster (the ``dask`` extra) or Slurm jobs (the ``slurm`` extra, :mod:`resil.campaign.slurm`)
+for users who outgrow one machine.
 
 Workers that die (killed, out of memory, ``os._exit``) are recognised (:func:`worker_lost`); a local
 process pool is replaced by a fresh one (:func:`restarted`), a Dask cluster restarts its workers
@@ -13,9 +14,13 @@ import multiprocessing
 import sys
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, CancelledError, Executor, Future, ProcessPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FaultError
+
+if TYPE_CHECKING:
+    from .slurm import SlurmOptions
 
 
 class SerialExecutor(Executor):
@@ -30,9 +35,11 @@ class SerialExecutor(Executor):
         return future
 
 
-def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None) -> Executor:
-    """``serial``, ``process`` (``workers`` local processes) or ``dask`` (a local cluster of
-    ``workers`` processes on 127.0.0.1, or the scheduler at ``address``).
+def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None, *,
+                  folder: str | Path | None = None, slurm: SlurmOptions | None = None) -> Executor:
+    """``serial``, ``process`` (``workers`` local processes), ``dask`` (a local cluster of
+    ``workers`` processes on 127.0.0.1, or the scheduler at ``address``) or ``slurm`` (jobs with
+    the ``slurm`` options, their files in ``folder``: see :mod:`resil.campaign.slurm`).
 
     Raises:
         FaultError: for an unknown kind or a worker count that is not an integer >= 1 (before
@@ -44,14 +51,20 @@ def make_executor(kind: str = "serial", workers: int = 2, address: str | None = 
         ...
         resil.errors.FaultError: workers must be an integer >= 1, got 0
     """
-    if kind not in ("serial", "process", "dask"):
-        raise FaultError(f"unknown executor {kind!r}: serial, process or dask")
+    if kind not in ("serial", "process", "dask", "slurm"):
+        raise FaultError(f"unknown executor {kind!r}: serial, process, dask or slurm")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise FaultError(f"workers must be an integer >= 1, got {workers!r}")
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
         return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    if kind == "slurm":
+        from .slurm import SlurmExecutor, SlurmOptions
+
+        if folder is None:
+            raise FaultError("the slurm executor needs a folder for its jobs on a file system the nodes share, e.g. DIR/slurm")
+        return SlurmExecutor(folder, slurm or SlurmOptions())
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -119,4 +132,4 @@ def in_flight(executor: Executor) -> int:
         return 2 * executor._max_workers
     if isinstance(executor, _DaskExecutor):
         return 2 * max(1, sum(executor.client.nthreads().values()))
-    return 4
+    return getattr(executor, "in_flight", 4)

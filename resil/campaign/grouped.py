@@ -211,7 +211,7 @@ class GroupedForward:
                 ne = y.contiguous().view(ints) != g.contiguous().view(ints)
             else:
                 ne = y != g
-            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).numpy()
+            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).cpu().numpy()
         live = np.zeros(n, dtype=bool)
         np.logical_or.at(live, row_scen, differs)
         return live
@@ -367,7 +367,7 @@ class GroupedForward:
         alone = all(self._rows_exact(stage, b, rows % channels, sites) for b in batches)
         if not alone and not all(self._full_exact(stage, b, sites) for b in batches):
             return None
-        values = self._faulty_values(sc, take, chosen, weight.dtype)
+        values = self._faulty_values(sc, take, chosen, weight)
         w_rows = weight.reshape(channels, -1)[torch.from_numpy(rows % channels)].clone()
         w_rows[torch.from_numpy(row_of[is_w]), torch.from_numpy(index[is_w] % per_channel)] = values[torch.from_numpy(is_w)]
         b_rows = None if bias is None else bias[torch.from_numpy(rows % channels)].clone()
@@ -488,7 +488,7 @@ class GroupedForward:
             for m in np.unique(fs.model[take]):
                 sel = torch.from_numpy(np.flatnonzero(fs.model[take] == m))
                 codes = site.encoding.encode(flat[:, row_t[sel], offset[sel]])
-                mask = torch.from_numpy(fs.mask[take])[sel].expand_as(codes)
+                mask = torch.from_numpy(fs.mask[take])[sel].to(codes.device).expand_as(codes)
                 flat[:, row_t[sel], offset[sel]] = site.encoding.decode(fs.models[m].apply(codes, mask, site.encoding))
             return y
 
@@ -552,10 +552,12 @@ class GroupedForward:
             self._exact[key] = same_bits(module(before[:, pick]), self._golden_out(batch, stage)[:, pick])
         return self._exact[key]
 
-    def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], dtype: torch.dtype) -> torch.Tensor:
-        """The faulty value of every fault in ``take`` (in the stored dtype), from the fault models on the stored codes."""
+    def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], like: torch.Tensor) -> torch.Tensor:
+        """The faulty value of every fault in ``take`` (in the dtype and on the device of the layer's
+        weight ``like``), from the fault models on the stored codes."""
         fs = sc.faults
-        values = torch.empty(len(take), dtype=dtype)
+        dtype = like.dtype
+        values = torch.empty(len(take), dtype=dtype, device=like.device)
         site_col, model_col = fs.site[take].astype(np.int64), fs.model[take].astype(np.int64)
         for s_code, site in enumerate(chosen):
             for m_code, model in enumerate(fs.models):
@@ -564,7 +566,7 @@ class GroupedForward:
                     continue
                 idx = torch.from_numpy(fs.index[take[rows]])
                 codes = self.stored_codes(site)[idx]
-                faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]), site.encoding.at(idx, site.shape or ()))
+                faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]).to(codes.device), site.encoding.at(idx, site.shape or ()))
                 values[torch.from_numpy(rows)] = site.encoding.at(idx, site.shape or ()).decode(faulty).to(dtype)
         return values
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections import OrderedDict, deque
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..errors import FaultError
 from ..fault_models import fault_model_from_spec
+from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
 from .executors import SerialExecutor, in_flight, restarted, worker_lost
 from .live import LIVE, load_live, save_live
@@ -32,18 +34,23 @@ SAMPLERS: dict[str, type[Sampler]] = {
 class CampaignRunner:
     """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, evaluator.
 
-    ``model`` and ``data`` (live objects) replace the spec's ``[model]`` and ``[data]`` sources.
+    ``model`` and ``data`` (live objects) replace the spec's ``[model]`` and ``[data]`` sources;
+    the model, inputs and labels are moved to ``[run] device`` (a live model in place).
     """
 
     def __init__(self, spec: CampaignSpec, model: nn.Module | None = None, data: Any = None) -> None:
         self.spec = spec
         self.live = {"model": model is not None, "data": data is not None}
+        self.device = resolve_device(spec.run.device)  # before any work: an unknown or missing device is an error
         self.model = model if model is not None else load_model(
             spec.model.names[0], checkpoint=spec.model.checkpoint or None, kwargs=spec.model.kwargs, base=_base(spec))
         if not isinstance(self.model, nn.Module):
             raise FaultError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
         self.label = type(self.model).__name__ if model is not None else spec.model.names[0]
-        self.inputs, self.labels = select(*self._data(data), spec.data.inputs or None, spec.data.select, spec.seed)
+        self.numerics = exact_numerics(self.device)
+        inputs, labels = select(*self._data(data), spec.data.inputs or None, spec.data.select, spec.seed)
+        self.model.to(self.device)
+        self.inputs, self.labels = inputs.to(self.device), None if labels is None else labels.to(self.device)
         check_forward(self.model, self.inputs)
         if self.model.training:
             warnings.warn(f"{self.label} is in training mode: it is evaluated so (dropout active, batch statistics in "
@@ -110,7 +117,7 @@ class CampaignRunner:
             "version": 1, "name": self.spec.name, "model": self.label, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
             "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
             "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None, "mode": self.evaluator.mode,
-            "nondeterministic": self.evaluator.nondeterministic,
+            "nondeterministic": self.evaluator.nondeterministic, "numerics": self.numerics,
             "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
@@ -255,7 +262,8 @@ def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Call
         current = [executor]
 
         def complete(shards: list[int]) -> None:
-            current[0] = _run_shards(store, current[0], shards, lambda s: (dataclasses.asdict(spec), s, 1, live),
+            threads = getattr(current[0], "threads", 1)  # torch threads per task: the Slurm executor's --slurm-cpus
+            current[0] = _run_shards(store, current[0], shards, lambda s: (dataclasses.asdict(spec), s, threads, live),
                                      lambda s: progress(len(runner.shard_ids(s)), 0) if progress else None)
 
         if spec.sampler.stop_margin:  # adaptive: rounds until every stratum knows enough
@@ -298,7 +306,8 @@ def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Ca
         finished(shard)
 
     try:
-        fill()
+        with getattr(ex, "batch", contextlib.nullcontext)():  # one array job where the executor batches
+            fill()
         while pending:
             lost: list[int] = []
             for f in wait(pending, return_when=FIRST_COMPLETED).done:

@@ -168,7 +168,7 @@ class StatisticalSampler(Sampler):
                 stratum = np.array([f"{site_layers[s]}/b{b}" for b in space.bits[s]], dtype=object)[slot]
             keep = np.ones(len(locations), dtype=bool)
             if spec.data_aware and isinstance(model, StuckAt):
-                codes = site.codes().numpy()[space.elements[s]]
+                codes = site.codes().cpu().numpy()[space.elements[s]]
                 keep = ((codes[(locations - start) // nb] >> space.bits[s][slot]) & 1) != model.value
             for name in dict.fromkeys(stratum):
                 in_stratum = stratum == name

@@ -32,7 +32,7 @@ from .space import FaultSpace
 
 def flip_deltas(values: torch.Tensor, codes: torch.Tensor, encoding: Encoding, bits: np.ndarray) -> torch.Tensor:
     """``|decode(code ^ 2^b) - value|`` for every element (rows) and bit of ``bits`` (columns); Inf for non-finite results."""
-    out = torch.empty(len(codes), len(bits), dtype=torch.float64)
+    out = torch.empty(len(codes), len(bits), dtype=torch.float64, device=codes.device)
     for j, b in enumerate(bits):
         flipped = encoding.decode(codes ^ (1 << int(b))).to(torch.float64)
         d = (flipped - values.to(torch.float64)).abs()
@@ -70,6 +70,7 @@ def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torc
         else:
             continue
         s = torch.where(torch.isnan(s), torch.ones_like(s), s)
+        s = s.cpu()
         scores[start:stop] = s.reshape(-1).numpy()[: stop - start] if len(space.bits[i]) == s.shape[1] else np.repeat(s.numpy()[:, 0], len(space.bits[i]))
     for p in params:
         p.grad = None

@@ -36,6 +36,7 @@ Example campaign file::
 
     [run]
     shard_size = 100
+    # device = "cuda"            # auto | cpu (default) | cuda | cuda:N
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from ..errors import FaultError
 from ..fault_models import StuckAt, fault_model_from_spec
 from .criteria import Criterion, Deviation, criterion_from_spec
+from .device import check_device_name
 
 SPEC_VERSION = 1
 SAMPLERS = ("exhaustive", "uniform", "ber", "sfi", "importance")
@@ -166,13 +168,16 @@ class RunSpec:
     faulted stage on, from cached golden stage inputs; bit-identical results) or ``plain`` (a
     full forward per scenario, the reference). A model whose fault-free runs differ (dropout
     active) is refused unless ``nondeterministic = true``, which runs it in plain mode.
-    ``memory_mb`` bounds the golden outputs recorded for replay (the rest is recomputed)."""
+    ``memory_mb`` bounds the golden outputs recorded for replay (the rest is recomputed).
+    ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto`` (CUDA if there is one), see
+    :mod:`resil.campaign.device`."""
 
     shard_size: int = 100
     batch_size: int = 512
     mode: str = "fast"
     nondeterministic: bool = False
     memory_mb: int = 2048
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -206,8 +211,11 @@ class CampaignSpec:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """A short hash of everything that determines the results (not :attr:`base`)."""
+        """A short hash of everything that determines the results (not :attr:`base`; the device
+        only when it is not the default ``cpu``, so directories written before it existed resume)."""
         d = {k: v for k, v in self.to_dict().items() if k != "base"}
+        if d["run"]["device"] == "cpu":
+            del d["run"]["device"]
         for key in ("stop_margin", "max_scenarios"):  # unset adaptive fields: the hashes of campaigns stored before them
             if not d["sampler"][key]:
                 del d["sampler"][key]
@@ -322,6 +330,10 @@ def _validate(s: CampaignSpec) -> None:
     if s.faults.per_sample and set(s.sites.kinds) - {"activation", "state", "spike"}:
         raise bad(f"[faults] per_sample faults hit one input's computed values: [sites] kinds must be among activation, "
                   f"state, spike (stored weights are shared by every input), not {list(s.sites.kinds)}")
+    try:
+        check_device_name(s.run.device)
+    except FaultError as e:
+        raise bad(str(e)) from None
     sm = s.sampler
     if sm.kind == "ber" and not sm.rates:
         raise bad("[sampler] kind 'ber' needs rates, e.g. rates = [1e-5, 1e-4]")

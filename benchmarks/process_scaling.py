@@ -1,0 +1,103 @@
+"""Process executor scaling: one campaign run serially, with ``--executor process --workers 1`` and
+with ``--workers 2``, side by side (and where the time goes).
+
+The campaign: dense-cnn, single-bit weight and bias flips over 256 test inputs, 2,000 scenarios
+(``--scenarios``) in shards of ``--shard-size``. Each contender runs it into a fresh directory; the
+tables must be equal. Reported per contender: wall time (pool start-up included) and scenarios/s;
+then the parts of the overhead: building the runner in one process (imports done: the golden run,
+sites, sampler), and in a freshly spawned worker its start (interpreter, imports), its runner
+build and its time per shard; and how many cores two busy workers actually get on the machine
+(two warm workers running the same shards side by side against one alone): on a machine shared
+with other work, the ceiling of the 2-worker speed-up. Every worker runs one torch thread (``run_shard(..., threads=1)``), as
+does the serial run, so two workers on two cores do not oversubscribe them.
+
+    python benchmarks/process_scaling.py                   # 2,000 scenarios, a few minutes on 2 cores
+    python benchmarks/process_scaling.py --scenarios 400   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+import resil.campaign as rc
+from resil.campaign.runner import CampaignRunner, run_shard, runner_for
+from resil.campaign.spec import spec_from_dict
+
+
+def busy(spec: dict, shards: range) -> float:
+    """In a worker: seconds to run ``shards`` (its runner already built)."""
+    t = time.perf_counter()
+    for shard in shards:
+        run_shard(spec, shard, 1)
+    return time.perf_counter() - t
+
+
+def free_cores(spec: dict, shards: range) -> float:
+    """How many cores two busy workers actually get: 2 x (one worker's time alone) / (their time side by side)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as a, ProcessPoolExecutor(1, mp_context=ctx) as b:
+        for f in [a.submit(run_shard, spec, 0, 1), b.submit(run_shard, spec, 0, 1)]:
+            f.result()  # both warm
+        alone = a.submit(busy, spec, shards).result()
+        together = [f.result() for f in [a.submit(busy, spec, shards), b.submit(busy, spec, shards)]]
+    return 2 * alone / max(together)
+
+
+def timed_shards(spec: dict) -> tuple[float, float]:
+    """In a fresh worker: seconds to build its runner (golden run, sites, sampler) and to run one shard."""
+    t0 = time.perf_counter()
+    runner_for(spec_from_dict(spec))
+    t1 = time.perf_counter()
+    run_shard(spec, 0, 1)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenarios", type=int, default=2000)
+    p.add_argument("--shard-size", type=int, default=100)
+    p.add_argument("--inputs", type=int, default=256)
+    p.add_argument("--mode", choices=("fast", "plain"), default="plain", help="plain: a full forward per scenario (default)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    spec = rc.CampaignSpec(name="scaling", data=rc.DataSpec(inputs=args.inputs),
+                           sampler=rc.SamplerSpec(kind="uniform", scenarios=args.scenarios), run=rc.RunSpec(shard_size=args.shard_size, mode=args.mode))
+    print(f"dense-cnn, {args.scenarios} weight/bias bit flips x {args.inputs} inputs, {args.mode} mode, shards of {args.shard_size}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    t = time.perf_counter()
+    CampaignRunner(spec)
+    build = time.perf_counter() - t
+    tables, walls = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, make in (("serial", lambda: rc.make_executor("serial")),
+                            ("process x1", lambda: rc.make_executor("process", 1)),
+                            ("process x2", lambda: rc.make_executor("process", 2))):
+            t = time.perf_counter()
+            tables[label] = rc.run(spec, Path(tmp) / label.replace(" ", ""), make()).table().to_pandas()
+            walls[label] = time.perf_counter() - t
+        t = time.perf_counter()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+            build_w, shard = ex.submit(timed_shards, dataclasses.asdict(spec)).result()
+        spawn = time.perf_counter() - t - build_w - shard
+        cores = free_cores(dataclasses.asdict(spec), range(min(5, -(-args.scenarios // args.shard_size))))
+    assert all(t.equals(tables["serial"]) for t in tables.values()), "an executor's table differs from the serial one"
+    for label, wall in walls.items():
+        print(f"{label:12s} {wall:7.1f} s  {args.scenarios / wall:7.1f} scenarios/s  {walls['serial'] / wall:5.2f}x serial")
+    print(f"runner build in one process (golden run, sites, sampler): {build:.2f} s")
+    print(f"spawned worker: {spawn:.1f} s to start (interpreter, imports), {build_w:.1f} s to build its runner, "
+          f"{shard:.2f} s per shard of {args.shard_size} scenarios")
+    print(f"cores two busy workers get on this machine now: {cores:.2f} of 2 (2 x one worker alone / both side by side): "
+          f"the most two workers can gain over one")
+
+
+if __name__ == "__main__":
+    main()
