@@ -29,7 +29,7 @@ def table(store: rc.Store):
 def test_local_cluster_gives_the_serial_table(tmp_path):
     s = spec()
     serial = table(rc.run(s, tmp_path / "serial"))
-    (tmp_path / "c.toml").write_text(f"""version = 1\nseed = 5\n[data]\ndataset = "dense-cnn"\ninputs = 32\n
+    (tmp_path / "c.toml").write_text("""version = 1\nseed = 5\n[data]\ndataset = "dense-cnn"\ninputs = 32\n
 [sampler]\nkind = "uniform"\nscenarios = 60\n[run]\nshard_size = 20\n""")
     assert rc.load_spec(tmp_path / "c.toml").hash() == s.hash()
     assert main(["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "slurm"), "--executor", "slurm", "--slurm-cluster", "local"]) == 0

@@ -25,7 +25,7 @@ from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler,
 from .space import FaultSpace, layer_of
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from .spec import CampaignSpec, spec_from_dict
-from .store import Store, shard_ids
+from .store import Store
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler, "sfi": StatisticalSampler}
