@@ -32,8 +32,8 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,11 +49,11 @@ from ..injection import inject
 from ..site import SiteList
 from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
 from .grouped import GroupedForward, run_grouped, same_bits
-from .replay import ModuleReplay
 from .per_sample import SampleGather, split_by_batch
+from .replay import ModuleReplay
 from .samplers import Scenarios
-from .tree import TreeGroupedForward
 from .suffix import SuffixForward
+from .tree import TreeGroupedForward
 
 __all__ = ["MODES", "Evaluator", "Golden", "scenarios_of"]
 

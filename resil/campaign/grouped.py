@@ -63,14 +63,27 @@ DETERMINISTIC = (BitFlip, Burst, StuckAt, Zero)
 Touched = tuple[np.ndarray, np.ndarray, Callable[[int, int], torch.Tensor]]
 
 
+def bit_pattern(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as integers of its storage width (floats reinterpreted), so that ``==`` compares bits
+    (NaN payloads and signed zeros included)."""
+    if not t.is_floating_point():
+        return t
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors hold the same values bit for bit (NaN payloads included)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.is_floating_point():
-        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-        return bool(torch.equal(a.contiguous().view(ints), b.contiguous().view(ints)))
-    return bool(torch.equal(a, b))
+    return bool(torch.equal(bit_pattern(a), bit_pattern(b)))
+
+
+def local_faults(sc: Scenarios, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The faults of the scenarios at ``positions``: their scenario's place among ``positions``, and their rows."""
+    local = np.full(len(sc.ids), -1, dtype=np.int64)
+    local[positions] = np.arange(len(positions))
+    take = np.flatnonzero(local[sc.owner] >= 0)
+    return local[sc.owner[take]], take
 
 
 def _copies(t: torch.Tensor, s: int) -> torch.Tensor:
@@ -205,12 +218,7 @@ class GroupedForward:
         differs = np.zeros(len(row_scen), dtype=bool)
         pick = torch.from_numpy(row_channel)
         for y, golden in pairs:
-            g = golden[:, pick]
-            if y.is_floating_point():
-                ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[y.element_size()]
-                ne = y.contiguous().view(ints) != g.contiguous().view(ints)
-            else:
-                ne = y != g
+            ne = bit_pattern(y) != bit_pattern(golden[:, pick])
             differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).cpu().numpy()
         live = np.zeros(n, dtype=bool)
         np.logical_or.at(live, row_scen, differs)
@@ -347,7 +355,7 @@ class GroupedForward:
         when the stage or the faults do not allow it (or the exactness check fails). The layer
         computes with the decoded codes of its weight and bias sites (for quantized layers: the
         dequantized integers); the check on the golden run confirms that this reproduces it."""
-        scen, take = self._local_faults(sc, positions)
+        scen, take = local_faults(sc, positions)
         chosen = self._patchable(stage, sc, take, sites)
         if chosen is None:
             return None
@@ -418,8 +426,14 @@ class GroupedForward:
         """A Conv/Linear layer's whole output computed with the given weight and bias, as its forward does."""
         if not isinstance(module, nn.modules.conv._ConvNd):
             return nn.functional.linear(x, weight, bias)
+        return GroupedForward._conv(module, x, weight, bias, module.groups)
+
+    @staticmethod
+    def _conv(module: nn.modules.conv._ConvNd, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              groups: int) -> torch.Tensor:
+        """The functional convolution of ``module``'s dimensionality with its stride, padding and dilation."""
         conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[x.dim() - 2]
-        return conv(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+        return conv(x, weight, bias, module.stride, module.padding, module.dilation, groups)
 
     def _full_exact(self, stage: int, batch: int, sites: SiteList) -> bool:
         """Whether the full layer computed from its sites' values reproduces its golden output at every call."""
@@ -430,14 +444,6 @@ class GroupedForward:
             self._exact[key] = all(same_bits(self._full_layer(module, self._input(batch, stage, c), weight, bias), self._golden_out(batch, stage, c))
                                    for c in range(len(self.suffix.recorded[batch][stage])))
         return self._exact[key]
-
-    @staticmethod
-    def _local_faults(sc: Scenarios, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The faults of the scenarios at ``positions``: their scenario's place among ``positions``, and their rows."""
-        local = np.full(len(sc.ids), -1, dtype=np.int64)
-        local[positions] = np.arange(len(positions))
-        take = np.flatnonzero(local[sc.owner] >= 0)
-        return local[sc.owner[take]], take
 
     def _carry(self, stage: int, batch: int, y: torch.Tensor) -> tuple[int, torch.Tensor]:
         """Carry the faulty channels ``y`` ``[B, rows, ...]`` of ``stage`` through the channel-local
@@ -461,7 +467,7 @@ class GroupedForward:
         every sample): the golden output's touched channels with the faults applied to their bits."""
         module = self.suffix.stages[stage]
         fs = sc.faults
-        scen, take = self._local_faults(sc, positions)
+        scen, take = local_faults(sc, positions)
         if not self._deterministic(sc, take):
             return None
         site_codes = np.unique(fs.site[take])
@@ -500,13 +506,12 @@ class GroupedForward:
         A grouped convolution (depthwise included) reads each row's own group of input channels."""
         if not isinstance(module, nn.modules.conv._ConvNd):
             return nn.functional.linear(x, weight, bias)
-        conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[x.dim() - 2]
         groups = module.groups
         if groups > 1:  # each row its own group: the input channels of its group, side by side
             per_in, per_out = module.in_channels // groups, module.out_channels // groups
             picked = (torch.from_numpy(np.asarray(channels) // per_out).unsqueeze(1) * per_in + torch.arange(per_in)).reshape(-1)
             x, groups = x[:, picked], len(channels)
-        return conv(x, weight, bias, module.stride, module.padding, module.dilation, groups)
+        return GroupedForward._conv(module, x, weight, bias, groups)
 
     def _layer_values(self, stage: int, sites: SiteList) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes (decoded once)."""

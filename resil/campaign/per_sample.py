@@ -33,7 +33,7 @@ from torch import nn
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
-from .grouped import same_bits
+from .grouped import local_faults, same_bits
 from .samplers import Scenarios
 
 __all__ = ["SampleGather", "split_by_batch"]
@@ -87,10 +87,8 @@ class SampleGather:
     def outputs(self, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> torch.Tensor | None:
         """Model outputs ``[len(positions), N, ...]`` of per-sample scenarios, or None when the
         guard fails (run them one at a time)."""
-        local = np.full(len(sc.ids), -1, dtype=np.int64)
-        local[positions] = np.arange(len(positions))
-        take = np.flatnonzero(local[sc.owner] >= 0)
-        scen, sample = local[sc.owner[take]], sc.faults.batch[take]
+        scen, take = local_faults(sc, positions)
+        sample = sc.faults.batch[take]
         pairs, row_of = np.unique(scen * len(self.inputs) + sample, return_inverse=True)
         pair_scen, pair_sample = pairs // len(self.inputs), pairs % len(self.inputs)
         if not self._gather_exact(pair_sample):

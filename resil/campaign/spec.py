@@ -442,11 +442,7 @@ def _check_field(section: str, name: str, value: Any, hint: Any) -> str | None:
 
 def _validate_stop(s: CampaignSpec, bad: Any) -> None:
     """The adaptive-campaign fields: ``stop_margin`` and ``max_scenarios`` (see :mod:`resil.campaign.adaptive`)."""
-    sm, default = s.sampler, SamplerSpec()
-    for key in ("stop_margin", "max_scenarios"):
-        v = getattr(sm, key)
-        if isinstance(v, bool) or not isinstance(v, int if key == "max_scenarios" else (int, float)):
-            raise bad(f"[sampler] {key} must be a number, not {v!r}")
+    sm, default = s.sampler, SamplerSpec()  # their types: checked with every field's, from the annotations
     if not sm.stop_margin:
         if sm.max_scenarios:
             raise bad("[sampler] max_scenarios applies to adaptive campaigns only: set stop_margin too")
