@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 
 from torch import nn
-
-from collections.abc import Iterable
 
 from resil.errors import FaultError
 from resil.site import Adapter, Site, SiteOptions

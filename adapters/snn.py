@@ -39,7 +39,7 @@ from torch import nn
 
 from resil.encodings import FLOAT_ENCODINGS, SpikeEncoding, encoding_of
 from resil.errors import FaultError
-from resil.injectors import StepHook, DeviceWindow, corrupt_stored, register_step_hook
+from resil.injectors import DeviceWindow, StepHook, corrupt_stored, register_step_hook
 from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
 
 from . import UnsupportedAdapter, register_adapter

@@ -37,7 +37,7 @@ from resil.statistics import leveugle_sample_size, wilson_interval
 def reference(va: VulnerabilityAnalysis, layer: str, mode: str, exhaustive: int, pilot: int, margin: float, seed: int):
     lf = va.faults(layer)
     N = population(lf, mode)
-    if N <= exhaustive:
+    if exhaustive >= N:
         return fault_injection_vf(lf, mode, None), "exhaustive"
     n_max = leveugle_sample_size(N, margin=margin, confidence=0.99, p=0.5)
     ids = np.random.default_rng(seed).choice(N, n_max, replace=False)

@@ -44,7 +44,7 @@ class Encoding:
         """The code that represents the value 0."""
         return int(self.encode(torch.zeros(1))[0])
 
-    def at(self, flat_index: torch.Tensor, shape: tuple[int, ...]) -> "Encoding":
+    def at(self, flat_index: torch.Tensor, shape: tuple[int, ...]) -> Encoding:
         """The encoding of the elements at ``flat_index`` (per-channel encodings narrow here)."""
         return self
 
@@ -142,7 +142,7 @@ class IntEncoding(Encoding):
         q = self.to_int(codes).to(torch.float64)
         return (q - _f64(self.zero_point, q)) * _f64(self.scale, q)
 
-    def at(self, flat_index: torch.Tensor, shape: tuple[int, ...]) -> "IntEncoding":
+    def at(self, flat_index: torch.Tensor, shape: tuple[int, ...]) -> IntEncoding:
         if not isinstance(self.scale, torch.Tensor) and not isinstance(self.zero_point, torch.Tensor):
             return self
 

@@ -520,6 +520,17 @@ def processes(faults: FaultProcess | Sequence[FaultProcess]) -> tuple[FaultProce
 
 
 __all__ = [
-    "AdSAF", "BitBias", "DifferentialStuckAt", "FaultProcess", "FeatureFaults", "IBB", "MiBB", "add_bit_bias",
-    "bias_values", "fan_in", "fixed_point_scale", "processes", "stuck_cells",
+    "IBB",
+    "AdSAF",
+    "BitBias",
+    "DifferentialStuckAt",
+    "FaultProcess",
+    "FeatureFaults",
+    "MiBB",
+    "add_bit_bias",
+    "bias_values",
+    "fan_in",
+    "fixed_point_scale",
+    "processes",
+    "stuck_cells",
 ]

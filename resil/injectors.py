@@ -260,7 +260,7 @@ def _apply_at(raw: torch.Tensor, index: tuple[object, ...] | torch.Tensor, plan:
         raw[index] = from_unsigned(plan.apply(to_unsigned(old, enc.bits), enc), raw.dtype, enc.bits)
 
 
-_ACTIVE: "weakref.WeakKeyDictionary[torch.nn.Module, list[StepHook]]" = weakref.WeakKeyDictionary()
+_ACTIVE: weakref.WeakKeyDictionary[torch.nn.Module, list[StepHook]] = weakref.WeakKeyDictionary()
 
 
 def register_step_hook(module: torch.nn.Module, hook: StepHook, register: Callable[[StepHook], RemovableHandle] | None = None) -> Undo:

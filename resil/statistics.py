@@ -39,8 +39,8 @@ from numpy.typing import ArrayLike, NDArray
 from .errors import FaultError
 
 __all__ = [
-    "Estimate",
     "INTERVALS",
+    "Estimate",
     "bit_planes",
     "combine_strata",
     "confidence_sequence",

@@ -16,11 +16,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -488,9 +488,8 @@ INJECTIONS = [
 def test_bad_injection_modifies_nothing(faults: object, keyword: str) -> None:
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with pytest.raises(resil.FaultError, match=re.escape(keyword)):
-        with resil.inject(net, faults):  # type: ignore[arg-type]
-            raise AssertionError("the block must not run")
+    with pytest.raises(resil.FaultError, match=re.escape(keyword)), resil.inject(net, faults):  # type: ignore[arg-type]
+        raise AssertionError("the block must not run")
     assert all(torch.equal(v.view(torch.int32), before[k].view(torch.int32)) for k, v in net.state_dict().items())
     assert not any(m._forward_hooks for m in net.modules())
 

@@ -16,7 +16,18 @@ from hypothesis import strategies as st
 
 import resil
 from resil import (
-    BFLOAT16, FLOAT16, FLOAT32, FLOAT64, BitFlip, Burst, IntEncoding, RandomValue, SpikeEncoding, StuckAt, ValueFunction, Zero,
+    BFLOAT16,
+    FLOAT16,
+    FLOAT32,
+    FLOAT64,
+    BitFlip,
+    Burst,
+    IntEncoding,
+    RandomValue,
+    SpikeEncoding,
+    StuckAt,
+    ValueFunction,
+    Zero,
 )
 from resil.errors import FaultError
 

@@ -10,8 +10,7 @@ from torch import nn
 
 import resil
 import resil.training
-from resil.ftnas import (AdSAF, BitBias, DifferentialStuckAt, IBB, MiBB, bias_values, fan_in, fixed_point_scale,
-                         stuck_cells)
+from resil.ftnas import IBB, AdSAF, BitBias, DifferentialStuckAt, MiBB, bias_values, fan_in, fixed_point_scale, stuck_cells
 
 torch.set_num_threads(1)
 

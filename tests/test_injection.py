@@ -86,9 +86,8 @@ def test_restore_is_bit_exact_after_normal_exit_and_exception(cnn, images, n):
         if n > 1:
             assert any(not np.array_equal(a, b) for a, b in zip(snapshot(cnn).values(), snap.values()))
     assert_bit_identical(cnn, snap)
-    with pytest.raises(RuntimeError, match="boom"):
-        with resil.inject(cnn, fs):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), resil.inject(cnn, fs):
+        raise RuntimeError("boom")
     assert_bit_identical(cnn, snap)
 
 
@@ -130,9 +129,8 @@ def test_per_sample_activation_fault_changes_only_its_batch_element(cnn, images)
 def test_batch_element_outside_batch_fails_and_restores(cnn, images):
     snap = snapshot(cnn)
     faults = [resil.Fault("fc.weight", 0, bit=30), resil.Fault("conv2:out", 0, bit=30, batch=6)]
-    with pytest.raises(resil.FaultError, match="batch element 6 is outside the batch of 6"):
-        with resil.inject(cnn, faults):
-            cnn(images)
+    with pytest.raises(resil.FaultError, match="batch element 6 is outside the batch of 6"), resil.inject(cnn, faults):
+        cnn(images)
     assert_bit_identical(cnn, snap)
 
 
@@ -168,9 +166,8 @@ def test_bad_faults_fail_before_anything_changes(cnn, case):
     faults, message = errors_case(cnn)[case]
     faults = [resil.Fault("conv1.weight", 0, bit=30)] + faults  # a valid fault first: must not be applied
     snap = snapshot(cnn)
-    with pytest.raises(resil.FaultError, match=message):
-        with resil.inject(cnn, faults):
-            raise AssertionError("block entered")
+    with pytest.raises(resil.FaultError, match=message), resil.inject(cnn, faults):
+        raise AssertionError("block entered")
     assert_bit_identical(cnn, snap)
 
 

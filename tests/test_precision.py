@@ -10,7 +10,6 @@ from torch import nn
 
 import resil
 import resil.models as rm
-from resil.campaign.criteria import AccuracyDrop
 from resil.analysis.precision import (
     FaultEvaluator,
     Proposal,
@@ -26,6 +25,7 @@ from resil.analysis.precision import (
     uniform_proposal,
     weight_sensitivity,
 )
+from resil.campaign.criteria import AccuracyDrop
 from resil.statistics import importance_estimate
 
 torch.set_num_threads(1)

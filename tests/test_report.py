@@ -18,7 +18,16 @@ pytest.importorskip("matplotlib")
 from resil.campaign.store import Store  # noqa: E402
 from resil.errors import FaultError  # noqa: E402
 from resil.report import (  # noqa: E402
-    Campaign, by_group, load_campaign, plot_bit_heatmap, plot_bits, plot_layers, plot_rate, rank_campaigns, summary, write_report,
+    Campaign,
+    by_group,
+    load_campaign,
+    plot_bit_heatmap,
+    plot_bits,
+    plot_layers,
+    plot_rate,
+    rank_campaigns,
+    summary,
+    write_report,
 )
 
 INPUTS = 20

@@ -11,7 +11,16 @@ import resil.models as rm
 from resil import FaultError
 from resil.ftnas import AdSAF, MiBB
 from resil.training.search import (
-    Arch, SearchSpace, compare, default_beta, live_parameters, load_found, param_count, reward, save_found, search,
+    Arch,
+    SearchSpace,
+    compare,
+    default_beta,
+    live_parameters,
+    load_found,
+    param_count,
+    reward,
+    save_found,
+    search,
 )
 
 torch.set_num_threads(1)

@@ -85,7 +85,7 @@ def test_leveugle_published_figures() -> None:
     assert leveugle_sample_size(inf, 0.01, t=2.58) == 16641
     assert leveugle_sample_size(2304, 0.01, t=2.58) == 2024
     # exact quantiles: 2.5758^2 / 4 / 1e-4 = 16587.2 and 1.96^2 / 4 / 0.05^2 = 384.1 -> rounded up
-    assert Z99**2 * 0.25 / 0.01**2 == pytest.approx(16587.2, abs=0.1)
+    assert pytest.approx(16587.2, abs=0.1) == Z99**2 * 0.25 / 0.01**2
     assert leveugle_sample_size(inf) == 16588
     assert leveugle_sample_size(inf, 0.05, 0.95) == 385
     assert leveugle_sample_size(inf, 0.01, 0.95) == 9604  # 9603.5 rounded up

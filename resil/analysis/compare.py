@@ -229,7 +229,7 @@ def write_comparison(c: Comparison, ber: Sequence[Any], out: Path, seconds: floa
     """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out`` (``ber``:
     each model's BER campaign, :func:`resil.report.load_campaign`)."""
     from ..report import Campaign, plot_layer_estimates, plot_rate
-    from ..report_html import render_comparison
+    from ..report.html import render_comparison
 
     out.mkdir(parents=True, exist_ok=True)
     campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, ber)]
@@ -347,7 +347,7 @@ class _Job:
 
 def _pct(p: float, sign: bool = True) -> str:
     """A share in percent with three significant digits, the one number format of the tables (0.9712 -> 97.1%)."""
-    from ..report_html import pct
+    from ..report.html import pct
 
     text = pct(p)
     return text if sign else text.rstrip("%")

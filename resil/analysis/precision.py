@@ -46,18 +46,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..discovery import sites as list_sites
-from ..errors import FaultError
-from ..faults import FaultSet
-from ..hooks import forward_hooks
-from ..site import Site, SiteList
-from ..statistics import Estimate, importance_estimate, importance_weights, wilson_interval
 from ..campaign.criteria import AccuracyDrop, Criterion
 from ..campaign.evaluator import Evaluator
 from ..campaign.samplers import rng_for
 from ..campaign.sensitivity import _stored_tensor, retained_outputs
 from ..campaign.space import FaultSpace, layer_of
 from ..campaign.spec import FaultSpec, SiteSpec
+from ..discovery import sites as list_sites
+from ..errors import FaultError
+from ..faults import FaultSet
+from ..hooks import forward_hooks
+from ..site import Site, SiteList
+from ..statistics import Estimate, importance_estimate, importance_weights, wilson_interval
 
 __all__ = [
     "BIT_WEIGHTINGS",

@@ -62,8 +62,8 @@ from ..campaign.criteria import AccuracyDrop, Criterion, Deviation, Top1, criter
 from ..campaign.evaluator import Evaluator, scenarios_of
 from ..campaign.runner import describe
 from ..campaign.sources import fingerprint_model, fingerprint_tensors
-from ..campaign.store import Store
 from ..campaign.space import FaultSpace, layer_of
+from ..campaign.store import Store
 from ..discovery import sites as list_sites
 from ..errors import FaultError
 from ..fault_models import BitFlip, Burst, FaultModel
@@ -72,7 +72,15 @@ from ..site import Site, SiteList
 from ..statistics import leveugle_sample_size, scenario_estimate
 
 __all__ = [
-    "Criterion", "Deviation", "PARAMETER_KINDS", "PVFEstimate", "PVFResult", "ParameterGroup", "Top1", "parameter_groups", "pvf",
+    "PARAMETER_KINDS",
+    "Criterion",
+    "Deviation",
+    "PVFEstimate",
+    "PVFResult",
+    "ParameterGroup",
+    "Top1",
+    "parameter_groups",
+    "pvf",
     "trials_needed",
 ]
 

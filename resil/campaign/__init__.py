@@ -7,10 +7,10 @@ Example:
     [4, 4, 4]
 """
 
-from .executors import SerialExecutor, make_executor
-from .metrics import by_stratum, failure_estimate
 from .criteria import OUTCOMES, AccuracyDrop, Criterion, Deviation, Top1, TopK, criterion_from_spec, criterion_names, register_criterion
 from .evaluator import Evaluator, Golden
+from .executors import SerialExecutor, make_executor
+from .metrics import by_stratum, failure_estimate
 from .runner import CampaignRunner, resume, run
 from .samplers import Sampler, Scenarios
 from .space import FaultSpace

@@ -21,9 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..statistics import (Estimate, combine_strata, difference_estimate, importance_estimate, scenario_estimate, scenarios_to_resolve,
-                          wilson_interval)
 from ..errors import FaultError
+from ..statistics import (
+    Estimate,
+    combine_strata,
+    difference_estimate,
+    importance_estimate,
+    scenario_estimate,
+    scenarios_to_resolve,
+    wilson_interval,
+)
 from .store import Store
 
 

@@ -22,8 +22,8 @@ from .evaluator import Evaluator, Golden
 from .executors import SerialExecutor, in_flight, restarted, worker_lost
 from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
-from .space import FaultSpace, layer_of
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
+from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
 

@@ -171,9 +171,8 @@ class SlurmExecutor(Executor):
         finally:
             queued, self._queued = self._queued, None
             if queued:
-                with self._submission():
-                    with self._ex.batch():
-                        jobs = [self._ex.submit(fn, *args, **kwargs) for fn, args, kwargs, _ in queued]
+                with self._submission(), self._ex.batch():
+                    jobs = [self._ex.submit(fn, *args, **kwargs) for fn, args, kwargs, _ in queued]
                 self._track(jobs, [f for *_, f in queued])
 
     def _track(self, jobs: list[Any], futures: list[Future[Any]]) -> None:
@@ -204,7 +203,7 @@ class SlurmExecutor(Executor):
             future.set_exception(SlurmJobError(
                 f"Slurm task {job.job_id} failed or was killed (its log: {logs}); `resil resume DIR` runs its shard again. "
                 f"{' '.join(str(e).split())[-600:]}"))
-        except BaseException as e:  # noqa: BLE001 - delivered through the future, as other executors do
+        except BaseException as e:
             future.set_exception(e)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -46,10 +46,11 @@ import functools
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+import tomllib
 
 from ..errors import FaultError
 from ..fault_models import StuckAt, fault_model_from_spec

@@ -32,5 +32,16 @@ from .ftt import FTT, FTTResult, convert, faulty_accuracy, prepare, run_ftt, tra
 from .search import Arch, SearchResult, SearchSpace
 from .store import RunStore
 
-__all__ = ["Arch", "FTT", "FTTResult", "RunStore", "SearchResult", "SearchSpace", "convert", "faulty_accuracy", "prepare",
-           "run_ftt", "train_ftt"]
+__all__ = [
+           "FTT",
+           "Arch",
+           "FTTResult",
+           "RunStore",
+           "SearchResult",
+           "SearchSpace",
+           "convert",
+           "faulty_accuracy",
+           "prepare",
+           "run_ftt",
+           "train_ftt",
+]

@@ -55,13 +55,6 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..discovery import sites as list_sites
-from ..errors import FaultError
-from ..hooks import forward_hooks
-from ..faults import FaultSet
-from ..injection import Faults, as_fault_set, inject
-from ..site import SiteList
-from ..campaign.criteria import AccuracyDrop, Criterion, count_correct
 from ..analysis.precision import (
     BIT_WEIGHTINGS,
     FaultEvaluator,
@@ -71,6 +64,13 @@ from ..analysis.precision import (
     select_space,
     uniform_proposal,
 )
+from ..campaign.criteria import AccuracyDrop, Criterion, count_correct
+from ..discovery import sites as list_sites
+from ..errors import FaultError
+from ..faults import FaultSet
+from ..hooks import forward_hooks
+from ..injection import Faults, as_fault_set, inject
+from ..site import SiteList
 
 __all__ = ["EpochRecord", "FATResult", "accuracy_under", "fault_aware_training", "search_critical", "train_under_faults"]
 

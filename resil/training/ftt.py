@@ -65,10 +65,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..discovery import sites as list_sites
-from ..encodings import IntEncoding
 from ..campaign.criteria import count_correct
 from ..campaign.sources import as_data, check_forward, load_model
+from ..discovery import sites as list_sites
+from ..encodings import IntEncoding
 from ..errors import FaultError
 from ..ftnas import AdSAF, FaultProcess, FeatureFaults, _values, add_bit_bias, bias_values, fixed_point_scale, processes, stuck_cells
 from ..site import Site, SiteList

@@ -51,8 +51,21 @@ from ..ftnas import AdSAF, FaultProcess, processes
 from .ftt import _spec, faulty_accuracy, run_ftt, train_ftt
 
 __all__ = [
-    "ACTIVATIONS", "Arch", "Candidate", "MedianOf", "ComparisonRow", "SearchResult", "SearchSpace", "compare", "default_beta",
-    "live_parameters", "load_found", "param_count", "reward", "save_found", "search",
+    "ACTIVATIONS",
+    "Arch",
+    "Candidate",
+    "ComparisonRow",
+    "MedianOf",
+    "SearchResult",
+    "SearchSpace",
+    "compare",
+    "default_beta",
+    "live_parameters",
+    "load_found",
+    "param_count",
+    "reward",
+    "save_found",
+    "search",
 ]
 
 #: activation choices: name -> module factory (``hardtanh`` is Hardtanh(0, 1): a ReLU clipped at 1)

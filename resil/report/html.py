@@ -129,7 +129,7 @@ def interval_note(methods: Sequence[str]) -> str:
         >>> interval_note(["t", "wilson", "t"]).startswith("Intervals are 95% and count scenarios")
         True
     """
-    from .statistics import INTERVALS
+    from resil.statistics import INTERVALS
 
     shown = [m for m in dict.fromkeys(methods) if isinstance(m, str) and m in INTERVALS]
     return html.escape("Intervals are 95% and count scenarios (fault draws), not scenario x input pairs: the inputs of one "

@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..campaign.sources import fingerprint_model, fingerprint_tensors, load_data, load_model
-from ..errors import FaultError
-from ..ftnas import IBB, AdSAF, FaultProcess, MiBB
+from resil.campaign.sources import fingerprint_model, fingerprint_tensors, load_data, load_model
+from resil.errors import FaultError
+from resil.ftnas import IBB, AdSAF, FaultProcess, MiBB
 
 __all__ = ["add_model_options", "add_parser", "load_model_option", "parse_faults", "parse_kwargs"]
 
@@ -140,8 +140,7 @@ def _model_and_data(args: argparse.Namespace) -> tuple[nn.Module, Any, dict[str,
     ftt|fat``, checked (:func:`resil.training.ftt.check_classifier`); the given sources, for the
     spec; the run's fingerprint."""
     import resil.models as rm
-
-    from .ftt import as_dataset, check_classifier
+    from resil.training.ftt import as_dataset, check_classifier
 
     kwargs = parse_kwargs(args.kwargs)
     model = load_model(args.model, checkpoint=args.checkpoint, kwargs=kwargs)
@@ -215,9 +214,8 @@ def _finish(store: Any, png: bytes | None, summary: dict[str, Any]) -> None:
 
 def cmd_ftt(args: argparse.Namespace) -> int:
     import resil.models as rm
-
-    from .ftt import _spec, prepare, run_ftt
-    from .store import RunStore
+    from resil.training.ftt import _spec, prepare, run_ftt
+    from resil.training.store import RunStore
 
     procs = parse_faults(args.faults)
     _unit("--alpha", args.alpha)
@@ -255,9 +253,8 @@ def cmd_ftt(args: argparse.Namespace) -> int:
 def cmd_fat(args: argparse.Namespace) -> int:
     from resil.analysis.precision import BIT_WEIGHTINGS
     from resil.campaign.criteria import AccuracyDrop
-
-    from .fat import fault_aware_training
-    from .store import RunStore
+    from resil.training.fat import fault_aware_training
+    from resil.training.store import RunStore
 
     _positive("--epochs", args.epochs)
     _positive("--k", args.k)
@@ -287,8 +284,8 @@ def cmd_fat(args: argparse.Namespace) -> int:
     store = RunStore(args.out)
     store.check("fat", spec, fingerprint)
     torch.set_num_threads(1)
-    from ..analysis.precision import select_space
-    from ..discovery import sites
+    from resil.analysis.precision import select_space
+    from resil.discovery import sites
 
     select_space(sites(model, d.x_test[:1]), args.kind)  # a kind without sites fails before the directory exists
     store.create("fat", spec, fingerprint)
@@ -307,7 +304,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        Figure = None  # noqa: N806
+        Figure = None
     if Figure is not None:
         fig = Figure(figsize=(5.5, 3.8), layout="constrained")
         ax = fig.subplots()
@@ -330,9 +327,9 @@ def cmd_fat(args: argparse.Namespace) -> int:
 # -- search ---------------------------------------------------------------------------------------
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .ftt import _spec
-    from .search import default_beta, save_found, search
-    from .store import RunStore
+    from resil.training.ftt import _spec
+    from resil.training.search import default_beta, save_found, search
+    from resil.training.store import RunStore
 
     procs = parse_faults(args.faults)
     beta = default_beta(procs) if args.beta is None else args.beta

@@ -14,23 +14,22 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 import torch
 
-from .discovery import sites
-from .encodings import FloatEncoding
-from .errors import FaultError
-from .fault_models import StuckAt
-from .faults import Fault, FaultSet
-from .injection import inject
-from .site import Site, SiteList
+from resil.discovery import sites
+from resil.encodings import FloatEncoding
+from resil.errors import FaultError
+from resil.fault_models import StuckAt
+from resil.faults import Fault, FaultSet
+from resil.injection import inject
+from resil.site import Site, SiteList
 
 if TYPE_CHECKING:
-    from .campaign import CampaignSpec
+    from resil.campaign import CampaignSpec
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
     import resil.models as rm
-
-    from .campaign.sources import check_forward
-    from .training.cli import load_model_option
+    from resil.campaign.sources import check_forward
+    from resil.cli.harden import load_model_option
 
     model = load_model_option(args).eval()
     example = rm.dataset(args.model).x_test[:2] if args.model in rm.names() else None
@@ -106,10 +105,9 @@ def _demo_faults(site_list: SiteList, flips: int, rng: np.random.Generator) -> l
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import resil.models as rm
-
-    from .campaign.sources import load_data
-    from .training.cli import load_model_option
-    from .training.ftt import check_classifier
+    from resil.campaign.sources import load_data
+    from resil.cli.harden import load_model_option
+    from resil.training.ftt import check_classifier
 
     torch.set_num_threads(1)
     model = load_model_option(args).eval()
@@ -159,16 +157,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _campaign_dirs(spec: "CampaignSpec", out: Path) -> list[tuple["CampaignSpec", Path]]:
+def _campaign_dirs(spec: CampaignSpec, out: Path) -> list[tuple[CampaignSpec, Path]]:
     """One directory per model: ``out`` itself for one model, ``out/<model>`` for several."""
     specs = spec.per_model()
     return [(s, out if len(specs) == 1 else out / s.model.names[0].replace(":", "_").replace("/", "_")) for s in specs]
 
 
-def _run_all(jobs: list[tuple["CampaignSpec | None", Path]], args: argparse.Namespace) -> int:
+def _run_all(jobs: list[tuple[CampaignSpec | None, Path]], args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .campaign import make_executor, resume, run
+    from resil.campaign import make_executor, resume, run
 
     for spec, out in jobs:
         label = spec.name if spec else out.name
@@ -190,11 +188,11 @@ def _run_all(jobs: list[tuple["CampaignSpec | None", Path]], args: argparse.Name
     return 0
 
 
-def _check_jobs(jobs: list[tuple["CampaignSpec", Path]]) -> None:
+def _check_jobs(jobs: list[tuple[CampaignSpec, Path]]) -> None:
     """Refuse, before any campaign runs, two campaigns into one directory and any campaign that
     :func:`resil.campaign.run` would refuse (its model, data, sites, fault space or directory)."""
-    from .campaign import Store
-    from .campaign.runner import runner_for
+    from resil.campaign import Store
+    from resil.campaign.runner import runner_for
 
     seen: dict[Path, str] = {}
     for spec, out in jobs:
@@ -207,7 +205,7 @@ def _check_jobs(jobs: list[tuple["CampaignSpec", Path]]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .campaign import load_spec
+    from resil.campaign import load_spec
 
     _slurm_options(args)
     specs = [load_spec(f) for f in args.spec]  # every file checked before any work starts
@@ -223,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .campaign import Store
+    from resil.campaign import Store
 
     _slurm_options(args)
     jobs: list[tuple[CampaignSpec | None, Path]] = []
@@ -239,7 +237,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def write_report_for(dirs: list[Path], out: Path) -> Path:
     """The report of the campaigns in ``dirs`` (each a campaign or a parent of several)."""
-    from .report import write_report
+    from resil.report import write_report
 
     if out.exists() and not out.is_dir():
         raise FaultError(f"report directory {out} exists and is not a directory: choose another --out")
@@ -259,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .analysis.compare import DEFAULT, QUICK, compare
+    from resil.analysis.compare import DEFAULT, QUICK, compare
 
     base = QUICK if args.quick else DEFAULT
     changes: dict[str, object] = {k: getattr(args, k) for k in ("scenarios", "trials", "inputs", "seed") if getattr(args, k) is not None}
@@ -275,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     models = dict(_labelled(m) for m in args.models) if args.models else None
     data = None
     if args.data:
-        from .campaign.sources import load_data
+        from resil.campaign.sources import load_data
 
         data = load_data(args.data)
     print(compare(models, args.out, data=data, settings=settings).summary())
@@ -311,7 +309,7 @@ def _executor_options(p: argparse.ArgumentParser) -> None:
 
 def _slurm_options(args: argparse.Namespace) -> None:
     """Check the executor options before any work: ``args.slurm`` becomes the Slurm options (or None)."""
-    from .campaign.slurm import SlurmOptions, parse_extra
+    from resil.campaign.slurm import SlurmOptions, parse_extra
 
     given = {k: v for k, v in vars(args).items() if k.startswith("slurm_") and v is not None}
     args.slurm = None
@@ -324,7 +322,8 @@ def _slurm_options(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.cli import add_model_options, add_parser as add_harden_parser
+    from resil.cli.harden import add_model_options
+    from resil.cli.harden import add_parser as add_harden_parser
 
     p = _Parser(prog="resil", description="Fault injection for dense, spiking, pruned and quantized PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)

@@ -31,10 +31,6 @@ from typing import Any, Union
 
 import numpy as np
 import pandas as pd
-
-from resil.campaign.metrics import COUNTS, estimate_failure, sequential, verdicts
-from resil.campaign.metrics import sort_groups
-from resil.campaign.metrics import by_group as group_table
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize, to_rgb
@@ -43,8 +39,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .errors import FaultError
-from .report_html import render_html
+from resil.campaign.metrics import COUNTS, estimate_failure, sequential, sort_groups, verdicts
+from resil.campaign.metrics import by_group as group_table
+from resil.errors import FaultError
+from resil.report.html import render_html
 
 __all__ = [
     "Campaign", "by_group", "load_campaign", "network_order", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
@@ -278,7 +276,7 @@ def network_order(campaigns: Sequence[Campaign], layers: Sequence[str]) -> list[
         >>> network_order([c], ["fc2", "conv2", "fc10", "extra"])
         ['conv2', 'fc10', 'fc2', 'extra']
     """
-    from .analysis.compare import layer_order
+    from resil.analysis.compare import layer_order
 
     known = layer_order([c.manifest.get("layers") or [] for c in campaigns])
     wanted = list(dict.fromkeys(layers))
