@@ -2,14 +2,16 @@
 with ``--workers 2``, side by side (and where the time goes).
 
 The campaign: dense-cnn, single-bit weight and bias flips over 256 test inputs, 2,000 scenarios
-(``--scenarios``) in shards of ``--shard-size``. Each contender runs it into a fresh directory; the
-tables must be equal. Reported per contender: wall time (pool start-up included) and scenarios/s;
-then the parts of the overhead: building the runner in one process (imports done: the golden run,
-sites, sampler), and in a freshly spawned worker its start (interpreter, imports), its runner
-build and its time per shard; and how many cores two busy workers actually get on the machine
-(two warm workers running the same shards side by side against one alone): on a machine shared
-with other work, the ceiling of the 2-worker speed-up. Every worker runs one torch thread (``run_shard(..., threads=1)``), as
-does the serial run, so two workers on two cores do not oversubscribe them.
+(``--scenarios``) in shards of ``--shard-size``. Each contender runs it into a fresh directory in a
+fresh interpreter, as ``resil run`` would (its pool's start-up included); the tables must be equal.
+Reported per contender: wall time (pool start-up included) and scenarios/s; then the parts of the
+overhead: building the runner in one process (imports done: the golden run, sites, sampler), and in
+a new worker its start (forked from resil's preloaded forkserver where the platform has one, else a
+spawned interpreter importing torch), its runner build and its time per shard; and how many cores
+two busy workers actually get on the machine (two warm workers running the same shards side by side
+against one alone): on a machine shared with other work, the ceiling of the 2-worker speed-up. Every
+worker runs one torch thread (``run_shard(..., threads=1)``), as does the serial run, so two workers
+on two cores do not oversubscribe them.
 
     python benchmarks/process_scaling.py                   # 2,000 scenarios, a few minutes on 2 cores
     python benchmarks/process_scaling.py --scenarios 400   # a smoke run
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 
 import resil.campaign as rc
+from resil.campaign.executors import worker_context
 from resil.campaign.runner import CampaignRunner, run_shard, runner_for
 from resil.campaign.spec import spec_from_dict
 
@@ -43,7 +48,7 @@ def busy(spec: dict, shards: range) -> float:
 
 def free_cores(spec: dict, shards: range) -> float:
     """How many cores two busy workers actually get: 2 x (one worker's time alone) / (their time side by side)."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = worker_context()
     with ProcessPoolExecutor(1, mp_context=ctx) as a, ProcessPoolExecutor(1, mp_context=ctx) as b:
         for f in [a.submit(run_shard, spec, 0, 1), b.submit(run_shard, spec, 0, 1)]:
             f.result()  # both warm
@@ -59,6 +64,27 @@ def timed_shards(spec: dict) -> tuple[float, float]:
     t1 = time.perf_counter()
     run_shard(spec, 0, 1)
     return t1 - t0, time.perf_counter() - t1
+
+
+#: one contender in a fresh interpreter, as `resil run` would be: its runner build, its pool's start
+#: (the forkserver's imports included) and every shard, timed after resil is imported
+CONTENDER = """
+import json, sys, time, torch
+import resil.campaign as rc
+from resil.campaign.spec import spec_from_dict
+torch.set_num_threads(1)
+spec, out, kind, workers = spec_from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], int(sys.argv[4])
+t = time.perf_counter()
+rc.run(spec, out, rc.make_executor(kind, workers))
+print(time.perf_counter() - t)
+"""
+
+
+def contender(spec: dict, out: Path, kind: str, workers: int) -> float:
+    """Seconds one contender takes in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", CONTENDER, json.dumps(spec), str(out), kind, str(workers)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 def main() -> None:
@@ -78,14 +104,12 @@ def main() -> None:
     build = time.perf_counter() - t
     tables, walls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, make in (("serial", lambda: rc.make_executor("serial")),
-                            ("process x1", lambda: rc.make_executor("process", 1)),
-                            ("process x2", lambda: rc.make_executor("process", 2))):
-            t = time.perf_counter()
-            tables[label] = rc.run(spec, Path(tmp) / label.replace(" ", ""), make()).table().to_pandas()
-            walls[label] = time.perf_counter() - t
+        for label, kind, workers in (("serial", "serial", 1), ("process x1", "process", 1), ("process x2", "process", 2)):
+            out = Path(tmp) / label.replace(" ", "")
+            walls[label] = contender(dataclasses.asdict(spec), out, kind, workers)
+            tables[label] = rc.Store(out).table().to_pandas()
         t = time.perf_counter()
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(1, mp_context=worker_context()) as ex:
             build_w, shard = ex.submit(timed_shards, dataclasses.asdict(spec)).result()
         spawn = time.perf_counter() - t - build_w - shard
         cores = free_cores(dataclasses.asdict(spec), range(min(5, -(-args.scenarios // args.shard_size))))
@@ -93,7 +117,7 @@ def main() -> None:
     for label, wall in walls.items():
         print(f"{label:12s} {wall:7.1f} s  {args.scenarios / wall:7.1f} scenarios/s  {walls['serial'] / wall:5.2f}x serial")
     print(f"runner build in one process (golden run, sites, sampler): {build:.2f} s")
-    print(f"spawned worker: {spawn:.1f} s to start (interpreter, imports), {build_w:.1f} s to build its runner, "
+    print(f"first worker ({worker_context().get_start_method()}): {spawn:.2f} s to start (a forkserver: its imports, once per run), {build_w:.1f} s to build its runner, "
           f"{shard:.2f} s per shard of {args.shard_size} scenarios")
     print(f"cores two busy workers get on this machine now: {cores:.2f} of 2 (2 x one worker alone / both side by side): "
           f"the most two workers can gain over one")

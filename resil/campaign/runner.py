@@ -19,7 +19,7 @@ from ..errors import FaultError
 from ..fault_models import fault_model_from_spec
 from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
-from .executors import SerialExecutor, in_flight, restarted, worker_lost
+from .executors import SerialExecutor, in_flight, restarted, starts_slowly, worker_lost
 from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
@@ -255,6 +255,7 @@ def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Call
             _remember((spec.hash(), live), runner)
         if live_objects and not isinstance(executor, SerialExecutor):
             live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
+            _remember((spec.hash(), live), runner)  # shards run here find it under the name the workers use
         done = store.done()
         todo = [s for s in range(runner.shards) if s not in done]
         if progress:
@@ -292,23 +293,32 @@ def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Ca
             shard = waiting.popleft()
             pending[ex.submit(run_shard, *arguments(shard))] = shard
 
+    def write(shard: int, result: dict[str, Any]) -> None:
+        try:
+            store.write(shard, result)
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror or e}; the shards stored before are intact: fix the cause, then "
+                          f"`resil resume {store.root}`") from e
+        finished(shard)
+
     def keep(f: Future[dict[str, Any]], lost: list[int]) -> None:
         """Store a finished shard (raising its error), or note it as lost with its worker."""
         shard = pending.pop(f)
         if f.cancelled() or worker_lost(f.exception()):
             lost.append(shard)
             return
-        try:
-            store.write(shard, f.result())
-        except OSError as e:
-            raise OSError(e.errno, f"{e.strerror or e}; the shards stored before are intact: fix the cause, then "
-                          f"`resil resume {store.root}`") from e
-        finished(shard)
+        write(shard, f.result())
 
+    here = starts_slowly(ex)  # run shards in this process until the first worker reports
     try:
         with getattr(ex, "batch", contextlib.nullcontext)():  # one array job where the executor batches
             fill()
         while pending:
+            here = here and bool(waiting) and not any(f.done() for f in pending)
+            if here:
+                shard = waiting.popleft()
+                write(shard, run_shard(*arguments(shard)))
+                continue
             lost: list[int] = []
             for f in wait(pending, return_when=FIRST_COMPLETED).done:
                 keep(f, lost)
