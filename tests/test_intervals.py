@@ -171,3 +171,40 @@ def test_bad_values_are_refused() -> None:
         scenario_estimate([0.5, 0.6], population=1)
     with pytest.raises(FaultError, match="difference"):
         scenarios_to_resolve([0.5], [0.4], 0.0)
+
+
+def _percentile_bootstrap(x: np.ndarray, reps: int = 20_000, seed: int = 7) -> tuple[float, float]:
+    """The 95% percentile bootstrap of the mean, written out by hand: resample scenarios with replacement."""
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(reps, x.size))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+SPREAD = 0.55 + 0.35 * np.sin(np.arange(300) * 1.7)  # fixed per-scenario accuracies with a wide spread
+
+
+def test_the_interval_agrees_with_a_percentile_bootstrap_by_hand_on_data_with_spread() -> None:
+    e = scenario_estimate(SPREAD)
+    low, high = _percentile_bootstrap(SPREAD)
+    half = (high - low) / 2
+    assert e.method == "t"
+    assert abs(e.low - low) < 0.1 * half and abs(e.high - high) < 0.1 * half
+
+
+def test_the_paired_difference_agrees_with_a_bootstrap_of_paired_differences_by_hand() -> None:
+    b = 0.5 + 0.35 * np.sin(np.arange(300) * 0.3)  # differences with a wide spread: the t part decides
+    e = difference_estimate(SPREAD, b, paired=True)
+    low, high = _percentile_bootstrap(SPREAD - b)
+    half = (high - low) / 2
+    assert e.value == pytest.approx(float((SPREAD - b).mean()))
+    assert abs(e.low - low) < 0.1 * half and abs(e.high - high) < 0.1 * half
+
+
+def test_where_differences_barely_vary_the_floor_makes_the_interval_wider_than_the_bootstrap() -> None:
+    b = SPREAD - 0.04 + 0.003 * np.cos(np.arange(300) * 0.9)  # a near-constant shift: the bootstrap is very narrow
+    e = difference_estimate(SPREAD, b, paired=True)
+    low, high = _percentile_bootstrap(SPREAD - b)
+    u = stats.beta.ppf(0.975, 1, 300)  # what 300 scenarios cannot rule out, on the (d + 1) / 2 scale
+    m = float(((SPREAD - b + 1) / 2).mean())
+    assert e.low < low and e.high > high
+    assert e.low == pytest.approx(2 * (1 - u) * m - 1) and e.high == pytest.approx(2 * ((1 - u) * m + u) - 1)
