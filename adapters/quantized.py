@@ -40,7 +40,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from brevitas.nn import (
@@ -68,10 +68,11 @@ from resil.encodings import FLOAT_ENCODINGS, IntEncoding, to_unsigned
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, register_step_hook
 from resil.plan import ElementPlan
-from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, register_channel_local
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform
 
-from . import UnsupportedAdapter, register_adapter
+from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from .dense import DenseAdapter
+from .pruning import is_pruning_hook
 
 #: the Brevitas layer types this adapter describes (and their subclasses)
 LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -90,7 +91,10 @@ def register() -> None:
     adapter = QuantizedAdapter()
     for layer_type in LAYER_TYPES:
         register_adapter(layer_type, adapter)
-    register_channel_local(QuantReLU, QuantIdentity)  # elementwise; per-tensor scales are checked on the golden run
+
+
+#: Brevitas layers that act on every channel alone (elementwise; per-tensor scales are checked on the golden run)
+CHANNEL_LOCAL = (QuantReLU, QuantIdentity)
 
 
 def encoding_of_quant(qt: IntQuantTensor) -> IntEncoding:
@@ -132,6 +136,34 @@ class QuantizedAdapter(Adapter):
             return register_step_hook(site.module, ActivationCodeHook(site, plan), register=proxy.register_forward_hook)
         handle = getattr(site.module, site.attr + "_quant").register_forward_hook(ParameterCodeHook(site, plan.stored()))
         return handle.remove
+
+    def trainable(self, site: Site) -> nn.Parameter | None:
+        """The float parameter the quantizer reads (``weight_orig`` if pruned)."""
+        return self._dense.trainable(site)
+
+    def transform(self, site: Site, fn: ValueTransform) -> Undo:
+        """A quantized weight or bias: on the quantizer's output, with its run-time scale and zero
+        point (so faults stay on the integer grid); a quantized activation: on the layer's output values."""
+        if site.batched:
+            return site.module.register_forward_hook(_on_values(site, fn)).remove
+        return getattr(site.module, site.attr + "_quant").register_forward_hook(_on_values(site, fn)).remove
+
+    def channel_local(self, module: nn.Module) -> bool:
+        return type(module) in CHANNEL_LOCAL or super().channel_local(module)
+
+    def recomputes_from_sites(self, pre_hook: object) -> bool:
+        return is_pruning_hook(pre_hook)
+
+
+def _on_values(site: Site, fn: ValueTransform) -> Callable[[nn.Module, object, object], object]:
+    """A forward hook applying ``fn`` to the values of the (quantized) tensor a module returns."""
+    def hook(module: nn.Module, args: object, out: object) -> object:
+        if isinstance(out, torch.Tensor):
+            return fn(out, site.encoding)
+        qt = _require_int(site, out)
+        enc = dataclasses.replace(site.encoding, scale=qt.scale, zero_point=qt.zero_point) if isinstance(site.encoding, IntEncoding) else site.encoding
+        return qt.set(value=fn(qt.value, enc))
+    return hook
 
 
 def _output_quantizer(module: nn.Module) -> str | None:

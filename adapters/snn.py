@@ -40,9 +40,9 @@ from torch import nn
 from resil.encodings import FLOAT_ENCODINGS, SpikeEncoding, encoding_of
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, corrupt_stored, register_step_hook
-from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform
 
-from . import UnsupportedAdapter, register_adapter
+from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from .dense import parameter_kind
 
 STATES = ("syn", "syn_exc", "syn_inh", "mem")
@@ -53,6 +53,7 @@ class SpikingAdapter(Adapter):
     """Sites and injection for ``snntorch.SpikingNeuron`` modules (see the module docstring)."""
 
     name = "snn"
+    temporal = True
 
     def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
         dot = prefix + "." if prefix else ""
@@ -87,6 +88,14 @@ class SpikingAdapter(Adapter):
 
     def reset(self, module: nn.Module) -> None:
         module.reset_mem()
+
+    def transform(self, site: Site, fn: ValueTransform) -> Undo:
+        """Stored tensors of their own shape only: a neuron's state and spikes, and a layer-wide
+        parameter listed per neuron, are not values a layer computes with in one place."""
+        stored = getattr(site.module, site.attr, None) if not site.batched else None
+        if not isinstance(stored, torch.Tensor) or tuple(stored.shape) != site.shape:
+            raise FaultError(f"site {site.name!r}: the spiking adapter transforms stored tensors of their own shape only")
+        return super().transform(site, fn)
 
 
 def _per_neuron(site: Site, stored: torch.Tensor, plan: SitePlan) -> Undo:
@@ -141,7 +150,8 @@ def register() -> None:
     ``StateLeaky``) process a whole sequence per call, which the step semantics above do not
     describe: listing their sites raises a clear error.
     """
-    register_adapter(snntorch.SpikingNeuron, UnsupportedAdapter("it processes whole sequences per call; resil's spiking adapter covers step-wise neurons"))
+    register_adapter(snntorch.SpikingNeuron, UnsupportedAdapter(
+        "it processes whole sequences per call; resil's spiking adapter covers step-wise neurons", temporal=True))
     adapter = SpikingAdapter()
     for name in STEP_NEURONS:
         register_adapter(getattr(snntorch, name), adapter)

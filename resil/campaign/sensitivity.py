@@ -42,7 +42,7 @@ def flip_deltas(values: torch.Tensor, codes: torch.Tensor, encoding: Encoding, b
 
 def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torch.Tensor, space: FaultSpace) -> np.ndarray:
     """One score in [0, 1] per location of ``space`` (see the module docstring)."""
-    stored = {s.name: _stored_tensor(s) for s in space.sites if not s.batched}
+    stored = {s.name: s.adapter.trainable(s) for s in space.sites if not s.batched}
     activations, hooks = retained_outputs(s for s in space.sites if s.batched and s.kind == "activation")
     params = [t for t in stored.values() if t is not None]
     for p in params:
@@ -97,11 +97,3 @@ def _magnitude(deltas: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     scale = values.detach().abs().to(torch.float64).mean().clamp_min(1e-30)
     return torch.tanh(deltas / (1000 * scale))
 
-
-def _stored_tensor(site: Site) -> torch.Tensor | None:
-    """The parameter holding a stored site's values, if gradients reach it."""
-    for attr in (site.attr + "_orig", site.attr):
-        t = getattr(site.module, attr, None)
-        if isinstance(t, nn.Parameter) and t.requires_grad and t.shape == site.shape:
-            return t
-    return None
