@@ -1,4 +1,4 @@
-"""FT-NAS fault models (resil.ftnas) against hand computations, numpy and binomial statistics."""
+"""FT-NAS fault models (resil.fixed_point_faults, resil.training.ftnas) against hand computations, numpy and binomial statistics."""
 
 import math
 
@@ -10,7 +10,8 @@ from torch import nn
 
 import resil
 import resil.training
-from resil.ftnas import IBB, AdSAF, BitBias, DifferentialStuckAt, MiBB, bias_values, fan_in, fixed_point_scale, stuck_cells
+from resil.fixed_point_faults import BitBias, DifferentialStuckAt, bias_values, fixed_point_scale, stuck_cells
+from resil.training.ftnas import IBB, AdSAF, MiBB, fan_in
 
 torch.set_num_threads(1)
 

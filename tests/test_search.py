@@ -9,7 +9,7 @@ from torch import nn
 
 import resil.models as rm
 from resil import FaultError
-from resil.ftnas import AdSAF, MiBB
+from resil.training.ftnas import AdSAF, MiBB
 from resil.training.search import (
     Arch,
     SearchSpace,

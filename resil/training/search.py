@@ -46,9 +46,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..discovery import sites as list_sites
 from ..errors import FaultError
-from ..ftnas import AdSAF, FaultProcess, processes
-from .ftt import _spec, faulty_accuracy, run_ftt, train_ftt
+from .ftnas import AdSAF, FaultProcess, process_spec, processes
+from .ftt import faulty_accuracy, run_ftt, train_ftt
 
 __all__ = [
     "ACTIVATIONS",
@@ -282,7 +283,7 @@ def default_beta(faults: FaultProcess | Sequence[FaultProcess]) -> float:
     """FT-NAS's reward weight: 0.5 for feature faults (MiBB/iBB), 0.2 for adSAF weight faults.
 
     Example:
-        >>> from resil.ftnas import MiBB
+        >>> from resil.training.ftnas import MiBB
         >>> default_beta(AdSAF()), default_beta(MiBB())
         (0.2, 0.5)
     """
@@ -349,7 +350,8 @@ class ComparisonRow:
 
 
 def live_parameters(model: nn.Module) -> tuple[int, int]:
-    """(parameters, unpruned parameters) of ``model``: a ``torch.nn.utils.prune`` mask's zeros are not live.
+    """(parameters, unpruned parameters) of ``model``: the elements its stored sites do not hold (a
+    ``torch.nn.utils.prune`` mask's zeros, :attr:`resil.Site.live`) are not live.
 
     Example:
         >>> from torch.nn.utils import prune
@@ -358,7 +360,7 @@ def live_parameters(model: nn.Module) -> tuple[int, int]:
         (10, 6)
     """
     total = sum(p.numel() for p in model.parameters())
-    pruned = sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith("_mask"))
+    pruned = sum(s.numel - s.size for s in list_sites(model) if not s.batched and s.live is not None and s.numel is not None)
     return total, total - pruned
 
 
@@ -375,7 +377,7 @@ def compare(models: dict[str, tuple[nn.Module, str]], faults: FaultProcess | Seq
         seed: draw seed, the same for every model (identical draws for models of the same shape).
 
     Example:
-        >>> from resil.ftnas import AdSAF
+        >>> from resil.training.ftnas import AdSAF
         >>> _ = torch.manual_seed(0)
         >>> x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
         >>> rows = compare({"tiny": (Arch(4, 8, 16).build().eval(), "untrained")}, AdSAF(p=0.0), x, y, beta=0.2, draws=2)
@@ -489,7 +491,7 @@ def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None 
         A :class:`SearchResult`.
 
     Example (a few seconds):
-        >>> from resil.ftnas import AdSAF
+        >>> from resil.training.ftnas import AdSAF
         >>> space = SearchSpace(conv1=(4,), conv2=(8,), hidden=(16,), kernel=(3,), pool=("max",), bits=(None,))
         >>> r = search(AdSAF(p=0.08), space=space, candidates=2, population=2, epochs=1, final_epochs=1, draws=1,
         ...            final_draws=1, references=(), progress=False)
@@ -590,7 +592,7 @@ def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None 
             total_p, live = live_parameters(r.trained)
             rows.append(ComparisonRow(name, f"FTT alpha={r.alpha:g}", total_p, live, r.clean_ftt, tuple(r.faulty_ftt),
                                       reward(r.clean_ftt, float(np.mean(r.faulty_ftt)), beta)))
-    return SearchResult(best.arch, model, " + ".join(_spec(p) for p in procs), beta, alpha, history, rows,
+    return SearchResult(best.arch, model, " + ".join(process_spec(p) for p in procs), beta, alpha, history, rows,
                         time.perf_counter() - start)
 
 
