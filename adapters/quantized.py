@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from brevitas.nn import (
@@ -125,7 +126,7 @@ class QuantizedAdapter(Adapter):
 
     def codes(self, site: Site) -> torch.Tensor:
         with torch.no_grad():
-            qt = site.module.quant_weight() if site.attr == "weight" else site.module.quant_bias()
+            qt = _layer(site.module).quant_weight() if site.attr == "weight" else _layer(site.module).quant_bias()
         enc = site.encoding
         assert isinstance(enc, IntEncoding)
         return enc.from_int(torch.round(qt.value / qt.scale + qt.zero_point).to(torch.int64))
@@ -166,6 +167,16 @@ def _on_values(site: Site, fn: ValueTransform) -> Callable[[nn.Module, object, o
     return hook
 
 
+def _layer(module: nn.Module) -> Any:
+    """A Brevitas layer or quantizer as the untyped object it is (Brevitas has no type information)."""
+    return module
+
+
+def _int_encoding(site: Site) -> IntEncoding:
+    assert isinstance(site.encoding, IntEncoding)  # the adapter lists its own sites with integer encodings
+    return site.encoding
+
+
 def _output_quantizer(module: nn.Module) -> str | None:
     """The name of the enabled activation or output quantizer of ``module``, if any."""
     for attr in ("act_quant", "output_quant"):
@@ -182,7 +193,7 @@ def _parameter_encoding(module: nn.Module, attr: str) -> IntEncoding:
         # the scale is input scale x weight scale, known only during a forward
         return IntEncoding(int(proxy.quant_injector.bit_width), bool(proxy.is_signed))
     with torch.no_grad():
-        return encoding_of_quant(module.quant_weight() if attr == "weight" else module.quant_bias())
+        return encoding_of_quant(_layer(module).quant_weight() if attr == "weight" else _layer(module).quant_bias())
 
 
 def _probe_encoding(proxy: nn.Module) -> IntEncoding:
@@ -192,7 +203,7 @@ def _probe_encoding(proxy: nn.Module) -> IntEncoding:
     proxy.eval()
     try:
         with torch.no_grad():
-            return encoding_of_quant(proxy.forward(proxy._zero_hw_sentinel()))
+            return encoding_of_quant(proxy.forward(_layer(proxy)._zero_hw_sentinel()))
     finally:
         proxy.train(training)
 
@@ -221,7 +232,7 @@ class ParameterCodeHook:
         if self.index[0].device != value.device:
             self.index = tuple(i.to(value.device) for i in self.index)
             self.plan = self.plan.to(value.device)
-        enc = dataclasses.replace(self.site.encoding, scale=qt.scale, zero_point=qt.zero_point)
+        enc = dataclasses.replace(_int_encoding(self.site), scale=qt.scale, zero_point=qt.zero_point)
         scale, zero_point = qt.scale.expand(self.shape)[self.index], qt.zero_point.expand(self.shape)[self.index]
         q = torch.round(value[self.index] / scale + zero_point).to(torch.int64)
         q2 = enc.to_int(self.plan.apply(enc.from_int(q), enc, self.plan.narrowed(enc, self.shape)))
@@ -235,7 +246,7 @@ class ActivationCodeHook(StepHook):
     def corrupt(self, module: nn.Module, args: tuple[object, ...], out: object, windows: list[DeviceWindow]) -> IntQuantTensor:
         qt = _require_int(self.site, out)
         value, scale, zero_point = qt.value, qt.scale, qt.zero_point
-        enc = dataclasses.replace(self.site.encoding, scale=scale, zero_point=zero_point)
+        enc = dataclasses.replace(_int_encoding(self.site), scale=scale, zero_point=zero_point)
         q = torch.round(value / scale + zero_point).to(torch.int64)
         raw = q.clone()
         self.corrupt_rows(raw.view(value.shape[0] if value.dim() else 1, -1), enc, windows)

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import snntorch
 import torch
@@ -68,7 +69,8 @@ class SpikingAdapter(Adapter):
         for name in STATES:
             if hasattr(module, name) and isinstance(getattr(module, name), torch.Tensor):
                 yield Site(dot + name, "state", None, FLOAT_ENCODINGS[torch.get_default_dtype()], self, module, name, batched=True)
-        amplitude = float(module.graded_spikes_factor) if module.graded_spikes_factor.dim() == 0 else module.graded_spikes_factor
+        factor = _neuron(module).graded_spikes_factor
+        amplitude = float(factor) if factor.dim() == 0 else factor
         yield Site(dot + "spk", "spike", None, SpikeEncoding(amplitude), self, module, "spk", batched=True)
 
     def install(self, site: Site, plan: SitePlan) -> Undo:
@@ -87,7 +89,7 @@ class SpikingAdapter(Adapter):
         return site.encoding.encode(getattr(site.module, site.attr).detach().expand(site.shape))
 
     def reset(self, module: nn.Module) -> None:
-        module.reset_mem()
+        _neuron(module).reset_mem()
 
     def transform(self, site: Site, fn: ValueTransform) -> Undo:
         """Stored tensors of their own shape only: a neuron's state and spikes, and a layer-wide
@@ -98,12 +100,17 @@ class SpikingAdapter(Adapter):
         return super().transform(site, fn)
 
 
+def _neuron(module: nn.Module) -> Any:
+    """A snnTorch neuron as the untyped object it is (snnTorch has no type information)."""
+    return module
+
+
 def _per_neuron(site: Site, stored: torch.Tensor, plan: SitePlan) -> Undo:
     """Replace a layer-wide parameter by one value per neuron, corrupted; undo puts it back."""
     assert site.shape is not None
     expanded = stored.detach().expand(site.shape).clone()
     corrupt_stored(expanded, site.encoding, plan.stored(), site.shape)
-    table = site.module._parameters if site.attr in site.module._parameters else site.module._buffers
+    table: dict[str, Any] = site.module._parameters if site.attr in site.module._parameters else site.module._buffers
     table[site.attr] = nn.Parameter(expanded, requires_grad=stored.requires_grad) if isinstance(stored, nn.Parameter) else expanded
 
     def restore() -> None:
@@ -134,7 +141,7 @@ class SpikeHook(StepHook):
         with torch.no_grad():
             codes = (spk != 0).to(torch.int64).reshape(spk.shape[0], -1)
             self.corrupt_rows(codes, self.site.encoding, windows)
-            amplitude = module.graded_spikes_factor.to(spk.dtype)
+            amplitude = _neuron(module).graded_spikes_factor.to(spk.dtype)
             spk.copy_(torch.where(codes.view(spk.shape) != 0, amplitude, torch.zeros_like(amplitude)))
         return None
 

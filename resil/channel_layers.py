@@ -86,7 +86,7 @@ class ConvLayer(ChannelLayer):
         """The functional convolution of the layer's dimensionality with its stride, padding and dilation."""
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.dim() - 2]
         m = self.module
-        return conv(x, weight, bias, m.stride, m.padding, m.dilation, groups)  # type: ignore[arg-type]
+        return conv(x, weight, bias, m.stride, m.padding, m.dilation, groups)
 
 
 def channel_layer_of(module: nn.Module) -> ChannelLayer | None:

@@ -497,7 +497,8 @@ def replace_at(obj: object, path: OutputPath, value: object) -> object:
     key, rest = path[0], path[1:]
     if isinstance(obj, tuple):
         items = list(obj)
-        items[key] = replace_at(items[key], rest, value)  # type: ignore[index]
+        assert isinstance(key, int)  # a tuple's entries are addressed by position
+        items[key] = replace_at(items[key], rest, value)
         return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     new = copy.copy(obj)
     new[key] = replace_at(obj[key], rest, value)  # type: ignore[index]

@@ -500,9 +500,11 @@ class GroupedForward:
         if stage not in self._layers:
             module = self.suffix.stages[stage]
             found = {s.kind: s for s in sites if s.module is module and s.kind in ("weight", "bias") and s.attr == s.kind and not s.batched}
-            dtype = module.weight.dtype
-            weight = self._values(found["weight"], dtype).reshape(module.weight.shape) if "weight" in found else module.weight.detach()
-            bias = None if module.bias is None else self._values(found["bias"], dtype) if "bias" in found else module.bias.detach()
+            stored_w, stored_b = module.weight, module.bias
+            assert isinstance(stored_w, torch.Tensor) and (stored_b is None or isinstance(stored_b, torch.Tensor))  # _patchable checked
+            dtype = stored_w.dtype
+            weight = self._values(found["weight"], dtype).reshape(stored_w.shape) if "weight" in found else stored_w.detach()
+            bias = None if stored_b is None else self._values(found["bias"], dtype) if "bias" in found else stored_b.detach()
             self._layers[stage] = weight, bias
         return self._layers[stage]
 

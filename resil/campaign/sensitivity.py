@@ -55,15 +55,16 @@ def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torc
         elements, bits = torch.from_numpy(space.elements[i]), space.bits[i]
         if bits[0] < 0:  # whole-word fault models: score by the gradient alone
             bits = np.array([site.bits - 1])
-        if not site.batched and stored[site.name] is not None and stored[site.name].grad is not None:
-            g = stored[site.name].grad.detach().reshape(-1)[elements].abs().to(torch.float64)
+        param, kept = stored.get(site.name), activations.get(site.name)
+        if param is not None and param.grad is not None:
+            g = param.grad.detach().reshape(-1)[elements].abs().to(torch.float64)
             codes = site.codes()[elements]
             values = site.encoding.decode(codes)
             d = flip_deltas(values, codes, site.encoding, bits)
             s = torch.maximum(torch.tanh(g[:, None] * d), _magnitude(d, values))
-        elif site.name in activations and activations[site.name].grad is not None:
-            a = activations[site.name]
-            values, grads = a.detach().reshape(len(a), -1)[:, elements], a.grad.detach().reshape(len(a), -1)[:, elements].abs()
+        elif kept is not None and kept.grad is not None:
+            a = kept
+            values, grads = a.detach().reshape(len(a), -1)[:, elements], kept.grad.detach().reshape(len(a), -1)[:, elements].abs()
             codes = site.encoding.encode(values)
             d = torch.stack([flip_deltas(values[k], codes[k], site.encoding, bits) for k in range(len(values))])
             s = torch.maximum(torch.tanh((grads.to(torch.float64)[:, :, None] * d).mean(0)), _magnitude(d, values).mean(0))

@@ -73,6 +73,7 @@ from ..discovery import sites as list_sites
 from ..encodings import Encoding, IntEncoding
 from ..errors import FaultError
 from ..fixed_point_faults import add_bit_bias, bias_values, fixed_point_scale, stuck_cells
+from ..injectors import device_of
 from ..site import Site, SiteList, Undo
 from .ftnas import AdSAF, FaultProcess, FeatureFaults, process_spec, processes
 
@@ -212,7 +213,7 @@ class FTT:
     def _draw_weight_faults(self, module: nn.Module, args: Any) -> None:
         """Model pre-hook: one fresh draw of cell faults per weight site, for this call of the model."""
         for ws in self._weights:
-            device = _device_of(ws.site.module)
+            device = device_of(ws.site.module)
             assert ws.site.shape is not None  # weight sites have a shape
             cells = ws.process.cell_states(ws.site.shape, self._generators(device), device)
             ws.cells = cells if ws.live is None else cells * ws.live.to(device)
@@ -239,18 +240,17 @@ class FTT:
         Skips the pass whose weight is 0. The two parts are kept in :attr:`last`.
         """
         self._check_open()
-        zero = None
-        clean = self.loss_fn(self.model(x), y) if self.alpha < 1 else zero
+        clean = self.loss_fn(self.model(x), y) if self.alpha < 1 else None
+        faulty: torch.Tensor | None = None
         if self.alpha > 0:
             with self.faulty():
                 faulty = self.loss_fn(self.model(x), y)
-        else:
-            faulty = zero
         self.last = (float(clean.detach()) if clean is not None else math.nan, float(faulty.detach()) if faulty is not None else math.nan)
+        if faulty is None:
+            assert clean is not None  # alpha = 0
+            return (1 - self.alpha) * clean
         if clean is None:
             return self.alpha * faulty
-        if faulty is None:
-            return (1 - self.alpha) * clean
         return (1 - self.alpha) * clean + self.alpha * faulty
 
     def convert(self) -> nn.Module:
@@ -328,12 +328,6 @@ def _live_mask(site: Site) -> torch.Tensor | None:
     mask = torch.zeros(site.numel, dtype=torch.bool)
     mask[torch.from_numpy(site.live)] = True
     return mask.view(site.shape)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    """Where a module's own tensors live (the CPU if it has none)."""
-    t = next(iter((*module.parameters(recurse=False), *module.buffers(recurse=False))), None)
-    return t.device if t is not None else torch.device("cpu")
 
 
 def prepare(model: nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, alpha: float = 0.5,
@@ -495,7 +489,8 @@ def as_dataset(data: Any, name: str = "data") -> Dataset:
         except FaultError as e:
             raise FaultError(f"{what}: {e}") from e
         splits += [x, _class_labels(y, what)]
-    return Dataset(name, *splits, classes=int(max(splits[1].max(), splits[3].max())) + 1)
+    x_train, y_train, x_test, y_test = splits
+    return Dataset(name, x_train, y_train, x_test, y_test, classes=int(max(y_train.max(), y_test.max())) + 1)
 
 
 def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, data: Any = None, recipe: Recipe | None = None,

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,8 +70,8 @@ __all__ = [
 ]
 
 #: activation choices: name -> module factory (``hardtanh`` is Hardtanh(0, 1): a ReLU clipped at 1)
-ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardtanh": lambda: nn.Hardtanh(0.0, 1.0)}
-POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardtanh": lambda: nn.Hardtanh(0.0, 1.0)}
+POOLS: dict[str, Callable[[int], nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 #: the dense reference CNN's weights and biases (``dense-cnn``): the default parameter budget
 DENSE_CNN_PARAMS = 38_282
 HEADS = ("single", "tmr")
@@ -360,7 +360,7 @@ def live_parameters(model: nn.Module) -> tuple[int, int]:
         (10, 6)
     """
     total = sum(p.numel() for p in model.parameters())
-    pruned = sum(s.numel - s.size for s in list_sites(model) if not s.batched and s.live is not None and s.numel is not None)
+    pruned = sum((s.numel or 0) - len(s.live) for s in list_sites(model) if not s.batched and s.live is not None)
     return total, total - pruned
 
 
