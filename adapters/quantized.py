@@ -65,13 +65,13 @@ from brevitas.nn.quant_rnn import QuantRecurrentStackBase
 from brevitas.quant_tensor import IntQuantTensor
 from torch import nn
 
+from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from resil.encodings import FLOAT_ENCODINGS, IntEncoding, to_unsigned
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, register_step_hook
 from resil.plan import ElementPlan
 from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform
 
-from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from .dense import DenseAdapter
 from .pruning import is_pruning_hook
 
@@ -120,7 +120,8 @@ class QuantizedAdapter(Adapter):
             yield site
         attr = _output_quantizer(module)
         if attr is None:
-            yield Site(prefix + ":out", "activation", None, FLOAT_ENCODINGS[torch.get_default_dtype()], self._dense, module, "out", batched=True)
+            float_out = FLOAT_ENCODINGS[torch.get_default_dtype()]
+            yield Site(prefix + ":out", "activation", None, float_out, self._dense, module, "out", batched=True)
         else:
             yield Site(prefix + ":out", "activation", None, _probe_encoding(getattr(module, attr)), self, module, attr, batched=True)
 
@@ -162,7 +163,9 @@ def _on_values(site: Site, fn: ValueTransform) -> Callable[[nn.Module, object, o
         if isinstance(out, torch.Tensor):
             return fn(out, site.encoding)
         qt = _require_int(site, out)
-        enc = dataclasses.replace(site.encoding, scale=qt.scale, zero_point=qt.zero_point) if isinstance(site.encoding, IntEncoding) else site.encoding
+        enc = site.encoding
+        if isinstance(enc, IntEncoding):
+            enc = dataclasses.replace(enc, scale=qt.scale, zero_point=qt.zero_point)
         return qt.set(value=fn(qt.value, enc))
     return hook
 

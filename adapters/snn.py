@@ -38,12 +38,12 @@ import snntorch
 import torch
 from torch import nn
 
+from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from resil.encodings import FLOAT_ENCODINGS, SpikeEncoding, encoding_of
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, corrupt_stored, register_step_hook
 from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform
 
-from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from .dense import parameter_kind
 
 STATES = ("syn", "syn_exc", "syn_inh", "mem")

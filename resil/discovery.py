@@ -134,7 +134,8 @@ class ExampleOutputs:
             self._doubled = self._run_doubled()
         again = self._doubled.get(module)
         grown = {path: shape for path, shape, _ in (again.tensors or ())} if again is not None else {}
-        return tuple(OutputTensor(path, shape, dtype, _batch_dim(shape, grown.get(path), self._batch)) for path, shape, dtype in seen.tensors)
+        return tuple(OutputTensor(path, shape, dtype, _batch_dim(shape, grown.get(path), self._batch))
+                     for path, shape, dtype in seen.tensors)
 
     def _run_doubled(self) -> dict[nn.Module, _Seen]:
         n = self._batch
@@ -155,7 +156,7 @@ def _batch_dim(shape: tuple[int, ...], grown: tuple[int, ...] | None, n: int | N
     """The one dimension that goes from ``n`` to ``2 n`` between ``shape`` and ``grown``, if any."""
     if grown is None or n is None or len(grown) != len(shape):
         return None
-    changed = [d for d, (a, b) in enumerate(zip(shape, grown)) if a != b]
+    changed = [d for d, (a, b) in enumerate(zip(shape, grown, strict=True)) if a != b]
     if len(changed) == 1 and shape[changed[0]] == n and grown[changed[0]] == 2 * n:
         return changed[0]
     return None

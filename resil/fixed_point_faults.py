@@ -128,7 +128,8 @@ class NamedBits(FaultModel):
 
     def not_applicable(self, encoding: Encoding, kind: str) -> str | None:
         if isinstance(encoding, SpikeEncoding) or encoding.bits < self.choices:
-            return f"it names {self.named} by bits 0..{self.choices - 1} and needs an encoding of at least {self.choices} bits, not {encoding.name}"
+            return (f"it names {self.named} by bits 0..{self.choices - 1} and needs an encoding of at least {self.choices} bits, "
+                    f"not {encoding.name}")
         return None
 
 

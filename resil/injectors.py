@@ -252,7 +252,8 @@ def _apply_at(raw: torch.Tensor, index: tuple[slice | torch.Tensor, ...] | torch
     """Corrupt ``raw[index]`` in place (``index`` selects the plan's keys, which are distinct)."""
     if raw.device.type == "cpu" and not raw.requires_grad:  # numpy indexing is much faster on the CPU
         arr = raw.numpy()
-        np_index: tuple[slice | np.ndarray, ...] | np.ndarray = tuple(i.numpy() if isinstance(i, torch.Tensor) else i for i in index) if isinstance(index, tuple) else index.numpy()
+        np_index: tuple[slice | np.ndarray, ...] | np.ndarray
+        np_index = tuple(i.numpy() if isinstance(i, torch.Tensor) else i for i in index) if isinstance(index, tuple) else index.numpy()
         if plan.xor is not None:
             arr[np_index] ^= plan.xor.numpy().astype(arr.dtype)
         else:

@@ -468,7 +468,7 @@ def tensors_in(obj: object, path: OutputPath = ()) -> Iterator[tuple[OutputPath,
         yield path, obj
         return
     for key, value in _items(obj) or ():
-        yield from tensors_in(value, path + (key,))
+        yield from tensors_in(value, (*path, key))
 
 
 def tensor_at(obj: object, path: OutputPath) -> object:

@@ -169,7 +169,8 @@ class AdapterTester:
         for s in self._computed():
             if s.batch_dim is None:
                 continue
-            with torch.no_grad(), inject(self.model, [Fault(s.name, int(i), bit=self._high_bit(s), batch=1) for i in self._picks(s)], sites=self.sites):
+            faults = [Fault(s.name, int(i), bit=self._high_bit(s), batch=1) for i in self._picks(s)]
+            with torch.no_grad(), inject(self.model, faults, sites=self.sites):
                 out = self.forward(self.model, self.example)
             assert _bits(out[:1]) == _bits(self.golden[:1]), f"site {s.name!r}: a fault on sample 1 changed sample 0's output"
             covered.append(s.name)
@@ -182,9 +183,10 @@ class AdapterTester:
         covered = []
         for s in self._computed():
             late = calls.get(s.module, 0)
-            with torch.no_grad(), inject(self.model, [Fault(s.name, int(self._picks(s)[0]), bit=self._high_bit(s), step=(late, FOREVER))], sites=self.sites):
+            fault = Fault(s.name, int(self._picks(s)[0]), bit=self._high_bit(s), step=(late, FOREVER))
+            with torch.no_grad(), inject(self.model, fault, sites=self.sites):
                 out = self.forward(self.model, self.example)
-            assert _bits(out) == _bits(self.golden), f"site {s.name!r}: a fault from step {late} on (after the last call) changed the output"
+            assert _bits(out) == _bits(self.golden), f"site {s.name!r}: a fault from step {late} (after its last call) changed the output"
             covered.append(s.name)
         self._assert_output_restored("time-window faults")
         return covered

@@ -55,7 +55,7 @@ class Spiking(nn.Module):
     def forward(self, x):
         out = []
         for _ in range(3):
-            spk, mem = self.lif2(self.fc2(self.lif1(self.fc1(x))))
+            _, mem = self.lif2(self.fc2(self.lif1(self.fc1(x))))
             out.append(mem)
         return torch.stack(out).mean(0)
 
@@ -177,5 +177,5 @@ def test_toy_adapter_takes_an_ftt_step(toy):
     ftt.loss(x, y).backward()
     opt.step()
     net = ftt.convert()
-    assert all(torch.equal(a, m.q) for a, m in zip(q, (net[0], net[2])))  # codes untouched
+    assert all(torch.equal(a, m.q) for a, m in zip(q, (net[0], net[2]), strict=True))  # codes untouched
     assert not torch.equal(net(x).detach(), clean) and not net[0].transforms  # trained, and no transform left

@@ -10,8 +10,8 @@ from torch.nn.utils import prune
 
 import resil
 import resil.training
-from resil.training.ftnas import IBB, AdSAF, MiBB
 from resil.training import FTT, prepare
+from resil.training.ftnas import IBB, AdSAF, MiBB
 
 torch.set_num_threads(1)
 

@@ -193,13 +193,15 @@ class GroupedForward:
                 return None
             row_scen, row_channel, rows = touched
             calls = [[rows(b, c) for c in range(len(self.suffix.recorded[b][stage]))] for b in batches]
-            live = self._live(n, row_scen, [(y, self._golden_out(b, stage, c)) for b in batches for c, y in enumerate(calls[b])], row_channel)
+            pairs = [(y, self._golden_out(b, stage, c)) for b in batches for c, y in enumerate(calls[b])]
+            live = self._live(n, row_scen, pairs, row_channel)
             keep, row_scen, row_channel, calls = self._keep(live, row_scen, row_channel, calls)
             outs = [self._replayed(stage, b, [self._stack(self._golden_out(b, stage, c), y, row_scen, row_channel, len(keep))
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
-            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)], dtype=bool)
+            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)],
+                            dtype=bool)
             keep = np.flatnonzero(live)
             outs = [self._after(stage + 1, b, h[torch.from_numpy(keep)]) if len(keep) else None for b, h in enumerate(alone)]
         else:

@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -200,7 +200,7 @@ class ModuleReplay:
         own = iter(calls)
         n = copies if stack_prefix else 1
         for m in chosen:
-            m.forward = lambda *a, r=replays[id(m)], **kw: _stack_copies(next(r), n) if n > 1 else next(r)
+            m.forward = _replaying(replays[id(m)], n)
         target.forward = lambda *a, **kw: next(own)
         try:
             with torch.no_grad():
@@ -209,6 +209,14 @@ class ModuleReplay:
             for m in (*chosen, target):
                 del m.forward
             self._forget_changed(chosen, batch, before)
+
+
+def _replaying(recorded: Iterator[Any], copies: int) -> Callable[..., Any]:
+    """A forward that returns the next recorded output (as ``copies`` stacked copies if more than one)."""
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = next(recorded)
+        return _stack_copies(out, copies) if copies > 1 else out
+    return forward
 
 
 def _stack_copies(value: Any, copies: int) -> Any:

@@ -72,7 +72,8 @@ def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torc
             continue
         s = torch.where(torch.isnan(s), torch.ones_like(s), s)
         s = s.cpu()
-        scores[start:stop] = s.reshape(-1).numpy()[: stop - start] if len(space.bits[i]) == s.shape[1] else np.repeat(s.numpy()[:, 0], len(space.bits[i]))
+        per_bit = len(space.bits[i]) == s.shape[1]
+        scores[start:stop] = s.reshape(-1).numpy()[: stop - start] if per_bit else np.repeat(s.numpy()[:, 0], len(space.bits[i]))
     for p in params:
         p.grad = None
     return scores

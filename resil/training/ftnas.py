@@ -50,6 +50,7 @@ from ..fixed_point_faults import (
 )
 from ..site import Site, SiteList
 
+
 def fan_in(module: nn.Module) -> int:
     """Multiplications per output feature ``M`` of a conv or linear layer:
     ``(C_in / groups) * k_h * k_w`` for convolutions, ``in_features`` for linear layers.
@@ -109,8 +110,8 @@ class FeatureFaults:
 
     def sites(self, site_list: SiteList) -> list[tuple[Site, int]]:
         """The selected computed sites of multiply-accumulate layers, with their fan-in."""
-        return [(s, fan_in(s.module)) for s in site_list
-                if s.kind == "activation" and s.name.endswith(":out") and _weight_of(s.module) is not None and _matches(s.name, self.include)]
+        return [(s, fan_in(s.module)) for s in site_list if s.kind == "activation" and s.name.endswith(":out")
+                and _weight_of(s.module) is not None and _matches(s.name, self.include)]
 
     def draw(self, shape: tuple[int, ...], fan_in: int, generator: torch.Generator | None = None,
              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -405,7 +405,8 @@ def train_ftt(model: nn.Module, data: Any, recipe: Any, faults: FaultProcess | S
     and the FTT loss; returns the plain model in eval mode."""
     from resil.models.training import train
 
-    ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)  # no example: a forward would move training-mode statistics
+    # no example: a forward would move training-mode statistics
+    ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)
     train(model, data, recipe, loss=ftt.loss)
     return ftt.convert().eval()
 

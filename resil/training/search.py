@@ -251,7 +251,7 @@ class SearchSpace:
 
         seen: dict[Arch, None] = {}
         for values in itertools.product(*(getattr(self, g) for g in self.GENES)):
-            a = self._canonical(dict(zip(self.GENES, values)))
+            a = self._canonical(dict(zip(self.GENES, values, strict=True)))
             if a.params <= self.max_params:
                 seen[a] = None
         return list(seen)
@@ -649,7 +649,8 @@ class _Search:
         training = f"FTT alpha={c.alpha:g}" if c.alpha > 0 else "normal"
         models: dict[str, tuple[nn.Module, str]] = {f"found: {best.arch.describe()}": (model, training)}
         models.update({name: (rm.load(name), "normal") for name in c.references})
-        rows = compare(models, self.procs, data.x_test, data.y_test, beta=c.beta, draws=c.final_draws, seed=c.eval_seed, progress=self.progress)
+        rows = compare(models, self.procs, data.x_test, data.y_test, beta=c.beta, draws=c.final_draws, seed=c.eval_seed,
+                       progress=self.progress)
         for name in tqdm(list(c.reference_ftt), desc="FTT of references", disable=not self.progress, leave=False):
             r = run_ftt(name, self.procs, alpha=c.alpha if c.alpha > 0 else 0.5, draws=c.final_draws, seed=c.seed, eval_seed=c.eval_seed,
                         normal=rm.load(name))
