@@ -14,7 +14,8 @@ bit patterns, and the model's own outputs.
   ``torch.no_grad``, ``torch.inference_mode`` and with gradients (a backward pass included);
 - per-sample faults (computed sites with a batch dimension): a fault on sample 1 leaves
   sample 0's output bit for bit as it was;
-- time windows (computed sites): a fault whose window never opens changes nothing;
+- time windows (computed sites): a fault whose window opens after the module's last call changes
+  nothing, and one spanning all its calls equals a permanent fault;
 - transform (:meth:`~resil.site.Adapter.transform`): making the layer compute with a flipped bit
   gives the output bit for bit of injecting that flip, and undoing it restores the model.
 
@@ -178,15 +179,21 @@ class AdapterTester:
         return covered
 
     def check_time_window(self) -> list[str]:
-        """A fault on a computed site whose window opens after the forward pass changes nothing."""
+        """A fault on a computed site whose window opens after the module's last call in a forward
+        pass changes nothing; one whose window spans all its calls acts as a permanent fault."""
         calls = self._calls()
         covered = []
         for s in self._computed():
             late = calls.get(s.module, 0)
-            fault = Fault(s.name, int(self._picks(s)[0]), bit=self._high_bit(s), step=(late, FOREVER))
-            with torch.no_grad(), inject(self.model, fault, sites=self.sites):
+            index, bit = int(self._picks(s)[0]), self._high_bit(s)
+            with torch.no_grad(), inject(self.model, Fault(s.name, index, bit=bit, step=(late, FOREVER)), sites=self.sites):
                 out = self.forward(self.model, self.example)
             assert _bits(out) == _bits(self.golden), f"site {s.name!r}: a fault from step {late} (after its last call) changed the output"
+            with torch.no_grad(), inject(self.model, Fault(s.name, index, bit=bit, step=(0, late)), sites=self.sites):
+                spanning = self.forward(self.model, self.example)
+            with torch.no_grad(), inject(self.model, Fault(s.name, index, bit=bit), sites=self.sites):
+                permanent = self.forward(self.model, self.example)
+            assert _bits(spanning) == _bits(permanent), f"site {s.name!r}: a fault over steps 0..{late - 1} differs from a permanent one"
             covered.append(s.name)
         self._assert_output_restored("time-window faults")
         return covered
