@@ -33,9 +33,9 @@ from torch import nn
 
 from resil.encodings import FLOAT_ENCODINGS, encoding_of
 from resil.injectors import corrupt_stored, hook_output
-from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform, swap_while_running
 
-from .pruning import corrupt_pruned, live_elements, pruned_tensors
+from .pruning import corrupt_pruned, is_pruning_hook, live_elements, pruned_tensors, pruned_values
 
 #: non-leaf module types whose output is a site (their forward computes it; it is not a child's output)
 OUTPUT_MODULES: set[type[nn.Module]] = {nn.MultiheadAttention}
@@ -111,3 +111,33 @@ class DenseAdapter(Adapter):
         if site.attr in pruned:
             return corrupt_pruned(site.module, site.attr, site.encoding, plan.stored())
         return corrupt_stored(getattr(site.module, site.attr), site.encoding, plan.stored(), site.shape)
+
+    def values(self, site: Site) -> torch.Tensor:
+        """A pruned weight's ``weight_orig * weight_mask``; any other stored tensor as it is."""
+        if site.attr in pruned_tensors(site.module):
+            return pruned_values(site.module, site.attr)
+        stored = getattr(site.module, site.attr, None)
+        if site.batched or not isinstance(stored, torch.Tensor):
+            return super().values(site)
+        return stored.detach()
+
+    def trainable(self, site: Site) -> nn.Parameter | None:
+        """A pruned weight's ``weight_orig`` (the mask keeps pruned cells at zero); else the parameter itself."""
+        pruned = pruned_tensors(site.module)
+        if site.batched or site.attr not in pruned:
+            return super().trainable(site)
+        orig = pruned[site.attr][0]
+        return orig if isinstance(orig, nn.Parameter) and orig.requires_grad and tuple(orig.shape) == site.shape else None
+
+    def transform(self, site: Site, fn: ValueTransform) -> Undo:
+        """A pruned weight: the recomputed ``weight_orig * weight_mask`` is replaced by ``fn(it)`` after
+        the pruning pre-hook, so gradients reach ``weight_orig`` through the mask."""
+        if site.batched or site.attr not in pruned_tensors(site.module):
+            return super().transform(site, fn)
+        return swap_while_running(site.module, site.module.__dict__, site.attr, lambda w: fn(w, site.encoding))
+
+    def faults_act_on_output(self, site: Site) -> bool:
+        return site.batched and site.kind == "activation"
+
+    def recomputes_from_sites(self, pre_hook: object) -> bool:
+        return is_pruning_hook(pre_hook)

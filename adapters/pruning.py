@@ -20,9 +20,26 @@ from torch.nn.utils import prune
 from resil.encodings import FLOAT_ENCODINGS, Encoding, from_unsigned, to_unsigned
 from resil.injectors import int_view
 from resil.plan import ElementPlan
-from resil.site import Undo, register_transparent_pre_hook
+from resil.site import Undo
 
-register_transparent_pre_hook(prune.BasePruningMethod)  # weight = weight_orig * weight_mask: the site's own values
+
+def is_pruning_hook(hook: object) -> bool:
+    """Whether a forward pre-hook is ``torch.nn.utils.prune``'s recomputation ``<name> = <name>_orig * <name>_mask``
+    (it leaves the layer computing with its sites' values)."""
+    return isinstance(hook, prune.BasePruningMethod)
+
+
+def pruned_values(module: nn.Module, name: str) -> torch.Tensor:
+    """What a pruned layer computes with for ``name``: ``<name>_orig * <name>_mask``, detached.
+
+    Example:
+        >>> lin = nn.Linear(2, 1, bias=False); _ = lin.weight.data.copy_(torch.tensor([[3.0, -1.0]]))
+        >>> _ = prune.l1_unstructured(lin, "weight", amount=0.5)
+        >>> pruned_values(lin, "weight").tolist()
+        [[3.0, -0.0]]
+    """
+    orig, mask = pruned_tensors(module)[name]
+    return orig.detach() * mask
 
 
 def pruned_tensors(module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -40,7 +40,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from brevitas.nn import (
@@ -64,14 +65,15 @@ from brevitas.nn.quant_rnn import QuantRecurrentStackBase
 from brevitas.quant_tensor import IntQuantTensor
 from torch import nn
 
+from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from resil.encodings import FLOAT_ENCODINGS, IntEncoding, to_unsigned
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, register_step_hook
 from resil.plan import ElementPlan
-from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, register_channel_local
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform
 
-from . import UnsupportedAdapter, register_adapter
 from .dense import DenseAdapter
+from .pruning import is_pruning_hook
 
 #: the Brevitas layer types this adapter describes (and their subclasses)
 LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -90,7 +92,10 @@ def register() -> None:
     adapter = QuantizedAdapter()
     for layer_type in LAYER_TYPES:
         register_adapter(layer_type, adapter)
-    register_channel_local(QuantReLU, QuantIdentity)  # elementwise; per-tensor scales are checked on the golden run
+
+
+#: Brevitas layers that act on every channel alone (elementwise; per-tensor scales are checked on the golden run)
+CHANNEL_LOCAL = (QuantReLU, QuantIdentity)
 
 
 def encoding_of_quant(qt: IntQuantTensor) -> IntEncoding:
@@ -115,13 +120,14 @@ class QuantizedAdapter(Adapter):
             yield site
         attr = _output_quantizer(module)
         if attr is None:
-            yield Site(prefix + ":out", "activation", None, FLOAT_ENCODINGS[torch.get_default_dtype()], self._dense, module, "out", batched=True)
+            float_out = FLOAT_ENCODINGS[torch.get_default_dtype()]
+            yield Site(prefix + ":out", "activation", None, float_out, self._dense, module, "out", batched=True)
         else:
             yield Site(prefix + ":out", "activation", None, _probe_encoding(getattr(module, attr)), self, module, attr, batched=True)
 
     def codes(self, site: Site) -> torch.Tensor:
         with torch.no_grad():
-            qt = site.module.quant_weight() if site.attr == "weight" else site.module.quant_bias()
+            qt = _layer(site.module).quant_weight() if site.attr == "weight" else _layer(site.module).quant_bias()
         enc = site.encoding
         assert isinstance(enc, IntEncoding)
         return enc.from_int(torch.round(qt.value / qt.scale + qt.zero_point).to(torch.int64))
@@ -132,6 +138,46 @@ class QuantizedAdapter(Adapter):
             return register_step_hook(site.module, ActivationCodeHook(site, plan), register=proxy.register_forward_hook)
         handle = getattr(site.module, site.attr + "_quant").register_forward_hook(ParameterCodeHook(site, plan.stored()))
         return handle.remove
+
+    def trainable(self, site: Site) -> nn.Parameter | None:
+        """The float parameter the quantizer reads (``weight_orig`` if pruned)."""
+        return self._dense.trainable(site)
+
+    def transform(self, site: Site, fn: ValueTransform) -> Undo:
+        """A quantized weight or bias: on the quantizer's output, with its run-time scale and zero
+        point (so faults stay on the integer grid); a quantized activation: on the layer's output values."""
+        if site.batched:
+            return site.module.register_forward_hook(_on_values(site, fn)).remove
+        return getattr(site.module, site.attr + "_quant").register_forward_hook(_on_values(site, fn)).remove
+
+    def channel_local(self, module: nn.Module) -> bool:
+        return type(module) in CHANNEL_LOCAL or super().channel_local(module)
+
+    def recomputes_from_sites(self, pre_hook: object) -> bool:
+        return is_pruning_hook(pre_hook)
+
+
+def _on_values(site: Site, fn: ValueTransform) -> Callable[[nn.Module, object, object], object]:
+    """A forward hook applying ``fn`` to the values of the (quantized) tensor a module returns."""
+    def hook(module: nn.Module, args: object, out: object) -> object:
+        if isinstance(out, torch.Tensor):
+            return fn(out, site.encoding)
+        qt = _require_int(site, out)
+        enc = site.encoding
+        if isinstance(enc, IntEncoding):
+            enc = dataclasses.replace(enc, scale=qt.scale, zero_point=qt.zero_point)
+        return qt.set(value=fn(qt.value, enc))
+    return hook
+
+
+def _layer(module: nn.Module) -> Any:
+    """A Brevitas layer or quantizer as the untyped object it is (Brevitas has no type information)."""
+    return module
+
+
+def _int_encoding(site: Site) -> IntEncoding:
+    assert isinstance(site.encoding, IntEncoding)  # the adapter lists its own sites with integer encodings
+    return site.encoding
 
 
 def _output_quantizer(module: nn.Module) -> str | None:
@@ -150,7 +196,7 @@ def _parameter_encoding(module: nn.Module, attr: str) -> IntEncoding:
         # the scale is input scale x weight scale, known only during a forward
         return IntEncoding(int(proxy.quant_injector.bit_width), bool(proxy.is_signed))
     with torch.no_grad():
-        return encoding_of_quant(module.quant_weight() if attr == "weight" else module.quant_bias())
+        return encoding_of_quant(_layer(module).quant_weight() if attr == "weight" else _layer(module).quant_bias())
 
 
 def _probe_encoding(proxy: nn.Module) -> IntEncoding:
@@ -160,7 +206,7 @@ def _probe_encoding(proxy: nn.Module) -> IntEncoding:
     proxy.eval()
     try:
         with torch.no_grad():
-            return encoding_of_quant(proxy.forward(proxy._zero_hw_sentinel()))
+            return encoding_of_quant(proxy.forward(_layer(proxy)._zero_hw_sentinel()))
     finally:
         proxy.train(training)
 
@@ -189,7 +235,7 @@ class ParameterCodeHook:
         if self.index[0].device != value.device:
             self.index = tuple(i.to(value.device) for i in self.index)
             self.plan = self.plan.to(value.device)
-        enc = dataclasses.replace(self.site.encoding, scale=qt.scale, zero_point=qt.zero_point)
+        enc = dataclasses.replace(_int_encoding(self.site), scale=qt.scale, zero_point=qt.zero_point)
         scale, zero_point = qt.scale.expand(self.shape)[self.index], qt.zero_point.expand(self.shape)[self.index]
         q = torch.round(value[self.index] / scale + zero_point).to(torch.int64)
         q2 = enc.to_int(self.plan.apply(enc.from_int(q), enc, self.plan.narrowed(enc, self.shape)))
@@ -203,7 +249,7 @@ class ActivationCodeHook(StepHook):
     def corrupt(self, module: nn.Module, args: tuple[object, ...], out: object, windows: list[DeviceWindow]) -> IntQuantTensor:
         qt = _require_int(self.site, out)
         value, scale, zero_point = qt.value, qt.scale, qt.zero_point
-        enc = dataclasses.replace(self.site.encoding, scale=scale, zero_point=zero_point)
+        enc = dataclasses.replace(_int_encoding(self.site), scale=scale, zero_point=zero_point)
         q = torch.round(value / scale + zero_point).to(torch.int64)
         raw = q.clone()
         self.corrupt_rows(raw.view(value.shape[0] if value.dim() else 1, -1), enc, windows)

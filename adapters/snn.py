@@ -32,17 +32,18 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import snntorch
 import torch
 from torch import nn
 
+from resil.adapter_registry import UnsupportedAdapter, register_adapter
 from resil.encodings import FLOAT_ENCODINGS, SpikeEncoding, encoding_of
 from resil.errors import FaultError
 from resil.injectors import DeviceWindow, StepHook, corrupt_stored, register_step_hook
-from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo
+from resil.site import Adapter, Site, SiteOptions, SitePlan, Undo, ValueTransform
 
-from . import UnsupportedAdapter, register_adapter
 from .dense import parameter_kind
 
 STATES = ("syn", "syn_exc", "syn_inh", "mem")
@@ -53,6 +54,7 @@ class SpikingAdapter(Adapter):
     """Sites and injection for ``snntorch.SpikingNeuron`` modules (see the module docstring)."""
 
     name = "snn"
+    temporal = True
 
     def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
         dot = prefix + "." if prefix else ""
@@ -67,7 +69,8 @@ class SpikingAdapter(Adapter):
         for name in STATES:
             if hasattr(module, name) and isinstance(getattr(module, name), torch.Tensor):
                 yield Site(dot + name, "state", None, FLOAT_ENCODINGS[torch.get_default_dtype()], self, module, name, batched=True)
-        amplitude = float(module.graded_spikes_factor) if module.graded_spikes_factor.dim() == 0 else module.graded_spikes_factor
+        factor = _neuron(module).graded_spikes_factor
+        amplitude = float(factor) if factor.dim() == 0 else factor
         yield Site(dot + "spk", "spike", None, SpikeEncoding(amplitude), self, module, "spk", batched=True)
 
     def install(self, site: Site, plan: SitePlan) -> Undo:
@@ -86,7 +89,20 @@ class SpikingAdapter(Adapter):
         return site.encoding.encode(getattr(site.module, site.attr).detach().expand(site.shape))
 
     def reset(self, module: nn.Module) -> None:
-        module.reset_mem()
+        _neuron(module).reset_mem()
+
+    def transform(self, site: Site, fn: ValueTransform) -> Undo:
+        """Stored tensors of their own shape only: a neuron's state and spikes, and a layer-wide
+        parameter listed per neuron, are not values a layer computes with in one place."""
+        stored = getattr(site.module, site.attr, None) if not site.batched else None
+        if not isinstance(stored, torch.Tensor) or tuple(stored.shape) != site.shape:
+            raise FaultError(f"site {site.name!r}: the spiking adapter transforms stored tensors of their own shape only")
+        return super().transform(site, fn)
+
+
+def _neuron(module: nn.Module) -> Any:
+    """A snnTorch neuron as the untyped object it is (snnTorch has no type information)."""
+    return module
 
 
 def _per_neuron(site: Site, stored: torch.Tensor, plan: SitePlan) -> Undo:
@@ -94,7 +110,7 @@ def _per_neuron(site: Site, stored: torch.Tensor, plan: SitePlan) -> Undo:
     assert site.shape is not None
     expanded = stored.detach().expand(site.shape).clone()
     corrupt_stored(expanded, site.encoding, plan.stored(), site.shape)
-    table = site.module._parameters if site.attr in site.module._parameters else site.module._buffers
+    table: dict[str, Any] = site.module._parameters if site.attr in site.module._parameters else site.module._buffers
     table[site.attr] = nn.Parameter(expanded, requires_grad=stored.requires_grad) if isinstance(stored, nn.Parameter) else expanded
 
     def restore() -> None:
@@ -125,7 +141,7 @@ class SpikeHook(StepHook):
         with torch.no_grad():
             codes = (spk != 0).to(torch.int64).reshape(spk.shape[0], -1)
             self.corrupt_rows(codes, self.site.encoding, windows)
-            amplitude = module.graded_spikes_factor.to(spk.dtype)
+            amplitude = _neuron(module).graded_spikes_factor.to(spk.dtype)
             spk.copy_(torch.where(codes.view(spk.shape) != 0, amplitude, torch.zeros_like(amplitude)))
         return None
 
@@ -141,7 +157,8 @@ def register() -> None:
     ``StateLeaky``) process a whole sequence per call, which the step semantics above do not
     describe: listing their sites raises a clear error.
     """
-    register_adapter(snntorch.SpikingNeuron, UnsupportedAdapter("it processes whole sequences per call; resil's spiking adapter covers step-wise neurons"))
+    register_adapter(snntorch.SpikingNeuron, UnsupportedAdapter(
+        "it processes whole sequences per call; resil's spiking adapter covers step-wise neurons", temporal=True))
     adapter = SpikingAdapter()
     for name in STEP_NEURONS:
         register_adapter(getattr(snntorch, name), adapter)

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from resil.ftnas import AdSAF, MiBB
+from resil.training.ftnas import AdSAF, MiBB
 from resil.training.search import REFERENCES, search
 
 CASES = [("adSAF p=0.08", AdSAF(p=0.08)), ("MiBB p_m=5e-4", MiBB(p_m=5e-4))]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import resil.models as rm
-from resil.ftnas import AdSAF, MiBB
+from resil.training.ftnas import AdSAF, MiBB
 from resil.training import FTTResult, run_ftt
 
 MIBB = MiBB(p_m=5e-4)

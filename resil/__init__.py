@@ -27,7 +27,7 @@ from .fault_models import (
     register_fault_model,
 )
 from .faults import Fault, FaultSet
-from .ftnas import BitBias, DifferentialStuckAt  # FT-NAS fault models (registered: bit_bias, adsaf)
+from .fixed_point_faults import BitBias, DifferentialStuckAt  # FT-NAS fault models (registered: bit_bias, adsaf)
 from .injection import Injection, inject
 from .injectors import reset_steps
 from .site import Adapter, Site, SiteList

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapter_registry import adapter_for
 from .encodings import FloatEncoding, encoding_of
 from .hooks import forward_hooks
 from .site import OutputPath, OutputTensor, Site, SiteList, SiteOptions, is_structure, replace_at, tensors_in
@@ -46,8 +47,6 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
         >>> [(x.name, x.shape, x.batch_dim) for x in resil.sites(lstm, torch.zeros(2, 5, 3)) if x.batched]
         [(':out[0]', (5, 4), 0), (':out[1][0]', (1, 4), 1), (':out[1][1]', (1, 4), 1)]
     """
-    from resil.adapters import adapter_for
-
     outputs = ExampleOutputs(model, example) if example is not None else None
     options = SiteOptions(pruned=pruned, example=outputs)
     found: list[Site] = []
@@ -67,11 +66,9 @@ def reset(model: nn.Module) -> None:
     """Reset the state of every stateful module (e.g. spiking neurons' membranes) and the step
     count of every active fault hook in ``model``: call it before each input sequence.
 
-    Unlike ``snntorch.utils.reset``, it resets the modules of ``model`` itself, deep copies
-    included.
+    Unlike a library's global reset of the instances it tracks, it resets the modules of ``model``
+    itself, deep copies included.
     """
-    from resil.adapters import adapter_for
-
     from .injectors import reset_steps
 
     for module in model.modules():
@@ -137,7 +134,8 @@ class ExampleOutputs:
             self._doubled = self._run_doubled()
         again = self._doubled.get(module)
         grown = {path: shape for path, shape, _ in (again.tensors or ())} if again is not None else {}
-        return tuple(OutputTensor(path, shape, dtype, _batch_dim(shape, grown.get(path), self._batch)) for path, shape, dtype in seen.tensors)
+        return tuple(OutputTensor(path, shape, dtype, _batch_dim(shape, grown.get(path), self._batch))
+                     for path, shape, dtype in seen.tensors)
 
     def _run_doubled(self) -> dict[nn.Module, _Seen]:
         n = self._batch
@@ -158,7 +156,7 @@ def _batch_dim(shape: tuple[int, ...], grown: tuple[int, ...] | None, n: int | N
     """The one dimension that goes from ``n`` to ``2 n`` between ``shape`` and ``grown``, if any."""
     if grown is None or n is None or len(grown) != len(shape):
         return None
-    changed = [d for d, (a, b) in enumerate(zip(shape, grown)) if a != b]
+    changed = [d for d, (a, b) in enumerate(zip(shape, grown, strict=True)) if a != b]
     if len(changed) == 1 and shape[changed[0]] == n and grown[changed[0]] == 2 * n:
         return changed[0]
     return None

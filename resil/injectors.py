@@ -39,12 +39,12 @@ def corrupt_stored(t: torch.Tensor, encoding: Encoding, plan: ElementPlan, shape
     """
     raw = int_view(t, encoding)
     if plan.xor is not None and raw.device.type == "cpu" and raw.is_contiguous():
-        flat, keys = raw.view(-1).numpy(), plan.keys
-        saved = flat[keys]  # duplicates save the same original code, so writing back is exact
-        np.bitwise_xor.at(flat, keys, plan.xor.numpy().astype(flat.dtype))  # wraps to two's complement
+        flat, np_keys = raw.view(-1).numpy(), plan.keys
+        saved = flat[np_keys]  # duplicates save the same original code, so writing back is exact
+        np.bitwise_xor.at(flat, np_keys, plan.xor.numpy().astype(flat.dtype))  # wraps to two's complement
 
         def write_back() -> None:
-            flat[keys] = saved
+            flat[np_keys] = saved
 
         return write_back
     plan = plan.to(t.device)
@@ -80,7 +80,7 @@ class StepHook:
         self.step = 0
         self._device: torch.device | None = None
         self._windows: list[DeviceWindow] = []
-        self.active(_device_of(site.module))  # prepare the plans now, not in the first forward
+        self.active(device_of(site.module))  # prepare the plans now, not in the first forward
 
     def active(self, device: torch.device) -> list[DeviceWindow]:
         """The windows that apply at the current step, with their plans on ``device``."""
@@ -95,7 +95,7 @@ class StepHook:
         for w in windows:
             w.apply(raw, batch, n, encoding, self.site.name)
 
-    def __call__(self, module: torch.nn.Module, args: tuple[object, ...], out: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, module: torch.nn.Module, args: tuple[object, ...], out: torch.Tensor) -> object:
         try:
             windows = self.active(_device_of_output(out, self._device))
             return self.corrupt(module, args, out, windows) if windows else None
@@ -127,6 +127,7 @@ class OutputHook(StepHook):
         x = t.movedim(dim, 0) if dim and t.dim() else t  # samples first
         y = self._corrupted(x, 1 if dim is None or not x.dim() else x.shape[0], _private(x, args, others), windows)
         if x is not t:
+            assert dim is not None  # x was moved
             y = y.movedim(0, dim)
         if y.stride() != t.stride():  # keep the layout: later kernels then round as in the fault-free run
             y = torch.empty_like(t).copy_(y)
@@ -230,8 +231,13 @@ def _device_of_output(out: object, default: torch.device | None) -> torch.device
     return device if isinstance(device, torch.device) else default or torch.device("cpu")
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU if it has none)."""
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU if it has none).
+
+    Example:
+        >>> device_of(torch.nn.ReLU()).type, device_of(torch.nn.Linear(1, 1)).type
+        ('cpu', 'cpu')
+    """
     for t in (*module.parameters(), *module.buffers()):
         return t.device
     return torch.device("cpu")
@@ -242,10 +248,11 @@ def _check_element(top: int, n: int, name: str) -> None:
         raise FaultError(f"site {name!r}: element {top} is outside the computed tensor ({n} elements per sample)")
 
 
-def _apply_at(raw: torch.Tensor, index: tuple[object, ...] | torch.Tensor, plan: ElementPlan, enc: Encoding) -> None:
+def _apply_at(raw: torch.Tensor, index: tuple[slice | torch.Tensor, ...] | torch.Tensor, plan: ElementPlan, enc: Encoding) -> None:
     """Corrupt ``raw[index]`` in place (``index`` selects the plan's keys, which are distinct)."""
     if raw.device.type == "cpu" and not raw.requires_grad:  # numpy indexing is much faster on the CPU
         arr = raw.numpy()
+        np_index: tuple[slice | np.ndarray, ...] | np.ndarray
         np_index = tuple(i.numpy() if isinstance(i, torch.Tensor) else i for i in index) if isinstance(index, tuple) else index.numpy()
         if plan.xor is not None:
             arr[np_index] ^= plan.xor.numpy().astype(arr.dtype)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .channel_layers import ChannelLayer, channel_layer_of
 from .encodings import Encoding
 from .faults import FOREVER
 from .plan import ElementPlan
@@ -193,15 +194,35 @@ class SiteOptions:
         return None if self.example is None else self.example.tensors(module)
 
 
-class Adapter:
-    """Knows one family of modules: enumerates their sites and injects into them.
+#: a value-level transform: ``fn(values, encoding) -> new values`` (same shape and dtype), where
+#: ``values`` is what a layer computes with for one site and ``encoding`` how they are stored at
+#: that call (a quantized layer's run-time scale included)
+ValueTransform = Callable[[torch.Tensor, Encoding], torch.Tensor]
 
-    Register an adapter for a module type with :func:`resil.adapters.register_adapter`.
+
+class Adapter:
+    """Knows one family of modules: enumerates their sites and injects into them, and answers,
+    for the rest of resil, every question that depends on the family.
+
+    Subclass it and register it with :func:`resil.adapters.register_adapter` (or through the
+    ``resil.adapters`` entry-point group). :meth:`sites`, :meth:`install` and :meth:`codes` are
+    required; every other member has the behaviour of plain ``torch.nn`` modules, so an adapter
+    overrides only what differs for its family. :class:`resil.testing.AdapterTester` checks an
+    adapter against this contract.
+
+    Example:
+        >>> import torch, resil
+        >>> lin = torch.nn.Linear(2, 2); site = resil.sites(lin)["weight"]
+        >>> torch.equal(site.adapter.values(site), lin.weight.detach()), site.adapter.trainable(site) is lin.weight
+        (True, True)
     """
 
     name: str = "adapter"
     #: if True, the walk does not enumerate this module's submodules separately
     claims_children: bool = False
+    #: whether the family's modules carry state from one forward call to the next (the time steps
+    #: of a spiking network): analyses of one forward pass do not apply, and :meth:`reset` matters
+    temporal: bool = False
 
     def sites(self, prefix: str, module: nn.Module, options: SiteOptions) -> Iterable[Site]:
         """The sites of ``module`` (named ``prefix`` inside the model)."""
@@ -217,6 +238,137 @@ class Adapter:
 
     def reset(self, module: nn.Module) -> None:
         """Reset the module's state before a new input sequence (stateful modules only)."""
+
+    def values(self, site: Site) -> torch.Tensor:
+        """What the layer computes with for a stored site, in the site's shape, detached (default:
+        its codes decoded; e.g. a quantized layer's dequantized integers).
+
+        Example:
+            >>> import torch, resil
+            >>> lin = torch.nn.Linear(1, 2, bias=False); _ = lin.weight.data.copy_(torch.tensor([[0.5], [-2.0]]))
+            >>> Adapter.values(resil.sites(lin)["weight"].adapter, resil.sites(lin)["weight"]).tolist()
+            [[0.5], [-2.0]]
+        """
+        if site.batched or site.shape is None:
+            raise ValueError(f"site {site.name!r} is computed during the forward pass (or has an unknown shape); it has no stored values")
+        codes = self.codes(site).reshape(-1)
+        return site.encoding.at(torch.arange(len(codes)), site.shape).decode(codes).reshape(site.shape)
+
+    def trainable(self, site: Site) -> nn.Parameter | None:
+        """The parameter an optimiser updates for a stored site, of the site's shape and requiring
+        gradients; None if the site has none (buffers, frozen or layer-wide parameters).
+
+        Example:
+            >>> import torch, resil
+            >>> bn = torch.nn.BatchNorm1d(2); s = resil.sites(bn)
+            >>> s["weight"].adapter.trainable(s["weight"]) is bn.weight, s["running_mean"].adapter.trainable(s["running_mean"])
+            (True, None)
+        """
+        t = getattr(site.module, site.attr, None) if not site.batched else None
+        return t if isinstance(t, nn.Parameter) and t.requires_grad and tuple(t.shape) == site.shape else None
+
+    def transform(self, site: Site, fn: ValueTransform) -> Undo:
+        """Make the layer compute with ``fn(values, encoding)`` in place of a site's values on every
+        forward call until the returned function is called (fault-tolerant training redraws its
+        faults this way). Gradients flow through ``fn``.
+
+        Default: a stored site's parameter or buffer is swapped for ``fn(it)`` while its module
+        runs; a computed site's tensor in the module's output is replaced by ``fn(it)``.
+
+        Raises:
+            FaultError: for a site the family cannot transform (e.g. a neuron's state).
+
+        Example:
+            >>> import torch, resil
+            >>> lin = torch.nn.Linear(2, 1); site = resil.sites(lin)["weight"]
+            >>> undo = site.adapter.transform(site, lambda w, enc: w * 0)
+            >>> lin(torch.ones(1, 2)).item() == lin.bias.item(); undo(); lin(torch.ones(1, 2)).item() == lin.bias.item()
+            True
+            False
+        """
+        from .errors import FaultError
+
+        module = site.module
+        if site.batched:
+            def replace(mod: nn.Module, args: object, out: object) -> object:
+                tensor = tensor_at(out, site.path)
+                if not isinstance(tensor, torch.Tensor):
+                    raise FaultError(f"site {site.name!r}: the module returned {type(tensor).__name__}, not a tensor")
+                return replace_at(out, site.path, fn(tensor, site.encoding))
+            return module.register_forward_hook(replace).remove
+        table = module._parameters if site.attr in module._parameters else module._buffers
+        if not isinstance(table.get(site.attr), torch.Tensor):
+            raise FaultError(f"site {site.name!r}: {type(module).__name__} holds no tensor {site.attr!r} to transform")
+        return swap_while_running(module, table, site.attr, lambda stored: fn(stored, site.encoding))
+
+    def faults_act_on_output(self, site: Site) -> bool:
+        """Whether a fault on a computed site replaces elements of the module's output tensor by the
+        fault model applied to their codes ``site.encoding.encode(value)``, and nothing else (so the
+        fast path may fault a recorded golden output itself). Default False."""
+        return False
+
+    def channel_local(self, module: nn.Module) -> bool:
+        """Whether ``module`` acts on every channel alone (elementwise activations, pooling): a fault
+        in some channels stays there through it (default: the types in :data:`CHANNEL_LOCAL`).
+
+        Example:
+            >>> from torch import nn
+            >>> Adapter().channel_local(nn.ReLU()), Adapter().channel_local(nn.Linear(1, 1))
+            (True, False)
+        """
+        return type(module) in CHANNEL_LOCAL
+
+    def channel_layer(self, module: nn.Module) -> ChannelLayer | None:
+        """How to call ``module`` to recompute some of its output channels from rows of its stored
+        weight and bias values (:meth:`values`), None when it cannot be patched by output channel.
+        Default: ``nn.Conv1d/2d/3d`` with zero padding and ``nn.Linear``, without forward hooks and
+        with only pre-hooks that :meth:`recomputes_from_sites`.
+
+        Example:
+            >>> from torch import nn
+            >>> type(Adapter().channel_layer(nn.Linear(1, 1))).__name__, Adapter().channel_layer(nn.ReLU())
+            ('LinearLayer', None)
+        """
+        if module._forward_hooks or not all(self.recomputes_from_sites(h) for h in module._forward_pre_hooks.values()):
+            return None
+        return channel_layer_of(module)
+
+    def recomputes_from_sites(self, pre_hook: object) -> bool:
+        """Whether a forward pre-hook of one of the family's modules only recomputes stored tensors
+        from its sites' values (so the layer still computes with :meth:`values`). Default False."""
+        return False
+
+
+def swap_while_running(module: nn.Module, table: dict, attr: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Undo:
+    """While ``module`` runs, ``table[attr]`` (e.g. ``module._parameters``) holds ``make(t)`` for the
+    tensor ``t`` it held when the call began; ``t`` is put back after every call (an exception
+    included) and by the returned function (for :meth:`Adapter.transform`).
+
+    Example:
+        >>> lin = nn.Linear(1, 1, bias=False); _ = lin.weight.data.fill_(2.0)
+        >>> undo = swap_while_running(lin, lin._parameters, "weight", lambda w: -w)
+        >>> lin(torch.ones(1, 1)).item(), lin.weight.item(); undo()
+        (-2.0, 2.0)
+    """
+    kept: list[torch.Tensor] = []
+
+    def pre(mod: nn.Module, args: object) -> None:
+        kept.append(table[attr])
+        table[attr] = make(kept[-1])
+
+    def post(mod: nn.Module, args: object, out: object) -> None:
+        if kept:
+            table[attr] = kept.pop()
+
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post, always_call=True)]
+
+    def undo() -> None:
+        for h in handles:
+            h.remove()
+        while kept:
+            table[attr] = kept.pop()
+
+    return undo
 
 
 class SiteList:
@@ -316,7 +468,7 @@ def tensors_in(obj: object, path: OutputPath = ()) -> Iterator[tuple[OutputPath,
         yield path, obj
         return
     for key, value in _items(obj) or ():
-        yield from tensors_in(value, path + (key,))
+        yield from tensors_in(value, (*path, key))
 
 
 def tensor_at(obj: object, path: OutputPath) -> object:
@@ -345,7 +497,8 @@ def replace_at(obj: object, path: OutputPath, value: object) -> object:
     key, rest = path[0], path[1:]
     if isinstance(obj, tuple):
         items = list(obj)
-        items[key] = replace_at(items[key], rest, value)  # type: ignore[index]
+        assert isinstance(key, int)  # a tuple's entries are addressed by position
+        items[key] = replace_at(items[key], rest, value)
         return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     new = copy.copy(obj)
     new[key] = replace_at(obj[key], rest, value)  # type: ignore[index]
@@ -353,38 +506,10 @@ def replace_at(obj: object, path: OutputPath, value: object) -> object:
 
 
 #: module types that act on every channel alone (elementwise activations, pooling): a fault that
-#: touches some channels stays in those channels through them (the fast campaign path uses this)
-CHANNEL_LOCAL: set[type[nn.Module]] = {
+#: touches some channels stays in those channels through them (:meth:`Adapter.channel_local`)
+CHANNEL_LOCAL: frozenset[type[nn.Module]] = frozenset({
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Identity,
     nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-}
-
-
-#: forward pre-hook types that only recompute a layer's stored tensors from its sites' values
-#: (``torch.nn.utils.prune``'s ``weight = weight_orig * weight_mask``, registered by the pruning
-#: adapter): a layer with them may still have its output channels recomputed from its sites
-TRANSPARENT_PRE_HOOKS: set[type] = set()
-
-
-def register_transparent_pre_hook(*types: type) -> None:
-    """Declare forward pre-hook types that leave a layer computing with its sites' values (adapters call this).
-
-    Example:
-        >>> class Recompute: ...
-        >>> register_transparent_pre_hook(Recompute); Recompute in TRANSPARENT_PRE_HOOKS
-        True
-    """
-    TRANSPARENT_PRE_HOOKS.update(types)
-
-
-def register_channel_local(*types: type[nn.Module]) -> None:
-    """Declare module types that act on every channel alone (adapters call this for their own).
-
-    Example:
-        >>> from torch import nn
-        >>> register_channel_local(nn.Softplus); nn.Softplus in CHANNEL_LOCAL
-        True
-    """
-    CHANNEL_LOCAL.update(types)
+})

@@ -9,7 +9,6 @@ from torch import nn
 from torch.nn.utils import prune
 
 import resil
-import resil.adapters as adapters
 
 
 class Mixed(nn.Module):
@@ -40,7 +39,8 @@ def bits(net: nn.Module) -> dict[str, np.ndarray]:
 def test_one_model_one_site_list_every_family():
     net, x = Mixed().eval(), torch.rand(3, 1, 8, 8)
     s = resil.sites(net, x)
-    kinds = {n: (s[n].kind, s[n].encoding.name) for n in ("qconv.weight", "qrelu:out", "fc.weight", "lif.mem", "lif.spk", "lif.threshold", "head.weight")}
+    names = ("qconv.weight", "qrelu:out", "fc.weight", "lif.mem", "lif.spk", "lif.threshold", "head.weight")
+    kinds = {n: (s[n].kind, s[n].encoding.name) for n in names}
     assert kinds == {
         "qconv.weight": ("weight", "int4"), "qrelu:out": ("activation", "uint8"), "fc.weight": ("weight", "float32"),
         "lif.mem": ("state", "float32"), "lif.spk": ("spike", "spike"), "lif.threshold": ("parameter", "float32"),
@@ -60,26 +60,6 @@ def test_one_model_one_site_list_every_family():
                 net(x)  # every family injects through the same call
         assert all(np.array_equal(v, snap[k]) for k, v in bits(net).items())
         assert torch.equal(net(x), clean)
-
-
-def test_adapters_from_entry_points_are_loaded(monkeypatch):
-    class Marker(nn.Module):
-        def forward(self, x):
-            return x
-
-    class MarkerAdapter(resil.Adapter):
-        name = "marker"
-
-        def sites(self, prefix, module, options):
-            yield resil.Site(prefix + ":marker", "activation", (1,), resil.FLOAT32, self, module, batched=True)
-
-    class EntryPoint:
-        def load(self):
-            return lambda: adapters.register_adapter(Marker, MarkerAdapter())
-
-    monkeypatch.setattr(adapters, "entry_points", lambda group: [EntryPoint()] if group == "resil.adapters" else [])
-    monkeypatch.setattr(adapters, "_entry_points_loaded", False)
-    assert resil.sites(nn.Sequential(Marker())).names() == ["0:marker"]
 
 
 @pytest.mark.parametrize("module, name", [

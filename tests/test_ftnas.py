@@ -1,4 +1,4 @@
-"""FT-NAS fault models (resil.ftnas) against hand computations, numpy and binomial statistics."""
+"""FT-NAS fault models (resil.fixed_point_faults, resil.training.ftnas) against hand computations, numpy and binomial statistics."""
 
 import math
 
@@ -10,7 +10,8 @@ from torch import nn
 
 import resil
 import resil.training
-from resil.ftnas import IBB, AdSAF, BitBias, DifferentialStuckAt, MiBB, bias_values, fan_in, fixed_point_scale, stuck_cells
+from resil.fixed_point_faults import BitBias, DifferentialStuckAt, bias_values, fixed_point_scale, stuck_cells
+from resil.training.ftnas import IBB, AdSAF, MiBB, fan_in
 
 torch.set_num_threads(1)
 
@@ -68,7 +69,9 @@ def test_clamp_holds():
     assert (np.abs(y) <= bound).all()
     assert (np.abs(y) == bound).any()  # some faults were clamped
     enc = resil.FLOAT32
-    one = lambda v, bit: float(enc.decode(BitBias(0).apply(enc.encode(torch.tensor([v])), torch.tensor([1 << bit]), enc))[0])
+    def one(v, bit):
+        return float(enc.decode(BitBias(0).apply(enc.encode(torch.tensor([v])), torch.tensor([1 << bit]), enc))[0])
+
     assert one(0.9, 7) == 1.0  # 0.9 + 1 clamped to 2**0
     assert one(0.5, 6) == 1.0  # 0.5 + 0.5
     assert one(0.5, 15) == -0.5  # 0.5 - 1
@@ -107,7 +110,8 @@ def test_mibb_fault_set_injects_the_formula():
         assert f.model.scale == scales[f.batch]
         (b,) = f.bits
         bias = (-1 if b >= 8 else 1) * 2.0 ** (b % 8 + f.model.scale - 7)
-        expected[f.batch, f.index] = np.clip(np.float32(clean[f.batch, f.index]) + np.float32(bias), -2.0 ** f.model.scale, 2.0 ** f.model.scale)
+        bound = 2.0 ** f.model.scale
+        expected[f.batch, f.index] = np.clip(np.float32(clean[f.batch, f.index]) + np.float32(bias), -bound, bound)
     np.testing.assert_array_equal(faulty, expected)
 
 
@@ -173,12 +177,12 @@ def test_bad_input():
         AdSAF(include="conv*")
     with pytest.raises(resil.FaultError, match="integer scale"):
         BitBias(1.5)
-    with pytest.raises(resil.FaultError, match="bits 0..15"):
+    with pytest.raises(resil.FaultError, match=r"bits 0\.\.15"):
         resil.FaultSet(site="0:out", index=[0], bit=[16], model=BitBias(0))
     net = nn.Sequential(nn.Linear(4, 2))
-    with pytest.raises(resil.FaultError, match="max_abs"):
-        with resil.inject(net, resil.Fault("0.weight", 0, bit=1, model=DifferentialStuckAt())):
-            pass
+    stuck = resil.Fault("0.weight", 0, bit=1, model=DifferentialStuckAt())
+    with pytest.raises(resil.FaultError, match="max_abs"), resil.inject(net, stuck):
+        pass
     with pytest.raises(resil.FaultError, match="no weight site"):
         AdSAF(include=("nothing*",)).fault_set(net)
     with pytest.raises(resil.FaultError, match="not a multiply-accumulate"):

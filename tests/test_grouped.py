@@ -42,7 +42,11 @@ def test_grouped_weight_and_bias_faults_match_plain_over_several_input_batches(f
 def test_single_fault_scenarios_are_evaluated_in_groups(monkeypatch):
     sizes = []
     original = grouped.GroupedForward.outputs
-    monkeypatch.setattr(grouped.GroupedForward, "outputs", lambda self, k, sc, pos, sites: sizes.append(len(pos)) or original(self, k, sc, pos, sites))
+    def counted(self, k, sc, pos, sites):
+        sizes.append(len(pos))
+        return original(self, k, sc, pos, sites)
+
+    monkeypatch.setattr(grouped.GroupedForward, "outputs", counted)
     t = tables("dense-cnn", ("weight",), faults=1, scenarios=200, shard_size=200)
     assert_same(t)
     # every single-stage scenario went through a group, but the few each stage runs alone to time them (4 weighted stages)

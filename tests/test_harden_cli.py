@@ -10,7 +10,7 @@ import torch
 import resil
 import resil.models as rm
 from resil.cli import main
-from resil.ftnas import AdSAF
+from resil.training.ftnas import AdSAF
 from resil.training import faulty_accuracy
 from resil.training.search import load_found
 

@@ -27,7 +27,10 @@ def random_faults(site_list, n: int, rng: np.random.Generator, models=MODELS) ->
     stored = [s for s in site_list if not s.batched]
     pick = rng.integers(0, len(stored), n)
     names = np.array([s.name for s in stored])[pick]
-    index = np.array([rng.integers(0, stored[p].numel) for p in pick]) if n < 5000 else (rng.random(n) * np.array([s.numel for s in stored])[pick]).astype(np.int64)
+    if n < 5000:
+        index = np.array([rng.integers(0, stored[p].numel) for p in pick])
+    else:
+        index = (rng.random(n) * np.array([s.numel for s in stored])[pick]).astype(np.int64)
     bits = rng.integers(0, 30, n)
     model = [models[i] for i in rng.integers(0, len(models), n)]
     return resil.FaultSet(site=names, index=index, bit=bits, model=model)
@@ -58,7 +61,8 @@ def test_each_model_corrupts_exactly_like_a_sequential_numpy_oracle(cnn):
     fs = random_faults(site_list, 3000, rng, deterministic)
     # add duplicates: the same elements again with other faults
     fs = resil.FaultSet.concat([fs, fs[:500], random_faults(site_list, 500, rng, deterministic)])
-    fs = resil.FaultSet.concat([fs, resil.FaultSet(site=fs.site_names[fs.site[0]], index=int(fs.index[0]), bit=[3, 3, 4], model=resil.BitFlip())])
+    again = resil.FaultSet(site=fs.site_names[fs.site[0]], index=int(fs.index[0]), bit=[3, 3, 4], model=resil.BitFlip())
+    fs = resil.FaultSet.concat([fs, again])
     expected = oracle_state(cnn, fs)
     with resil.inject(cnn, fs):
         for k, v in expected.items():
@@ -84,7 +88,7 @@ def test_restore_is_bit_exact_after_normal_exit_and_exception(cnn, images, n):
     with resil.inject(cnn, fs):
         cnn(images)
         if n > 1:
-            assert any(not np.array_equal(a, b) for a, b in zip(snapshot(cnn).values(), snap.values()))
+            assert any(not np.array_equal(a, b) for a, b in zip(snapshot(cnn).values(), snap.values(), strict=True))
     assert_bit_identical(cnn, snap)
     with pytest.raises(RuntimeError, match="boom"), resil.inject(cnn, fs):
         raise RuntimeError("boom")
@@ -164,7 +168,7 @@ def errors_case(cnn):
 @pytest.mark.parametrize("case", list(errors_case(None)))
 def test_bad_faults_fail_before_anything_changes(cnn, case):
     faults, message = errors_case(cnn)[case]
-    faults = [resil.Fault("conv1.weight", 0, bit=30)] + faults  # a valid fault first: must not be applied
+    faults = [resil.Fault("conv1.weight", 0, bit=30), *faults]  # a valid fault first: must not be applied
     snap = snapshot(cnn)
     with pytest.raises(resil.FaultError, match=message), resil.inject(cnn, faults):
         raise AssertionError("block entered")
@@ -177,9 +181,9 @@ def test_fault_model_that_does_not_apply_is_rejected(cnn):
         def not_applicable(self, encoding, kind):
             return None if kind == "activation" else f"it models datapath faults, not {kind} storage"
 
-    with pytest.raises(resil.FaultError, match="OnlyActivations does not apply to site 'fc.weight': it models datapath faults, not weight storage"):
-        with resil.inject(cnn, resil.Fault("fc.weight", 0, bit=1, model=OnlyActivations())):
-            pass
+    message = r"OnlyActivations does not apply to site 'fc\.weight': it models datapath faults, not weight storage"
+    with pytest.raises(resil.FaultError, match=message), resil.inject(cnn, resil.Fault("fc.weight", 0, bit=1, model=OnlyActivations())):
+        pass
 
 
 def test_half_precision_and_int_storage():
@@ -193,7 +197,8 @@ def test_half_precision_and_int_storage():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_runs_on_gpu(cnn, images):
     net, x = cnn.cuda(), images.cuda()
-    snap = snapshot(net.cpu()); net.cuda()
+    snap = snapshot(net.cpu())
+    net.cuda()
     with resil.inject(net, [resil.Fault("conv1.weight", 0, bit=30), resil.Fault("conv1:out", 0, bit=30, batch=1)]):
         net(x)
     assert_bit_identical(net.cpu(), snap)
@@ -214,9 +219,9 @@ def test_step_windows_select_the_calls_of_a_reused_module(step, changed):
 
 
 def test_stored_faults_cannot_name_steps(cnn):
-    with pytest.raises(resil.FaultError, match="stored weight: its faults are permanent"):
-        with resil.inject(cnn, resil.Fault("fc.weight", 0, bit=1, step=3)):
-            pass
+    transient = resil.Fault("fc.weight", 0, bit=1, step=3)
+    with pytest.raises(resil.FaultError, match="stored weight: its faults are permanent"), resil.inject(cnn, transient):
+        pass
 
 
 def test_many_activation_flips_with_duplicates_match_numpy():
@@ -226,7 +231,7 @@ def test_many_activation_flips_with_duplicates_match_numpy():
     rng = np.random.default_rng(3)
     index, bits = rng.integers(0, 40, 30), rng.integers(0, 30, 30)  # dense enough for the one-mask path; finite
     h = net[0](x).detach().numpy().copy()
-    for i, b in zip(index, bits):
+    for i, b in zip(index, bits, strict=True):
         h.view(np.uint32)[:, i] ^= np.uint32(1 << int(b))
     expected = net[2](torch.relu(torch.from_numpy(h)))
     for mode in (torch.no_grad, torch.enable_grad):

@@ -15,7 +15,8 @@ from resil.models.architectures import DenseCNNClass, ResNet20, SpikingClass
 torch.set_num_threads(1)
 
 
-def per_sample_spec(mode: str, scenarios: int = 120, kinds: tuple[str, ...] = ("activation",), batch_size: int = 512, **sampler) -> rc.CampaignSpec:
+def per_sample_spec(mode: str, scenarios: int = 120, kinds: tuple[str, ...] = ("activation",), batch_size: int = 512,
+                    **sampler) -> rc.CampaignSpec:
     return rc.CampaignSpec(sites=rc.SiteSpec(kinds=kinds), faults=rc.FaultSpec(per_sample=True),
                            sampler=rc.SamplerSpec(kind=sampler.pop("kind", "uniform"), scenarios=scenarios, **sampler),
                            run=rc.RunSpec(mode=mode, shard_size=scenarios, batch_size=batch_size))
@@ -136,7 +137,8 @@ def test_the_same_locations_as_without_per_sample(tmp_path):
     model, data = dense_class(), digits(20)
     spec = per_sample_spec("fast", scenarios=30)
     with_inputs = rc.run(spec, tmp_path / "a", model=model, data=data).table().to_pandas()
-    every = rc.run(rc.CampaignSpec(sites=spec.sites, sampler=spec.sampler, run=spec.run), tmp_path / "b", model=model, data=data).table().to_pandas()
+    every_spec = rc.CampaignSpec(sites=spec.sites, sampler=spec.sampler, run=spec.run)
+    every = rc.run(every_spec, tmp_path / "b", model=model, data=data).table().to_pandas()
     assert with_inputs.fault_indices.tolist() == every.fault_indices.tolist()
     assert (every.fault_inputs.map(lambda v: v[0]) == -1).all()
 

@@ -21,7 +21,8 @@ def pruned_mlp() -> nn.Sequential:
 
 
 def flat_state(net):
-    return {k: v.detach().clone().reshape(-1).view(torch.int32 if v.dtype == torch.float32 else v.dtype) for k, v in net.state_dict().items()}
+    return {k: v.detach().clone().reshape(-1).view(torch.int32 if v.dtype == torch.float32 else v.dtype)
+            for k, v in net.state_dict().items()}
 
 
 def manual_forward(net, w0, w2, x):
@@ -45,9 +46,9 @@ def test_live_policy_rejects_pruned_cells_and_faults_live_ones_exactly(pruned_ml
     mask = pruned_mlp[0].weight_mask.reshape(-1)
     dead, live = int((mask == 0).nonzero()[0]), int(mask.nonzero()[0])
     before = flat_state(pruned_mlp)
-    with pytest.raises(resil.FaultError, match=f"element {dead} of site '0.weight' is not stored"):
-        with resil.inject(pruned_mlp, resil.Fault("0.weight", dead, bit=30)):
-            pass
+    with pytest.raises(resil.FaultError, match=rf"element {dead} of site '0\.weight' is not stored"), \
+            resil.inject(pruned_mlp, resil.Fault("0.weight", dead, bit=30)):
+        pass
     w0 = (pruned_mlp[0].weight_orig * pruned_mlp[0].weight_mask).detach().clone()
     bits = struct.unpack("<I", struct.pack("<f", float(w0.reshape(-1)[live])))[0] ^ (1 << 30)
     w0.reshape(-1)[live] = struct.unpack("<f", struct.pack("<I", bits))[0]

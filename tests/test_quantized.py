@@ -253,9 +253,9 @@ def test_pruned_layer_live_policy_excludes_pruned_cells(pruned_linear):
     s = resil.sites(pruned_linear)
     assert "weight_orig" not in s and s["weight"].size == int(mask.sum()) == 12
     assert s["weight"].elements().tolist() == mask.nonzero().reshape(-1).tolist()
-    with pytest.raises(resil.FaultError, match=f"element {dead} of site 'weight' is not stored"):
-        with resil.inject(pruned_linear, resil.Fault("weight", dead, bit=7)):
-            pass
+    with pytest.raises(resil.FaultError, match=f"element {dead} of site 'weight' is not stored"), \
+            resil.inject(pruned_linear, resil.Fault("weight", dead, bit=7)):
+        pass
     x = torch.randn(3, 6)
     pruned_linear(x)  # the pruning pre-hook computes weight = weight_orig * weight_mask
     qt, q = pruned_linear.quant_weight(), codes(pruned_linear)

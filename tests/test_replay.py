@@ -70,8 +70,9 @@ def test_residual_class_fast_equals_plain(tmp_path, kinds):
     t = tables(ResidualNet, x, y, kinds, tmp_path)
     pd.testing.assert_frame_equal(t["fast"], t["plain"])
     # random values are not a function of the stored code: not grouped, each scenario runs alone with the prefix replayed
-    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=60), sites=rc.SiteSpec(include=("head*", "block2*"), kinds=kinds),
-                           faults=rc.FaultSpec(model="random_value"), run=rc.RunSpec(shard_size=60))
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=60),
+                           sites=rc.SiteSpec(include=("head*", "block2*"), kinds=kinds), faults=rc.FaultSpec(model="random_value"),
+                           run=rc.RunSpec(shard_size=60))
     runner = rc.CampaignRunner(spec, ResidualNet().eval(), (x, y))
     runner.run_shard(0)
     replay = runner.evaluator.replay
@@ -98,7 +99,8 @@ def test_the_replay_skips_the_prefix_and_falls_back_when_glue_reads_state():
     assert [n for n, _ in r.replayed([net.head2])] == ["stem", "block1", "block2", "head"]
     calls = []
     hook = net.stem.register_forward_hook(lambda m, a, o: calls.append(1))
-    assert r.check([net.head2]) and torch.equal(r.run([net.head2]), golden) and calls == [1, 1]  # the check and the run: stem replayed (its hook still fires)
+    # the check and the run: stem replayed (its hook still fires)
+    assert r.check([net.head2]) and torch.equal(r.run([net.head2]), golden) and calls == [1, 1]
     hook.remove()
 
     class Remember(nn.Module):
@@ -148,7 +150,8 @@ def test_a_class_model_groups_many_scenarios_per_pass_and_matches_plain(tmp_path
     x, y = d.x_test[:64], d.y_test[:64]
     tables, runners = {}, {}
     for mode in ("fast", "plain"):
-        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=200), sites=rc.SiteSpec(kinds=("weight", "bias", "activation")),
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=200),
+                               sites=rc.SiteSpec(kinds=("weight", "bias", "activation")),
                                run=rc.RunSpec(mode=mode, shard_size=100, batch_size=batch_size))
         runners[mode] = rc.CampaignRunner(spec, Wrapped().eval(), (x, y))
         store = rc.Store(tmp_path / mode)

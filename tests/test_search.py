@@ -9,7 +9,7 @@ from torch import nn
 
 import resil.models as rm
 from resil import FaultError
-from resil.ftnas import AdSAF, MiBB
+from resil.training.ftnas import AdSAF, MiBB
 from resil.training.search import (
     Arch,
     SearchSpace,
@@ -85,7 +85,7 @@ def test_space_members_sampling_and_mutation():
         a = space.sample(rng)
         b = space.mutate(a, rng)
         assert a.params <= space.max_params and b.params <= space.max_params
-        assert sum(x != y for x, y in zip(a.to_dict().values(), b.to_dict().values())) == 1
+        assert sum(x != y for x, y in zip(a.to_dict().values(), b.to_dict().values(), strict=True)) == 1
 
 
 def test_tmr_head_masks_a_fault_in_one_run_but_not_in_the_shared_weights():
@@ -137,7 +137,7 @@ def test_search_validates_on_a_held_out_split_and_compares_on_the_test_set():
         assert c.clean * n_val == pytest.approx(round(c.clean * n_val))  # accuracies over n_val images
         assert c.reward == pytest.approx(0.8 * c.clean + 0.2 * c.faulty)
         assert c.parent is None or (c.parent < c.index and sum(
-            x != y for x, y in zip(c.arch.to_dict().values(), r.candidates[c.parent].arch.to_dict().values())) == 1)
+            x != y for x, y in zip(c.arch.to_dict().values(), r.candidates[c.parent].arch.to_dict().values(), strict=True)) == 1)
     assert r.arch == max(r.candidates, key=lambda c: (c.reward, -c.params)).arch
     assert [row.model for row in r.comparison][1:] == ["structured-50"]
     with torch.no_grad():

@@ -54,7 +54,8 @@ class ExplicitNet(nn.Module):
 
 def hidden_net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 5), snn.Leaky(beta=0.8, init_hidden=True), nn.Linear(5, 3), snn.Leaky(beta=0.8, init_hidden=True, output=True))
+    return nn.Sequential(nn.Linear(4, 5), snn.Leaky(beta=0.8, init_hidden=True), nn.Linear(5, 3),
+                         snn.Leaky(beta=0.8, init_hidden=True, output=True))
 
 
 def run_hidden(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,8 @@ def test_membrane_fault_matches_a_hand_written_loop_explicit_state(x, t0):
 
 def test_membrane_fault_with_init_hidden_matches_explicit(x):
     net, ref = hidden_net().eval(), ExplicitNet().eval()
-    ref.load_state_dict({k.replace("0.", "fc1.").replace("2.", "fc2."): v for k, v in net.state_dict().items() if "." in k and k[0] in "02"}, strict=False)
+    renamed = {k.replace("0.", "fc1.").replace("2.", "fc2."): v for k, v in net.state_dict().items() if "." in k and k[0] in "02"}
+    ref.load_state_dict(renamed, strict=False)
     resil.sites(net, x[0])
     with torch.no_grad():
         expected = ref.by_hand(x, 2, flat=1, bit=30)

@@ -10,8 +10,8 @@ from torch.nn.utils import prune
 
 import resil
 import resil.training
-from resil.ftnas import IBB, AdSAF, MiBB
 from resil.training import FTT, prepare
+from resil.training.ftnas import IBB, AdSAF, MiBB
 
 torch.set_num_threads(1)
 
@@ -111,7 +111,7 @@ def test_pruned_cells_stay_zero():
     seen = []
     ftt = prepare(nn.Sequential(lin), AdSAF(p=0.5, saf1=0.5), seed=2)
     with torch.no_grad(), ftt.faulty():
-        h = lin.register_forward_hook(lambda m, a, o: seen.append(m.weight.clone()))
+        h = lin.register_forward_pre_hook(lambda m, a: seen.append(m.weight.clone()))  # after FTT's: what the layer computes with
         ftt.model(torch.rand(2, 20))
         h.remove()
     mask = lin.weight_mask.bool()
@@ -137,7 +137,7 @@ def test_weight_draw_is_fixed_for_one_model_call():
     seen = []
     ftt = prepare(model, AdSAF(p=0.3), seed=0)
     with torch.no_grad(), ftt.faulty():
-        h = net[0].register_forward_hook(lambda m, a, o: seen.append(m.weight.clone()))
+        h = net[0].register_forward_pre_hook(lambda m, a: seen.append(m.weight.clone()))  # after FTT's: what the layer computes with
         model(torch.rand(2, 4))
         model(torch.rand(2, 4))
         h.remove()

@@ -226,7 +226,7 @@ def test_a_nan_output_whose_argmax_is_the_label_is_never_correct(tmp_path):
     # FAT's accuracy under faults, FTT's faulty accuracy, the precision study's evaluator
     assert accuracy_under(net, None, x, y) == 0.0
     assert accuracy_under(net, resil.Fault("fc.bias", 0, bit=0), x, y) == 0.0
-    from resil.ftnas import AdSAF
+    from resil.training.ftnas import AdSAF
 
     assert faulty_accuracy(net, AdSAF(p=1e-9), x, y, draws=2).tolist() == [0.0, 0.0]
     ev = FaultEvaluator(net, x, y)

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from ..campaign.criteria import AccuracyDrop, Criterion
 from ..campaign.evaluator import Evaluator
 from ..campaign.samplers import rng_for
-from ..campaign.sensitivity import _stored_tensor, retained_outputs
+from ..campaign.sensitivity import retained_outputs
 from ..campaign.space import FaultSpace, layer_of
 from ..campaign.spec import FaultSpec, SiteSpec
 from ..discovery import sites as list_sites
@@ -219,7 +219,7 @@ def weight_sensitivity(model: nn.Module, inputs: torch.Tensor, sites: Iterable[S
     """
     _check_batch(model, inputs)
     sites = [s for s in sites if not s.batched]
-    tensors = {s.name: _stored_tensor(s) for s in sites}
+    tensors = {s.name: s.adapter.trainable(s) for s in sites}
     saved = {}
     for t in tensors.values():
         if t is not None:

@@ -39,21 +39,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapter_registry import is_temporal
 from ..errors import FaultError
 
 #: the layer types whose neurons the analysis covers (Brevitas QuantConv2d / QuantLinear subclass them)
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
 
-def _is_spiking(model: nn.Module) -> bool:
-    return any(type(m).__module__.startswith("snntorch") for m in model.modules())
-
-
 def check_layer(model: nn.Module, name: str) -> nn.Module:
     """The Conv2d / Linear module ``name`` of ``model``, or a :class:`~resil.FaultError` naming the problem."""
     import difflib
 
-    if _is_spiking(model):
+    if is_temporal(model):
         raise FaultError(
             "vulnerability value ranges do not apply to spiking networks: a neuron's output is a train of 1-bit "
             "spikes over time steps and its membrane integrates the error, so one additive delta at one forward "

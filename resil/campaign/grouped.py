@@ -11,7 +11,7 @@ sample, permanent) share everything but stage ``k``'s output, which the golden r
 - otherwise stage ``k`` runs once per scenario under :func:`resil.inject`.
 
 In a plain ``nn.Sequential`` the touched channels are then carried alone through the
-channel-local stages after ``k`` (:data:`resil.site.CHANNEL_LOCAL`: ReLU, pooling ...), patched
+channel-local stages after ``k`` (:meth:`resil.site.Adapter.channel_local`: ReLU, pooling ...), patched
 into stacked copies of the golden output there, and the rest of the network runs once over the
 whole group. A subclass with its own forward loop over its stages (a spiking network's time
 loop) runs that forward once per group, stage ``k`` returning the stacked patched outputs at
@@ -43,18 +43,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.dense import DenseAdapter
+from ..adapter_registry import adapter_for
+from ..channel_layers import ChannelLayer
 from ..encodings import FloatEncoding
 from ..fault_models import BitFlip, Burst, StuckAt, Zero
 from ..faults import FOREVER
 from ..injection import inject
-from ..site import CHANNEL_LOCAL, TRANSPARENT_PRE_HOOKS, Site, SiteList
+from ..site import Site, SiteList
 from .samplers import Scenarios
 from .suffix import SuffixForward, sharing_modules
 
-#: layers whose output channels can be recomputed alone (grouped and depthwise convolutions too), and
 #: fault models that are pure functions of the stored code
-PATCHABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 DETERMINISTIC = (BitFlip, Burst, StuckAt, Zero)
 
 
@@ -86,8 +85,13 @@ def local_faults(sc: Scenarios, positions: np.ndarray) -> tuple[np.ndarray, np.n
     return local[sc.owner[take]], take
 
 
-def _copies(t: torch.Tensor, s: int) -> torch.Tensor:
-    """``s`` copies of a batch ``t`` stacked along the batch dimension."""
+def stacked_copies(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``s`` copies of a batch ``t`` stacked along the batch dimension.
+
+    Example:
+        >>> stacked_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
+        [1.0, 2.0, 1.0, 2.0]
+    """
     return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
 
 
@@ -100,7 +104,7 @@ def _probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
         >>> _probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
         [3.0, 5.0, 1.0, 2.0]
     """
-    out = _copies(t, s).clone()
+    out = stacked_copies(t, s).clone()
     if s > 1:
         out[: len(t)] = t * 2 + 1 if t.is_floating_point() else t.flip(0)
     return out
@@ -109,7 +113,7 @@ def _probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
 def _copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
     """Whether copies 1.. of ``s`` stacked outputs equal the golden output bit for bit (copy 0 was perturbed)."""
     n = len(golden)
-    return same_bits(out[n:] if s > 1 else out, _copies(golden, max(s - 1, 1)))
+    return same_bits(out[n:] if s > 1 else out, stacked_copies(golden, max(s - 1, 1)))
 
 
 class GroupedForward:
@@ -164,7 +168,7 @@ class GroupedForward:
         """How many scenarios of ``stage`` fit in the memory budget at once (counting the stacked
         outputs from where touched channels stop being carried alone, through the end)."""
         stacked = stage
-        while self.sequential and stacked + 1 < len(self.suffix.stages) and type(self.suffix.stages[stacked + 1]) in CHANNEL_LOCAL:
+        while self.sequential and stacked + 1 < len(self.suffix.stages) and _channel_local(self.suffix.stages[stacked + 1]):
             stacked += 1
         widest = max(
             (o.numel() for calls in self.suffix.recorded for outs in calls[stacked:] for o in outs if isinstance(o, torch.Tensor)),
@@ -189,13 +193,15 @@ class GroupedForward:
                 return None
             row_scen, row_channel, rows = touched
             calls = [[rows(b, c) for c in range(len(self.suffix.recorded[b][stage]))] for b in batches]
-            live = self._live(n, row_scen, [(y, self._golden_out(b, stage, c)) for b in batches for c, y in enumerate(calls[b])], row_channel)
+            pairs = [(y, self._golden_out(b, stage, c)) for b in batches for c, y in enumerate(calls[b])]
+            live = self._live(n, row_scen, pairs, row_channel)
             keep, row_scen, row_channel, calls = self._keep(live, row_scen, row_channel, calls)
             outs = [self._replayed(stage, b, [self._stack(self._golden_out(b, stage, c), y, row_scen, row_channel, len(keep))
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
-            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)], dtype=bool)
+            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)],
+                            dtype=bool)
             keep = np.flatnonzero(live)
             outs = [self._after(stage + 1, b, h[torch.from_numpy(keep)]) if len(keep) else None for b, h in enumerate(alone)]
         else:
@@ -324,13 +330,16 @@ class GroupedForward:
             self._sharing = sharing_modules(self.suffix.model)
         return self._sharing.get(id(module), {id(module)}) == {id(module)}
 
+    def _channel_layer(self, stage: int) -> ChannelLayer | None:
+        """How to recompute output channels of ``stage`` alone (its adapter says), if it can be."""
+        module = self.suffix.stages[stage]
+        return adapter_for(module).channel_layer(module)
+
     def _patchable(self, stage: int, sc: Scenarios, take: np.ndarray, sites: SiteList) -> list[Site] | None:
         module = self.suffix.stages[stage]
-        hooks_ok = not module._forward_hooks and all(isinstance(h, tuple(TRANSPARENT_PRE_HOOKS)) for h in module._forward_pre_hooks.values())
-        if not isinstance(module, PATCHABLE) or not hooks_ok or getattr(module, "padding_mode", "zeros") != "zeros":
+        layer = self._channel_layer(stage)
+        if layer is None or not layer.channels_first(self._input(0, stage)):
             return None
-        if isinstance(module, nn.Linear) and self._input(0, stage).dim() != 2:
-            return None  # a Linear on [B, T, F] has its output channels last, not on dimension 1
         if not self.patch_allowed(module):
             return None
         fs = sc.faults
@@ -344,10 +353,10 @@ class GroupedForward:
                 return None
         return chosen
 
-    def _values(self, site: Site, dtype: torch.dtype) -> torch.Tensor:
-        """The values a layer computes with for a stored site: its codes decoded (flat)."""
-        codes = self.stored_codes(site)
-        return site.encoding.at(torch.arange(len(codes)), site.shape or ()).decode(codes).to(dtype)
+    @staticmethod
+    def _values(site: Site, dtype: torch.dtype) -> torch.Tensor:
+        """The values a layer computes with for a stored site (its adapter says), flat."""
+        return site.adapter.values(site).reshape(-1).to(dtype)
 
     def _touched_weights(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> Touched | None:
         """For faults in the weights and biases of a Conv2d/Linear ``stage``: the touched output
@@ -359,7 +368,8 @@ class GroupedForward:
         chosen = self._patchable(stage, sc, take, sites)
         if chosen is None:
             return None
-        module = self.suffix.stages[stage]
+        layer = self._channel_layer(stage)
+        assert layer is not None  # _patchable checked it
         weight, bias = self._layer_values(stage, sites)
         channels = weight.shape[0]
         per_channel = weight[0].numel()
@@ -389,13 +399,13 @@ class GroupedForward:
             with torch.no_grad():
                 x = self._input(batch, stage, call)
                 if alone:
-                    return self._layer(module, x, w_rows, b_rows, rows % channels)
-                return self._packed(module, x, weight, bias, w_rows, b_rows, rows % channels)
+                    return layer.rows(x, w_rows, b_rows, rows % channels)
+                return self._packed(layer, x, weight, bias, w_rows, b_rows, rows % channels)
 
         return rows // channels, rows % channels, recompute
 
     @staticmethod
-    def _packed(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    def _packed(layer: ChannelLayer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 w_rows: torch.Tensor, b_rows: torch.Tensor | None, channels: np.ndarray) -> torch.Tensor:
         """Faulty output channels computed in their own positions of full-shape layer calls: each
         call holds at most one faulty row per channel (the rest golden), so every channel comes
@@ -414,34 +424,21 @@ class GroupedForward:
             b = None if bias is None else bias.clone()
             if b is not None and b_rows is not None:
                 b[ch] = b_rows[sel]
-            y = GroupedForward._full_layer(module, x, w, b)
+            y = layer.full(x, w, b)
             if out is None:
                 out = y.new_empty((y.shape[0], len(channels), *y.shape[2:]))
             out[:, sel] = y[:, ch]
         assert out is not None
         return out
 
-    @staticmethod
-    def _full_layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """A Conv/Linear layer's whole output computed with the given weight and bias, as its forward does."""
-        if not isinstance(module, nn.modules.conv._ConvNd):
-            return nn.functional.linear(x, weight, bias)
-        return GroupedForward._conv(module, x, weight, bias, module.groups)
-
-    @staticmethod
-    def _conv(module: nn.modules.conv._ConvNd, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-              groups: int) -> torch.Tensor:
-        """The functional convolution of ``module``'s dimensionality with its stride, padding and dilation."""
-        conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[x.dim() - 2]
-        return conv(x, weight, bias, module.stride, module.padding, module.dilation, groups)
-
     def _full_exact(self, stage: int, batch: int, sites: SiteList) -> bool:
         """Whether the full layer computed from its sites' values reproduces its golden output at every call."""
         key = ("full", stage, batch)
         if key not in self._exact:
             weight, bias = self._layer_values(stage, sites)
-            module = self.suffix.stages[stage]
-            self._exact[key] = all(same_bits(self._full_layer(module, self._input(batch, stage, c), weight, bias), self._golden_out(batch, stage, c))
+            layer = self._channel_layer(stage)
+            assert layer is not None  # _patchable checked it
+            self._exact[key] = all(same_bits(layer.full(self._input(batch, stage, c), weight, bias), self._golden_out(batch, stage, c))
                                    for c in range(len(self.suffix.recorded[batch][stage])))
         return self._exact[key]
 
@@ -475,7 +472,7 @@ class GroupedForward:
             return None
         site = sites[fs.site_names[site_codes[0]]]
         golden = self._golden_out(0, stage)
-        if (site.module is not module or site.kind != "activation" or not isinstance(site.adapter, DenseAdapter)
+        if (site.module is not module or site.kind != "activation" or not site.adapter.faults_act_on_output(site)
                 or not isinstance(site.encoding, FloatEncoding) or not site.shape or not isinstance(golden, torch.Tensor)
                 or golden.dtype != site.encoding.dtype or tuple(golden.shape[1:]) != site.shape):
             return None
@@ -500,27 +497,16 @@ class GroupedForward:
 
         return rows // site.shape[0], row_channel, faulted
 
-    @staticmethod
-    def _layer(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: np.ndarray) -> torch.Tensor:
-        """Output channels ``channels`` of a Conv/Linear layer alone, from rows of its weight and bias.
-        A grouped convolution (depthwise included) reads each row's own group of input channels."""
-        if not isinstance(module, nn.modules.conv._ConvNd):
-            return nn.functional.linear(x, weight, bias)
-        groups = module.groups
-        if groups > 1:  # each row its own group: the input channels of its group, side by side
-            per_in, per_out = module.in_channels // groups, module.out_channels // groups
-            picked = (torch.from_numpy(np.asarray(channels) // per_out).unsqueeze(1) * per_in + torch.arange(per_in)).reshape(-1)
-            x, groups = x[:, picked], len(channels)
-        return GroupedForward._conv(module, x, weight, bias, groups)
-
     def _layer_values(self, stage: int, sites: SiteList) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes (decoded once)."""
         if stage not in self._layers:
             module = self.suffix.stages[stage]
             found = {s.kind: s for s in sites if s.module is module and s.kind in ("weight", "bias") and s.attr == s.kind and not s.batched}
-            dtype = module.weight.dtype
-            weight = self._values(found["weight"], dtype).reshape(module.weight.shape) if "weight" in found else module.weight.detach()
-            bias = None if module.bias is None else self._values(found["bias"], dtype) if "bias" in found else module.bias.detach()
+            stored_w, stored_b = module.weight, module.bias
+            assert isinstance(stored_w, torch.Tensor) and (stored_b is None or isinstance(stored_b, torch.Tensor))  # _patchable checked
+            dtype = stored_w.dtype
+            weight = self._values(found["weight"], dtype).reshape(stored_w.shape) if "weight" in found else stored_w.detach()
+            bias = None if stored_b is None else self._values(found["bias"], dtype) if "bias" in found else stored_b.detach()
             self._layers[stage] = weight, bias
         return self._layers[stage]
 
@@ -533,8 +519,10 @@ class GroupedForward:
             weight, bias = self._layer_values(stage, sites)
             pick = torch.from_numpy(channels)
             w, b = weight[pick], None if bias is None else bias[pick]
+            layer = self._channel_layer(stage)
+            assert layer is not None  # _patchable checked it
             exact = all(  # every call: a loop must feed the stage the previous stage's output
-                same_bits(self._layer(self.suffix.stages[stage], self._input(batch, stage, c), w, b, channels),
+                same_bits(layer.rows(self._input(batch, stage, c), w, b, channels),
                           self._golden_out(batch, stage, c)[:, pick])
                 for c in range(len(self.suffix.recorded[batch][stage])))
             if len(self._exact) > 100_000:  # bounded: a long campaign meets many channel sets
@@ -548,7 +536,7 @@ class GroupedForward:
         if stage >= len(self.suffix.stages):
             return False
         module = self.suffix.stages[stage]
-        if type(module) not in CHANNEL_LOCAL or module._forward_hooks or module._forward_pre_hooks:
+        if not _channel_local(module) or module._forward_hooks or module._forward_pre_hooks:
             return False
         key = ("local", stage, batch, n_rows)
         if key not in self._exact:
@@ -574,6 +562,11 @@ class GroupedForward:
                 faulty = model.apply(codes, torch.from_numpy(fs.mask[take[rows]]).to(codes.device), site.encoding.at(idx, site.shape or ()))
                 values[torch.from_numpy(rows)] = site.encoding.at(idx, site.shape or ()).decode(faulty).to(dtype)
         return values
+
+
+def _channel_local(module: nn.Module) -> bool:
+    """Whether ``module`` acts on every channel alone (its adapter says)."""
+    return adapter_for(module).channel_local(module)
 
 
 class GroupTimer:

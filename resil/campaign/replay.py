@@ -32,19 +32,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .grouped import _copies, same_bits
+from ..adapter_registry import adapter_for
+from .grouped import same_bits, stacked_copies
 from .suffix import nbytes, sharing_modules
 
-__all__ = ["RECORD_INPUTS", "ModuleReplay"]
+__all__ = ["ModuleReplay", "records_inputs"]
 
-#: modules whose golden inputs are recorded too (their touched output channels can be recomputed)
-RECORD_INPUTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+def records_inputs(module: nn.Module) -> bool:
+    """Whether the golden inputs of ``module`` are recorded too: its adapter can recompute its
+    touched output channels alone (:meth:`resil.site.Adapter.channel_layer`)."""
+    return adapter_for(module).channel_layer(module) is not None
 
 
 def _versions(value: Any) -> tuple[int, ...]:
@@ -89,7 +93,7 @@ class ModuleReplay:
         clock = [0]
         used = [0]
         calls: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k in self.modules}
-        args_of: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k, m in self.modules.items() if isinstance(m, RECORD_INPUTS)}
+        args_of: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k, m in self.modules.items() if records_inputs(m)}
         dropped: set[int] = set()
         versions: dict[int, list[tuple[Any, tuple[int, ...]]]] = {}
         batch = [0]
@@ -196,7 +200,7 @@ class ModuleReplay:
         own = iter(calls)
         n = copies if stack_prefix else 1
         for m in chosen:
-            m.forward = lambda *a, r=replays[id(m)], **kw: _stack_copies(next(r), n) if n > 1 else next(r)
+            m.forward = _replaying(replays[id(m)], n)
         target.forward = lambda *a, **kw: next(own)
         try:
             with torch.no_grad():
@@ -207,10 +211,18 @@ class ModuleReplay:
             self._forget_changed(chosen, batch, before)
 
 
+def _replaying(recorded: Iterator[Any], copies: int) -> Callable[..., Any]:
+    """A forward that returns the next recorded output (as ``copies`` stacked copies if more than one)."""
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = next(recorded)
+        return _stack_copies(out, copies) if copies > 1 else out
+    return forward
+
+
 def _stack_copies(value: Any, copies: int) -> Any:
     """``copies`` copies of a recorded batch value stacked along the batch dimension (structures too)."""
     if isinstance(value, torch.Tensor):
-        return _copies(value, copies) if value.dim() else value
+        return stacked_copies(value, copies) if value.dim() else value
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(_stack_copies(v, copies) for v in value))
     if isinstance(value, (tuple, list)):

@@ -42,7 +42,7 @@ def flip_deltas(values: torch.Tensor, codes: torch.Tensor, encoding: Encoding, b
 
 def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torch.Tensor, space: FaultSpace) -> np.ndarray:
     """One score in [0, 1] per location of ``space`` (see the module docstring)."""
-    stored = {s.name: _stored_tensor(s) for s in space.sites if not s.batched}
+    stored = {s.name: s.adapter.trainable(s) for s in space.sites if not s.batched}
     activations, hooks = retained_outputs(s for s in space.sites if s.batched and s.kind == "activation")
     params = [t for t in stored.values() if t is not None]
     for p in params:
@@ -55,15 +55,16 @@ def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torc
         elements, bits = torch.from_numpy(space.elements[i]), space.bits[i]
         if bits[0] < 0:  # whole-word fault models: score by the gradient alone
             bits = np.array([site.bits - 1])
-        if not site.batched and stored[site.name] is not None and stored[site.name].grad is not None:
-            g = stored[site.name].grad.detach().reshape(-1)[elements].abs().to(torch.float64)
+        param, kept = stored.get(site.name), activations.get(site.name)
+        if param is not None and param.grad is not None:
+            g = param.grad.detach().reshape(-1)[elements].abs().to(torch.float64)
             codes = site.codes()[elements]
             values = site.encoding.decode(codes)
             d = flip_deltas(values, codes, site.encoding, bits)
             s = torch.maximum(torch.tanh(g[:, None] * d), _magnitude(d, values))
-        elif site.name in activations and activations[site.name].grad is not None:
-            a = activations[site.name]
-            values, grads = a.detach().reshape(len(a), -1)[:, elements], a.grad.detach().reshape(len(a), -1)[:, elements].abs()
+        elif kept is not None and kept.grad is not None:
+            a = kept
+            values, grads = a.detach().reshape(len(a), -1)[:, elements], kept.grad.detach().reshape(len(a), -1)[:, elements].abs()
             codes = site.encoding.encode(values)
             d = torch.stack([flip_deltas(values[k], codes[k], site.encoding, bits) for k in range(len(values))])
             s = torch.maximum(torch.tanh((grads.to(torch.float64)[:, :, None] * d).mean(0)), _magnitude(d, values).mean(0))
@@ -71,7 +72,8 @@ def sensitivity_scores(model: nn.Module, inputs: torch.Tensor, golden_top1: torc
             continue
         s = torch.where(torch.isnan(s), torch.ones_like(s), s)
         s = s.cpu()
-        scores[start:stop] = s.reshape(-1).numpy()[: stop - start] if len(space.bits[i]) == s.shape[1] else np.repeat(s.numpy()[:, 0], len(space.bits[i]))
+        per_bit = len(space.bits[i]) == s.shape[1]
+        scores[start:stop] = s.reshape(-1).numpy()[: stop - start] if per_bit else np.repeat(s.numpy()[:, 0], len(space.bits[i]))
     for p in params:
         p.grad = None
     return scores
@@ -97,11 +99,3 @@ def _magnitude(deltas: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     scale = values.detach().abs().to(torch.float64).mean().clamp_min(1e-30)
     return torch.tanh(deltas / (1000 * scale))
 
-
-def _stored_tensor(site: Site) -> torch.Tensor | None:
-    """The parameter holding a stored site's values, if gradients reach it."""
-    for attr in (site.attr + "_orig", site.attr):
-        t = getattr(site.module, attr, None)
-        if isinstance(t, nn.Parameter) and t.requires_grad and t.shape == site.shape:
-            return t
-    return None

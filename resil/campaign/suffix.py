@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hooks import forward_hooks
+from ..hooks import Hook, forward_hooks
 from ..site import Site
 
 
@@ -51,6 +51,13 @@ def sharing_modules(model: nn.Module) -> dict[int, set[int]]:
     return {k: {k}.union(*(owners[ptr] for ptr in storages)) for k, storages in own.items()}
 
 
+def _recorder(calls: list[Any]) -> Hook:
+    """A forward hook appending each output of its module to ``calls``."""
+    def record(module: nn.Module, args: object, out: object) -> None:
+        calls.append(out)
+    return record
+
+
 class SuffixForward:
     """Forward passes over fixed input batches that can skip the stages before a given one."""
 
@@ -67,7 +74,7 @@ class SuffixForward:
         left) when the first batch shows that the recordings of all batches would pass ``budget`` bytes."""
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
-            with forward_hooks((stage, lambda m, a, o, k=k: calls[k].append(o)) for k, stage in enumerate(self.stages)), torch.no_grad():
+            with forward_hooks((stage, _recorder(calls[k])) for k, stage in enumerate(self.stages)), torch.no_grad():
                 self.outputs.append(self.model(x))
             self.recorded.append(calls)
             if budget is not None and len(self.recorded) == 1 and nbytes(calls) * len(self.batches) > budget:

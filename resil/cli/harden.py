@@ -53,7 +53,7 @@ from torch import nn
 
 from resil.campaign.sources import fingerprint_model, fingerprint_tensors, load_data, load_model
 from resil.errors import FaultError
-from resil.ftnas import IBB, AdSAF, FaultProcess, MiBB
+from resil.training.ftnas import IBB, AdSAF, FaultProcess, MiBB
 
 __all__ = ["add_model_options", "add_parser", "load_model_option", "parse_faults", "parse_kwargs"]
 
@@ -214,7 +214,8 @@ def _finish(store: Any, png: bytes | None, summary: dict[str, Any]) -> None:
 
 def cmd_ftt(args: argparse.Namespace) -> int:
     import resil.models as rm
-    from resil.training.ftt import _spec, prepare, run_ftt
+    from resil.training.ftnas import process_spec
+    from resil.training.ftt import prepare, run_ftt
     from resil.training.store import RunStore
 
     procs = parse_faults(args.faults)
@@ -223,7 +224,7 @@ def cmd_ftt(args: argparse.Namespace) -> int:
     _positive("--draws", args.draws)
     model, data, given, fingerprint = _model_and_data(args)
     prepare(model, procs)  # a fault process without sites fails before the directory exists (prepare modifies nothing)
-    spec = {"model": args.model, "faults": [_spec(p) for p in procs], "alpha": args.alpha, "epochs": args.epochs,
+    spec = {"model": args.model, "faults": [process_spec(p) for p in procs], "alpha": args.alpha, "epochs": args.epochs,
             "draws": args.draws, "seed": args.seed, "eval_seed": args.eval_seed, "range_gradient": not args.plain_ste, **given}
     store = RunStore(args.out)
     store.create("ftt", spec, fingerprint)
@@ -327,7 +328,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
 # -- search ---------------------------------------------------------------------------------------
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from resil.training.ftt import _spec
+    from resil.training.ftnas import process_spec
     from resil.training.search import default_beta, save_found, search
     from resil.training.store import RunStore
 
@@ -343,7 +344,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     reference_ftt = _names(args.reference_ftt, "--reference-ftt")
     if set(reference_ftt) - set(references):
         raise FaultError(f"--reference-ftt names models not in --references: {sorted(set(reference_ftt) - set(references))}")
-    spec = {"faults": [_spec(p) for p in procs], "beta": beta, "alpha": args.alpha, "candidates": args.candidates,
+    spec = {"faults": [process_spec(p) for p in procs], "beta": beta, "alpha": args.alpha, "candidates": args.candidates,
             "population": args.population, "tournament": args.tournament, "epochs": args.epochs, "final_epochs": args.final_epochs,
             "draws": args.draws, "final_draws": args.final_draws, "val_fraction": args.val_fraction, "references": list(references),
             "reference_ftt": list(reference_ftt), "seed": args.seed, "eval_seed": args.eval_seed}

@@ -1,7 +1,7 @@
 """Hardening: fault-tolerant and fault-aware training, fault-tolerant architecture search.
 
-Fault-tolerant training (FTT) from FT-NAS, with the fault processes of :mod:`resil.ftnas`
-(:class:`~resil.ftnas.MiBB`, :class:`~resil.ftnas.IBB`, :class:`~resil.ftnas.AdSAF`) redrawn on
+Fault-tolerant training (FTT) from FT-NAS, with the fault processes of :mod:`resil.training.ftnas`
+(:class:`~resil.training.ftnas.MiBB`, :class:`~resil.training.ftnas.IBB`, :class:`~resil.training.ftnas.AdSAF`) redrawn on
 every forward pass with straight-through gradients:
 
 - :func:`prepare` / :class:`FTT`: use it from your own training loop (``ftt.loss(x, y)``), then
@@ -17,7 +17,7 @@ directories of ``resil harden ftt|fat|search`` in :mod:`resil.training.store`.
 
 Example:
     >>> import torch
-    >>> from resil.ftnas import MiBB
+    >>> from resil.training.ftnas import MiBB
     >>> from resil.training import prepare
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 10))
     >>> ftt = prepare(net, MiBB(p_m=1e-3), alpha=0.5)

@@ -1,8 +1,8 @@
 """Fault-tolerant training (FTT, from FT-NAS): train on a mix of clean and faulty forward passes.
 
 The loss of a batch is ``(1 - alpha) * CE(f(x), y) + alpha * CE(f_faulty(x), y)``, where
-``f_faulty`` draws fresh faults of the given processes (:class:`~resil.ftnas.MiBB`,
-:class:`~resil.ftnas.IBB`, :class:`~resil.ftnas.AdSAF`) on every forward pass, with
+``f_faulty`` draws fresh faults of the given processes (:class:`~resil.training.ftnas.MiBB`,
+:class:`~resil.training.ftnas.IBB`, :class:`~resil.training.ftnas.AdSAF`) on every forward pass, with
 straight-through gradients: the faulty value is used forward, and the gradient reaches the
 clean tensor as if the fault were not there (``faulty.detach() + (x - x.detach())``). For
 feature faults the gradient by default also flows through the fault's size, which dynamic fixed
@@ -28,16 +28,18 @@ Where faults go, found with :func:`resil.sites` (so the same code serves every a
   ``QuantLinear``, pruned layers), redrawn on every call of the layer (every time step of a
   spiking network);
 - weight faults: every ``weight`` site of 2 or more dimensions, redrawn once per call of the
-  model (a spiking network keeps one draw for all its time steps, as a chip would). Float
-  weights are swapped for their faulty version while the model runs (for pruned layers the
-  stored ``weight_orig``, so pruned cells stay zero and only live weights get faults). Brevitas
-  weights get their faults **on the quantized values**: a hook on the layer's weight quantizer
-  corrupts the integer weights it outputs, the full cell being the largest code (127 for
-  int8), so the scale learned from the float weights is unchanged and faults stay on the grid.
+  model (a spiking network keeps one draw for all its time steps, as a chip would).
+
+Both act through the sites' adapters (:meth:`resil.site.Adapter.transform`): the layer computes
+with the faulty version of the values it computes with, on every call. For pruned layers these
+are the masked weights, so pruned cells stay zero and only live weights get faults. Brevitas
+weights get their faults **on the quantized values** the weight quantizer outputs, the full cell
+being the largest code (127 for int8), so the scale learned from the float weights is unchanged
+and faults stay on the grid.
 
 Example:
     >>> import torch, resil
-    >>> from resil.ftnas import AdSAF
+    >>> from resil.training.ftnas import AdSAF
     >>> from resil.training import prepare
     >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
@@ -68,10 +70,12 @@ from torch.nn import functional as F
 from ..campaign.criteria import count_correct
 from ..campaign.sources import as_data, check_forward, load_model
 from ..discovery import sites as list_sites
-from ..encodings import IntEncoding
+from ..encodings import Encoding, IntEncoding
 from ..errors import FaultError
-from ..ftnas import AdSAF, FaultProcess, FeatureFaults, _values, add_bit_bias, bias_values, fixed_point_scale, processes, stuck_cells
-from ..site import Site, SiteList
+from ..fixed_point_faults import add_bit_bias, bias_values, fixed_point_scale, stuck_cells
+from ..injectors import device_of
+from ..site import Site, SiteList, Undo
+from .ftnas import AdSAF, FaultProcess, FeatureFaults, process_spec, processes
 
 if TYPE_CHECKING:
     from resil.models import Dataset, Recipe
@@ -111,8 +115,8 @@ class FTT:
 
     Args:
         model: any model resil lists sites for (dense, spiking, pruned, Brevitas ...).
-        faults: one or several of :class:`~resil.ftnas.MiBB`, :class:`~resil.ftnas.IBB`,
-            :class:`~resil.ftnas.AdSAF`.
+        faults: one or several of :class:`~resil.training.ftnas.MiBB`, :class:`~resil.training.ftnas.IBB`,
+            :class:`~resil.training.ftnas.AdSAF`.
         alpha: weight of the faulty loss, in [0, 1] (FT-NAS: 0.7 for adSAF, about 0.5 for MiBB).
         example: optional example input (passed to :func:`resil.sites`).
         seed: seed of the fault draws.
@@ -141,15 +145,17 @@ class FTT:
         self.faults = processes(faults)
         self.loss_fn: LossFn = loss_fn or F.cross_entropy
         self.sites: SiteList = list_sites(model, example)
-        self._features: list[tuple[nn.Module, int, FeatureFaults]] = []
+        self._features: list[tuple[Site, int, FeatureFaults]] = []
         self._weights: list[_WeightSite] = []
         for proc in self.faults:
             if isinstance(proc, FeatureFaults):
-                found = proc.sites(self.sites)
-                self._features += [(s.module, m, proc) for s, m in found]
+                features = proc.sites(self.sites)
+                self._features += [(s, m, proc) for s, m in features]
+                found = len(features)
             else:
-                found = proc.sites(self.sites)
-                self._weights += [_WeightSite(s, proc, _live_mask(s)) for s in found]
+                weights = proc.sites(self.sites)
+                self._weights += [_WeightSite(s, proc, _live_mask(s)) for s in weights]
+                found = len(weights)
             if not found:
                 raise FaultError(f"{proc!r} selects no site of the model (its include globs match none of its "
                                  f"{'conv/linear outputs' if isinstance(proc, FeatureFaults) else 'weights'})")
@@ -166,7 +172,7 @@ class FTT:
 
         Example:
             >>> import torch
-            >>> from resil.ftnas import IBB
+            >>> from resil.training.ftnas import IBB
             >>> net = torch.nn.Linear(3, 2)
             >>> ftt = FTT(net, IBB(p=1.0))
             >>> x = torch.rand(4, 3)
@@ -179,79 +185,53 @@ class FTT:
             raise FaultError("this FTT has been converted; prepare the model again")
         if self._active:
             raise FaultError("FTT.faulty() blocks do not nest")
-        handles = []
+        undos: list[Undo] = []
         self._active = True
         try:
-            for module, m, proc in self._features:
-                handles.append(module.register_forward_hook(self._feature_hook(m, proc)))
+            for site, m, proc in self._features:
+                undos.append(site.adapter.transform(site, self._feature_faults(m, proc)))
             if self._weights:
-                swapped: list[tuple[dict[str, Any], str, Any]] = []
-                handles.append(self.model.register_forward_pre_hook(self._weights_in(swapped)))
-                handles.append(self.model.register_forward_hook(self._weights_out(swapped), always_call=True))
+                undos.append(self.model.register_forward_pre_hook(self._draw_weight_faults).remove)
                 for ws in self._weights:
-                    proxy = _quant_proxy(ws.site)
-                    if proxy is not None:
-                        handles.append(proxy.register_forward_hook(self._quant_hook(ws)))
+                    undos.append(ws.site.adapter.transform(ws.site, self._weight_faults(ws)))
             yield self
         finally:
-            for h in reversed(handles):
-                h.remove()
+            for undo in reversed(undos):
+                undo()
             for ws in self._weights:
                 ws.cells = None
             self._active = False
 
-    def _feature_hook(self, m: int, proc: FeatureFaults) -> Callable[[nn.Module, Any, Any], Any]:
-        def hook(module: nn.Module, args: Any, out: Any) -> Any:
-            clean = _values(out)
+    def _feature_faults(self, m: int, proc: FeatureFaults) -> Callable[[torch.Tensor, Encoding], torch.Tensor]:
+        def corrupt(clean: torch.Tensor, encoding: Encoding) -> torch.Tensor:
             generator = self._generators(clean.device)
             if self.range_gradient and clean.requires_grad and torch.is_grad_enabled():
-                new = _range_aware_faults(proc, clean, m, generator)
+                return _range_aware_faults(proc, clean, m, generator)
+            return _straight_through(proc.corrupt(clean, m, generator), clean)
+        return corrupt
+
+    def _draw_weight_faults(self, module: nn.Module, args: Any) -> None:
+        """Model pre-hook: one fresh draw of cell faults per weight site, for this call of the model."""
+        for ws in self._weights:
+            device = device_of(ws.site.module)
+            assert ws.site.shape is not None  # weight sites have a shape
+            cells = ws.process.cell_states(ws.site.shape, self._generators(device), device)
+            ws.cells = cells if ws.live is None else cells * ws.live.to(device)
+
+    @staticmethod
+    def _weight_faults(ws: _WeightSite) -> Callable[[torch.Tensor, Encoding], torch.Tensor]:
+        """The values a layer computes with for ``ws``, stuck as its current draw says. The full cell:
+        the largest code of an integer weight, else ``max|W|`` of the live weights."""
+        def corrupt(values: torch.Tensor, encoding: Encoding) -> torch.Tensor:
+            if ws.cells is None:  # the layer ran outside a call of the model
+                return values
+            w = values.detach()
+            if isinstance(encoding, IntEncoding):
+                full = (encoding.qmax - encoding.zero_point) * encoding.scale
             else:
-                new = _straight_through(proc.corrupt(clean, m, generator), clean)
-            return new if isinstance(out, torch.Tensor) else out.set(value=new)
-        return hook
-
-    def _weights_in(self, swapped: list[tuple[dict[str, Any], str, Any]]) -> Callable[[nn.Module, Any], None]:
-        def pre(module: nn.Module, args: Any) -> None:
-            for ws in self._weights:
-                site = ws.site
-                table, name = _stored_parameter(site)
-                stored = table[name]
-                cells = ws.process.cell_states(tuple(stored.shape), self._generators(stored.device), stored.device)
-                if ws.live is not None:
-                    cells = cells * ws.live.to(stored.device)
-                ws.cells = cells
-                if _quant_proxy(site) is not None:
-                    continue  # faulted on the quantized values by the quantizer hook
-                w = stored.detach()
-                live = w if ws.live is None else w * ws.live.to(w.device)
-                faulty = stuck_cells(w, cells, live.abs().max())
-                swapped.append((table, name, stored))
-                if name != site.attr and site.attr in site.module.__dict__:
-                    # a pruned layer's weight = weight_orig * weight_mask, recomputed by its pre-hook
-                    # into a plain attribute: put the clean one back afterwards too
-                    swapped.append((site.module.__dict__, site.attr, site.module.__dict__[site.attr]))
-                table[name] = _straight_through(faulty, stored)
-        return pre
-
-    def _weights_out(self, swapped: list[tuple[dict[str, Any], str, Any]]) -> Callable[[nn.Module, Any, Any], None]:
-        def post(module: nn.Module, args: Any, out: Any) -> None:
-            while swapped:
-                table, name, stored = swapped.pop()
-                table[name] = stored
-        return post
-
-    def _quant_hook(self, ws: _WeightSite) -> Callable[[nn.Module, Any, Any], Any]:
-        enc = ws.site.encoding
-        assert isinstance(enc, IntEncoding)
-
-        def hook(proxy: nn.Module, args: Any, out: Any) -> Any:
-            if ws.cells is None:  # the quantizer ran outside a call of the model
-                return None
-            value = out.value
-            full = (enc.qmax - out.zero_point) * out.scale
-            return out.set(value=_straight_through(stuck_cells(value.detach(), ws.cells.to(value.device), full), value))
-        return hook
+                full = (w if ws.live is None else w * ws.live.to(w.device)).abs().max()
+            return _straight_through(stuck_cells(w, ws.cells.to(w.device), full), values)
+        return corrupt
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -260,18 +240,17 @@ class FTT:
         Skips the pass whose weight is 0. The two parts are kept in :attr:`last`.
         """
         self._check_open()
-        zero = None
-        clean = self.loss_fn(self.model(x), y) if self.alpha < 1 else zero
+        clean = self.loss_fn(self.model(x), y) if self.alpha < 1 else None
+        faulty: torch.Tensor | None = None
         if self.alpha > 0:
             with self.faulty():
                 faulty = self.loss_fn(self.model(x), y)
-        else:
-            faulty = zero
         self.last = (float(clean.detach()) if clean is not None else math.nan, float(faulty.detach()) if faulty is not None else math.nan)
+        if faulty is None:
+            assert clean is not None  # alpha = 0
+            return (1 - self.alpha) * clean
         if clean is None:
             return self.alpha * faulty
-        if faulty is None:
-            return (1 - self.alpha) * clean
         return (1 - self.alpha) * clean + self.alpha * faulty
 
     def convert(self) -> nn.Module:
@@ -351,23 +330,6 @@ def _live_mask(site: Site) -> torch.Tensor | None:
     return mask.view(site.shape)
 
 
-def _quant_proxy(site: Site) -> nn.Module | None:
-    """The quantizer whose output holds the site's integer values (Brevitas weights), if any."""
-    if not isinstance(site.encoding, IntEncoding):
-        return None
-    proxy = getattr(site.module, site.attr + "_quant", None)
-    return proxy if isinstance(proxy, nn.Module) else None
-
-
-def _stored_parameter(site: Site) -> tuple[dict[str, Any], str]:
-    """The parameter table and name holding a weight site's stored values (``weight_orig`` of a pruned layer)."""
-    params = site.module._parameters
-    for name in (site.attr + "_orig", site.attr):
-        if isinstance(params.get(name), torch.Tensor):
-            return params, name
-    raise FaultError(f"site {site.name!r}: no parameter {site.attr!r} to fault on {type(site.module).__name__}")
-
-
 def prepare(model: nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, alpha: float = 0.5,
             example: Any = None, seed: int = 0, loss_fn: LossFn | None = None, range_gradient: bool = True) -> FTT:
     """Prepare ``model`` for fault-tolerant training (see :class:`FTT`); the model is not modified."""
@@ -387,7 +349,7 @@ def faulty_accuracy(model: nn.Module, faults: FaultProcess | Sequence[FaultProce
 
     Example:
         >>> import torch
-        >>> from resil.ftnas import AdSAF
+        >>> from resil.training.ftnas import AdSAF
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
         >>> faulty_accuracy(net, AdSAF(p=0.0), torch.rand(6, 4), torch.zeros(6, dtype=torch.long), draws=2).shape
         (2,)
@@ -437,25 +399,21 @@ class FTTResult:
         return d
 
 
-def _spec(proc: FaultProcess) -> str:
-    params = ", ".join(f"{k}={v!r}" for k, v in asdict(proc).items() if not (k == "include" and v == ("*",)))
-    return f"{type(proc).__name__}({params})"
-
-
 def train_ftt(model: nn.Module, data: Any, recipe: Any, faults: FaultProcess | Sequence[FaultProcess], *,
               alpha: float = 0.5, seed: int = 0, range_gradient: bool = True) -> nn.Module:
     """Train ``model`` on ``data`` (a :class:`resil.models.Dataset`) with a :class:`resil.models.Recipe`
     and the FTT loss; returns the plain model in eval mode."""
     from resil.models.training import train
 
-    ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)  # no example: a forward would move training-mode statistics
+    # no example: a forward would move training-mode statistics
+    ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)
     train(model, data, recipe, loss=ftt.loss)
     return ftt.convert().eval()
 
 
 def _copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``. Tensors that a forward pre-hook computes into plain attributes (a
-    pruned layer's ``weight = weight_orig * weight_mask``), which ``copy.deepcopy`` refuses, are
+    pruned layer's masked weight), which ``copy.deepcopy`` refuses, are
     copied detached: the hook recomputes them from the copied parameters."""
     computed = {id(v): v.detach().clone() for m in model.modules() for v in vars(m).values()
                 if isinstance(v, torch.Tensor) and v.grad_fn is not None}
@@ -532,7 +490,8 @@ def as_dataset(data: Any, name: str = "data") -> Dataset:
         except FaultError as e:
             raise FaultError(f"{what}: {e}") from e
         splits += [x, _class_labels(y, what)]
-    return Dataset(name, *splits, classes=int(max(splits[1].max(), splits[3].max())) + 1)
+    x_train, y_train, x_test, y_test = splits
+    return Dataset(name, x_train, y_train, x_test, y_test, classes=int(max(y_train.max(), y_test.max())) + 1)
 
 
 def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess], *, data: Any = None, recipe: Recipe | None = None,
@@ -561,7 +520,7 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
             classify (checked before training: see :func:`check_classifier`).
 
     Example (about a second):
-        >>> from resil.ftnas import AdSAF
+        >>> from resil.training.ftnas import AdSAF
         >>> r = run_ftt("dense-cnn", AdSAF(p=0.08), alpha=0.7, epochs=1, draws=2)
         >>> sorted(r.to_dict())[:4], len(r.faulty_ftt)
         (['alpha', 'clean_drop', 'clean_ftt', 'clean_normal'], 2)
@@ -623,7 +582,7 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         normal.eval()
         x, y = data.x_test, data.y_test
         result = FTTResult(
-            model=label, faults=" + ".join(_spec(p) for p in procs), alpha=float(alpha), epochs=recipe.epochs,
+            model=label, faults=" + ".join(process_spec(p) for p in procs), alpha=float(alpha), epochs=recipe.epochs,
             range_gradient=bool(range_gradient),
             clean_normal=accuracy(normal, x, y), clean_ftt=accuracy(hardened, x, y),
             faulty_normal=faulty_accuracy(normal, procs, x, y, draws=draws, seed=eval_seed, progress=progress).tolist(),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,9 +46,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..discovery import sites as list_sites
 from ..errors import FaultError
-from ..ftnas import AdSAF, FaultProcess, processes
-from .ftt import _spec, faulty_accuracy, run_ftt, train_ftt
+from .ftnas import AdSAF, FaultProcess, process_spec, processes
+from .ftt import faulty_accuracy, run_ftt, train_ftt
 
 __all__ = [
     "ACTIVATIONS",
@@ -69,8 +70,8 @@ __all__ = [
 ]
 
 #: activation choices: name -> module factory (``hardtanh`` is Hardtanh(0, 1): a ReLU clipped at 1)
-ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardtanh": lambda: nn.Hardtanh(0.0, 1.0)}
-POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardtanh": lambda: nn.Hardtanh(0.0, 1.0)}
+POOLS: dict[str, Callable[[int], nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 #: the dense reference CNN's weights and biases (``dense-cnn``): the default parameter budget
 DENSE_CNN_PARAMS = 38_282
 HEADS = ("single", "tmr")
@@ -250,7 +251,7 @@ class SearchSpace:
 
         seen: dict[Arch, None] = {}
         for values in itertools.product(*(getattr(self, g) for g in self.GENES)):
-            a = self._canonical(dict(zip(self.GENES, values)))
+            a = self._canonical(dict(zip(self.GENES, values, strict=True)))
             if a.params <= self.max_params:
                 seen[a] = None
         return list(seen)
@@ -282,7 +283,7 @@ def default_beta(faults: FaultProcess | Sequence[FaultProcess]) -> float:
     """FT-NAS's reward weight: 0.5 for feature faults (MiBB/iBB), 0.2 for adSAF weight faults.
 
     Example:
-        >>> from resil.ftnas import MiBB
+        >>> from resil.training.ftnas import MiBB
         >>> default_beta(AdSAF()), default_beta(MiBB())
         (0.2, 0.5)
     """
@@ -349,7 +350,8 @@ class ComparisonRow:
 
 
 def live_parameters(model: nn.Module) -> tuple[int, int]:
-    """(parameters, unpruned parameters) of ``model``: a ``torch.nn.utils.prune`` mask's zeros are not live.
+    """(parameters, unpruned parameters) of ``model``: the elements its stored sites do not hold (a
+    ``torch.nn.utils.prune`` mask's zeros, :attr:`resil.Site.live`) are not live.
 
     Example:
         >>> from torch.nn.utils import prune
@@ -358,7 +360,7 @@ def live_parameters(model: nn.Module) -> tuple[int, int]:
         (10, 6)
     """
     total = sum(p.numel() for p in model.parameters())
-    pruned = sum(int((b == 0).sum()) for n, b in model.named_buffers() if n.endswith("_mask"))
+    pruned = sum((s.numel or 0) - len(s.live) for s in list_sites(model) if not s.batched and s.live is not None)
     return total, total - pruned
 
 
@@ -375,7 +377,7 @@ def compare(models: dict[str, tuple[nn.Module, str]], faults: FaultProcess | Seq
         seed: draw seed, the same for every model (identical draws for models of the same shape).
 
     Example:
-        >>> from resil.ftnas import AdSAF
+        >>> from resil.training.ftnas import AdSAF
         >>> _ = torch.manual_seed(0)
         >>> x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
         >>> rows = compare({"tiny": (Arch(4, 8, 16).build().eval(), "untrained")}, AdSAF(p=0.0), x, y, beta=0.2, draws=2)
@@ -460,6 +462,65 @@ def _check_unit(name: str, v: Any) -> float:
 REFERENCES = ("dense-cnn", "pruned-50", "pruned-80", "structured-50", "int8", "int4", "snn")
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """The budget and settings of :func:`search` (see its arguments), checked on construction.
+
+    Example:
+        >>> SearchConfig(beta=0.2, candidates=4, population=8).population   # at most the candidates
+        4
+        >>> SearchConfig(beta=0.2, lr=0)
+        Traceback (most recent call last):
+        ...
+        resil.errors.FaultError: lr must be a positive number, not 0
+    """
+
+    beta: float
+    candidates: int = 20
+    population: int = 8
+    tournament: int = 3
+    epochs: int = 6
+    final_epochs: int = 15
+    alpha: float = 0.5
+    lr: float = 3e-3
+    draws: int = 5
+    final_draws: int = 20
+    val_fraction: float = 0.2
+    references: tuple[str, ...] = REFERENCES
+    reference_ftt: tuple[str, ...] = ()
+    seed: int = 0
+    eval_seed: int = 1
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__
+        fix(self, "beta", _check_unit("beta", self.beta))
+        fix(self, "alpha", _check_unit("alpha", self.alpha))
+        for name in ("candidates", "population", "tournament", "epochs", "final_epochs", "draws", "final_draws"):
+            fix(self, name, _check_int(name, getattr(self, name)))
+        fix(self, "seed", _check_int("seed", self.seed, 0))
+        fix(self, "eval_seed", _check_int("eval_seed", self.eval_seed, 0))
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+            raise FaultError(f"lr must be a positive number, not {lr!r}")
+        if not isinstance(self.val_fraction, (int, float)) or not 0.0 < self.val_fraction < 1.0:
+            raise FaultError(f"val_fraction must be in (0, 1), not {self.val_fraction!r}")
+        self._check_references()
+        fix(self, "population", min(self.population, self.candidates))
+
+    def _check_references(self) -> None:
+        import resil.models as rm
+
+        fix = object.__setattr__
+        fix(self, "references", tuple(self.references))
+        fix(self, "reference_ftt", tuple(self.reference_ftt))
+        unknown = [n for n in (*self.references, *self.reference_ftt) if n not in rm.names()]
+        if unknown:
+            raise FaultError(f"unknown reference model(s) {unknown}; bundled: {', '.join(rm.names())}")
+        missing = [n for n in self.reference_ftt if n not in self.references]
+        if missing:
+            raise FaultError(f"reference_ftt names models not in references: {missing}")
+
+
 def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None = None, space: SearchSpace | None = None,
            candidates: int = 20, population: int = 8, tournament: int = 3, epochs: int = 6, final_epochs: int = 15,
            alpha: float = 0.5, lr: float = 3e-3, draws: int = 5, final_draws: int = 20, val_fraction: float = 0.2,
@@ -489,109 +550,126 @@ def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None 
         A :class:`SearchResult`.
 
     Example (a few seconds):
-        >>> from resil.ftnas import AdSAF
+        >>> from resil.training.ftnas import AdSAF
         >>> space = SearchSpace(conv1=(4,), conv2=(8,), hidden=(16,), kernel=(3,), pool=("max",), bits=(None,))
         >>> r = search(AdSAF(p=0.08), space=space, candidates=2, population=2, epochs=1, final_epochs=1, draws=1,
         ...            final_draws=1, references=(), progress=False)
         >>> r.arch in space.members(), len(r.candidates), r.beta
         (True, 2, 0.2)
     """
-    import resil.models as rm
-    from resil.models.data import Dataset, stratified_split
-    from resil.models.training import Recipe, accuracy, train
-
     start = time.perf_counter()
     procs = processes(faults)
-    beta = default_beta(procs) if beta is None else _check_unit("beta", beta)
-    alpha = _check_unit("alpha", alpha)
     space = SearchSpace() if space is None else space
     if not isinstance(space, SearchSpace):
         raise FaultError(f"space must be a SearchSpace, not {type(space).__name__}")
-    candidates, population = _check_int("candidates", candidates), _check_int("population", population)
-    tournament, epochs, final_epochs = _check_int("tournament", tournament), _check_int("epochs", epochs), _check_int("final_epochs", final_epochs)
-    draws, final_draws = _check_int("draws", draws), _check_int("final_draws", final_draws)
-    seed, eval_seed = _check_int("seed", seed, 0), _check_int("eval_seed", eval_seed, 0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise FaultError(f"lr must be a positive number, not {lr!r}")
-    if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
-        raise FaultError(f"val_fraction must be in (0, 1), not {val_fraction!r}")
-    unknown = [n for n in (*references, *reference_ftt) if n not in rm.names()]
-    if unknown:
-        raise FaultError(f"unknown reference model(s) {unknown}; bundled: {', '.join(rm.names())}")
-    missing = [n for n in reference_ftt if n not in references]
-    if missing:
-        raise FaultError(f"reference_ftt names models not in references: {missing}")
-    population = min(population, candidates)
-    members = space.members()
+    config = SearchConfig(default_beta(procs) if beta is None else beta, candidates, population, tournament, epochs, final_epochs,
+                          alpha, lr, draws, final_draws, val_fraction, tuple(references), tuple(reference_ftt), seed, eval_seed)
+    return _Search(config, space, procs, progress).run(start)
 
-    data = rm.dataset("digits")
-    fit_rows, val_rows = stratified_split(data.y_train.numpy(), val_fraction, seed)
-    split = Dataset("digits-search", data.x_train[fit_rows], data.y_train[fit_rows], data.x_train[val_rows],
-                    data.y_train[val_rows], data.classes)
 
-    def fit(arch: Arch, d: Dataset, n_epochs: int) -> nn.Module:
-        torch.manual_seed(seed)
-        recipe = Recipe(epochs=n_epochs, lr=float(lr), seed=seed)
-        if alpha > 0:
-            return train_ftt(arch.build(), d, recipe, procs, alpha=alpha, seed=seed)
+class _Search:
+    """One run of :func:`search`: regularized evolution on a validation split, then the comparison."""
+
+    def __init__(self, config: SearchConfig, space: SearchSpace, procs: tuple[FaultProcess, ...], progress: bool) -> None:
+        import resil.models as rm
+        from resil.models.data import Dataset, stratified_split
+
+        self.config, self.space, self.procs, self.progress = config, space, procs, progress
+        self.data = rm.dataset("digits")
+        fit_rows, val_rows = stratified_split(self.data.y_train.numpy(), config.val_fraction, config.seed)
+        self.split = Dataset("digits-search", self.data.x_train[fit_rows], self.data.y_train[fit_rows], self.data.x_train[val_rows],
+                             self.data.y_train[val_rows], self.data.classes)
+        self.rng = np.random.default_rng(config.seed)
+        self.members = space.members()
+        self.history: list[Candidate] = []
+        self.by_arch: dict[Arch, Candidate] = {}
+        self.alive: deque[Candidate] = deque()
+
+    def fit(self, arch: Arch, d: Any, n_epochs: int) -> nn.Module:
+        from resil.models.training import Recipe, train
+
+        c = self.config
+        torch.manual_seed(c.seed)
+        recipe = Recipe(epochs=n_epochs, lr=float(c.lr), seed=c.seed)
+        if c.alpha > 0:
+            return train_ftt(arch.build(), d, recipe, self.procs, alpha=c.alpha, seed=c.seed)
         return train(arch.build(), d, recipe)
 
-    rng = np.random.default_rng(seed)
-    history: list[Candidate] = []
-    by_arch: dict[Arch, Candidate] = {}
-    alive: deque[Candidate] = deque()
+    def evaluate(self, arch: Arch, parent: int | None) -> Candidate:
+        from resil.models.training import accuracy
 
-    def evaluate(arch: Arch, parent: int | None) -> Candidate:
-        t0 = time.perf_counter()
-        model = fit(arch, split, epochs)
-        clean = accuracy(model, split.x_test, split.y_test)
-        f = faulty_accuracy(model, procs, split.x_test, split.y_test, draws=draws, seed=eval_seed)
-        c = Candidate(len(history), arch, parent, arch.params, clean, float(f.mean()), float(f.std(ddof=1)) if draws > 1 else 0.0,
-                      reward(clean, float(f.mean()), beta), time.perf_counter() - t0)
-        history.append(c)
-        by_arch[arch] = c
-        return c
+        c, t0 = self.config, time.perf_counter()
+        model = self.fit(arch, self.split, c.epochs)
+        clean = accuracy(model, self.split.x_test, self.split.y_test)
+        f = faulty_accuracy(model, self.procs, self.split.x_test, self.split.y_test, draws=c.draws, seed=c.eval_seed)
+        cand = Candidate(len(self.history), arch, parent, arch.params, clean, float(f.mean()), float(f.std(ddof=1)) if c.draws > 1 else 0.0,
+                         reward(clean, float(f.mean()), c.beta), time.perf_counter() - t0)
+        self.history.append(cand)
+        self.by_arch[arch] = cand
+        return cand
 
-    total = min(candidates, len(members))
-    with rm.single_thread(), tqdm(total=total, desc="architecture search", disable=not progress) as bar:
-        while len(history) < total:
-            if len(history) < population:
-                untried = [a for a in members if a not in by_arch]
-                arch, parent = space.sample(rng), None
-                if arch in by_arch:
-                    arch = untried[int(rng.integers(len(untried)))]
-            else:
-                picks = rng.choice(len(alive), size=min(tournament, len(alive)), replace=False)
-                best_parent = max((alive[int(i)] for i in picks), key=lambda c: (c.reward, -c.params))
-                arch, parent = space.mutate(best_parent.arch, rng), best_parent.index
-                for _ in range(50):
-                    if arch not in by_arch:
-                        break
-                    arch = space.mutate(arch, rng)
-                if arch in by_arch:  # the neighbourhood is exhausted: a fresh random member
-                    untried = [a for a in members if a not in by_arch]
-                    arch, parent = untried[int(rng.integers(len(untried)))], None
-            alive.append(evaluate(arch, parent))
-            if len(alive) > population:
-                alive.popleft()
-            bar.update()
-            bar.set_postfix(best=f"{max(c.reward for c in history):.4f}")
+    def _untried(self) -> Arch:
+        untried = [a for a in self.members if a not in self.by_arch]
+        return untried[int(self.rng.integers(len(untried)))]
 
-        best = max(history, key=lambda c: (c.reward, -c.params))
-        model = fit(best.arch, data, final_epochs)
-        training = f"FTT alpha={alpha:g}" if alpha > 0 else "normal"
+    def next_arch(self) -> tuple[Arch, int | None]:
+        """A random member while the population fills, then a mutation of a tournament's winner."""
+        if len(self.history) < self.config.population:
+            arch = self.space.sample(self.rng)
+            return (self._untried() if arch in self.by_arch else arch), None
+        alive = self.alive
+        picks = self.rng.choice(len(alive), size=min(self.config.tournament, len(alive)), replace=False)
+        best_parent = max((alive[int(i)] for i in picks), key=lambda c: (c.reward, -c.params))
+        arch = self.space.mutate(best_parent.arch, self.rng)
+        for _ in range(50):
+            if arch not in self.by_arch:
+                break
+            arch = self.space.mutate(arch, self.rng)
+        if arch in self.by_arch:  # the neighbourhood is exhausted: a fresh random member
+            return self._untried(), None
+        return arch, best_parent.index
+
+    def evolve(self) -> Candidate:
+        """Evaluate the candidates; the best (highest reward, then fewest parameters)."""
+        total = min(self.config.candidates, len(self.members))
+        with tqdm(total=total, desc="architecture search", disable=not self.progress) as bar:
+            while len(self.history) < total:
+                self.alive.append(self.evaluate(*self.next_arch()))
+                if len(self.alive) > self.config.population:
+                    self.alive.popleft()
+                bar.update()
+                bar.set_postfix(best=f"{max(c.reward for c in self.history):.4f}")
+        return max(self.history, key=lambda c: (c.reward, -c.params))
+
+    def compare(self, best: Candidate, model: nn.Module) -> list[ComparisonRow]:
+        """The found model, the references and their FTT versions on the test set, on the same fault draws."""
+        import resil.models as rm
+
+        c, data = self.config, self.data
+        training = f"FTT alpha={c.alpha:g}" if c.alpha > 0 else "normal"
         models: dict[str, tuple[nn.Module, str]] = {f"found: {best.arch.describe()}": (model, training)}
-        models.update({name: (rm.load(name), "normal") for name in references})
-        rows = compare(models, procs, data.x_test, data.y_test, beta=beta, draws=final_draws, seed=eval_seed, progress=progress)
-        for name in tqdm(list(reference_ftt), desc="FTT of references", disable=not progress, leave=False):
-            r = run_ftt(name, procs, alpha=alpha if alpha > 0 else 0.5, draws=final_draws, seed=seed, eval_seed=eval_seed,
+        models.update({name: (rm.load(name), "normal") for name in c.references})
+        rows = compare(models, self.procs, data.x_test, data.y_test, beta=c.beta, draws=c.final_draws, seed=c.eval_seed,
+                       progress=self.progress)
+        for name in tqdm(list(c.reference_ftt), desc="FTT of references", disable=not self.progress, leave=False):
+            r = run_ftt(name, self.procs, alpha=c.alpha if c.alpha > 0 else 0.5, draws=c.final_draws, seed=c.seed, eval_seed=c.eval_seed,
                         normal=rm.load(name))
             assert r.trained is not None
             total_p, live = live_parameters(r.trained)
             rows.append(ComparisonRow(name, f"FTT alpha={r.alpha:g}", total_p, live, r.clean_ftt, tuple(r.faulty_ftt),
-                                      reward(r.clean_ftt, float(np.mean(r.faulty_ftt)), beta)))
-    return SearchResult(best.arch, model, " + ".join(_spec(p) for p in procs), beta, alpha, history, rows,
-                        time.perf_counter() - start)
+                                      reward(r.clean_ftt, float(np.mean(r.faulty_ftt)), c.beta)))
+        return rows
+
+    def run(self, start: float) -> SearchResult:
+        import resil.models as rm
+
+        c = self.config
+        with rm.single_thread():
+            best = self.evolve()
+            model = self.fit(best.arch, self.data, c.final_epochs)
+            rows = self.compare(best, model)
+        return SearchResult(best.arch, model, " + ".join(process_spec(p) for p in self.procs), c.beta, c.alpha, self.history, rows,
+                            time.perf_counter() - start)
 
 
 def save_found(result: SearchResult) -> dict[str, Any]:
