@@ -115,30 +115,6 @@ def digits_snn(width: int = 16, hidden: int = 64, steps: int = 8, beta: float = 
     )
 
 
-def digits_qcnn(bit_width: int, per_channel: bool = False, width: int = 16, hidden: int = 64) -> nn.Sequential:
-    """The dense CNN's shape in Brevitas layers for quantization-aware training: an unsigned input
-    quantizer, conv/linear weights of ``bit_width`` bits (narrow range, per-tensor or per-output-
-    channel float scale), ``bit_width``-bit unsigned QuantReLU activations; biases and logits float."""
-    import brevitas.nn as qnn
-    from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, Uint8ActPerTensorFloat
-
-    weights = {"weight_quant": Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat, "weight_bit_width": bit_width}
-    return nn.Sequential(
-        OrderedDict(
-            quant_in=qnn.QuantIdentity(act_quant=Uint8ActPerTensorFloat, bit_width=bit_width),
-            conv1=qnn.QuantConv2d(1, width, 3, padding=1, **weights),
-            relu1=qnn.QuantReLU(bit_width=bit_width),
-            conv2=qnn.QuantConv2d(width, 2 * width, 3, padding=1, **weights),
-            relu2=qnn.QuantReLU(bit_width=bit_width),
-            pool=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=qnn.QuantLinear(2 * width * 16, hidden, bias=True, **weights),
-            relu3=qnn.QuantReLU(bit_width=bit_width),
-            fc2=qnn.QuantLinear(hidden, 10, bias=True, **weights),
-        )
-    )
-
-
 def channel_pruned_state(model: nn.Module) -> dict[str, dict[str, object]]:
     """``tp.state_dict(model)`` (torch-pruning's format: per-module tensors plus the layer
     attributes such as ``out_channels``) restricted to parameters, buffers and plain

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .training import Recipe, accuracy, train
+from resil.training.recipe import Recipe, accuracy, train
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 METRICS = CHECKPOINTS / "synthetic.json"

@@ -231,7 +231,7 @@ def test_a_nan_output_whose_argmax_is_the_label_is_never_correct(tmp_path):
     assert faulty_accuracy(net, AdSAF(p=1e-9), x, y, draws=2).tolist() == [0.0, 0.0]
     ev = FaultEvaluator(net, x, y)
     assert ev.golden_accuracy == 0.0 and ev.evaluate(resil.FaultSet("fc.bias", [0], [0])).accuracy == 0.0
-    from models.training import accuracy
+    from resil.training.recipe import accuracy
 
     assert accuracy(net, x, y) == 0.0
 

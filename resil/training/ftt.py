@@ -74,7 +74,8 @@ from ..ftnas import AdSAF, FaultProcess, FeatureFaults, _values, add_bit_bias, b
 from ..site import Site, SiteList
 
 if TYPE_CHECKING:
-    from resil.models import Dataset, Recipe
+    from .data import Dataset
+    from .recipe import Recipe
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -446,7 +447,7 @@ def train_ftt(model: nn.Module, data: Any, recipe: Any, faults: FaultProcess | S
               alpha: float = 0.5, seed: int = 0, range_gradient: bool = True) -> nn.Module:
     """Train ``model`` on ``data`` (a :class:`resil.models.Dataset`) with a :class:`resil.models.Recipe`
     and the FTT loss; returns the plain model in eval mode."""
-    from resil.models.training import train
+    from .recipe import train
 
     ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)  # no example: a forward would move training-mode statistics
     train(model, data, recipe, loss=ftt.loss)
@@ -511,7 +512,7 @@ def as_dataset(data: Any, name: str = "data") -> Dataset:
         >>> tuple(d.x_train.shape), d.y_test.tolist(), d.classes
         ((4, 2), [1, 0], 3)
     """
-    from resil.models import Dataset
+    from .data import Dataset
 
     if isinstance(data, Dataset):
         return data
@@ -577,7 +578,8 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         ('Sequential', 1, 2, True)
     """
     import resil.models as rm
-    from resil.models.training import Recipe, accuracy, train
+
+    from .recipe import Recipe, accuracy, single_thread, train
 
     procs = processes(faults)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -608,7 +610,7 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         return ref.build() if ref.fit is None else rm.load(label)
 
     start = time.perf_counter()
-    with rm.single_thread():
+    with single_thread():
         if data is None:
             assert ref is not None  # only a bundled model may come without data
             data = rm.dataset(ref.dataset)

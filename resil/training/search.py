@@ -171,7 +171,7 @@ class Arch:
     def build(self) -> nn.Sequential:
         """The untrained network (initialised from torch's global generator)."""
         if self.bits is not None:
-            from resil.models.nets import digits_qcnn
+            from resil.adapters.qat import digits_qcnn
 
             return digits_qcnn(int(self.bits), per_channel=self.bits < 8, width=self.conv1, hidden=self.hidden)
         act, k = ACTIVATIONS[self.act], self.kernel
@@ -382,7 +382,7 @@ def compare(models: dict[str, tuple[nn.Module, str]], faults: FaultProcess | Seq
         >>> rows[0].faulty == (rows[0].clean, rows[0].clean)
         True
     """
-    from resil.models.training import accuracy
+    from .recipe import accuracy
 
     procs = processes(faults)
     rows = []
@@ -497,8 +497,9 @@ def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None 
         (True, 2, 0.2)
     """
     import resil.models as rm
-    from resil.models.data import Dataset, stratified_split
-    from resil.models.training import Recipe, accuracy, train
+
+    from .data import Dataset, stratified_split
+    from .recipe import Recipe, accuracy, single_thread, train
 
     start = time.perf_counter()
     procs = processes(faults)
@@ -553,7 +554,7 @@ def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None 
         return c
 
     total = min(candidates, len(members))
-    with rm.single_thread(), tqdm(total=total, desc="architecture search", disable=not progress) as bar:
+    with single_thread(), tqdm(total=total, desc="architecture search", disable=not progress) as bar:
         while len(history) < total:
             if len(history) < population:
                 untried = [a for a in members if a not in by_arch]
