@@ -7,6 +7,7 @@ import dataclasses
 import math
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -258,6 +259,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import dataclasses
 
     from resil.analysis.compare import DEFAULT, QUICK, compare
+    from resil.report.comparison import comparison_summary, write_comparison
 
     base = QUICK if args.quick else DEFAULT
     changes: dict[str, object] = {k: getattr(args, k) for k in ("scenarios", "trials", "inputs", "seed") if getattr(args, k) is not None}
@@ -276,7 +278,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from resil.campaign.sources import load_data
 
         data = load_data(args.data)
-    print(compare(models, args.out, data=data, settings=settings).summary())
+    start = time.perf_counter()
+    comparison = compare(models, args.out, data=data, settings=settings)
+    page = write_comparison(comparison)
+    print(comparison_summary(comparison, page, time.perf_counter() - start))
     return 0
 
 
