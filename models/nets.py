@@ -76,7 +76,7 @@ class SpikingCNN(nn.Sequential):
 
         return [m for m in self.modules() if isinstance(m, snntorch.SpikingNeuron)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         from resil.discovery import reset
 
         reset(self)  # neuron states, and the step count of fault hooks: a forward is one sequence
@@ -89,6 +89,7 @@ class SpikingCNN(nn.Sequential):
                 state = getattr(m, name, None)
                 if isinstance(state, torch.Tensor):
                     setattr(m, name, state.detach())
+        assert isinstance(total, torch.Tensor)  # steps >= 1
         return total / self.steps
 
 

@@ -40,7 +40,8 @@ def bits(net: nn.Module) -> dict[str, np.ndarray]:
 def test_one_model_one_site_list_every_family():
     net, x = Mixed().eval(), torch.rand(3, 1, 8, 8)
     s = resil.sites(net, x)
-    kinds = {n: (s[n].kind, s[n].encoding.name) for n in ("qconv.weight", "qrelu:out", "fc.weight", "lif.mem", "lif.spk", "lif.threshold", "head.weight")}
+    kinds = {n: (s[n].kind, s[n].encoding.name) 
+             for n in ("qconv.weight", "qrelu:out", "fc.weight", "lif.mem", "lif.spk", "lif.threshold", "head.weight")}
     assert kinds == {
         "qconv.weight": ("weight", "int4"), "qrelu:out": ("activation", "uint8"), "fc.weight": ("weight", "float32"),
         "lif.mem": ("state", "float32"), "lif.spk": ("spike", "spike"), "lif.threshold": ("parameter", "float32"),

@@ -79,7 +79,7 @@ def dropout_net() -> nn.Module:
 def test_a_nondeterministic_model_is_refused_before_anything_is_written(tmp_path):
     x, y = torch.randn(30, 6), torch.randint(0, 3, (30,))
     spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20))
-    with pytest.warns(UserWarning, match="training mode"), pytest.raises(resil.FaultError, match="different outputs.*training mode"):
+    with pytest.warns(UserWarning, match="training mode"), pytest.raises(resil.FaultError, match=r"different outputs.*training mode"):
         rc.run(spec, tmp_path / "refused", model=dropout_net().train(), data=(x, y))
     assert not (tmp_path / "refused").exists()
 

@@ -107,7 +107,8 @@ def test_a_module_factory_loads_from_the_current_folder_with_kwargs(code, monkey
     assert type(net).__name__ == "TinyNet" and net.conv.out_channels == 2 and net.head.out_features == 5
     assert sys.modules["usernets"].__file__ == str(code / "usernets.py")
     again = pickle.loads(pickle.dumps(net))  # its class is registered under a stable name
-    assert type(again) is type(net) and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
+    assert type(again) is type(net)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values(), strict=True))
 
 
 def test_module_factories_load_from_base_in_another_folder(code, monkeypatch):
@@ -526,9 +527,9 @@ def test_a_registered_zoo_names_models_and_data(tiny_zoo):
     for name in ("zoo-pairs", "zoo-linear"):  # a dataset name, or a model name for its dataset
         got_x, got_y = load_data(name)
         assert torch.equal(got_x, x) and torch.equal(got_y, y)
-    with pytest.raises(FaultError, match=r"unknown model 'zoo-linea': give a bundled name \(dense-cnn, .*, zoo-linear\).*did you mean 'zoo-linear'"):
+    with pytest.raises(FaultError, match=r"unknown model 'zoo-linea': give a bundled name \(dense-cnn, .*, zoo-linear\).*did you mean"):
         load_model("zoo-linea")
-    with pytest.raises(FaultError, match=r"unknown data 'zoo-pair': give a bundled dataset \(digits, zoo-pairs\).*did you mean 'zoo-pairs'"):
+    with pytest.raises(FaultError, match=r"unknown data 'zoo-pair': give a bundled dataset \(digits, zoo-pairs\).*mean 'zoo-pairs'"):
         load_data("zoo-pair")
 
 

@@ -89,7 +89,7 @@ def bits(t: torch.Tensor) -> np.ndarray:
 def same_bits(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and np.array_equal(bits(a), bits(b))
-    return type(a) is type(b) and len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b, strict=True))
 
 
 def flip(t: torch.Tensor, index: tuple) -> torch.Tensor:
@@ -149,7 +149,7 @@ def test_bit_flip_in_one_tensor_of_the_structure_matches_the_manual_flip(case, b
         for site_name, (dim, _, element) in expected.items():
             fault = resil.Fault(site_name, element, bit=BIT, batch=batch)
             y, faulty = run(model, x, module, [fault], site_list)
-            index = element[:dim] + (slice(None) if batch is None else batch,) + element[dim:]
+            index = (*element[:dim], slice(None) if batch is None else batch, *element[dim:])
             want = flipped_structure(golden, paths(site_name), index)
             assert same_bits(faulty, want), site_name  # that element of that tensor, nothing else
             assert same_bits(y, model.tail(want)), site_name
@@ -164,7 +164,7 @@ def test_faults_in_several_tensors_of_one_module_combine():
     faults = [resil.Fault("rnn:out[0]", (1, 2), bit=BIT), resil.Fault("rnn:out[1][1]", (1, 0), bit=BIT, batch=2),
               resil.Fault("rnn:out[1][1]", (0, 3), bit=BIT), resil.Fault("head.weight", (0, 1), bit=BIT)]
     with torch.no_grad():
-        golden_y, (seq, (h, c)) = run(model, SEQ_INPUT, model.rnn)
+        _golden_y, (seq, (h, c)) = run(model, SEQ_INPUT, model.rnn)
         y, faulty = run(model, SEQ_INPUT, model.rnn, faults, site_list)
         want = (flip(seq, (1, slice(None), 2)), (h, flip(flip(c, (1, 2, 0)), (0, slice(None), 3))))
         assert same_bits(faulty, want)
@@ -177,7 +177,7 @@ def test_flips_with_gradients_enabled_keep_values_and_gradients():
     model = Attention(False).train()  # no dropout: the same outputs in training mode
     site_list = resil.sites(model, ATTN_INPUT)
     with torch.no_grad():
-        golden_y, golden = run(model, ATTN_INPUT, model.attn)
+        _golden_y, golden = run(model, ATTN_INPUT, model.attn)
     y, faulty = run(model, ATTN_INPUT, model.attn, [resil.Fault("attn:out[0]", (2, 5), bit=BIT, batch=3)], site_list)
     want = flipped_structure(golden, (0,), (2, 3, 5))
     assert same_bits(faulty, want) and same_bits(y, model.tail(want))
@@ -226,9 +226,9 @@ def test_dict_outputs_and_a_tensor_without_batch_dim():
     assert same_bits(y, model.tail(want)) and not same_bits(y, golden_y)
     weight = model.fc.weight.detach().clone()
     bad = [resil.Fault("fc.weight", 0, bit=BIT), resil.Fault("pair:out[scale]", 1, bit=BIT, batch=0)]
-    with pytest.raises(resil.FaultError, match=r"'pair:out\[scale\]' has no batch dimension.*cannot name a batch element"):
-        with resil.inject(model, bad, sites=site_list):
-            pass
+    with (pytest.raises(resil.FaultError, match=r"'pair:out\[scale\]' has no batch dimension.*cannot name a batch element"),
+          resil.inject(model, bad, sites=site_list)):
+        pass
     assert same_bits(model.fc.weight, weight) and not model.pair._forward_hooks
 
 
@@ -274,9 +274,9 @@ def test_unknown_tensor_of_a_structure_fails_before_any_change():
     model = Recurrent("lstm", True).eval()
     site_list = resil.sites(model, SEQ_INPUT)
     weight = model.head.weight.detach().clone()
-    with pytest.raises(resil.FaultError) as err:
-        with resil.inject(model, [resil.Fault("head.weight", 0, bit=BIT), resil.Fault("rnn:out[5]", 0, bit=BIT)], sites=site_list):
-            pass
+    with (pytest.raises(resil.FaultError) as err,
+          resil.inject(model, [resil.Fault("head.weight", 0, bit=BIT), resil.Fault("rnn:out[5]", 0, bit=BIT)], sites=site_list)):
+        pass
     assert "'rnn:out[5]'" in str(err.value) and "did you mean" in str(err.value) and "'rnn:out[0]'" in str(err.value)
     assert same_bits(model.head.weight, weight) and not model.rnn._forward_hooks
 
@@ -289,9 +289,9 @@ def test_without_an_example_the_output_is_one_unknown_site():
     assert resil.sites(Attention(True))["attn:out"].shape is None  # a declared non-leaf output
     with torch.no_grad():
         golden = model(SEQ_INPUT)
-        with pytest.raises(resil.FaultError, match=r"returned tuple, not a tensor; list the sites with an example input.*'rnn:out\[0\]'"):
-            with resil.inject(model, resil.Fault("rnn:out", 0, bit=BIT), sites=site_list):
-                model(SEQ_INPUT)
+        with (pytest.raises(resil.FaultError, match=r"returned tuple, not a tensor; list the sites with an example input.*'rnn:out\[0\]'"),
+              resil.inject(model, resil.Fault("rnn:out", 0, bit=BIT), sites=site_list)):
+            model(SEQ_INPUT)
         assert same_bits(model(SEQ_INPUT), golden) and not model.rnn._forward_hooks
 
 
@@ -307,7 +307,7 @@ def test_a_model_that_runs_only_at_the_example_batch_size_has_whole_tensor_sites
     site_list = resil.sites(model, SEQ_INPUT)
     assert (site_list["rnn:out[0]"].shape, site_list["rnn:out[0]"].batch_dim) == ((N, T, 4), None)
     with torch.no_grad():
-        golden_y, golden = run(model, SEQ_INPUT, model.rnn)
+        _golden_y, golden = run(model, SEQ_INPUT, model.rnn)
         y, faulty = run(model, SEQ_INPUT, model.rnn, [resil.Fault("rnn:out[1]", (1, 2, 3), bit=BIT)], site_list)
     want = flipped_structure(golden, (1,), (1, 2, 3))
     assert same_bits(faulty, want) and same_bits(y, model.tail(want))
@@ -334,5 +334,5 @@ def test_the_batch_probe_leaves_buffers_and_random_state_as_they_were():
     torch.manual_seed(5)
     assert resil.sites(m, SEQ_INPUT)["net.rnn:out[1]"].batch_dim == 1  # the doubled pass ran
     assert torch.equal(torch.rand(3), after_once)
-    for a, b in zip(m.buffers(), once.buffers()):
+    for a, b in zip(m.buffers(), once.buffers(), strict=True):
         assert torch.equal(a, b)

@@ -224,16 +224,14 @@ class _Job:
 
         self.label, self.s = label, s
         self.ber_dir, self.pvf_dir = campaign_dirs(root, label)
-        live = isinstance(source, nn.Module)
         self.description = zoo_description(source) if isinstance(source, str) else f"{label}: {type(source).__name__} (your model)"
         model = ModelSpec((source if isinstance(source, str) else label,))
-        common = dict(seed=s.seed, model=model, data=DataSpec(dataset=s.dataset, inputs=s.inputs),
-                      sites=SiteSpec(kinds=s.kinds, pruned="live"))
+        data_spec, sites = DataSpec(dataset=s.dataset, inputs=s.inputs), SiteSpec(kinds=s.kinds, pruned="live")
         self.ber = CampaignSpec(name=f"{label} BER", sampler=SamplerSpec(kind="ber", rates=s.rates, scenarios=s.scenarios),
-                                run=RunSpec(shard_size=s.scenarios), **common)  # type: ignore[arg-type]
+                                run=RunSpec(shard_size=s.scenarios), seed=s.seed, model=model, data=data_spec, sites=sites)
         self.pvf = CampaignSpec(name=f"{label} PVF", sampler=SamplerSpec(kind="sfi", granularity="layer", trials=s.trials),
-                                run=RunSpec(shard_size=1000), **common)  # type: ignore[arg-type]
-        self.model = source if live else None
+                                run=RunSpec(shard_size=1000), seed=s.seed, model=model, data=data_spec, sites=sites)
+        self.model = source if isinstance(source, nn.Module) else None
         self.data = data
 
     def check(self) -> None:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pandas as pd
 
@@ -31,8 +31,8 @@ COLUMNS = ("scenario", "stratum", "site", "layer", "kind", "bit", "n_faults", "r
 #: manifest keys the report reads
 MANIFEST_KEYS = ("version", "name", "model", "sampler", "inputs", "scenarios", "golden_accuracy")
 
-PathLike = Union[str, os.PathLike[str]]
-GroupBy = Union[str, Sequence[str]]
+PathLike = str | os.PathLike[str]
+GroupBy = str | Sequence[str]
 
 
 @dataclass(frozen=True, eq=False)
