@@ -553,3 +553,20 @@ def test_bad_zoo_registrations_fail_clearly(tiny_zoo):
         register_zoo("x", {})
     with pytest.raises(FaultError, match="needs a non-empty name"):
         register_zoo("", zoo)
+
+
+def test_zoos_come_from_entry_points_and_a_broken_one_is_named(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import resil.campaign.sources as sources
+
+    points = [EntryPoint("again", "resil.models:ZOO", "resil.zoos"), EntryPoint("broken", "resil_no_such_module:ZOO", "resil.zoos")]
+    monkeypatch.setattr(sources, "entry_points", lambda group: [p for p in points if p.group == group])
+    monkeypatch.setattr(sources, "_zoo_entry_points_loaded", False)
+    monkeypatch.setattr(sources, "_ZOOS", {})
+    with pytest.raises(FaultError, match=r"the model zoo entry point 'broken' \(resil_no_such_module:ZOO\) failed to load: "
+                                         "ModuleNotFoundError"):
+        sources.zoos()
+    points.pop()
+    assert sources.zoos() == {"again": rm.ZOO} and sources.zoo_models()[0] == "dense-cnn"
+    assert sources._zoo_entry_points_loaded

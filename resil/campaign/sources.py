@@ -103,10 +103,14 @@ def zoos() -> dict[str, Zoo]:
     """The registered zoos by name, in registration order (the ``resil.zoos`` entry points first)."""
     global _zoo_entry_points_loaded
     if not _zoo_entry_points_loaded:
-        _zoo_entry_points_loaded = True
         found = {ep.name: ep for ep in entry_points(group="resil.zoos")}
         for ep_name in sorted(found, key=lambda n: (n != "bundled", n)):  # the bundled zoo's names first
-            register_zoo(ep_name, found[ep_name].load())
+            try:
+                zoo = found[ep_name].load()
+            except Exception as e:
+                raise FaultError(f"the model zoo entry point {ep_name!r} ({found[ep_name].value}) failed to load: {_exc(e)}") from e
+            register_zoo(ep_name, zoo)
+        _zoo_entry_points_loaded = True
     return dict(_ZOOS)
 
 
