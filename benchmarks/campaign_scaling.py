@@ -40,7 +40,8 @@ def one(scenarios: int, model: str, memory_mb: int) -> dict[str, float]:
         x = torch.rand(64, 3, 32, 32)
         live, inputs = {"model": arch.calibrate_batchnorm(arch.ResNet20(), x), "data": x}, 0
     spec = rc.CampaignSpec(model=rc.ModelSpec(("dense-cnn",)), data=rc.DataSpec(inputs=inputs), sites=rc.SiteSpec(kinds=("weight",)),
-                           sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios), run=rc.RunSpec(shard_size=1000, memory_mb=memory_mb))
+                           sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios),
+                           run=rc.RunSpec(shard_size=1000, memory_mb=memory_mb))
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         store = rc.run(spec, Path(out) / "campaign", **live)
@@ -66,7 +67,8 @@ def main() -> int:
     print(f"{'scenarios':>10s} {'total s':>9s} {'ms/scenario':>12s} {'peak RSS MB':>12s} {'store MB':>9s}")
     ok = True
     for n in args.sizes:
-        done = subprocess.run([sys.executable, __file__, "--one", str(n), "--model", args.model, "--memory-mb", str(args.memory_mb)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, __file__, "--one", str(n), "--model", args.model, "--memory-mb", str(args.memory_mb)],
+                              capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr)
             return 1

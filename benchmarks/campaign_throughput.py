@@ -102,7 +102,8 @@ class Workload:
 
     def runner(self, mode: str) -> CampaignRunner:
         inputs = 0 if self.live else 256
-        spec = rc.CampaignSpec(model=rc.ModelSpec((self.model,)), data=rc.DataSpec(inputs=inputs), sites=rc.SiteSpec(self.include, kinds=(self.kind,)),
+        spec = rc.CampaignSpec(model=rc.ModelSpec((self.model,)), data=rc.DataSpec(inputs=inputs),
+                               sites=rc.SiteSpec(self.include, kinds=(self.kind,)),
                                faults=rc.FaultSpec(per_sample=self.per_sample),
                                sampler=rc.SamplerSpec(kind="uniform", scenarios=self.scenarios),
                                run=rc.RunSpec(shard_size=-(-self.scenarios // 4), mode=mode))
@@ -182,7 +183,7 @@ class PytorchfiLoop:
             old = site.module.weight.detach()[where].reshape(1)
             value = float((old.view(torch.int32) ^ torch.tensor([int(fs.mask[j])], dtype=torch.int64).to(torch.int32)).view(torch.float32))
             k, c, *hw = (int(v) for v in where)
-            kh, kw = (hw + [None, None])[:2]
+            kh, kw = ([*hw, None, None])[:2]
             net = self.fi.declare_weight_fi(layer_num=[layer], k=[k], dim1=[c], dim2=[kh], dim3=[kw], value=[value])
             with torch.no_grad():
                 out = torch.cat([net(x) for x in r.evaluator.suffix.batches])
@@ -265,7 +266,7 @@ def measure(contenders: dict[str, Callable[[int], dict]], shards: int) -> tuple[
 
 
 def same(a: list[dict], b: list[dict]) -> bool:
-    return all(np.array_equal(np.asarray(x[k]), np.asarray(y[k])) for x, y in zip(a, b) for k in COLUMNS)
+    return all(np.array_equal(np.asarray(x[k]), np.asarray(y[k])) for x, y in zip(a, b, strict=True) for k in COLUMNS)
 
 
 def row(w: Workload, core: Any) -> tuple[str, bool]:
@@ -303,7 +304,8 @@ def main() -> int:
     todo = [w for w in todo if not args.only or any(word in w.label for word in args.only)]
     print(f"torch {torch.__version__}, 1 thread; {sizes}")
     print(f"pytorchfi: {'0.6.0' if core else 'not available'}\n")
-    header = f"{'workload':22s} {'plain':>8s} {'resil':>8s} {'ratio':>7s} {'pytorchfi':>10s} {'resil/pfi':>10s} {'suffix limit':>13s} {'resil/limit':>12s}  tables"
+    header = (f"{'workload':22s} {'plain':>8s} {'resil':>8s} {'ratio':>7s} {'pytorchfi':>10s} {'resil/pfi':>10s} "
+              f"{'suffix limit':>13s} {'resil/limit':>12s}  tables")
     print(header + "\n" + "-" * len(header))
     ok = True
     for w in todo:

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     out = []
     verdicts = []
     for label, proc in CASES:
-        r = search(proc, candidates=args.candidates, population=args.population, epochs=args.epochs, draws=args.draws, final_draws=args.final_draws, seed=args.seed,
+        r = search(proc, candidates=args.candidates, population=args.population, epochs=args.epochs, draws=args.draws,
+                   final_draws=args.final_draws, seed=args.seed,
                    reference_ftt=() if args.no_reference_ftt else REFERENCES, progress=False)
         print(f"\n== {label}: beta {r.beta}, FTT alpha {r.alpha}; search + comparison {r.seconds:.0f} s ==")
         print(f"candidates (validation split, {args.draws} draws):")

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append((name, r, note))
         print(f"  {name:9s} {r.faults:28s} done in {r.seconds:5.1f} s", flush=True)
     print()
-    head = f"{'model':9s}  {'faults':28s}  {'alpha':>5s}  {'clean normal':>12s}  {'clean FTT':>9s}  {'faulty normal':>15s}  {'faulty FTT':>15s}  {'gain':>6s}  {'drop':>5s}  target"
+    head = (f"{'model':9s}  {'faults':28s}  {'alpha':>5s}  {'clean normal':>12s}  {'clean FTT':>9s}  "
+            f"{'faulty normal':>15s}  {'faulty FTT':>15s}  {'gain':>6s}  {'drop':>5s}  target")
     print(head)
     print("-" * len(head))
     for name, r, note in runs:

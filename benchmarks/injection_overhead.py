@@ -322,7 +322,8 @@ def main() -> int:
     print(f"model: CNN, {n_weights:,} weights in {len(weight_sites)} tensors, {len(act_sites)} activation sites "
           f"({sum(s.numel for s in act_sites):,} values per sample), batch {BATCH}, {reps} interleaved pairs per case "
           f"after {warmup} warm-up round(s){' (--quick)' if args.quick else ''}")
-    print(f"distinct elements flipped: 100k weight set {len(np.unique(cols['w100k'].site.astype(object) + ':' + cols['w100k'].index.astype(str))):,}; "
+    distinct = len(np.unique(cols["w100k"].site.astype(object) + ":" + cols["w100k"].index.astype(str)))
+    print(f"distinct elements flipped: 100k weight set {distinct:,}; "
           f"1-flip activation cases hit {a1_site} (every sample) and {p1_site} (per sample)")
     if failures:
         print("correctness: FAILED")
@@ -360,7 +361,8 @@ def main() -> int:
     sr, sok = verdict("setup", TARGET_SETUP)
     ar, aok = verdict("act", TARGET_ACT)
     yn = {True: "met", False: "NOT met"}
-    print(f"\n[{time.perf_counter() - t_start:.0f} s] headline: forward with 1/100/100k weight flips {wr}x (target <= {TARGET_WEIGHT}: {yn[wok]}); "
+    print(f"\n[{time.perf_counter() - t_start:.0f} s] headline: forward with 1/100/100k weight flips {wr}x "
+          f"(target <= {TARGET_WEIGHT}: {yn[wok]}); "
           f"set-up + restore of 100k weight flips {sr} of a forward (target <= {TARGET_SETUP}: {yn[sok]}); "
           f"forward with activation flips 1/100k every sample, 1/100k per sample {ar}x (target <= {TARGET_ACT}: {yn[aok]}); "
           f"correctness {'OK' if not failures else 'FAILED'}")

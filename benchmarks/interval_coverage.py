@@ -152,7 +152,7 @@ def main() -> int:
             lows, highs = confidence_sequence(order)  # the whole path once (grid ends); the stop round exactly
             rounds = [n for n in range(ROUND, MOST + 1, ROUND) if (highs[n - 1] - lows[n - 1]) / 2 <= STOP + 1 / 800]
             n = MOST
-            for n in rounds + [MOST]:
+            for n in [*rounds, MOST]:
                 low, high = sequence_interval(order[:n])
                 if (high - low) / 2 <= STOP:
                     stopped += 1

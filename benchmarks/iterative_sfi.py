@@ -59,7 +59,8 @@ def main() -> int:
     inside: dict[str, int] = {layer: 0 for layer in truth}
     iterative = rc.SamplerSpec(kind="sfi", granularity="layer", stop_margin=MARGIN, confidence=CONFIDENCE)
     for seed in range(args.seeds):
-        store = rc.run(spec(iterative, seed + 1, args.inputs, 250, args.layers), args.cache / f"iterative-{'-'.join(args.layers)}-{seed + 1}")
+        folder = args.cache / f"iterative-{'-'.join(args.layers)}-{seed + 1}"
+        store = rc.run(spec(iterative, seed + 1, args.inputs, 250, args.layers), folder)
         for layer, (value, n) in failure_by_layer(store).items():
             used[layer].append(n)
             inside[layer] += abs(value - truth[layer][0]) <= MARGIN

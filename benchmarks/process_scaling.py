@@ -96,7 +96,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     spec = rc.CampaignSpec(name="scaling", data=rc.DataSpec(inputs=args.inputs),
-                           sampler=rc.SamplerSpec(kind="uniform", scenarios=args.scenarios), run=rc.RunSpec(shard_size=args.shard_size, mode=args.mode))
+                           sampler=rc.SamplerSpec(kind="uniform", scenarios=args.scenarios),
+                           run=rc.RunSpec(shard_size=args.shard_size, mode=args.mode))
     print(f"dense-cnn, {args.scenarios} weight/bias bit flips x {args.inputs} inputs, {args.mode} mode, shards of {args.shard_size}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     t = time.perf_counter()

@@ -73,7 +73,8 @@ def main() -> int:
     cnn, digits = rm.load("dense-cnn"), rm.dataset("digits")
     layers["dense-cnn"] = pvf(cnn, digits.x_test, "layer", trials=2000 // scale, seed=args.seed)
     fast = time.perf_counter() - t0
-    print(layers["dense-cnn"].format(f"(a) dense-cnn, {len(digits.x_test)} digits test images, criterion: top-1 differs from golden", MARGIN))
+    print(layers["dense-cnn"].format(f"(a) dense-cnn, {len(digits.x_test)} digits test images, criterion: top-1 differs from golden",
+                                     MARGIN))
     t1 = time.perf_counter()
     plain = pvf(cnn, digits.x_test, "layer", trials=2000 // scale, seed=args.seed, mode="plain", progress=False)
     slow = time.perf_counter() - t1
@@ -112,7 +113,8 @@ def main() -> int:
              "feed-forward (linear1, linear2)": ["*.linear1.*", "*.linear2.*"], "layer norms": ["*norm1.*", "*norm2.*", "norm.*"],
              "classifier head": "head.*"}
     tcomp = pvf(tf, digits.x_test, parts, trials=1000 // scale, seed=args.seed)
-    print(tcomp.format(f"(c) synthetic-transformer (2 x TransformerEncoderLayer, d_model 32; test accuracy {syn.metric('synthetic-transformer'):.2%}), "
+    print(tcomp.format(f"(c) synthetic-transformer (2 x TransformerEncoderLayer, d_model 32; "
+                       f"test accuracy {syn.metric('synthetic-transformer'):.2%}), "
                        f"{len(digits.x_test)} digits test images, top-1 criterion; by component", MARGIN))
     layers["synthetic-transformer"] = pvf(tf, digits.x_test, "layer", trials=400 // scale, seed=args.seed)
     print(layers["synthetic-transformer"].format("    by layer (module)", MARGIN))

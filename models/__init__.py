@@ -19,8 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Dataset, digits
-from .nets import channel_pruned_state, digits_cnn, digits_qcnn, digits_snn, load_channel_pruned, masked_cnn
-from .training import Fit, Recipe, accuracy, fine_tune, from_scratch, prune_channels, prune_unstructured, train
+from resil.adapters.qat import digits_qcnn
+from resil.campaign.sources import Zoo
+from resil.training.data import Dataset
+from resil.training.recipe import Recipe, accuracy, single_thread, train
+
+from .data import digits
+from .nets import channel_pruned_state, digits_cnn, digits_snn, load_channel_pruned, masked_cnn
+from .training import Fit, fine_tune, from_scratch, prune_channels, prune_unstructured
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DATASETS: dict[str, Callable[[], Dataset]] = {"digits": digits}
@@ -175,15 +179,13 @@ def load(name: str) -> nn.Module:
     return ref.restore(ref.build(), torch.load(ref.checkpoint, map_location="cpu", weights_only=True)).eval()
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread (the recipes are bit-reproducible only with a fixed thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _test_split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    d = dataset(name)
+    return d.x_test, d.y_test
+
+
+#: the bundled models and datasets as a model zoo (the ``resil.zoos`` entry point ``bundled``)
+ZOO = Zoo(models=names, load=load, datasets=lambda: list(DATASETS), data=_test_split, describe=lambda name: info(name).description)
 
 
 def retrain(name: str, seed: int | None = None) -> tuple[nn.Module, float]:
@@ -217,6 +219,7 @@ def build_checkpoints(selected: list[str] | None = None) -> dict[str, float]:
 
 
 __all__ = [
+    "ZOO",
     "Dataset",
     "Fit",
     "Recipe",

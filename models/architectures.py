@@ -223,6 +223,6 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
         m.momentum = None  # a cumulative average: after one batch, exactly its statistics
     with torch.no_grad():
         model.train()(x)
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return model.eval()

@@ -15,23 +15,12 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class Dataset:
-    """A classification dataset as tensors: images ``(N, C, H, W)`` float32, labels int64."""
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: int
+from resil.training.data import Dataset, stratified_split
 
 
 def _packaged_file(package: str, *parts: str) -> Path:
@@ -39,18 +28,6 @@ def _packaged_file(package: str, *parts: str) -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError(f"the dataset ships inside the {package!r} package, which is not installed")
     return Path(spec.origin).parent.joinpath(*parts)
-
-
-def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test row indices: the same fraction of every class in the test set, fixed by ``seed``."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(len(rows) * test_fraction))
-        test.append(rows[:k])
-        train.append(rows[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 def digits(seed: int = 0) -> Dataset:

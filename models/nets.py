@@ -76,7 +76,7 @@ class SpikingCNN(nn.Sequential):
 
         return [m for m in self.modules() if isinstance(m, snntorch.SpikingNeuron)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         from resil.discovery import reset
 
         reset(self)  # neuron states, and the step count of fault hooks: a forward is one sequence
@@ -89,6 +89,7 @@ class SpikingCNN(nn.Sequential):
                 state = getattr(m, name, None)
                 if isinstance(state, torch.Tensor):
                     setattr(m, name, state.detach())
+        assert isinstance(total, torch.Tensor)  # steps >= 1
         return total / self.steps
 
 
@@ -112,30 +113,6 @@ def digits_snn(width: int = 16, hidden: int = 64, steps: int = 8, beta: float = 
             lif3=lif(output=True),
         ),
         steps,
-    )
-
-
-def digits_qcnn(bit_width: int, per_channel: bool = False, width: int = 16, hidden: int = 64) -> nn.Sequential:
-    """The dense CNN's shape in Brevitas layers for quantization-aware training: an unsigned input
-    quantizer, conv/linear weights of ``bit_width`` bits (narrow range, per-tensor or per-output-
-    channel float scale), ``bit_width``-bit unsigned QuantReLU activations; biases and logits float."""
-    import brevitas.nn as qnn
-    from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, Uint8ActPerTensorFloat
-
-    weights = {"weight_quant": Int8WeightPerChannelFloat if per_channel else Int8WeightPerTensorFloat, "weight_bit_width": bit_width}
-    return nn.Sequential(
-        OrderedDict(
-            quant_in=qnn.QuantIdentity(act_quant=Uint8ActPerTensorFloat, bit_width=bit_width),
-            conv1=qnn.QuantConv2d(1, width, 3, padding=1, **weights),
-            relu1=qnn.QuantReLU(bit_width=bit_width),
-            conv2=qnn.QuantConv2d(width, 2 * width, 3, padding=1, **weights),
-            relu2=qnn.QuantReLU(bit_width=bit_width),
-            pool=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=qnn.QuantLinear(2 * width * 16, hidden, bias=True, **weights),
-            relu3=qnn.QuantReLU(bit_width=bit_width),
-            fc2=qnn.QuantLinear(hidden, 10, bias=True, **weights),
-        )
     )
 
 

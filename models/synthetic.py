@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .training import Recipe, accuracy, train
+from resil.training.recipe import Recipe, accuracy, train
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 METRICS = CHECKPOINTS / "synthetic.json"
@@ -72,7 +72,8 @@ def pack(dense: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         [0.0, 0.0, 0.0, 3.0, 4.0]
     """
     if dense.dim() != 2 or categories.dim() != 2 or len(dense) != len(categories):
-        raise ValueError(f"dense [B, n_dense] and categories [B, n_sparse] must share B, got {tuple(dense.shape)}, {tuple(categories.shape)}")
+        raise ValueError(f"dense [B, n_dense] and categories [B, n_sparse] must share B, "
+                         f"got {tuple(dense.shape)}, {tuple(categories.shape)}")
     return torch.cat([dense.float(), categories.float()], 1)
 
 
@@ -119,7 +120,7 @@ def click_data(
     p = 1 / (1 + np.exp(-logit))
     y = (rng.random(n) < p).astype(np.float32)
     x = pack(torch.from_numpy(dense), torch.from_numpy(cats))
-    k = n - int(round(n * test_fraction))
+    k = n - round(n * test_fraction)
     yt, pt = torch.from_numpy(y), torch.from_numpy(p.astype(np.float32))
     return ClickData(x[:k], yt[:k], pt[:k], x[k:], yt[k:], pt[k:], n_dense, tuple(int(c) for c in cardinalities))
 
@@ -136,6 +137,8 @@ class TinyDLRM(nn.Module):
     output: the click probability ``[B]``. The top MLP sees the bottom MLP's output concatenated
     with the dot products of every pair among {bottom output, embedding vectors}, as in DLRM.
     """
+
+    pairs: torch.Tensor
 
     def __init__(self, cardinalities: tuple[int, ...] = (100, 50, 20, 10), n_dense: int = 4, dim: int = 8) -> None:
         super().__init__()
@@ -155,12 +158,19 @@ class TinyDLRM(nn.Module):
         return torch.sigmoid(self.top(torch.cat([z, dots], 1))).squeeze(1)
 
 
-def train_dlrm(data: ClickData, recipe: Recipe = Recipe(epochs=12, lr=3e-3, batch_size=256)) -> TinyDLRM:
+#: the recipe of the shipped :class:`TinyDLRM` checkpoint
+DLRM_RECIPE = Recipe(epochs=12, lr=3e-3, batch_size=256)
+#: the recipe of the shipped :class:`DigitsTransformer` checkpoint
+TRANSFORMER_RECIPE = Recipe(epochs=20, lr=3e-3, batch_size=64)
+
+
+def train_dlrm(data: ClickData, recipe: Recipe = DLRM_RECIPE) -> TinyDLRM:
     """Train :class:`TinyDLRM` on ``data`` with Adam and binary cross-entropy (seeded); eval mode."""
     torch.manual_seed(recipe.seed)
     model = TinyDLRM(data.cardinalities, data.n_dense)
     bce = nn.BCELoss()
-    return train(model, data, recipe, loss=lambda x, y: bce(model(x), y))  # type: ignore[arg-type]  # ClickData has x_train/y_train
+    train(model, data, recipe, loss=lambda x, y: bce(model(x), y))  # type: ignore[arg-type]  # ClickData has x_train/y_train
+    return model.eval()
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -201,7 +211,7 @@ class DigitsTransformer(nn.Module):
         return self.head(self.norm(self.encoder(tokens).mean(1)))
 
 
-def train_transformer(recipe: Recipe = Recipe(epochs=20, lr=3e-3, batch_size=64)) -> DigitsTransformer:
+def train_transformer(recipe: Recipe = TRANSFORMER_RECIPE) -> DigitsTransformer:
     """Train :class:`DigitsTransformer` on the digits train split (seeded); eval mode."""
     from . import dataset
 

@@ -3,57 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from resil.campaign.criteria import count_correct
+from resil.training.data import Dataset
+from resil.training.recipe import Recipe, train
 
-from .data import Dataset
 from .nets import prunable_weights
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Adam on shuffled mini-batches, fully determined by ``seed``."""
-
-    epochs: int = 10
-    lr: float = 3e-3
-    batch_size: int = 64
-    seed: int = 0
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` (an output with a NaN or an infinity is never correct)."""
-    model.eval()
-    with torch.no_grad():
-        hits = sum(count_correct(model(x[i : i + batch_size]), y[i : i + batch_size]) for i in range(0, len(x), batch_size))
-    return hits / len(x)
-
-
-def train(model: nn.Module, data: Dataset, recipe: Recipe = Recipe(),
-          loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
-    """Train ``model`` on ``data.x_train`` with ``recipe``; returns it in eval mode.
-
-    ``loss(x, y)``, if given, computes a batch's loss itself (running the model), e.g.
-    :meth:`resil.training.FTT.loss`; the default is the cross-entropy of ``model(x)``.
-    """
-    g = torch.Generator().manual_seed(recipe.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    ce = nn.CrossEntropyLoss()
-    loss_fn = (lambda x, y: ce(model(x), y)) if loss is None else loss
-    for _ in range(recipe.epochs):
-        model.train()
-        order = torch.randperm(len(data.x_train), generator=g)
-        for i in range(0, len(order), recipe.batch_size):
-            rows = order[i : i + recipe.batch_size]
-            opt.zero_grad()
-            loss_fn(data.x_train[rows], data.y_train[rows]).backward()
-            opt.step()
-    return model.eval()
-
 
 Fit = Callable[[Dataset, Recipe], nn.Module]
 """A training recipe: given the data and the :class:`Recipe`, returns the trained model."""

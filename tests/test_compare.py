@@ -24,6 +24,7 @@ from resil.analysis.compare import CompareSettings, compare, layer_order  # noqa
 from resil.campaign.metrics import verdicts  # noqa: E402
 from resil.cli import main  # noqa: E402
 from resil.errors import FaultError  # noqa: E402
+from resil.report.comparison import comparison_summary, write_comparison  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -167,6 +168,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     return compare(MODELS, out, settings=TINY, progress=False)
 
 
+@pytest.fixture(scope="module")
+def page(tiny) -> Path:
+    return write_comparison(tiny)
+
+
 def test_layers_are_aligned_by_name_with_equal_trials(tiny) -> None:
     layers = tiny.layers
     assert set(layers.model) == set(MODELS)
@@ -233,10 +239,10 @@ def test_ber_curves_and_clean_accuracy_recount(tiny) -> None:
     assert list(tiny.best.rate) == list(TINY.rates)
 
 
-def test_report_embeds_every_figure(tiny) -> None:
+def test_report_embeds_every_figure(tiny, page: Path) -> None:
     report = tiny.root / "report"
-    assert tiny.report == report / "index.html"
-    page = tiny.report.read_text(encoding="utf-8")
+    assert page == report / "index.html"
+    page = page.read_text(encoding="utf-8")
     pngs = sorted(p.name for p in report.glob("*.png"))
     assert pngs == ["ber_accuracy.png", "ber_failure.png", "layers_pvf.png"]
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -254,7 +260,7 @@ def test_rerun_skips_finished_work_and_other_settings_are_refused(tiny) -> None:
     root = tiny.root
     stamps = {p: p.stat().st_mtime_ns for p in root.glob("*/parts/*.parquet")}
     assert len({p.parent.parent for p in stamps}) == 2 * len(MODELS)
-    again = compare(MODELS, root, settings=TINY, progress=False, report=False)
+    again = compare(MODELS, root, settings=TINY, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     pd.testing.assert_frame_equal(again.layers, tiny.layers)
     pd.testing.assert_frame_equal(again.rates, tiny.rates)
@@ -279,3 +285,14 @@ def test_cli_compare_prints_the_verdicts_and_run_time(tmp_path: Path, capsys: py
     manifest = json.loads((out / "int4-ber" / "manifest.json").read_text())
     assert manifest["spec"]["sampler"]["rates"] == [1e-3, 1e-1] and manifest["scenarios"] == 4
     assert np.isclose(json.loads((out / "int4-pvf" / "manifest.json").read_text())["spec"]["sampler"]["trials"], 4)
+
+
+def test_summary_lists_every_verdict_and_the_report(tiny, page: Path) -> None:
+    text = comparison_summary(tiny, page, seconds=12.4)
+    for r in tiny.best.itertuples():
+        assert r.verdict in text
+    for r in tiny.layer_best.itertuples():
+        assert f"{r.layer}: {r.verdict}" in text
+    assert text.endswith(f"report: {page}\nrun time: 12 s")
+    clean = text.splitlines()[3]  # the fault-free row: every model's clean accuracy with three significant digits
+    assert clean.split(None, 2)[2].strip() == ", ".join(f"{m} {100 * tiny.clean[m]:.3g}%" for m in MODELS)

@@ -25,7 +25,8 @@ def test_the_same_campaign_code_runs_on_every_reference_model(name):
 
         # must change: the most significant bit of 50 weights per stored site
         picks = [(s, rng.choice(s.elements(), min(50, s.size))) for s in stored]
-        msb = resil.FaultSet.concat([resil.FaultSet(site=s.name, index=idx, bit=s.bits - 2 if s.bits == 32 else s.bits - 1) for s, idx in picks])
+        msb = resil.FaultSet.concat([resil.FaultSet(site=s.name, index=idx, bit=s.bits - 2 if s.bits == 32 else s.bits - 1)
+                                     for s, idx in picks])
         with resil.inject(model, msb, sites=sites):
             assert not torch.equal(evaluate(model, x), golden)
 

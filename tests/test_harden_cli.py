@@ -93,7 +93,7 @@ def test_search_stores_candidates_comparison_and_the_found_model(tmp_path, capsy
     cands = pq.read_table(out / "candidates.parquet").to_pydict()
     comp = pq.read_table(out / "comparison.parquet").to_pydict()
     assert len(cands["index"]) == 2 and comp["model"][1] == "structured-50" and comp["training"] == ["FTT alpha=0.5", "normal"]
-    for clean, faulty, r in zip(cands["clean"], cands["faulty"], cands["reward"]):
+    for clean, faulty, r in zip(cands["clean"], cands["faulty"], cands["reward"], strict=True):
         assert r == pytest.approx(0.5 * clean + 0.5 * faulty)
     arch, model = load_found(out / "model.pt")
     d = rm.dataset("digits")

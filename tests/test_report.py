@@ -79,7 +79,8 @@ def write_campaign(root: Path, name: str, rows: list[dict], sampler: str = "unif
     store = Store(root)
     store.create(manifest)
     frame = pd.DataFrame(rows).astype({"scenario": "int64", "bit": "int64", "n_faults": "int64", "rate": "float64"})
-    frame = frame.assign(fault_sites=[[s] for s in frame.site], fault_indices=[[0]] * len(frame), fault_masks=[[1]] * len(frame), fault_inputs=[[-1]] * len(frame))
+    frame = frame.assign(fault_sites=[[s] for s in frame.site], fault_indices=[[0]] * len(frame), fault_masks=[[1]] * len(frame),
+                         fault_inputs=[[-1]] * len(frame))
     for shard in (1, 0):
         part = frame.iloc[shard * manifest["shard_size"]:(shard + 1) * manifest["shard_size"]][::-1]
         store.write(shard, {c: part[c].tolist() for c in part.columns})
@@ -187,15 +188,15 @@ def test_summary_and_ranking(dirs: dict[str, Path]) -> None:
 
 def test_figures_return_labelled_axes(dirs: dict[str, Path]) -> None:
     cs = [load_campaign(dirs[n]) for n in ("dense-cnn", "pruned-cnn", "dense-ber")]
-    fig, ax = plot_rate(cs)
+    _fig, ax = plot_rate(cs)
     assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_title()
-    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "dense-ber"
-    fig, ax = plot_layers(cs)  # the BER campaign is left out: its scenarios hold many faults
+    assert next(t.get_text() for t in ax.get_legend().get_texts()) == "dense-ber"
+    _fig, ax = plot_layers(cs)  # the BER campaign is left out: its scenarios hold many faults
     assert len(ax.patches) == 6 and [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "conv2", "fc"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense-cnn", "pruned-cnn"]
-    fig, ax = plot_bits(cs[:2])
+    _fig, ax = plot_bits(cs[:2])
     assert len(ax.lines) == 2 and ax.get_yscale() == "symlog"
-    fig, ax = plot_bit_heatmap(cs[0])
+    _fig, ax = plot_bit_heatmap(cs[0])
     assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "conv2", "fc"] and len(ax.texts) == 96
     with pytest.raises(FaultError, match="bit error rates"):
         plot_rate(cs[:2])

@@ -107,7 +107,8 @@ def test_a_module_factory_loads_from_the_current_folder_with_kwargs(code, monkey
     assert type(net).__name__ == "TinyNet" and net.conv.out_channels == 2 and net.head.out_features == 5
     assert sys.modules["usernets"].__file__ == str(code / "usernets.py")
     again = pickle.loads(pickle.dumps(net))  # its class is registered under a stable name
-    assert type(again) is type(net) and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
+    assert type(again) is type(net)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values(), strict=True))
 
 
 def test_module_factories_load_from_base_in_another_folder(code, monkeypatch):
@@ -472,3 +473,100 @@ def test_check_forward_resets_stateful_modules():
     assert any(bool(m.mem.abs().sum()) for m in leaky)  # a forward leaves membrane potentials behind
     check_forward(net, x)
     assert all(not bool(m.mem.abs().sum()) for m in leaky)
+
+
+# --------------------------------------------------------------------------- model zoos
+
+
+def _tiny_zoo(calls):
+    """A zoo of one real linear model named 'zoo-linear' whose dataset 'zoo-pairs' is 6 known inputs."""
+    from resil.campaign.sources import Zoo
+
+    def load(name):
+        calls.append(name)
+        torch.manual_seed(3)
+        return torch.nn.Linear(2, 3).eval()
+
+    x, y = torch.arange(12.0).reshape(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    return Zoo(models=lambda: ["zoo-linear"], load=load, datasets=lambda: ["zoo-pairs"], data=lambda name: (x, y),
+               describe=lambda name: "a 2-in 3-out linear layer"), x, y
+
+
+@pytest.fixture
+def tiny_zoo():
+    from resil.campaign.sources import register_zoo, unregister_zoo
+
+    calls = []
+    zoo, x, y = _tiny_zoo(calls)
+    register_zoo("test-zoo", zoo)
+    yield calls, x, y
+    unregister_zoo("test-zoo")
+
+
+def test_the_bundled_zoo_is_found_through_its_entry_point():
+    from importlib.metadata import entry_points
+
+    from resil.campaign.sources import zoo_datasets, zoo_models, zoos
+
+    assert [ep.value for ep in entry_points(group="resil.zoos") if ep.name == "bundled"] == ["resil.models:ZOO"]
+    assert zoos()["bundled"] is rm.ZOO
+    assert zoo_models()[:7] == ["dense-cnn", "snn", "pruned-50", "pruned-80", "structured-50", "int8", "int4"]
+    assert zoo_datasets()[0] == "digits"
+
+
+def test_a_registered_zoo_names_models_and_data(tiny_zoo):
+    from resil.campaign.sources import zoo_description, zoo_models
+
+    calls, x, y = tiny_zoo
+    torch.manual_seed(3)
+    expected = torch.nn.Linear(2, 3).state_dict()
+    model = load_model("zoo-linear")
+    assert calls == ["zoo-linear"] and all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    assert "zoo-linear" in zoo_models() and zoo_description("zoo-linear") == "a 2-in 3-out linear layer"
+    assert zoo_description("pkg.mod:factory") == "pkg.mod:factory"
+    for name in ("zoo-pairs", "zoo-linear"):  # a dataset name, or a model name for its dataset
+        got_x, got_y = load_data(name)
+        assert torch.equal(got_x, x) and torch.equal(got_y, y)
+    with pytest.raises(FaultError, match=r"unknown model 'zoo-linea': give a bundled name \(dense-cnn, .*, zoo-linear\).*did you mean"):
+        load_model("zoo-linea")
+    with pytest.raises(FaultError, match=r"unknown data 'zoo-pair': give a bundled dataset \(digits, zoo-pairs\).*mean 'zoo-pairs'"):
+        load_data("zoo-pair")
+
+
+def test_a_campaign_of_a_zoo_model_takes_the_zoo_data(tiny_zoo):
+    import resil.campaign as rc
+    from resil.campaign.runner import CampaignRunner
+
+    _, x, _ = tiny_zoo
+    runner = CampaignRunner(rc.CampaignSpec(model=rc.ModelSpec(("zoo-linear",)), sampler=rc.SamplerSpec(kind="uniform", scenarios=4)))
+    assert torch.equal(runner.inputs, x)
+
+
+def test_bad_zoo_registrations_fail_clearly(tiny_zoo):
+    from resil.campaign.sources import register_zoo, zoos
+
+    zoo, _, _ = _tiny_zoo([])
+    with pytest.raises(FaultError, match="a model zoo named 'test-zoo' is already registered"):
+        register_zoo("test-zoo", zoo)
+    register_zoo("test-zoo", zoos()["test-zoo"])  # the same zoo again changes nothing
+    with pytest.raises(FaultError, match=r"register_zoo needs a non-empty name and a resil.campaign.sources.Zoo, got 'x' and a dict"):
+        register_zoo("x", {})
+    with pytest.raises(FaultError, match="needs a non-empty name"):
+        register_zoo("", zoo)
+
+
+def test_zoos_come_from_entry_points_and_a_broken_one_is_named(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import resil.campaign.sources as sources
+
+    points = [EntryPoint("again", "resil.models:ZOO", "resil.zoos"), EntryPoint("broken", "resil_no_such_module:ZOO", "resil.zoos")]
+    monkeypatch.setattr(sources, "entry_points", lambda group: [p for p in points if p.group == group])
+    monkeypatch.setattr(sources, "_zoo_entry_points_loaded", False)
+    monkeypatch.setattr(sources, "_ZOOS", {})
+    with pytest.raises(FaultError, match=r"the model zoo entry point 'broken' \(resil_no_such_module:ZOO\) failed to load: "
+                                         "ModuleNotFoundError"):
+        sources.zoos()
+    points.pop()
+    assert sources.zoos() == {"again": rm.ZOO} and sources.zoo_models()[0] == "dense-cnn"
+    assert sources._zoo_entry_points_loaded

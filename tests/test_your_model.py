@@ -17,6 +17,7 @@ import resil.campaign as rc
 from resil.analysis.compare import CompareSettings, compare
 from resil.analysis.precision import FaultEvaluator
 from resil.analysis.pvf import pvf
+from resil.report.comparison import write_comparison
 from resil.training.fat import accuracy_under
 
 NETS = textwrap.dedent('''
@@ -175,7 +176,9 @@ def test_pvf_study_and_comparison_of_two_user_variants(user_folder, tmp_path):
     assert r.records.equals(plain.records) and list(r.estimates) == ["conv", "fc1", "fc2"]
     settings = CompareSettings(rates=(1e-4, 1e-2), scenarios=6, trials=80)
     c = compare({"dense": dense, "pruned": pruned}, tmp_path / "cmp", data=(x, y), settings=settings, progress=False)
-    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["dense-ber", "dense-pvf", "pruned-ber", "pruned-pvf", "report"]
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["dense-ber", "dense-pvf", "pruned-ber", "pruned-pvf"]
+    assert write_comparison(c) == tmp_path / "cmp" / "report" / "index.html"
+    assert c.descriptions == {"dense": "dense: TinyNet (your model)", "pruned": "pruned: TinyNet (your model)"}
     assert set(c.layers.model) == {"dense", "pruned"} and set(c.rates.model) == {"dense", "pruned"}
     # the comparison's PVF per layer is the PVF of the same trials: the fc1 layer of the dense model
     fc1 = c.layers.set_index(["model", "layer"]).loc[("dense", "fc1")]
@@ -231,7 +234,7 @@ def test_a_nan_output_whose_argmax_is_the_label_is_never_correct(tmp_path):
     assert faulty_accuracy(net, AdSAF(p=1e-9), x, y, draws=2).tolist() == [0.0, 0.0]
     ev = FaultEvaluator(net, x, y)
     assert ev.golden_accuracy == 0.0 and ev.evaluate(resil.FaultSet("fc.bias", [0], [0])).accuracy == 0.0
-    from models.training import accuracy
+    from resil.training.recipe import accuracy
 
     assert accuracy(net, x, y) == 0.0
 

@@ -23,21 +23,26 @@ beside them: ``out/<model>-ber`` (the BER campaign) and ``out/<model>-pvf`` (the
 stratified campaign with ``trials`` single bit flips per layer, run through the fast path), so
 ``resil resume out`` and ``resil report out`` work on it. Re-running skips what is finished,
 and a directory holding other results (other settings, another model or other data) is refused
-before any work. The report goes to ``out/report`` (``index.html``, self-contained, and its PNGs).
+before any work. :func:`compare` computes the tables; :func:`resil.report.comparison.write_comparison`
+renders them into ``out/report`` (``index.html``, self-contained, and its PNGs) and
+:func:`resil.report.comparison.comparison_summary` as text (``resil compare`` does both).
 
 Example:
     >>> c = compare(["dense-cnn", "int8"], "runs/compare", quick=True)  # doctest: +SKIP
     >>> c.best[["rate", "verdict"]]  # doctest: +SKIP
+    >>> from resil.report.comparison import write_comparison
+    >>> write_comparison(c)  # doctest: +SKIP
+    PosixPath('runs/compare/report/index.html')
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +52,7 @@ from torch import nn
 
 from ..errors import FaultError
 
-__all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "compare", "layer_order"]
+__all__ = ["DEFAULT", "QUICK", "CompareSettings", "Comparison", "campaign_dirs", "compare", "layer_order"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,7 @@ class Comparison:
         best: :func:`resil.campaign.metrics.verdicts` of the BER campaigns by accuracy (one row per rate).
         failure_best: the same by failure probability (lower is better).
         layer_best: the same of the PVF studies by layer (lower PVF is better).
-        report: the ``index.html`` written, or None.
+        descriptions: a one-line description per model.
         seconds: wall time of the call.
     """
 
@@ -107,34 +112,19 @@ class Comparison:
     best: pd.DataFrame
     failure_best: pd.DataFrame
     layer_best: pd.DataFrame
-    report: Path | None
+    descriptions: dict[str, str]
     seconds: float
 
-    def summary(self) -> str:
-        """The verdict per rate and the PVF per layer, as printed by ``resil compare``."""
-        width = max(len(m) for m in self.models)
-        s = self.settings
-        lines = [f"\nmost robust model per bit error rate (accuracy under faults over {s.scenarios} scenarios per rate; "
-                 "verdicts from the 95% interval of each difference to the best):",
-                 f"{'rate':>8s}  {'best':{width}s}  {'accuracy [95% CI]':22s}  verdict",
-                 f"{'no fault':>8s}  {'':{width}s}  " + ", ".join(f"{m} {_pct(self.clean[m])}" for m in self.models)]
-        acc = self.rates.set_index(["rate", "model"])
-        for r in self.best.itertuples():
-            a = acc.loc[(r.rate, r.best)]
-            ci = f"{_pct(a.accuracy)} [{_pct(a.accuracy_low, False)}, {_pct(a.accuracy_high, False)}]"
-            lines.append(f"{_rate(r.rate):>8s}  {r.best:{width}s}  {ci:22s}  {r.verdict}")
-        lines.append(f"\nPVF per layer ({s.trials} single bit flips per layer; PVF [95% Wilson interval over trials] in %):")
-        layers = list(dict.fromkeys(self.layers["layer"]))
-        pvf = self.layers.set_index(["model", "layer"])
-        lines.append(f"{'model':{width}s}  " + "  ".join(f"{layer:>21s}" for layer in layers))
-        for m in self.models:
-            cells = [f"{100 * pvf.loc[(m, layer), 'pvf']:.3f} [{100 * pvf.loc[(m, layer), 'low']:.3f}, {100 * pvf.loc[(m, layer), 'high']:.3f}]"
-                     if (m, layer) in pvf.index else "-" for layer in layers]
-            lines.append(f"{m:{width}s}  " + "  ".join(f"{cell:>21s}" for cell in cells))
-        for r in self.layer_best.itertuples():
-            lines.append(f"{r.layer}: {r.verdict}")
-        lines.append(f"\nreport: {self.report}\nrun time: {self.seconds:.0f} s")
-        return "\n".join(lines)
+
+def campaign_dirs(root: str | os.PathLike[str], label: str) -> tuple[Path, Path]:
+    """The BER campaign's and the PVF study's directory of model ``label`` in a comparison under ``root``.
+
+    Example:
+        >>> [str(d) for d in campaign_dirs("runs/compare", "pkg.mod:make")]
+        ['runs/compare/pkg.mod_make-ber', 'runs/compare/pkg.mod_make-pvf']
+    """
+    name = _dirname(label)
+    return Path(root) / f"{name}-ber", Path(root) / f"{name}-pvf"
 
 
 def layer_order(per_model: Sequence[Sequence[str]]) -> list[str]:
@@ -159,19 +149,18 @@ Models = Sequence[str] | Mapping[str, "nn.Module | str"] | None
 
 
 def compare(models: Models = None, out: str | os.PathLike[str] = "compare", *, data: Any = None, quick: bool = False,
-            settings: CompareSettings | None = None, report: bool = True, progress: bool = True) -> Comparison:
-    """Run the same robustness analysis over a family of models and report them side by side.
+            settings: CompareSettings | None = None, progress: bool = True) -> Comparison:
+    """Run the same robustness analysis over a family of models and tabulate them side by side.
 
     Args:
         models: reference model names (``resil.models.names()``) or ``package.module:factory``
             specs, or a mapping ``{label: model}`` of your own ``nn.Module`` objects (or specs);
             default: every reference model.
-        out: result directory (two campaign directories per model, ``report/`` for the report).
+        out: result directory (two campaign directories per model; :func:`resil.report.comparison.write_comparison` adds ``report/``).
         data: the evaluation data for every model (``(inputs, labels)``, a ``Dataset`` or a
             ``DataLoader``); default: each bundled model's test split (``settings.inputs`` of it).
         quick: use :data:`QUICK` instead of :data:`DEFAULT` (ignored when ``settings`` is given).
         settings: explicit settings (a :class:`CompareSettings`).
-        report: write ``out/report/index.html`` and its PNGs.
         progress: show tqdm progress bars and one line per finished step.
 
     Returns:
@@ -203,7 +192,7 @@ def compare(models: Models = None, out: str | os.PathLike[str] = "compare", *, d
     finally:
         torch.set_num_threads(threads)
     from ..campaign.metrics import verdicts
-    from ..report import load_campaign
+    from .results import load_campaign
 
     bers = {job.label: load_campaign(job.ber_dir) for job in jobs}  # read once, for tables, verdicts and figures
     pvfs = {job.label: load_campaign(job.pvf_dir) for job in jobs}
@@ -215,59 +204,12 @@ def compare(models: Models = None, out: str | os.PathLike[str] = "compare", *, d
     best = verdicts(ber, "rate", "accuracy")
     failure_best = verdicts(ber, "rate", "failure", higher_is_better=False)
     order = layer_order([list(dict.fromkeys(layers.loc[layers.model == m, "layer"])) for m in sources])
-    layer_best = verdicts(pvf, "stratum", "failure", higher_is_better=False, resolve=0.001, per="layer").rename(columns={"stratum": "layer"})
+    layer_best = verdicts(pvf, "stratum", "failure", higher_is_better=False, resolve=0.001, per="layer")
+    layer_best = layer_best.rename(columns={"stratum": "layer"})
     layer_best = layer_best.set_index("layer").loc[[x for x in order if x in set(layer_best["layer"])]].reset_index()
-    comparison = Comparison(root, tuple(sources), s, clean, layers, rates, best, failure_best, layer_best, None, 0.0)
-    written = None
-    if report:
-        written = write_comparison(comparison, list(bers.values()), root / "report", time.perf_counter() - start,
-                                   {job.label: job.description for job in jobs})
-    return dataclasses.replace(comparison, report=written, seconds=time.perf_counter() - start)
-
-
-def write_comparison(c: Comparison, ber: Sequence[Any], out: Path, seconds: float, descriptions: Mapping[str, str]) -> Path:
-    """Write the comparison report: PNGs and a self-contained ``index.html`` into ``out`` (``ber``:
-    each model's BER campaign, :func:`resil.report.load_campaign`)."""
-    from ..report import Campaign, plot_layer_estimates, plot_rate
-    from ..report.html import render_comparison
-
-    out.mkdir(parents=True, exist_ok=True)
-    campaigns = [Campaign(name, cm.manifest, cm.table) for name, cm in zip(c.models, ber)]
-    layers = layer_order([list(dict.fromkeys(c.layers.loc[c.layers.model == m, "layer"])) for m in c.models])
-    s = c.settings
-    inputs = f"{campaigns[0].manifest['inputs']}" if campaigns else str(s.inputs)  # the inputs used (settings: 0 = all)
-    flips = "one bit flip of the stored encoding (float32 bits of float weights, integer code bits of quantized ones)"
-    figures = [
-        ("ber_accuracy.png", "Accuracy under faults vs bit error rate (every stored weight bit flips with probability p, "
-         f"{s.scenarios} scenarios per rate, {inputs} inputs); shaded: the 95% intervals over scenarios the tables print; dashed: fault-free accuracy.",
-         plot_rate(campaigns, band_alpha=0.15)[0]),
-        ("ber_failure.png", "Failure probability (top-1 differs from the fault-free top-1, or non-finite output) vs bit error rate; "
-         "shaded: the 95% intervals over scenarios the tables print.", plot_rate(campaigns, "failure", band_alpha=0.15)[0]),
-        ("layers_pvf.png", f"PVF per layer: {s.trials} trials per layer, each {flips} in the layer's weights, judged over {inputs} "
-         "inputs (a layer with fewer fault locations gets every location once); error bars: 95% Wilson intervals. "
-         "Neither bar nor error bar: the model has no such layer.",
-         plot_layer_estimates(c.layers, labels=list(c.models), layers=layers, value="pvf", log=True,
-                              title=f"Parameter vulnerability factor per layer: {s.trials} single weight bit flips per layer\n"
-                                    "(error bars: 95% Wilson interval)",
-                              xlabel="PVF = P(top-1 changes | one bit flip in the layer's weights)")[0]),
-    ]
-    images = []
-    for filename, caption, fig in figures:
-        fig.savefig(out / filename, dpi=110, metadata={"Software": None})
-        images.append((filename, caption, (out / filename).read_bytes()))
-    settings = {
-        "models": ", ".join(c.models),
-        "fault model": flips,
-        "faulted sites": ", ".join(s.kinds) + " (pruned weights are not stored: only live weights can fail)",
-        "PVF": f"{s.trials} trials per layer (all locations when a layer has fewer), {inputs} inputs per trial",
-        "bit error rates": ", ".join(_rate(r) for r in s.rates) + f"; {s.scenarios} scenarios per rate",
-        "seed": str(s.seed),
-        "run time": f"{seconds:.0f} s (this call; finished parts are not re-run)",
-    }
-    page = render_comparison(settings, list(c.models), dict(descriptions), c.clean, c.rates, c.best, c.failure_best, c.layers, c.layer_best, layers, images)
-    path = out / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    descriptions = {job.label: job.description for job in jobs}
+    return Comparison(root, tuple(sources), s, clean, layers, rates, best, failure_best, layer_best, descriptions,
+                      time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------- one model
@@ -278,19 +220,18 @@ class _Job:
 
     def __init__(self, label: str, source: nn.Module | str, root: Path, s: CompareSettings, data: Any) -> None:
         from ..campaign import CampaignSpec, DataSpec, ModelSpec, RunSpec, SamplerSpec, SiteSpec
+        from ..campaign.sources import zoo_description
 
         self.label, self.s = label, s
-        self.ber_dir, self.pvf_dir = root / f"{_dirname(label)}-ber", root / f"{_dirname(label)}-pvf"
-        live = isinstance(source, nn.Module)
-        self.description = _description(source) if isinstance(source, str) else f"{label}: {type(source).__name__} (your model)"
+        self.ber_dir, self.pvf_dir = campaign_dirs(root, label)
+        self.description = zoo_description(source) if isinstance(source, str) else f"{label}: {type(source).__name__} (your model)"
         model = ModelSpec((source if isinstance(source, str) else label,))
-        common = dict(seed=s.seed, model=model, data=DataSpec(dataset=s.dataset, inputs=s.inputs),
-                      sites=SiteSpec(kinds=s.kinds, pruned="live"))
+        data_spec, sites = DataSpec(dataset=s.dataset, inputs=s.inputs), SiteSpec(kinds=s.kinds, pruned="live")
         self.ber = CampaignSpec(name=f"{label} BER", sampler=SamplerSpec(kind="ber", rates=s.rates, scenarios=s.scenarios),
-                                run=RunSpec(shard_size=s.scenarios), **common)  # type: ignore[arg-type]
+                                run=RunSpec(shard_size=s.scenarios), seed=s.seed, model=model, data=data_spec, sites=sites)
         self.pvf = CampaignSpec(name=f"{label} PVF", sampler=SamplerSpec(kind="sfi", granularity="layer", trials=s.trials),
-                                run=RunSpec(shard_size=1000), **common)  # type: ignore[arg-type]
-        self.model = source if live else None
+                                run=RunSpec(shard_size=1000), seed=s.seed, model=model, data=data_spec, sites=sites)
+        self.model = source if isinstance(source, nn.Module) else None
         self.data = data
 
     def check(self) -> None:
@@ -326,55 +267,37 @@ class _Job:
         return float(Store(self.ber_dir).manifest()["golden_accuracy"] or float("nan"))
 
     def layers(self, study: Any) -> pd.DataFrame:
-        from ..report import by_group
+        from .results import by_group
 
         strata = study.manifest["strata"]
         g = by_group(study, "stratum").set_index("stratum")
         g = g.loc[[name for name in strata if name in g.index]]  # in the study's (network) order
-        rows = [{"model": self.label, "layer": layer, "pvf": r.failure, "low": r.failure_low, "high": r.failure_high, "method": r.failure_method,
+        rows = [{"model": self.label, "layer": layer, "pvf": r.failure, "low": r.failure_low, "high": r.failure_high,
+                 "method": r.failure_method,
                  "trials": int(r.scenarios), "incorrect": float(r.failure * r.scenarios), "population": strata[layer]["population"],
                  "exhaustive": strata[layer]["samples"] >= strata[layer]["population"]}
                 for layer, r in g.iterrows()]
         return pd.DataFrame(rows)
 
     def rates(self, campaign: Any) -> pd.DataFrame:
-        from ..report import by_group
+        from .results import by_group
 
         g = by_group(campaign, "rate")
         cols = ["rate", "scenarios", *(f"{m}{x}" for m in ("accuracy", "failure") for x in ("", "_low", "_high", "_method"))]
         return g[cols].assign(model=self.label)[["model", *cols]]
 
 
-def _pct(p: float, sign: bool = True) -> str:
-    """A share in percent with three significant digits, the one number format of the tables (0.9712 -> 97.1%)."""
-    from ..report.html import pct
-
-    text = pct(p)
-    return text if sign else text.rstrip("%")
-
-
-def _rate(r: float) -> str:
-    """A rate for display: 1e-7, 3e-5, 0.1."""
-    mantissa, exponent = f"{r:.2e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}" if r < 0.01 else f"{r:g}"
-
-
 def _dirname(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
 
 
-def _description(name: str) -> str:
-    import resil.models as rm
-
-    return rm.info(name).description if name in rm.names() else name
-
-
 def _check_models(models: Models) -> dict[str, nn.Module | str]:
     """``{label: model or spec}`` from the argument, checked before any work."""
-    import resil.models as rm
+    from ..campaign.sources import zoo_models
 
+    known = zoo_models()
     if models is None:
-        return {n: n for n in rm.names()}
+        return {n: n for n in known}
     if isinstance(models, (str, nn.Module)):
         raise FaultError(f"models must be a list of model names or a {{label: model}} mapping, not a single {type(models).__name__}")
     if isinstance(models, Mapping):
@@ -395,10 +318,10 @@ def _check_models(models: Models) -> dict[str, nn.Module | str]:
             raise FaultError(f"models listed twice: {', '.join(repeated)}")
         sources = {n: n for n in names}
     if not sources:
-        raise FaultError(f"the model list is empty; give at least one of: {', '.join(rm.names())}")
-    for label, m in sources.items():
-        if isinstance(m, str) and m not in rm.names() and ":" not in m:
-            raise FaultError(f"unknown model {m!r}; known: {', '.join(rm.names())} (or package.module:factory)")
+        raise FaultError(f"the model list is empty; give at least one of: {', '.join(known)}")
+    for m in sources.values():
+        if isinstance(m, str) and m not in known and ":" not in m:
+            raise FaultError(f"unknown model {m!r}; known: {', '.join(known)} (or package.module:factory)")
     dirs = [_dirname(n) for n in sources]
     if len(set(dirs)) < len(dirs) or "report" in dirs:
         raise FaultError(f"the models {list(sources)} do not map to distinct result directories (and none may be 'report')")
@@ -415,7 +338,7 @@ def _check_settings(s: CompareSettings) -> None:
     for r in s.rates:
         if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) or not math.isfinite(r) or not 0 < r < 1:
             raise FaultError(f"every bit error rate must be a number in (0, 1); got {r!r} in {list(s.rates)}")
-    if any(b <= a for a, b in zip(s.rates, s.rates[1:])):
+    if any(b <= a for a, b in pairwise(s.rates)):
         raise FaultError(f"rates must be strictly increasing (no repeats), got {list(s.rates)}")
     whole("scenarios", s.scenarios)
     whole("trials", s.trials)

@@ -22,7 +22,7 @@ from .evaluator import Evaluator, Golden
 from .executors import SerialExecutor, in_flight, restarted, starts_slowly, worker_lost
 from .live import LIVE, load_live, save_live
 from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
-from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
+from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select, zoo_models
 from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
@@ -69,10 +69,8 @@ class CampaignRunner:
             return as_data(data)
         if self.spec.data.source:
             return load_data(self.spec.data.source, base=_base(self.spec))
-        import resil.models as rm
-
         name = self.spec.data.dataset or self.spec.model.names[0]
-        if not self.spec.data.dataset and name not in rm.names():
+        if not self.spec.data.dataset and name not in zoo_models():
             raise FaultError(f"campaign {self.spec.name!r}: model {name!r} is not bundled, so it has no data of its own: "
                              "set [data] source (a function, a .pt or .npz file) or pass data=... to resil.campaign.run")
         return load_data(name)

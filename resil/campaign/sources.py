@@ -1,12 +1,18 @@
 """Where a campaign's model and data come from: bundled names, user code, checkpoints and data files.
 
-A model source is a bundled reference name (``resil.models.names()``), ``package.module:factory``
-or ``path/to/file.py:factory``; a data source is a bundled dataset name, ``package.module:function``,
+A model source is a model zoo's name (:func:`zoo_models`; the bundled reference models of
+``resil.models`` are a zoo), ``package.module:factory`` or ``path/to/file.py:factory``; a data
+source is a zoo's dataset name, ``package.module:function``,
 ``path/to/file.py:function`` or a ``.pt`` / ``.npz`` file. Module names are imported normally
 first, then looked up as ``name.py``, ``name/`` (a package) in the current folder and in ``base``
 (the campaign file's folder), without touching ``sys.path``; relative file paths resolve from
 the current folder, then from ``base``. Every problem raises a :class:`~resil.errors.FaultError`
 that says what was tried.
+
+A model zoo (:class:`Zoo`: model names, a model by name, dataset names, a dataset's test split,
+a model's description) is registered with :func:`register_zoo` or shipped in another package
+through the ``resil.zoos`` entry-point group (each entry point names a :class:`Zoo` object,
+registered under the entry point's name); the bundled one is ``resil.models:ZOO``.
 
 Example:
     >>> x, y = load_data("digits")
@@ -29,6 +35,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +50,89 @@ from ..discovery import reset
 from ..errors import FaultError
 
 SELECTIONS = ("first", "random")
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A collection of named models and datasets that campaigns can name as sources.
+
+    Attributes:
+        models: the model names, in display order.
+        load: the model of a name (ready to evaluate: in eval mode, on the CPU).
+        datasets: the dataset names.
+        data: the evaluation inputs and labels of a dataset name or of a model name (its dataset).
+        describe: a one-line description of a model.
+
+    Example:
+        >>> import torch
+        >>> zoo = Zoo(models=lambda: ["tiny"], load=lambda name: torch.nn.Linear(2, 2).eval(), datasets=lambda: ["pairs"],
+        ...           data=lambda name: (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), describe=lambda name: "a 2x2 linear layer")
+        >>> register_zoo("doctest-zoo", zoo)
+        >>> "tiny" in zoo_models(), tuple(load_data("pairs")[0].shape), zoo_description("tiny")
+        (True, (4, 2), 'a 2x2 linear layer')
+        >>> unregister_zoo("doctest-zoo")
+    """
+
+    models: Callable[[], Sequence[str]]
+    load: Callable[[str], nn.Module]
+    datasets: Callable[[], Sequence[str]]
+    data: Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]
+    describe: Callable[[str], str]
+
+
+_ZOOS: dict[str, Zoo] = {}
+_zoo_entry_points_loaded = False
+
+
+def register_zoo(name: str, zoo: Zoo) -> None:
+    """Make the models and datasets of ``zoo`` nameable as sources (a name listed by an earlier
+    zoo keeps meaning that zoo's model or dataset)."""
+    if not isinstance(name, str) or not name or not isinstance(zoo, Zoo):
+        raise FaultError(f"register_zoo needs a non-empty name and a resil.campaign.sources.Zoo, got {name!r} and a {_type(zoo)}")
+    if name in _ZOOS and _ZOOS[name] is not zoo:
+        raise FaultError(f"a model zoo named {name!r} is already registered")
+    _ZOOS[name] = zoo
+
+
+def unregister_zoo(name: str) -> None:
+    """Forget the zoo registered as ``name`` (no error when there is none)."""
+    _ZOOS.pop(name, None)
+
+
+def zoos() -> dict[str, Zoo]:
+    """The registered zoos by name, in registration order (the ``resil.zoos`` entry points first)."""
+    global _zoo_entry_points_loaded
+    if not _zoo_entry_points_loaded:
+        found = {ep.name: ep for ep in entry_points(group="resil.zoos")}
+        for ep_name in sorted(found, key=lambda n: (n != "bundled", n)):  # the bundled zoo's names first
+            try:
+                zoo = found[ep_name].load()
+            except Exception as e:
+                raise FaultError(f"the model zoo entry point {ep_name!r} ({found[ep_name].value}) failed to load: {_exc(e)}") from e
+            register_zoo(ep_name, zoo)
+        _zoo_entry_points_loaded = True
+    return dict(_ZOOS)
+
+
+def zoo_models() -> list[str]:
+    """Every model name of every registered zoo, without repeats."""
+    return list(dict.fromkeys(m for zoo in zoos().values() for m in zoo.models()))
+
+
+def zoo_datasets() -> list[str]:
+    """Every dataset name of every registered zoo, without repeats."""
+    return list(dict.fromkeys(d for zoo in zoos().values() for d in zoo.datasets()))
+
+
+def _model_zoo(name: str) -> Zoo | None:
+    """The first zoo listing model ``name``."""
+    return next((zoo for zoo in zoos().values() if name in zoo.models()), None)
+
+
+def zoo_description(name: str) -> str:
+    """The description of a zoo model, or ``name`` itself for any other source."""
+    zoo = _model_zoo(name)
+    return zoo.describe(name) if zoo is not None else name
 
 
 def _exc(e: BaseException) -> str:
@@ -185,12 +276,11 @@ def load_model(source: str, *, checkpoint: str | os.PathLike[str] | None = None,
         raise FaultError(f"expected a model name or 'package.module:factory' string, got {got}")
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise FaultError(f"kwargs of model {source!r} must be a mapping of argument names to values, got a {_type(kwargs)}")
-    import resil.models as rm
-
-    if source in rm.names():
+    zoo = _model_zoo(source)
+    if zoo is not None:
         if kwargs:
             raise FaultError(f"bundled model {source!r} takes no kwargs, got {', '.join(kwargs)}")
-        model = rm.load(source)
+        model = zoo.load(source)
     elif ":" in source:
         factory = _resolve(source, base)
         try:
@@ -200,9 +290,10 @@ def load_model(source: str, *, checkpoint: str | os.PathLike[str] | None = None,
         if not isinstance(model, nn.Module):
             raise FaultError(f"model factory {source!r} returned a {_type(model)}, not a torch.nn.Module")
     else:
-        close = difflib.get_close_matches(source, rm.names(), n=3, cutoff=0.5)
+        known = zoo_models()
+        close = difflib.get_close_matches(source, known, n=3, cutoff=0.5)
         hint = f"; did you mean {_few(close)}?" if close else ""
-        raise FaultError(f"unknown model {source!r}: give a bundled name ({', '.join(rm.names())}), "
+        raise FaultError(f"unknown model {source!r}: give a bundled name ({', '.join(known)}), "
                          f"'package.module:factory' or 'path/to/file.py:factory'{hint}")
     if checkpoint is not None:
         _load_checkpoint(model, _existing(checkpoint, base, "checkpoint"))
@@ -260,8 +351,6 @@ def load_data(source: str | os.PathLike[str], *, base: Path | None = None) -> tu
     if not isinstance(source, str):
         raise FaultError("expected a dataset name, a .pt/.npz file or a 'package.module:function' string, "
                          f"got a {_type(source)}; pass live data as data=... instead")
-    import resil.models as rm
-
     suffix = Path(source).suffix.lower()
     if suffix in DATA_FILES:
         return _load_file(_existing(source, base, "data file"), source)
@@ -272,15 +361,16 @@ def load_data(source: str | os.PathLike[str], *, base: Path | None = None) -> tu
         except Exception as e:
             raise FaultError(f"data function {source!r} raised {_exc(e)}") from e
         return as_data(data)
-    if source in rm.DATASETS or source in rm.names():
-        d = rm.dataset(source)
-        return d.x_test, d.y_test
+    zoo = next((z for z in zoos().values() if source in z.datasets()), None) or _model_zoo(source)
+    if zoo is not None:
+        return zoo.data(source)
     if suffix or os.sep in source or "/" in source:
         raise FaultError(f"unknown data file extension {suffix or '(none)'!r} of {source!r}: use {', '.join(DATA_FILES)} "
                          "(or 'file.py:function' for data made by code)")
-    close = difflib.get_close_matches(source, [*rm.DATASETS, *rm.names()], n=3, cutoff=0.5)
+    datasets = zoo_datasets()
+    close = difflib.get_close_matches(source, [*datasets, *zoo_models()], n=3, cutoff=0.5)
     hint = f"; did you mean {_few(close)}?" if close else ""
-    raise FaultError(f"unknown data {source!r}: give a bundled dataset ({', '.join(rm.DATASETS)}), a .pt or .npz file, "
+    raise FaultError(f"unknown data {source!r}: give a bundled dataset ({', '.join(datasets)}), a .pt or .npz file, "
                      f"or 'package.module:function'{hint}")
 
 
@@ -512,4 +602,7 @@ def check_forward(model: nn.Module, inputs: torch.Tensor, batch: int = 2) -> tor
     return out
 
 
-__all__ = ["as_data", "check_forward", "fingerprint_model", "fingerprint_tensors", "load_data", "load_model", "select"]
+__all__ = [
+    "Zoo", "as_data", "check_forward", "fingerprint_model", "fingerprint_tensors", "load_data", "load_model", "register_zoo", "select",
+    "unregister_zoo", "zoo_datasets", "zoo_description", "zoo_models", "zoos",
+]

@@ -7,9 +7,10 @@ import dataclasses
 import math
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -126,7 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         about = f"{rm.info(args.model).description}, recorded test accuracy {rm.info(args.model).accuracy:.2%}"
     else:
         described = rm.info(args.model).description if bundled else type(model).__name__
-        about = f"{described}, {sum(p.numel() for p in model.parameters()):,} parameters, {len(x)} inputs from {args.data or 'its test split'}"
+        parameters = sum(p.numel() for p in model.parameters())
+        about = f"{described}, {parameters:,} parameters, {len(x)} inputs from {args.data or 'its test split'}"
     print(f"model {args.model}: {about}\n")
     print(site_list.table(), "\n")
     scenarios = _demo_faults(site_list, args.random_flips, np.random.default_rng(args.seed))
@@ -163,6 +165,19 @@ def _campaign_dirs(spec: CampaignSpec, out: Path) -> list[tuple[CampaignSpec, Pa
     return [(s, out if len(specs) == 1 else out / s.model.names[0].replace(":", "_").replace("/", "_")) for s in specs]
 
 
+def _bar_progress(label: str, bars: list[Any]) -> Callable[[int, int], None]:
+    """A campaign progress callback drawing one tqdm bar, appended to ``bars`` on the first call
+    (which gives the total)."""
+    from tqdm import tqdm
+
+    def progress(n: int, remaining: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc=label, total=remaining, unit="scen", dynamic_ncols=True))
+        bars[0].update(n)
+
+    return progress
+
+
 def _run_all(jobs: list[tuple[CampaignSpec | None, Path]], args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -171,12 +186,7 @@ def _run_all(jobs: list[tuple[CampaignSpec | None, Path]], args: argparse.Namesp
     for spec, out in jobs:
         label = spec.name if spec else out.name
         bars: list[tqdm] = []
-
-        def progress(n: int, remaining: int) -> None:
-            if not bars:  # the first call gives the total: the bar starts with it
-                bars.append(tqdm(desc=label, total=remaining, unit="scen", dynamic_ncols=True))
-            bars[0].update(n)
-
+        progress = _bar_progress(label, bars)
         try:
             executor = make_executor(args.executor, args.workers, args.address, folder=out / "slurm", slurm=args.slurm)
             store = run(spec, out, executor, progress) if spec else resume(out, executor, progress)
@@ -258,6 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import dataclasses
 
     from resil.analysis.compare import DEFAULT, QUICK, compare
+    from resil.report.comparison import comparison_summary, write_comparison
 
     base = QUICK if args.quick else DEFAULT
     changes: dict[str, object] = {k: getattr(args, k) for k in ("scenarios", "trials", "inputs", "seed") if getattr(args, k) is not None}
@@ -276,7 +287,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from resil.campaign.sources import load_data
 
         data = load_data(args.data)
-    print(compare(models, args.out, data=data, settings=settings).summary())
+    start = time.perf_counter()
+    comparison = compare(models, args.out, data=data, settings=settings)
+    page = write_comparison(comparison)
+    print(comparison_summary(comparison, page, time.perf_counter() - start))
     return 0
 
 
@@ -295,7 +309,8 @@ def _executor_options(p: argparse.ArgumentParser) -> None:
                    help="where shards run (default: this process)")
     p.add_argument("--workers", type=_count(1), default=2, help="processes for the process and dask executors (default: %(default)s)")
     p.add_argument("--address", help="address of a running Dask scheduler (dask executor)")
-    g = p.add_argument_group("slurm executor", "one array job with a task per shard; its files in DIR/slurm (README \"Beyond one machine\")")
+    g = p.add_argument_group("slurm executor", "one array job with a task per shard; its files in DIR/slurm "
+                                             "(README \"Beyond one machine\")")
     g.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), help="submitit backend: sbatch (default), "
                    "a process per task on this machine, or this process")
     g.add_argument("--slurm-partition", help="partition (default: the cluster's)")
@@ -322,11 +337,22 @@ def _slurm_options(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from resil.cli.harden import add_model_options
     from resil.cli.harden import add_parser as add_harden_parser
 
     p = _Parser(prog="resil", description="Fault injection for dense, spiking, pruned and quantized PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
+    _model_parsers(sub)
+    _campaign_parsers(sub)
+    _compare_parser(sub)
+    add_harden_parser(sub)  # resil harden ftt|fat|search
+    _add_debug(p)
+    return p
+
+
+def _model_parsers(sub: Any) -> None:
+    """``resil sites`` and ``resil demo``."""
+    from resil.cli.harden import add_model_options
+
     s = sub.add_parser("sites", help="list the fault sites of a model")
     s.add_argument("model", help="bundled reference model name, package.module:factory or path/file.py:factory")
     add_model_options(s)
@@ -343,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random weight and bias bit flips in the last scenario (default: %(default)s)")
     d.add_argument("--seed", type=_count(0), default=0, help="seed of the random flips (default: %(default)s)")
     d.set_defaults(run=cmd_demo)
+
+
+def _campaign_parsers(sub: Any) -> None:
+    """``resil run``, ``resil resume`` and ``resil report``."""
     r = sub.add_parser("run", help="run a campaign file into a result directory", description=RUN_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("spec", nargs="+", help="campaign TOML file(s)")
@@ -360,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dirs", nargs="+", help="campaign directories (or parents of several)")
     rp.add_argument("--out", default="report", help="report directory (default: ./report)")
     rp.set_defaults(run=cmd_report)
+
+
+def _compare_parser(sub: Any) -> None:
     cp = sub.add_parser("compare", help="compare the robustness of several models side by side (PVF per layer, accuracy vs bit error rate)")
     cp.add_argument("models", nargs="*", help="reference model names, package.module:factory or file.py:factory, each optionally "
                     "labelled as label=source (default: every reference model)")
@@ -373,9 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--inputs", type=int, help="evaluation inputs (the first N; default all)")
     cp.add_argument("--seed", type=int, help="random seed")
     cp.set_defaults(run=cmd_compare)
-    add_harden_parser(sub)  # resil harden ftt|fat|search
-    _add_debug(p)
-    return p
 
 
 class _Parser(argparse.ArgumentParser):

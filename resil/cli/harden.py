@@ -149,7 +149,7 @@ def _model_and_data(args: argparse.Namespace) -> tuple[nn.Module, Any, dict[str,
     if missing and not bundled:
         raise FaultError(f"--model {args.model} is not a bundled reference model, so it has no data of its own: give "
                          f"{' and '.join(missing)} (a .pt or .npz file with x and labels y, or file.py:function returning them)")
-    parts: list[torch.Tensor] = []
+    parts: list[torch.Tensor | None] = []
     for option, source, train in (("--data", args.data, True), ("--test-data", args.test_data, False)):
         x, y = _split(source or args.model, train, option)
         check_classifier(model, x, y, f"{option} {source}" if source else f"the bundled {'training' if train else 'test'} split")
@@ -234,7 +234,10 @@ def cmd_ftt(args: argparse.Namespace) -> int:
                 recipe=rm.info(args.model).recipe if bundled else None, alpha=args.alpha, epochs=args.epochs, draws=args.draws,
                 seed=args.seed, eval_seed=args.eval_seed, range_gradient=not args.plain_ste, progress=True)
     fn, ff = np.array(r.faulty_normal), np.array(r.faulty_ftt)
-    std = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
+
+    def std(a: np.ndarray) -> float:
+        return float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
     store.write_table("results", {"arm": ["normal", "ftt"], "clean": [r.clean_normal, r.clean_ftt],
                                   "faulty_mean": [float(fn.mean()), float(ff.mean())], "faulty_std": [std(fn), std(ff)],
                                   "draws": [len(fn), len(ff)]})
@@ -251,11 +254,9 @@ def cmd_ftt(args: argparse.Namespace) -> int:
 
 # -- fat ------------------------------------------------------------------------------------------
 
-def cmd_fat(args: argparse.Namespace) -> int:
+def _fat_options(args: argparse.Namespace) -> tuple[int, ...]:
+    """Check the options of ``resil harden fat``; returns the search epochs."""
     from resil.analysis.precision import BIT_WEIGHTINGS
-    from resil.campaign.criteria import AccuracyDrop
-    from resil.training.fat import fault_aware_training
-    from resil.training.store import RunStore
 
     _positive("--epochs", args.epochs)
     _positive("--k", args.k)
@@ -275,6 +276,49 @@ def cmd_fat(args: argparse.Namespace) -> int:
     bad = [e for e in search_epochs if not 0 <= e < args.epochs]
     if bad or not search_epochs:
         raise FaultError(f"--search-epochs must lie in 0..{args.epochs - 1}, got {args.search_epochs!r}")
+    return search_epochs
+
+
+def _fat_figure(args: argparse.Namespace, r: Any) -> bytes | None:
+    """The PNG of clean and faulty accuracy per epoch of a fault-aware training run (None without matplotlib)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    h = r.history
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([e.epoch for e in h], [e.clean_accuracy for e in h], "o-", label="clean")
+    ax.plot([e.epoch for e in h], [e.faulty_accuracy for e in h], "s-", color="#de2d26", label="with the faults found so far")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"fault-aware training of {args.model}: {len(r.faults)} critical {args.kind} faults ({args.sampler})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _fat_results(store: Any, args: argparse.Namespace, r: Any) -> None:
+    """Store the history, the faults found, the hardened model and the figure of a fault-aware training run."""
+    h = r.history
+    store.write_table("history", {"epoch": [e.epoch for e in h], "runs": [e.runs for e in h], "found": [e.found for e in h],
+                                  "faults": [e.faults for e in h], "clean_accuracy": [e.clean_accuracy for e in h],
+                                  "faulty_accuracy": [e.faulty_accuracy for e in h]})
+    store.write_table("faults", {k: np.asarray(v) for k, v in r.faults.to_dict().items()})
+    store.save_model(_checkpoint(args.model, r.model))
+    summary = {"search_runs": r.search_runs, "faults": len(r.faults), "clean_before": r.clean_before, "faulty_before": r.faulty_before,
+               "clean_after": r.clean_after, "faulty_after": r.faulty_after}
+    _finish(store, _fat_figure(args, r), summary)
+
+
+def cmd_fat(args: argparse.Namespace) -> int:
+    from resil.analysis.precision import select_space
+    from resil.campaign.criteria import AccuracyDrop
+    from resil.discovery import sites
+    from resil.training.fat import fault_aware_training
+    from resil.training.store import RunStore
+
+    search_epochs = _fat_options(args)
     criterion = AccuracyDrop(args.theta)
     spec = {"model": args.model, "epochs": args.epochs, "search_epochs": list(search_epochs), "k": args.k, "stagger": args.stagger,
             "sampler": args.sampler, "kind": args.kind, "theta": args.theta, "bit_weighting": args.bit_weighting, "tau": args.tau,
@@ -285,9 +329,6 @@ def cmd_fat(args: argparse.Namespace) -> int:
     store = RunStore(args.out)
     store.check("fat", spec, fingerprint)
     torch.set_num_threads(1)
-    from resil.analysis.precision import select_space
-    from resil.discovery import sites
-
     select_space(sites(model, d.x_test[:1]), args.kind)  # a kind without sites fails before the directory exists
     store.create("fat", spec, fingerprint)
     r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, search_epochs=search_epochs,
@@ -295,31 +336,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
                              bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials, lr=args.lr,
                              batch_size=args.batch_size, seed=args.seed, neutralise=args.neutralise,
                              clean_loss=not args.no_clean_loss, progress=True)
-    h = r.history
-    store.write_table("history", {"epoch": [e.epoch for e in h], "runs": [e.runs for e in h], "found": [e.found for e in h],
-                                  "faults": [e.faults for e in h], "clean_accuracy": [e.clean_accuracy for e in h],
-                                  "faulty_accuracy": [e.faulty_accuracy for e in h]})
-    store.write_table("faults", {k: np.asarray(v) for k, v in r.faults.to_dict().items()})
-    store.save_model(_checkpoint(args.model, r.model))
-    png = None
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        Figure = None
-    if Figure is not None:
-        fig = Figure(figsize=(5.5, 3.8), layout="constrained")
-        ax = fig.subplots()
-        ax.plot([e.epoch for e in h], [e.clean_accuracy for e in h], "o-", label="clean")
-        ax.plot([e.epoch for e in h], [e.faulty_accuracy for e in h], "s-", color="#de2d26", label="with the faults found so far")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"fault-aware training of {args.model}: {len(r.faults)} critical {args.kind} faults ({args.sampler})", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        png = _png(fig)
-    summary = {"search_runs": r.search_runs, "faults": len(r.faults), "clean_before": r.clean_before, "faulty_before": r.faulty_before,
-               "clean_after": r.clean_after, "faulty_after": r.faulty_after}
-    _finish(store, png, summary)
+    _fat_results(store, args, r)
     print(f"{args.model}: {len(r.faults)} critical faults in {r.search_runs} fault-injection runs; accuracy under them "
           f"{r.faulty_before:.2%} -> {r.faulty_after:.2%} (clean {r.clean_before:.2%} -> {r.clean_after:.2%}) -> {args.out}")
     return 0
@@ -394,15 +411,24 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                    "--test-data), search on the bundled digits data; each writes a run directory "
                                    "(manifest.json, Parquet tables, model.pt, report.png).")
     hs = h.add_subparsers(dest="method", required=True)
-    fault_help = ("fault process(es): adsaf[:P] (RRAM stuck-at cells, default P 0.08), mibb[:P_M] (per-MAC bit bias, default "
-                  "5e-4), ibb[:P] (per-feature bit bias, default 1e-3); several joined by commas (default: %(default)s)")
+    _ftt_parser(hs)
+    _fat_parser(hs)
+    _search_parser(hs)
+    return h
 
+
+#: help of --faults
+FAULT_HELP = ("fault process(es): adsaf[:P] (RRAM stuck-at cells, default P 0.08), mibb[:P_M] (per-MAC bit bias, default "
+              "5e-4), ibb[:P] (per-feature bit bias, default 1e-3); several joined by commas (default: %(default)s)")
+
+
+def _ftt_parser(hs: Any) -> None:
     f = hs.add_parser("ftt", help="FT-NAS fault-tolerant training vs normal training of a model",
                       description="Train a model normally and with FT-NAS's fault-tolerant training (loss "
                                   "(1-alpha)*CE(clean) + alpha*CE(faulty), fresh faults every step), both from the same start, "
                                   "then compare clean and faulty test accuracy over paired fault draws.")
     _source_options(f)
-    f.add_argument("--faults", default="adsaf", help=fault_help)
+    f.add_argument("--faults", default="adsaf", help=FAULT_HELP)
     f.add_argument("--alpha", type=float, default=0.5, help="weight of the faulty loss (FT-NAS: 0.7 adSAF, ~0.5 MiBB; default %(default)s)")
     f.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default: a bundled model's recipe; other models train with resil.models.Recipe(): "
@@ -414,6 +440,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="run directory")
     f.set_defaults(run=cmd_ftt)
 
+
+def _fat_parser(hs: Any) -> None:
     a = hs.add_parser("fat", help="ISimDL fault-aware training with critical faults found by importance sampling",
                       description="Search critical single bit flips of a model (ISimDL importance sampling or "
                                   "uniform), fix them into the model and keep training; report accuracy under them per epoch.")
@@ -438,13 +466,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="run directory")
     a.set_defaults(run=cmd_fat)
 
+
+def _search_parser(hs: Any) -> None:
     s = hs.add_parser("search", help="fault-tolerant architecture search (small FT-NAS) vs the reference models",
                       description="On the bundled digits data (no --model or --data): regularized evolution over small "
                                   "digits CNNs (widths, 3x3/5x5, max/avg pool, ReLU/ReLU6/Hardtanh, float/int8/int4), "
                                   "candidates trained briefly with FTT and ranked on a validation split by R = (1-beta)*clean + "
                                   "beta*faulty; the best is retrained and compared on the test set with the reference models "
                                   "under the same faults.")
-    s.add_argument("--faults", default="adsaf", help=fault_help)
+    s.add_argument("--faults", default="adsaf", help=FAULT_HELP)
     s.add_argument("--beta", type=float, default=None, help="reward weight of faulty accuracy (default: FT-NAS's, 0.2 adSAF, 0.5 MiBB)")
     s.add_argument("--alpha", type=float, default=0.5, help="FTT weight of the faulty loss; 0 = normal training (default: %(default)s)")
     s.add_argument("--candidates", type=int, default=20, help="architectures evaluated (default: %(default)s)")
@@ -462,5 +492,4 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--eval-seed", type=int, default=1)
     s.add_argument("--out", required=True, help="run directory")
     s.set_defaults(run=cmd_search)
-    return h
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize, to_rgb
 from matplotlib.figure import Figure
@@ -39,100 +38,28 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from resil.campaign.metrics import COUNTS, estimate_failure, sequential, sort_groups, verdicts
-from resil.campaign.metrics import by_group as group_table
+from resil.analysis.results import Campaign, by_group, load_campaign
+from resil.campaign.metrics import estimate_failure, sort_groups, verdicts
 from resil.errors import FaultError
 from resil.report.html import render_html
 
 __all__ = [
-    "Campaign", "by_group", "load_campaign", "network_order", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers", "plot_rate", "rank_campaigns",
+    "Campaign", "by_group", "load_campaign", "network_order", "plot_bit_heatmap", "plot_bits", "plot_layer_estimates", "plot_layers",
+    "plot_rate", "rank_campaigns",
     "summary", "write_report",
 ]
 
-#: the columns of a part the report reads (every part has them: the store's schema)
-COLUMNS = ("scenario", "stratum", "site", "layer", "kind", "bit", "n_faults", "rate", "weight", *COUNTS)
-#: manifest keys the report reads
-MANIFEST_KEYS = ("version", "name", "model", "sampler", "inputs", "scenarios", "golden_accuracy")
-
-PathLike = Union[str, os.PathLike[str]]
-GroupBy = Union[str, Sequence[str]]
-Campaigns = Union["Campaign", Sequence["Campaign"]]
-
-
-@dataclass(frozen=True, eq=False)
-class Campaign:
-    """One campaign's results: its name, its manifest and one row per scenario.
-
-    Example:
-        >>> import pandas as pd
-        >>> t = pd.DataFrame({"layer": ["fc", "conv1"], "inputs": [10, 10], "critical": [2, 5],
-        ...                   "non_finite": [1, 0], "correct": [7, 5], "weight": [1.0, 1.0]})
-        >>> c = Campaign("demo", {"sampler": "uniform"}, t.assign(rate=float("nan")))
-        >>> c.weighted, c.ber
-        (False, False)
-    """
-
-    name: str
-    manifest: dict[str, Any]
-    table: pd.DataFrame
-
-    @property
-    def ber(self) -> bool:
-        """True for a bit-error-rate campaign (its ``rate`` column is set). Its scenarios hold many
-        faults, so the figures per layer and per bit leave it out."""
-        return bool(self.table["rate"].notna().any())
-
-    @property
-    def weighted(self) -> bool:
-        """True for importance-sampled results (some scenario weight differs from 1)."""
-        return bool((self.table["weight"] != 1.0).any())
-
-
-def load_campaign(directory: PathLike) -> Campaign:
-    """Read a campaign directory: the manifest and every part (its :data:`COLUMNS`), concatenated in scenario order.
-
-    Example:
-        >>> c = load_campaign("runs/dense-cnn")  # doctest: +SKIP
-        >>> c.name, len(c.table), c.manifest["sampler"]  # doctest: +SKIP
-        ('dense-cnn', 2000, 'uniform')
-
-    Raises:
-        FaultError: naming the directory when the manifest or the parts are missing or malformed.
-    """
-    from resil.campaign.store import Store
-
-    root = Path(directory)
-    path = root / "manifest.json"
-    store = Store(root)
-    manifest = store.manifest()
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise FaultError(f"{path} lacks {', '.join(missing)}")
-    table = store.table().select(list(COLUMNS)).to_pandas()  # every part verified; only the columns reports use
-    if table.empty:
-        raise FaultError(f"{root} has no results: its parts hold no scenarios")
-    return Campaign(str(manifest["name"]), manifest, table)
-
-
-def by_group(campaign: Campaign, by: GroupBy = "layer") -> pd.DataFrame:
-    """Failure probability and accuracy of ``campaign`` per group: :func:`resil.campaign.metrics.by_group`.
-
-    Example:
-        >>> import pandas as pd
-        >>> t = pd.DataFrame({"layer": ["fc", "fc", "conv1"], "inputs": [10, 10, 10], "masked": [8, 9, 5],
-        ...                   "tolerable": 0, "critical": [2, 0, 5], "non_finite": [0, 1, 0],
-        ...                   "correct": [8, 9, 5], "weight": 1.0})
-        >>> by_group(Campaign("demo", {}, t), "layer")[["layer", "failures", "inputs", "failure"]].round(4).values.tolist()
-        [['conv1', 5, 10, 0.5], ['fc', 3, 20, 0.15]]
-    """
-    return group_table(campaign.table, by, campaign.name, sequential=sequential(campaign.manifest))
+PathLike = str | os.PathLike[str]
+GroupBy = str | Sequence[str]
+Campaigns = Campaign | Sequence[Campaign]
 
 
 def summary(campaigns: Campaigns) -> pd.DataFrame:
     """One row per campaign: what ran and the overall failure probability and accuracy.
 
     Columns: ``campaign`` (a unique label), ``model``, ``sampler``, ``scenarios`` (rows read),
-    ``planned`` (scenarios in the manifest; for an adaptive campaign, those it stopped at), ``inputs`` (per scenario), ``golden_accuracy``, then
+    ``planned`` (scenarios in the manifest; for an adaptive campaign, those it stopped at), ``inputs`` (per scenario),
+    ``golden_accuracy``, then
     the estimates and intervals of :func:`by_group` (``failure_method``, ``accuracy_method``: which interval).
 
     Example:
@@ -140,7 +67,7 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
     """
     cs = _as_list(campaigns)
     rows = []
-    for c, label in zip(cs, _labels(cs)):
+    for c, label in zip(cs, _labels(cs), strict=True):
         total = by_group(c, []).iloc[0].to_dict()
         overall = estimate_failure(c.manifest, c.table) if c.manifest.get("sampler") in ("sfi", "importance") else None
         if overall is not None:  # stratified / re-weighted estimators
@@ -170,7 +97,7 @@ def rank_campaigns(campaigns: Campaigns, by: GroupBy | None = None) -> pd.DataFr
     cs = _as_list(campaigns)
     keys = [] if by is None else [by] if isinstance(by, str) else list(by)
     cols = [*keys, "campaign", "failure", "failure_low", "failure_high", "inputs", "scenarios"]
-    long = pd.concat([by_group(c, keys).assign(campaign=label)[cols] for c, label in zip(cs, _labels(cs))], ignore_index=True)
+    long = pd.concat([by_group(c, keys).assign(campaign=label)[cols] for c, label in zip(cs, _labels(cs), strict=True)], ignore_index=True)
     grouper = keys or np.zeros(len(long), dtype=np.int64)
     long = long[long.groupby(grouper)["campaign"].transform("size") >= 2]
     grouper = keys or np.zeros(len(long), dtype=np.int64)
@@ -209,12 +136,13 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     cs = _as_list(campaigns)
     fig, ax = _axes(ax, (7.5, 4.8))
     golden = drawn = False
-    for k, (c, label) in zip(_palette(cs, [c.ber for c in cs]), zip(cs, _labels(cs))):
+    for k, (c, label) in zip(_palette(cs, [c.ber for c in cs]), zip(cs, _labels(cs), strict=True), strict=True):
         g = by_group(c, "rate")
         if g.empty:
             continue
         drawn = True
-        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
+        ax.fill_between(g["rate"], g[f"{metric}_low"], g[f"{metric}_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha),
+                        linewidth=0)
         ax.plot(g["rate"], g[metric], marker=_marker(k), markersize=4, color=_color(k), label=label)
         if metric == "accuracy" and c.manifest.get("golden_accuracy") is not None:
             ax.axhline(c.manifest["golden_accuracy"], color=_color(k), linestyle="--", linewidth=1)
@@ -228,7 +156,7 @@ def plot_rate(campaigns: Campaigns, metric: str = "accuracy", ax: Axes | None = 
     ax.set_ylabel("accuracy under faults" if metric == "accuracy" else "failure probability")
     ax.set_title(("Accuracy" if metric == "accuracy" else "Failure probability") + " vs bit error rate")
     ax.grid(True, which="major", alpha=0.3)
-    extra = [Patch(color="grey", alpha=0.25, label="95% interval over scenarios")]
+    extra: list[Artist] = [Patch(color="grey", alpha=0.25, label="95% interval over scenarios")]
     if golden:
         extra.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="fault-free accuracy"))
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
@@ -384,14 +312,15 @@ def plot_bits(campaigns: Campaigns, log: bool | None = None, ax: Axes | None = N
     cs = _as_list(campaigns)
     fig, ax = _axes(ax, (10.0, 4.8))
     drawn = []
-    for k, (c, label) in zip(_palette(cs, [not c.ber for c in cs]), zip(cs, _labels(cs))):
+    for k, (c, label) in zip(_palette(cs, [not c.ber for c in cs]), zip(cs, _labels(cs), strict=True), strict=True):
         g = by_group(c, "bit")
         g = g[g["bit"] >= 0]
         if c.ber or g.empty:
             continue
         drawn.append(g)
         g = g.set_index("bit").reindex(range(g["bit"].min(), g["bit"].max() + 1)).reset_index()  # gaps break the line
-        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha), linewidth=0)
+        ax.fill_between(g["bit"], g["failure_low"], g["failure_high"], color=_color(k), alpha=band_opacity(len(cs), band_alpha),
+                        linewidth=0)
         ax.plot(g["bit"], g["failure"], marker=_marker(k), markersize=4, color=_color(k), label=label)
     if not drawn:
         raise FaultError("no campaign has single-bit faults (BER campaigns left out); nothing to plot per bit")
@@ -432,7 +361,7 @@ def plot_bit_heatmap(campaigns: Campaigns, rows: str = "layer", log: bool = True
     if rows not in ("layer", "campaign"):
         raise FaultError(f"rows must be 'layer' or 'campaign', not {rows!r}")
     cs = _as_list(campaigns)
-    kept = [(c, label) for c, label in zip(cs, _labels(cs)) if not c.ber]
+    kept = [(c, label) for c, label in zip(cs, _labels(cs), strict=True) if not c.ber]
     frames = []
     for c, label in kept:
         if rows == "campaign":
@@ -475,7 +404,8 @@ def plot_bit_heatmap(campaigns: Campaigns, rows: str = "layer", log: bool = True
                 ax.text(b, r, _short_pct(v), ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
     ax.set_xlabel("bit position (0 = least significant)")
     ax.set_ylabel("campaign" if rows == "campaign" else "layer")
-    notes = ["cells in %", *(["grey: no failure"] if log and (grid == 0).any() else []), *(["white: not sampled"] if np.isnan(grid).any() else [])]
+    notes = ["cells in %", *(["grey: no failure"] if log and (grid == 0).any() else []),
+             *(["white: not sampled"] if np.isnan(grid).any() else [])]
     ax.set_title("Failure probability per bit" + (" and layer" if rows == "layer" else "") + f"\n({'; '.join(notes)})", fontsize=11)
     return fig, ax
 
@@ -501,7 +431,7 @@ def write_report(dirs: Sequence[PathLike], out: PathLike) -> Path:
     loaded = [load_campaign(d) for d in dirs]
     if not loaded:
         raise FaultError("write_report needs at least one campaign directory")
-    campaigns = [Campaign(label, c.manifest, c.table) for c, label in zip(loaded, _labels(loaded))]
+    campaigns = [Campaign(label, c.manifest, c.table) for c, label in zip(loaded, _labels(loaded), strict=True)]
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     images = []
@@ -543,13 +473,15 @@ def _figures(cs: list[Campaign]) -> Iterator[tuple[str, str, Figure]]:
         yield "failure_vs_rate.png", f"Failure probability vs bit error rate. {band}", plot_rate(cs, "failure")[0]
     single = [c for c in cs if not c.ber]
     if single:
-        yield "failure_by_layer.png", "Failure probability per layer of the first fault; error bars: the 95% intervals over scenarios the tables print.", plot_layers(cs)[0]
+        yield ("failure_by_layer.png", "Failure probability per layer of the first fault; error bars: the 95% intervals over scenarios "
+               "the tables print.", plot_layers(cs)[0])
     with_bits = [c for c in single if (c.table["bit"] >= 0).any()]
     if with_bits:
         yield "failure_by_bit.png", f"Failure probability per bit position of single-bit faults. {band}", plot_bits(cs)[0]
     if len(with_bits) > 1:
-        yield "heatmap_campaigns.png", "Failure probability per bit position, one row per campaign.", plot_bit_heatmap(cs, rows="campaign")[0]
-    for c, label in zip(cs, _labels(cs)):
+        yield "heatmap_campaigns.png", "Failure probability per bit position, one row per campaign.", \
+            plot_bit_heatmap(cs, rows="campaign")[0]
+    for c, label in zip(cs, _labels(cs), strict=True):
         if c in with_bits:
             yield f"heatmap_{_slug(label)}.png", f"{label}: failure probability per layer and bit position.", plot_bit_heatmap(c)[0]
 
@@ -573,7 +505,10 @@ def _labels(cs: Sequence[Campaign]) -> list[str]:
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
-        return ax.get_figure(root=True), ax
+        fig = ax.get_figure(root=True)
+        if fig is None:
+            raise FaultError("the axes given belong to no figure")
+        return fig, ax
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")
     return fig, fig.add_subplot()
 
@@ -591,7 +526,7 @@ def _palette(cs: Sequence[Campaign], drawn: Sequence[bool] | None = None) -> lis
     """
     models = list(dict.fromkeys(str(c.manifest.get("model", c.name)) for c in cs))
     out, used, spare = [], set(), len(models)
-    for c, shown in zip(cs, drawn if drawn is not None else [True] * len(cs)):
+    for c, shown in zip(cs, drawn if drawn is not None else [True] * len(cs), strict=True):
         k = models.index(str(c.manifest.get("model", c.name)))
         if shown and k in used:
             k, spare = spare, spare + 1

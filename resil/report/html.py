@@ -19,16 +19,17 @@ import pandas as pd
 #: a cell that shows a number (aligned right): "12", "3.5% [2, 4]", or "-" for none
 NUMBER = re.compile(r"^(-$|[-\d.])")
 
-STYLE = """
+STYLE = ("""
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 2em; max-width: 1400px; color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } td.num { text-align: right; }
-td.best { font-weight: bold; background: #e8f4e8; } td.wide { min-width: 17em; } td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
+td.best { font-weight: bold; background: #e8f4e8; } td.wide { min-width: 17em; } """
+         """td:first-child { white-space: nowrap; } td:last-child { min-width: 14em; } div.scroll { overflow-x: auto; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption, p.note { color: #555; font-size: .9em; } ul.conclusion li { margin: .2em 0; }
-"""
+""")
 
 
 def render_html(summary: pd.DataFrame, comparisons: Sequence[tuple[str, list[str], dict[str, pd.DataFrame]]],
@@ -144,7 +145,7 @@ def _comparison(rankings: dict[str, tuple[pd.DataFrame, pd.DataFrame]], labels: 
         cells = {(tuple(getattr(r, k) for k in keys), r.campaign): pct_ci(r.failure, r.failure_low, r.failure_high)
                  for r in table.itertuples()}
         for v in verdicts.to_dict("records"):
-            group = (v[key],) if key else ()
+            group: tuple[Any, ...] = (v[key],) if key else ()
             name = "all scenarios" if not keys else f"{key} = {_value(group[0])}"
             rows.append([name, v["verdict"], *(cells.get((group, label), "-") for label in labels)])
             best.append([False, False, *(label == v["best"] for label in labels)])
@@ -157,7 +158,8 @@ def _comparison(rankings: dict[str, tuple[pd.DataFrame, pd.DataFrame]], labels: 
 def _groups(table: pd.DataFrame, key: str) -> str:
     header = [key, "scenarios", "inputs judged", "failures", "failure probability [95% CI]", "accuracy [95% CI]", "interval"]
     rows = [[_value(getattr(r, key)), str(r.scenarios), str(r.inputs), str(r.failures), pct_ci(r.failure, r.failure_low, r.failure_high),
-             pct_ci(r.accuracy, r.accuracy_low, r.accuracy_high), _methods(r.failure_method, r.accuracy_method)] for r in table.itertuples()]
+             pct_ci(r.accuracy, r.accuracy_low, r.accuracy_high), _methods(r.failure_method, r.accuracy_method)]
+            for r in table.itertuples()]
     return html_table(header, rows) + f"\n<p class=\"note\">{interval_note([*table['failure_method'], *table['accuracy_method']])}</p>"
 
 

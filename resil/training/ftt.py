@@ -78,7 +78,8 @@ from ..site import Site, SiteList, Undo
 from .ftnas import AdSAF, FaultProcess, FeatureFaults, process_spec, processes
 
 if TYPE_CHECKING:
-    from resil.models import Dataset, Recipe
+    from .data import Dataset
+    from .recipe import Recipe
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -403,7 +404,7 @@ def train_ftt(model: nn.Module, data: Any, recipe: Any, faults: FaultProcess | S
               alpha: float = 0.5, seed: int = 0, range_gradient: bool = True) -> nn.Module:
     """Train ``model`` on ``data`` (a :class:`resil.models.Dataset`) with a :class:`resil.models.Recipe`
     and the FTT loss; returns the plain model in eval mode."""
-    from resil.models.training import train
+    from .recipe import train
 
     # no example: a forward would move training-mode statistics
     ftt = prepare(model, faults, alpha=alpha, seed=seed, range_gradient=range_gradient)
@@ -469,7 +470,7 @@ def as_dataset(data: Any, name: str = "data") -> Dataset:
         >>> tuple(d.x_train.shape), d.y_test.tolist(), d.classes
         ((4, 2), [1, 0], 3)
     """
-    from resil.models import Dataset
+    from .data import Dataset
 
     if isinstance(data, Dataset):
         return data
@@ -536,7 +537,8 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         ('Sequential', 1, 2, True)
     """
     import resil.models as rm
-    from resil.models.training import Recipe, accuracy, train
+
+    from .recipe import Recipe, accuracy, single_thread, train
 
     procs = processes(faults)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -567,7 +569,7 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         return ref.build() if ref.fit is None else rm.load(label)
 
     start = time.perf_counter()
-    with rm.single_thread():
+    with single_thread():
         if data is None:
             assert ref is not None  # only a bundled model may come without data
             data = rm.dataset(ref.dataset)

@@ -4,7 +4,7 @@ The search space (:class:`SearchSpace`) holds CNNs of the reference shape ``conv
 conv2 - act - pool - fc1 - act - fc2`` (:class:`Arch`), with choices of widths, kernel size
 (3x3 or 5x5), pooling (max or average), activation (ReLU, ReLU6 or ``hardtanh`` = Hardtanh(0, 1),
 a ReLU clipped at 1: clipped activations bound what a fault can add to a feature) and
-quantization (float32, or Brevitas int8/int4 through :func:`resil.models.nets.digits_qcnn`,
+quantization (float32, or Brevitas int8/int4 through :func:`resil.adapters.qat.digits_qcnn`,
 which fixes the other operations to the reference ones) and the classifier head: ``single``, or
 ``tmr``, the output layer computed three times and the elementwise median taken
 (:class:`MedianOf`: time redundancy, as a spiking network's time steps; it masks a transient
@@ -119,7 +119,7 @@ class Arch:
         pool: ``max`` or ``avg``.
         act: ``relu``, ``relu6`` or ``hardtanh`` (Hardtanh(0, 1)).
         bits: None for float32, or a Brevitas weight/activation bit width (built by
-            :func:`resil.models.nets.digits_qcnn`; needs kernel 3, max pool, ReLU,
+            :func:`resil.adapters.qat.digits_qcnn`; needs kernel 3, max pool, ReLU,
             ``conv2 == 2 * conv1`` and a single head, the reference shape).
         head: ``single`` or ``tmr`` (``fc2`` is :class:`MedianOf` three runs of the output layer).
 
@@ -154,7 +154,7 @@ class Arch:
             if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or not 2 <= self.bits <= 16:
                 raise FaultError(f"Arch bits must be None (float32) or an integer in 2..16, not {self.bits!r}")
             if (self.kernel, self.pool, self.act, self.conv2, self.head) != (3, "max", "relu", 2 * self.conv1, "single"):
-                raise FaultError("a quantized Arch is built by resil.models.nets.digits_qcnn: it needs kernel=3, pool='max', "
+                raise FaultError("a quantized Arch is built by resil.adapters.qat.digits_qcnn: it needs kernel=3, pool='max', "
                                  f"act='relu', conv2 == 2 * conv1 and head='single', not {self.describe()}")
 
     @property
@@ -172,7 +172,7 @@ class Arch:
     def build(self) -> nn.Sequential:
         """The untrained network (initialised from torch's global generator)."""
         if self.bits is not None:
-            from resil.models.nets import digits_qcnn
+            from resil.adapters.qat import digits_qcnn
 
             return digits_qcnn(int(self.bits), per_channel=self.bits < 8, width=self.conv1, hidden=self.hidden)
         act, k = ACTIVATIONS[self.act], self.kernel
@@ -384,7 +384,7 @@ def compare(models: dict[str, tuple[nn.Module, str]], faults: FaultProcess | Seq
         >>> rows[0].faulty == (rows[0].clean, rows[0].clean)
         True
     """
-    from resil.models.training import accuracy
+    from .recipe import accuracy
 
     procs = processes(faults)
     rows = []
@@ -572,7 +572,7 @@ class _Search:
 
     def __init__(self, config: SearchConfig, space: SearchSpace, procs: tuple[FaultProcess, ...], progress: bool) -> None:
         import resil.models as rm
-        from resil.models.data import Dataset, stratified_split
+        from .data import Dataset, stratified_split
 
         self.config, self.space, self.procs, self.progress = config, space, procs, progress
         self.data = rm.dataset("digits")
@@ -586,7 +586,7 @@ class _Search:
         self.alive: deque[Candidate] = deque()
 
     def fit(self, arch: Arch, d: Any, n_epochs: int) -> nn.Module:
-        from resil.models.training import Recipe, train
+        from .recipe import Recipe, train
 
         c = self.config
         torch.manual_seed(c.seed)
@@ -596,7 +596,7 @@ class _Search:
         return train(arch.build(), d, recipe)
 
     def evaluate(self, arch: Arch, parent: int | None) -> Candidate:
-        from resil.models.training import accuracy
+        from .recipe import accuracy
 
         c, t0 = self.config, time.perf_counter()
         model = self.fit(arch, self.split, c.epochs)
@@ -661,10 +661,10 @@ class _Search:
         return rows
 
     def run(self, start: float) -> SearchResult:
-        import resil.models as rm
+        from .recipe import single_thread
 
         c = self.config
-        with rm.single_thread():
+        with single_thread():
             best = self.evolve()
             model = self.fit(best.arch, self.data, c.final_epochs)
             rows = self.compare(best, model)
