@@ -31,6 +31,7 @@ from resil.adapters.qat import digits_qcnn
 from resil.campaign.sources import Zoo
 from resil.training.data import Dataset
 from resil.training.recipe import Recipe, accuracy, single_thread, train
+from resil.training.references import TrainingReference, register_training_data, register_training_reference
 
 from .data import digits
 from .nets import channel_pruned_state, digits_cnn, digits_snn, load_channel_pruned, masked_cnn
@@ -183,6 +184,17 @@ def _test_split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     d = dataset(name)
     return d.x_test, d.y_test
 
+
+def _training_reference(ref: Reference) -> TrainingReference:
+    """How ``ref`` trains: from scratch from ``build()``, or a fine-tuned model from its own checkpoint."""
+    return TrainingReference(data=lambda: dataset(ref.dataset), recipe=ref.recipe,
+                             start=ref.build if ref.fit is None else lambda: load(ref.name), trained=lambda: load(ref.name))
+
+
+for _ref in REFERENCES.values():
+    register_training_reference(_ref.name, _training_reference(_ref))
+for _name, _data in DATASETS.items():
+    register_training_data(_name, _data)
 
 #: the bundled models and datasets as a model zoo (the ``resil.zoos`` entry point ``bundled``)
 ZOO = Zoo(models=names, load=load, datasets=lambda: list(DATASETS), data=_test_split, describe=lambda name: info(name).description)

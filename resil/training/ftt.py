@@ -536,9 +536,8 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         >>> r.model, r.epochs, len(r.faulty_normal), r.trained is not net
         ('Sequential', 1, 2, True)
     """
-    import resil.models as rm
-
     from .recipe import Recipe, accuracy, single_thread, train
+    from .references import training_reference
 
     procs = processes(faults)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -547,14 +546,13 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         raise FaultError(f"alpha must be in [0, 1], not {alpha!r}")
     if recipe is not None and not isinstance(recipe, Recipe):
         raise FaultError(f"recipe must be a resil.models.Recipe, not a {type(recipe).__name__}")
-    bundled = isinstance(model, str) and model in rm.names()
+    ref = training_reference(model) if isinstance(model, str) else None
     if isinstance(model, str):
-        label, given = model, None if bundled else load_model(model)
+        label, given = model, None if ref is not None else load_model(model)
     elif isinstance(model, nn.Module):
         label, given = type(model).__name__, model
     else:
         raise FaultError(f"model must be a bundled name, a source string or a torch.nn.Module, not a {type(model).__name__}")
-    ref = rm.info(label) if bundled else None
     if ref is None and data is None:
         raise FaultError(f"model {label!r} is not a bundled reference model, so it has no data of its own: pass "
                          "data=(x_train, y_train, x_test, y_test) or a resil.models.Dataset")
@@ -566,13 +564,13 @@ def run_ftt(model: str | nn.Module, faults: FaultProcess | Sequence[FaultProcess
         if ref is None:
             assert given is not None  # every model but a bundled one
             return _copy(given)
-        return ref.build() if ref.fit is None else rm.load(label)
+        return ref.start()
 
     start = time.perf_counter()
     with single_thread():
         if data is None:
             assert ref is not None  # only a bundled model may come without data
-            data = rm.dataset(ref.dataset)
+            data = ref.data()
         else:
             data = as_dataset(data)
             probe = start_model()

@@ -508,14 +508,15 @@ class SearchConfig:
         fix(self, "population", min(self.population, self.candidates))
 
     def _check_references(self) -> None:
-        import resil.models as rm
+        from .references import training_references
 
         fix = object.__setattr__
         fix(self, "references", tuple(self.references))
         fix(self, "reference_ftt", tuple(self.reference_ftt))
-        unknown = [n for n in (*self.references, *self.reference_ftt) if n not in rm.names()]
+        known = training_references()
+        unknown = [n for n in (*self.references, *self.reference_ftt) if n not in known]
         if unknown:
-            raise FaultError(f"unknown reference model(s) {unknown}; bundled: {', '.join(rm.names())}")
+            raise FaultError(f"unknown reference model(s) {unknown}; bundled: {', '.join(known)}")
         missing = [n for n in self.reference_ftt if n not in self.references]
         if missing:
             raise FaultError(f"reference_ftt names models not in references: {missing}")
@@ -571,11 +572,11 @@ class _Search:
     """One run of :func:`search`: regularized evolution on a validation split, then the comparison."""
 
     def __init__(self, config: SearchConfig, space: SearchSpace, procs: tuple[FaultProcess, ...], progress: bool) -> None:
-        import resil.models as rm
         from .data import Dataset, stratified_split
+        from .references import training_data
 
         self.config, self.space, self.procs, self.progress = config, space, procs, progress
-        self.data = rm.dataset("digits")
+        self.data = training_data("digits")
         fit_rows, val_rows = stratified_split(self.data.y_train.numpy(), config.val_fraction, config.seed)
         self.split = Dataset("digits-search", self.data.x_train[fit_rows], self.data.y_train[fit_rows], self.data.x_train[val_rows],
                              self.data.y_train[val_rows], self.data.classes)
@@ -643,17 +644,22 @@ class _Search:
 
     def compare(self, best: Candidate, model: nn.Module) -> list[ComparisonRow]:
         """The found model, the references and their FTT versions on the test set, on the same fault draws."""
-        import resil.models as rm
+        from .references import training_reference
+
+        def trained(name: str) -> nn.Module:
+            ref = training_reference(name)
+            assert ref is not None  # checked by SearchConfig
+            return ref.trained()
 
         c, data = self.config, self.data
         training = f"FTT alpha={c.alpha:g}" if c.alpha > 0 else "normal"
         models: dict[str, tuple[nn.Module, str]] = {f"found: {best.arch.describe()}": (model, training)}
-        models.update({name: (rm.load(name), "normal") for name in c.references})
+        models.update({name: (trained(name), "normal") for name in c.references})
         rows = compare(models, self.procs, data.x_test, data.y_test, beta=c.beta, draws=c.final_draws, seed=c.eval_seed,
                        progress=self.progress)
         for name in tqdm(list(c.reference_ftt), desc="FTT of references", disable=not self.progress, leave=False):
             r = run_ftt(name, self.procs, alpha=c.alpha if c.alpha > 0 else 0.5, draws=c.final_draws, seed=c.seed, eval_seed=c.eval_seed,
-                        normal=rm.load(name))
+                        normal=trained(name))
             assert r.trained is not None
             total_p, live = live_parameters(r.trained)
             rows.append(ComparisonRow(name, f"FTT alpha={r.alpha:g}", total_p, live, r.clean_ftt, tuple(r.faulty_ftt),
