@@ -184,3 +184,29 @@ def test_bad_input():
         FTT(net, "adsaf")
     with pytest.raises(resil.FaultError, match="draws"):
         FTT(net, AdSAF()).accuracy(torch.rand(2, 3), torch.zeros(2, dtype=torch.long), draws=0)
+
+
+def test_a_registered_training_reference_trains_by_name_as_its_recipe_says() -> None:
+    from resil.errors import FaultError
+    from resil.training.data import Dataset
+    from resil.training.recipe import Recipe, accuracy, train
+    from resil.training.references import TrainingReference, register_training_reference, training_reference
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(48, 6, generator=g), torch.randint(0, 3, (48,), generator=g)
+    data = Dataset("toy", x[:32], y[:32], x[32:], y[32:], 3)
+    recipe = Recipe(epochs=2, batch_size=8, seed=5)
+
+    def start() -> nn.Module:
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    register_training_reference("toy-reference", TrainingReference(data=lambda: data, recipe=recipe, start=start,
+                                                                   trained=lambda: start().eval()))
+    assert training_reference("toy-reference") is not None and training_reference("no-such-reference") is None
+    r = resil.training.run_ftt("toy-reference", AdSAF(p=0.05), alpha=0.5, draws=2)
+    torch.manual_seed(recipe.seed)
+    by_hand = train(start(), data, recipe).eval()  # the normal arm: the reference's start trained with its recipe
+    assert (r.model, r.epochs) == ("toy-reference", 2)
+    assert r.clean_normal == accuracy(by_hand, data.x_test, data.y_test)
+    with pytest.raises(FaultError, match="register_training_reference needs a non-empty name"):
+        register_training_reference("", TrainingReference(data=lambda: data, recipe=recipe, start=start, trained=start))
