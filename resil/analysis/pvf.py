@@ -489,7 +489,7 @@ def pvf(
         raise FaultError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     site_list = sites if sites is not None else list_sites(model)
     chosen = parameter_groups(site_list, groups, kinds=kinds, bits=bits)
-    width = fm.length if isinstance(fm, Burst) else 1
+    width = fm.span
     spaces = {name: g.locations(width, whole_word=not fm.uses_bits) for name, g in chosen.items()}
     for name, space in spaces.items():
         if space.total == 0:

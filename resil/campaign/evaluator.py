@@ -43,7 +43,6 @@ from torch import nn
 
 from ..discovery import sites as list_sites
 from ..errors import FaultError
-from ..fault_models import StuckAt, Zero
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
@@ -208,7 +207,7 @@ class Evaluator:
         fs = sc.faults
         same = np.zeros(len(fs), dtype=bool)
         for m, model in enumerate(fs.models):
-            if not isinstance(model, (StuckAt, Zero)):
+            if not (model.deterministic and model.can_leave_unchanged):
                 continue
             for s_code, name in enumerate(fs.site_names):
                 site = self.sites[name]

@@ -22,15 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FaultError
-from ..statistics import (
-    Estimate,
-    combine_strata,
-    difference_estimate,
-    importance_estimate,
-    scenario_estimate,
-    scenarios_to_resolve,
-    wilson_interval,
-)
+from ..statistics import Estimate, difference_estimate, scenario_estimate, scenarios_to_resolve, wilson_interval
+from .samplers import sampler_class
 from .store import Store
 
 
@@ -48,33 +41,23 @@ def failure_estimate(campaign: str | Path | Store, confidence: float = 0.95) -> 
 
 
 def estimate_failure(manifest: dict, df: pd.DataFrame, confidence: float = 0.95) -> Estimate:
-    """:func:`failure_estimate` from a campaign's manifest and result table."""
-    fraction = ((df.critical + df.non_finite) / df.inputs).to_numpy()
-    if manifest["sampler"] == "importance":
-        return importance_estimate(fraction, df.weight.to_numpy(), confidence)
-    if manifest["sampler"] == "sfi":
-        per = df.assign(fraction=fraction).groupby("stratum")["fraction"].agg(["sum", "count"])
-        k, n, N = [], [], []
-        for name, info in manifest["strata"].items():
-            if info["samples"]:
-                k.append(per.loc[name, "sum"])
-                n.append(per.loc[name, "count"])
-                N.append(info["population"] - info["known_masked"])
-            if info["known_masked"]:  # data-aware: known masked without simulation
-                k.append(0.0)
-                n.append(info["known_masked"])
-                N.append(info["known_masked"])
-        return combine_strata(np.array(k), np.array(n), np.array(N), confidence)
-    population = len(fraction) if manifest["sampler"] == "exhaustive" and len(fraction) == manifest.get("scenarios") else float("inf")
-    return scenario_estimate(fraction, confidence, population, single_fault=bool((df.n_faults <= 1).all()),
-                             sequential=sequential(manifest))
+    """:func:`failure_estimate` from a campaign's manifest and result table, by its sampler's
+    :meth:`~resil.campaign.samplers.Sampler.estimate`."""
+    return sampler_class(manifest["sampler"]).estimate(manifest, df, confidence, sequential=sequential(manifest))
+
+
+def own_estimate(manifest: Mapping) -> bool:
+    """Whether the campaign's sampler estimates its failure probability its own way (stratified,
+    re-weighted: ``sfi``, ``importance``) rather than as :func:`by_group`'s mean over scenarios."""
+    kind = manifest.get("sampler")
+    return kind is not None and sampler_class(kind).own_estimate
 
 
 def sequential(manifest: Mapping) -> bool:
-    """Whether the campaign stopped on a confidence sequence (``[sampler] stop_margin``, not ``sfi``:
-    iterative SFI keeps its stratified estimate)."""
+    """Whether the campaign stopped on a confidence sequence (``[sampler] stop_margin`` with a
+    sampler that stops so; not ``sfi``: iterative SFI keeps its stratified estimate)."""
     sampler = (manifest.get("spec") or {}).get("sampler") or {}
-    return bool(sampler.get("stop_margin")) and sampler.get("kind") != "sfi"
+    return bool(sampler.get("stop_margin")) and sampler_class(sampler.get("kind", "uniform")).sequential
 
 
 def by_stratum(campaign: str | Path | Store) -> pd.DataFrame:

@@ -21,15 +21,11 @@ from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
 from .executors import SerialExecutor, in_flight, restarted, worker_lost
 from .live import LIVE, load_live, save_live
-from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
+from .samplers import Sampler, Scenarios, sampler_class
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
-
-SAMPLERS: dict[str, type[Sampler]] = {
-    "exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler, "sfi": StatisticalSampler}
-
 
 class CampaignRunner:
     """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, evaluator.
@@ -62,7 +58,7 @@ class CampaignRunner:
         self.sites = self.evaluator.sites
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
-        self.sampler = self._sampler()
+        self.sampler: Sampler = sampler_class(spec.sampler.kind).build(self, samples=len(self.inputs) if spec.faults.per_sample else 0)
 
     def _data(self, data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if data is not None:
@@ -76,16 +72,6 @@ class CampaignRunner:
             raise FaultError(f"campaign {self.spec.name!r}: model {name!r} is not bundled, so it has no data of its own: "
                              "set [data] source (a function, a .pt or .npz file) or pass data=... to resil.campaign.run")
         return load_data(name)
-
-    def _sampler(self) -> Sampler:
-        s = self.spec
-        samples = len(self.inputs) if s.faults.per_sample else 0
-        if s.sampler.kind == "importance":
-            from .sensitivity import sensitivity_scores
-
-            scores = sensitivity_scores(self.model, self.inputs, self.evaluator.golden.top1, self.space)
-            return ImportanceSampler(s.sampler, self.space, self.fault_model, s.seed, scores, samples=samples)
-        return SAMPLERS[s.sampler.kind](s.sampler, self.space, self.fault_model, s.seed, samples=samples)
 
     @property
     def golden(self) -> Golden:
@@ -118,9 +104,8 @@ class CampaignRunner:
             "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
             "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None, "mode": self.evaluator.mode,
             "nondeterministic": self.evaluator.nondeterministic, "numerics": self.numerics,
-            "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
+            **self.sampler.manifest(), "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
-            "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
             "layers": list(dict.fromkeys(layer_of(s) for s in self.space.sites)),  # in network order, for reports
             # adaptive campaigns: rounds of strata, some empty, so the store checks each part's ids by these counts
             **({"shard_scenarios": [len(self.shard_ids(k)) for k in range(self.shards)]} if self.spec.sampler.stop_margin else {}),

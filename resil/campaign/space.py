@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FaultError
 from ..site import Site, SiteList
-from .spec import FaultSpec, SiteSpec
+
+if TYPE_CHECKING:
+    from .spec import FaultSpec, SiteSpec
 
 
 def layer_of(site: Site) -> str:
