@@ -253,7 +253,7 @@ def cmd_ftt(args: argparse.Namespace) -> int:
 def cmd_fat(args: argparse.Namespace) -> int:
     from resil.analysis.precision import BIT_WEIGHTINGS
     from resil.campaign.criteria import AccuracyDrop
-    from resil.training.fat import fault_aware_training
+    from resil.training.fat import FATConfig, SearchConfig, TrainingConfig, fault_aware_training
     from resil.training.store import RunStore
 
     _positive("--epochs", args.epochs)
@@ -289,11 +289,12 @@ def cmd_fat(args: argparse.Namespace) -> int:
 
     select_space(sites(model, d.x_test[:1]), args.kind)  # a kind without sites fails before the directory exists
     store.create("fat", spec, fingerprint)
-    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, search_epochs=search_epochs,
-                             k=args.k, stagger=args.stagger, sampler=args.sampler, kind=args.kind, criterion=criterion,
-                             bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials, lr=args.lr,
-                             batch_size=args.batch_size, seed=args.seed, neutralise=args.neutralise,
-                             clean_loss=not args.no_clean_loss, progress=True)
+    config = FATConfig(epochs=args.epochs, search_epochs=search_epochs, stagger=args.stagger, seed=args.seed,
+                       search=SearchConfig(sampler=args.sampler, kind=args.kind, k=args.k, criterion=criterion,
+                                           bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials),
+                       training=TrainingConfig(lr=args.lr, batch_size=args.batch_size, neutralise=args.neutralise,
+                                               clean_loss=not args.no_clean_loss))
+    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, config, progress=True)
     h = r.history
     store.write_table("history", {"epoch": [e.epoch for e in h], "runs": [e.runs for e in h], "found": [e.found for e in h],
                                   "faults": [e.faults for e in h], "clean_accuracy": [e.clean_accuracy for e in h],
