@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import FaultError
 from ..statistics import Estimate, difference_estimate, scenario_estimate, scenarios_to_resolve, wilson_interval
-from .samplers import sampler_class
+from .samplers import sampler_class, stored_sampler
 from .store import Store
 
 
@@ -43,14 +43,14 @@ def failure_estimate(campaign: str | Path | Store, confidence: float = 0.95) -> 
 def estimate_failure(manifest: dict, df: pd.DataFrame, confidence: float = 0.95) -> Estimate:
     """:func:`failure_estimate` from a campaign's manifest and result table, by its sampler's
     :meth:`~resil.campaign.samplers.Sampler.estimate`."""
-    return sampler_class(manifest["sampler"]).estimate(manifest, df, confidence, sequential=sequential(manifest))
+    return stored_sampler(manifest["sampler"]).estimate(manifest, df, confidence, sequential=sequential(manifest))
 
 
 def own_estimate(manifest: Mapping) -> bool:
     """Whether the campaign's sampler estimates its failure probability its own way (stratified,
     re-weighted: ``sfi``, ``importance``) rather than as :func:`by_group`'s mean over scenarios."""
     kind = manifest.get("sampler")
-    return kind is not None and sampler_class(kind).own_estimate
+    return kind is not None and stored_sampler(kind).own_estimate
 
 
 def sequential(manifest: Mapping) -> bool:

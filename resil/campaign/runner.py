@@ -21,7 +21,7 @@ from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
 from .executors import SerialExecutor, in_flight, restarted, worker_lost
 from .live import LIVE, load_live, save_live
-from .samplers import Sampler, Scenarios, sampler_class
+from .samplers import PVF_STUDY, Sampler, Scenarios, sampler_class
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select
 from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
@@ -326,7 +326,7 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     manifest = Store(out).manifest()
     if not isinstance(manifest.get("spec"), dict):
         raise FaultError(f"{out}/manifest.json has no campaign spec; the directory may be damaged")
-    if manifest.get("sampler") == "pvf":
+    if manifest.get("sampler") == PVF_STUDY:
         raise FaultError(f"{out} holds a PVF study: continue it by calling resil.analysis.pvf(model, inputs, ..., out={str(out)!r}) "
                          "again with the same arguments")
     live = manifest.get("live") or {}

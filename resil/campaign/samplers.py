@@ -63,6 +63,22 @@ def sampler_class(kind: str) -> type[Sampler]:
     return _REGISTRY.get(kind)
 
 
+#: the manifest ``sampler`` of a PVF study (:func:`resil.analysis.pvf` with ``out``): campaign-shaped
+#: tables of trials drawn per group, not by a registered sampler
+PVF_STUDY = "pvf"
+
+
+def stored_sampler(kind: str) -> type[Sampler]:
+    """The class whose estimator reads a stored table whose manifest names ``kind``: the
+    registered sampler, or the base class (the mean over scenarios) for a PVF study.
+
+    Example:
+        >>> stored_sampler("importance").own_estimate, stored_sampler(PVF_STUDY).own_estimate
+        (True, False)
+    """
+    return Sampler if kind == PVF_STUDY else sampler_class(kind)
+
+
 def sampler_kinds() -> tuple[str, ...]:
     """Every registered sampler kind, in the order they were registered."""
     return tuple(c.kind for c in _REGISTRY.classes())
