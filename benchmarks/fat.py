@@ -24,7 +24,15 @@ import torch
 
 import resil.models as rm
 from resil.campaign.criteria import AccuracyDrop
-from resil.training.fat import FATConfig, SearchConfig, TrainingConfig, accuracy_under, fault_aware_training, search_critical, train_under_faults
+from resil.training.fat import (
+    FATConfig,
+    SearchConfig,
+    TrainingConfig,
+    accuracy_under,
+    fault_aware_training,
+    search_critical,
+    train_under_faults,
+)
 
 
 def main() -> None:

@@ -45,8 +45,8 @@ def test_the_fault_is_in_every_training_forward_and_gone_afterwards(bit):
     net[2].register_forward_pre_hook(lambda m, a: seen.append(u32(m.weight)))
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     opt.register_step_post_hook(lambda o, a, k: clean.append(u32(net[2].weight)))
-    train_under_faults(net, resil.Fault("2.weight", (1, 4), bit=bit), x, y, TrainingConfig(batch_size=8, neutralise="none", clean_loss=False),
-                       epochs=2, optimizer=opt, sites=sites)  # plain: only faulty forwards
+    plain = TrainingConfig(batch_size=8, neutralise="none", clean_loss=False)  # plain: only faulty forwards
+    train_under_faults(net, resil.Fault("2.weight", (1, 4), bit=bit), x, y, plain, epochs=2, optimizer=opt, sites=sites)
     assert len(seen) == 10 and len(clean) == 11  # 5 steps per epoch; the initial weights and one per step
     for before, got in zip(clean, seen):  # the forward of step i reads the weights after step i - 1
         expected = before.copy()
@@ -83,7 +83,8 @@ def test_training_survives_overflowing_faults():
     net = small_net()
     x, y = data()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    train_under_faults(net, [resil.Fault("0.weight", (0, 0), bit=30), resil.Fault("2.weight", (0, 0), bit=30)], x, y, TrainingConfig(batch_size=8), epochs=3)
+    faults = [resil.Fault("0.weight", (0, 0), bit=30), resil.Fault("2.weight", (0, 0), bit=30)]
+    train_under_faults(net, faults, x, y, TrainingConfig(batch_size=8), epochs=3)
     for n, p in net.named_parameters():
         assert torch.isfinite(p).all(), n
         assert not torch.equal(p, before[n]), n

@@ -12,6 +12,7 @@ import resil
 import resil.models as rm
 from resil.analysis.precision import (
     FaultEvaluator,
+    PrecisionConfig,
     Proposal,
     activation_conductance,
     bit_distribution,
@@ -250,9 +251,9 @@ def test_found_faults_are_critical_and_importance_finds_them_sooner(cnn_data):
 
 def test_precision_study_reports_every_weighting(cnn_data):
     model, d = cnn_data
-    r = precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], kind="activation", seeds=(0,), k=10,
-                        weightings=("exponential",), progress=False)
+    config = PrecisionConfig(kind="activation", seeds=(0,), k=10, weightings=("exponential",))
+    r = precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], config, progress=False)
     assert set(r["precision"]) == {"uniform", "is-exponential"}
     assert all(0 <= v[0] <= 1 for v in r["precision"].values())
     with pytest.raises(resil.FaultError, match="unknown bit weighting"):
-        precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], weightings=("bad",))
+        precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], PrecisionConfig(weightings=("bad",)))

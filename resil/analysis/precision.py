@@ -63,6 +63,7 @@ __all__ = [
     "BIT_WEIGHTINGS",
     "FaultEvaluator",
     "Outcome",
+    "PrecisionConfig",
     "Proposal",
     "Search",
     "activation_conductance",
@@ -633,22 +634,54 @@ def sample_until_critical(proposal: Proposal, evaluator: FaultEvaluator, k: int 
 # --------------------------------------------------------------------------- study
 
 
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """What :func:`precision_study` measures (checked when built).
+
+    Attributes:
+        kind: ``weight`` or ``activation`` faults.
+        weightings: the ISimDL bit weightings compared with uniform sampling.
+        seeds: one precision@k per seed and sampler.
+        k: distinct faults per seed.
+        tau: ISimDL ``random_threshold`` of the precision runs.
+        criterion: when a fault is critical (default: accuracy drop >= 10 points).
+        estimate_samples: i.i.d. draws for the failure-rate estimates (0: none).
+        estimate_tau: ISimDL ``random_threshold`` of the re-weighted estimate.
+        estimate_weighting: bit weighting of the re-weighted estimate.
+
+    Example:
+        >>> PrecisionConfig(k=10, seeds=(0,)).weightings
+        ('uniform', 'linear', 'exponential', 'gradient')
+    """
+
+    kind: str = "weight"
+    weightings: Sequence[str] = BIT_WEIGHTINGS
+    seeds: Sequence[int] = (0, 1, 2)
+    k: int = 100
+    tau: float = 0.0
+    criterion: Criterion | str = field(default_factory=AccuracyDrop)
+    estimate_samples: int = 0
+    estimate_tau: float = 0.1
+    estimate_weighting: str = "exponential"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise FaultError(f"k must be an integer >= 1, got {self.k!r}")
+        if not self.seeds:
+            raise FaultError("seeds must not be empty")
+        for w in (*self.weightings, self.estimate_weighting):
+            if w not in BIT_WEIGHTINGS:
+                raise FaultError(f"unknown bit weighting {w!r}; choose one of {list(BIT_WEIGHTINGS)}")
+
+
 def precision_study(
     model: nn.Module,
     eval_inputs: torch.Tensor,
     eval_labels: torch.Tensor,
     sens_inputs: torch.Tensor,
     sens_labels: torch.Tensor,
+    config: PrecisionConfig | None = None,
     *,
-    kind: str = "weight",
-    weightings: Sequence[str] = BIT_WEIGHTINGS,
-    seeds: Sequence[int] = (0, 1, 2),
-    k: int = 100,
-    tau: float = 0.0,
-    criterion: Criterion | str = AccuracyDrop(),
-    estimate_samples: int = 0,
-    estimate_tau: float = 0.1,
-    estimate_weighting: str = "exponential",
     progress: bool = True,
 ) -> dict[str, object]:
     """Precision@k of ISimDL importance sampling (each bit weighting) vs uniform sampling, and
@@ -657,42 +690,36 @@ def precision_study(
     Precision uses ``k`` distinct faults per seed; the estimates use ``estimate_samples`` i.i.d.
     draws from uniform sampling (Wilson 95% interval) and from ISimDL with ``estimate_tau``
     (unbiased mean of p/q-weighted critical indicators, CLT 95% interval). Both use the same
-    criterion and evaluation set.
+    criterion and evaluation set (``config``: :class:`PrecisionConfig`).
 
     Returns:
         ``{"golden_accuracy", "precision": {"uniform" | "is-<weighting>": [per seed]},
         "uniform_estimate": (rate, low, high),
         "is_estimate": Estimate, "runs": int}``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise FaultError(f"k must be an integer >= 1, got {k!r}")
-    if not seeds:
-        raise FaultError("seeds must not be empty")
-    for w in (*weightings, estimate_weighting):
-        if w not in BIT_WEIGHTINGS:
-            raise FaultError(f"unknown bit weighting {w!r}; choose one of {list(BIT_WEIGHTINGS)}")
-    evaluator = FaultEvaluator(model, eval_inputs, eval_labels, criterion)
-    space = select_space(evaluator.sites, kind)
+    c = config or PrecisionConfig()
+    evaluator = FaultEvaluator(model, eval_inputs, eval_labels, c.criterion)
+    space = select_space(evaluator.sites, c.kind)
     proposals = [uniform_proposal(space)] + [
-        isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=w, tau=tau) for w in weightings]
+        isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=w, tau=c.tau) for w in c.weightings]
     precision: dict[str, list[float]] = {}
-    bar = tqdm(total=len(proposals) * len(seeds), desc=f"precision@{k} ({kind})", disable=not progress)
+    bar = tqdm(total=len(proposals) * len(c.seeds), desc=f"precision@{c.k} ({c.kind})", disable=not progress)
     for p in proposals:
         name = "uniform" if p.name == "uniform" else "is-" + p.name.split("-")[1]
-        for seed in seeds:
-            crit = [o.critical for o in evaluator.evaluate_locations(p, p.draw(k, seed, distinct=True))]
-            precision.setdefault(name, []).append(precision_at_k(crit, k))
+        for seed in c.seeds:
+            crit = [o.critical for o in evaluator.evaluate_locations(p, p.draw(c.k, seed, distinct=True))]
+            precision.setdefault(name, []).append(precision_at_k(crit, c.k))
             bar.update()
     bar.close()
     result: dict[str, object] = {"golden_accuracy": evaluator.golden_accuracy, "precision": precision, "space": space.total}
-    if estimate_samples:
+    if c.estimate_samples:
         uni = proposals[0]
-        flat_u = uni.draw(estimate_samples, 10_000)
+        flat_u = uni.draw(c.estimate_samples, 10_000)
         crit_u = np.array([o.critical for o in evaluator.evaluate_locations(uni, flat_u, progress=progress)], dtype=float)
         low, high = wilson_interval(int(crit_u.sum()), len(crit_u))
         result["uniform_estimate"] = (float(crit_u.mean()), float(low), float(high))
-        isp = isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=estimate_weighting, tau=estimate_tau)
-        flat_q = isp.draw(estimate_samples, 20_000)
+        isp = isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=c.estimate_weighting, tau=c.estimate_tau)
+        flat_q = isp.draw(c.estimate_samples, 20_000)
         crit_q = np.array([o.critical for o in evaluator.evaluate_locations(isp, flat_q, progress=progress)], dtype=float)
         est: Estimate = importance_estimate(crit_q, isp.weights(flat_q), clip=True)
         result["is_estimate"] = est
