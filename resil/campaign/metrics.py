@@ -202,8 +202,29 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
         raise FaultError(f"metric must be 'accuracy' or 'failure', not {metric!r}")
     if len(campaigns) < 1:
         raise FaultError("verdicts needs at least one campaign")
-    labels = list(campaigns)
-    values: dict[str, dict] = {}
+    values = _group_values(campaigns, by, metric)
+    rows = []
+    for group in sort_groups(pd.DataFrame({"k": list(values)}), ["k"])["k"]:
+        present = [m for m in campaigns if m in values[group]]
+        if len(present) < 2:
+            rows.append({by or "group": group, "best": present[0], "runner_up": None, "separated": False, "tied": (present[0],),
+                         "difference": np.nan, "difference_low": np.nan, "difference_high": np.nan, "paired": False,
+                         "needed": 0, "verdict": f"{present[0]} (only model)"})
+        else:
+            rows.append({by or "group": group, **_verdict(campaigns, values[group], present, higher_is_better, confidence, resolve,
+                                                          per or by or "campaign")})
+    columns = [by or "group", "best", "runner_up", "separated", "tied", "difference", "difference_low", "difference_high", "paired",
+               "needed", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+#: per campaign in a group: its scenarios' metric fractions, their ids, and whether all are single faults
+GroupValues = dict[str, tuple[np.ndarray, np.ndarray, bool]]
+
+
+def _group_values(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | None, metric: str) -> dict[object, GroupValues]:
+    """Per group of ``by``, per campaign: the fractions of ``metric`` of its scenarios (in scenario order), their ids, single faults."""
+    values: dict[object, GroupValues] = {}
     for label, (_, df) in campaigns.items():
         df = df.sort_values("scenario", kind="stable") if "scenario" in df.columns else df
         if metric == "failure":
@@ -215,47 +236,40 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
         single = df["n_faults"] <= 1 if "n_faults" in df.columns else pd.Series(True, index=df.index)
         for group, idx in key.groupby(key, sort=False).groups.items():
             values.setdefault(group, {})[label] = (frac.loc[idx].to_numpy(float), ids.loc[idx].to_numpy(), bool(single.loc[idx].all()))
-    rows = []
+    return values
+
+
+def _verdict(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], values: GroupValues, present: list[str], higher_is_better: bool,
+             confidence: float, resolve: float, per: str) -> dict[str, object]:
+    """The verdict columns of one group that at least two campaigns have (see :func:`verdicts`)."""
     sign = 1.0 if higher_is_better else -1.0
-    for group in sort_groups(pd.DataFrame({"k": list(values)}), ["k"])["k"]:
-        present = [m for m in labels if m in values[group]]
-        if len(present) < 2:
-            rows.append({by or "group": group, "best": present[0], "runner_up": None, "separated": False, "tied": (present[0],),
-                         "difference": np.nan, "difference_low": np.nan, "difference_high": np.nan, "paired": False,
-                         "needed": 0, "verdict": f"{present[0]} (only model)"})
-            continue
-        means = {m: float(values[group][m][0].mean()) for m in present}
-        order = sorted(present, key=lambda m: (-sign * means[m], present.index(m)))
-        best = order[0]
-        xb, ib, sb = values[group][best]
-        compared = {}
-        for other in order[1:]:
-            xo, io, so = values[group][other]
-            paired = shares_scenarios(campaigns[best][0], campaigns[other][0]) and np.array_equal(ib, io)
-            d = difference_estimate(xb, xo, confidence, paired=paired, single_fault=sb and so)
-            separated = d.low > 0 if higher_is_better else d.high < 0
-            compared[other] = (d, paired, separated, sb and so)
-        runner = order[1]
-        d, paired, separated, single = compared[runner]
-        tied = [best, *(m for m in order[1:] if not compared[m][2])]
-        rest = [m for m in order[1:] if compared[m][2]]
-        needed = 0
-        if len(tied) > 1:
-            size = max(abs(d.value), resolve)
-            xo = values[group][runner][0]
-            needed = scenarios_to_resolve(xb, xo, size, confidence, paired=paired, single_fault=single)
-            verdict = (f"no difference detected between {', '.join(tied)}; about {needed} scenarios per {per or by or 'campaign'} "
-                       f"would resolve a difference of {100 * size:.1f} points")
-            if rest:
-                verdict += f"; {', '.join(tied)} more robust than {', '.join(rest)} ({confidence:.0%})"
-        else:
-            verdict = f"{best} more robust than {', '.join(rest)} ({confidence:.0%})"
-        rows.append({by or "group": group, "best": best, "runner_up": runner, "separated": bool(separated), "tied": tuple(tied),
-                     "difference": d.value, "difference_low": d.low, "difference_high": d.high, "paired": paired,
-                     "needed": needed, "verdict": verdict})
-    columns = [by or "group", "best", "runner_up", "separated", "tied", "difference", "difference_low", "difference_high", "paired",
-               "needed", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+    means = {m: float(values[m][0].mean()) for m in present}
+    order = sorted(present, key=lambda m: (-sign * means[m], present.index(m)))
+    best = order[0]
+    xb, ib, sb = values[best]
+    compared = {}
+    for other in order[1:]:
+        xo, io, so = values[other]
+        paired = shares_scenarios(campaigns[best][0], campaigns[other][0]) and np.array_equal(ib, io)
+        d = difference_estimate(xb, xo, confidence, paired=paired, single_fault=sb and so)
+        separated = d.low > 0 if higher_is_better else d.high < 0
+        compared[other] = (d, paired, separated, sb and so)
+    runner = order[1]
+    d, paired, separated, single = compared[runner]
+    tied = [best, *(m for m in order[1:] if not compared[m][2])]
+    rest = [m for m in order[1:] if compared[m][2]]
+    needed = 0
+    if len(tied) > 1:
+        size = max(abs(d.value), resolve)
+        needed = scenarios_to_resolve(xb, values[runner][0], size, confidence, paired=paired, single_fault=single)
+        verdict = (f"no difference detected between {', '.join(tied)}; about {needed} scenarios per {per} "
+                   f"would resolve a difference of {100 * size:.1f} points")
+        if rest:
+            verdict += f"; {', '.join(tied)} more robust than {', '.join(rest)} ({confidence:.0%})"
+    else:
+        verdict = f"{best} more robust than {', '.join(rest)} ({confidence:.0%})"
+    return {"best": best, "runner_up": runner, "separated": bool(separated), "tied": tuple(tied), "difference": d.value,
+            "difference_low": d.low, "difference_high": d.high, "paired": paired, "needed": needed, "verdict": verdict}
 
 
 def sort_groups(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
