@@ -89,7 +89,7 @@ def test_a_sampler_of_one_class_runs_a_campaign_and_is_reported(tmp_path):
 def test_a_registered_sampler_checks_its_own_fields_and_is_listed():
     with pytest.raises(resil.FaultError, match="kind 'systematic' draws single faults"):
         systematic(faults_per_scenario=2)
-    with pytest.raises(resil.FaultError, match="kind must be one of exhaustive, uniform, ber, sfi, importance, .*systematic"):
+    with pytest.raises(resil.FaultError, match=r"kind must be one of exhaustive, uniform, ber, sfi, importance, .*systematic"):
         rc.CampaignSpec(sampler=rc.SamplerSpec(kind="nope"))
     with pytest.raises(resil.FaultError, match="stop_margin applies to the uniform, ber and sfi samplers, not 'systematic'"):
         rc.CampaignSpec(sampler=rc.SamplerSpec(kind="systematic", stop_margin=0.05, max_scenarios=500))
@@ -106,7 +106,7 @@ def test_a_sampler_needs_a_kind():
 def test_explicit_scenarios_beside_stop_margin_is_refused_in_python_as_in_toml(tmp_path):
     adaptive = {"stop_margin": 0.05, "max_scenarios": 500}
     for scenarios in (1000, 200):  # 1000 is the default's value: given explicitly, it is still given
-        with pytest.raises(resil.FaultError, match="scenarios.*or stop_margin, not both"):
+        with pytest.raises(resil.FaultError, match=r"scenarios.*or stop_margin, not both"):
             rc.CampaignSpec(sampler=rc.SamplerSpec(scenarios=scenarios, **adaptive))
     spec = rc.CampaignSpec(sampler=rc.SamplerSpec(**adaptive))  # left at its default: accepted
     assert spec.sampler.scenarios == 1000 and not spec.sampler.scenarios_given

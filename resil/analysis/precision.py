@@ -152,7 +152,10 @@ def float32_bit_derivatives(values: torch.Tensor | np.ndarray) -> np.ndarray:
         >>> float(d[22]), float(d[31])           # 2^-1 for the mantissa MSB, -2|v| for the sign
         (0.5, -3.0)
     """
-    v = torch.as_tensor(np.asarray(values, dtype=np.float32)) if not isinstance(values, torch.Tensor) else values.detach().to(torch.float32).cpu()
+    if isinstance(values, torch.Tensor):
+        v = values.detach().to(torch.float32).cpu()
+    else:
+        v = torch.as_tensor(np.asarray(values, dtype=np.float32))
     raw = v.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     bits = ((raw[..., None] >> torch.arange(32)) & 1).to(torch.float64).requires_grad_(True)
     with torch.enable_grad():
@@ -456,11 +459,12 @@ def isimdl_proposal(
     tau = float(tau)
     layer_names = [layer_of(s) for s in space.sites]
     layers = list(dict.fromkeys(layer_names))
-    layer_total = {l: sum(float(np.abs(sens[s.name][e]).sum()) for s, e, ln in zip(space.sites, space.elements, layer_names) if ln == l)
-                   for l in layers}
-    layer_size = {l: sum(len(e) for e, ln in zip(space.elements, layer_names) if ln == l) for l in layers}
+    layer_total = {layer: sum(float(np.abs(sens[s.name][e]).sum())
+                              for s, e, ln in zip(space.sites, space.elements, layer_names, strict=True) if ln == layer)
+                   for layer in layers}
+    layer_size = {layer: sum(len(e) for e, ln in zip(space.elements, layer_names, strict=True) if ln == layer) for layer in layers}
     q = np.empty(space.total)
-    for k, (site, elements, bits) in enumerate(zip(space.sites, space.elements, space.bits)):
+    for k, (site, elements, bits) in enumerate(zip(space.sites, space.elements, space.bits, strict=True)):
         layer = layer_names[k]
         s = np.abs(sens[site.name][elements])
         total = layer_total[layer]
@@ -509,8 +513,9 @@ class FaultEvaluator:
         (1.0, False, 1)
     """
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: Criterion | str = AccuracyDrop(),
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: Criterion | str | None = None,
                  *, sites: SiteList | None = None, batch_size: int = 512) -> None:
+        criterion = AccuracyDrop() if criterion is None else criterion
         _check_batch(model, inputs)
         labels = torch.as_tensor(labels).reshape(-1)
         if len(labels) != len(inputs):
@@ -537,7 +542,7 @@ class FaultEvaluator:
         n = len(self.evaluator.inputs)
         critical = self.evaluator.critical(counts)
         return [Outcome(c / n, (k + f) / n, self.golden_accuracy - c / n, bool(x))
-                for c, k, f, x in zip(counts["correct"], counts["critical"], counts["non_finite"], critical)]
+                for c, k, f, x in zip(counts["correct"], counts["critical"], counts["non_finite"], critical, strict=True)]
 
     def evaluate_locations(self, proposal: Proposal, flat: Iterable[int], *, progress: bool = False) -> list[Outcome]:
         """Outcomes of single faults at flat locations of ``proposal.space`` (each location simulated once)."""
@@ -546,7 +551,7 @@ class FaultEvaluator:
         with tqdm(total=len(todo), desc="faults", disable=not progress, leave=False) as bar:
             for start in range(0, len(todo), 256):
                 chunk = todo[start : start + 256]
-                for f, o in zip(chunk, self.evaluate_many([proposal.faults(f) for f in chunk])):
+                for f, o in zip(chunk, self.evaluate_many([proposal.faults(f) for f in chunk]), strict=True):
                     self._cache[(id(proposal.space), f)] = o
                 bar.update(len(chunk))
         return [self._cache[(id(proposal.space), f)] for f in flat]
@@ -619,7 +624,7 @@ def sample_until_critical(proposal: Proposal, evaluator: FaultEvaluator, k: int 
         chunk = list(itertools.islice(stream, min(batch, max_trials - runs)))
         if not chunk:
             break
-        for f, outcome in zip(chunk, evaluator.evaluate_many([proposal.faults(f) for f in chunk], count=False)):
+        for f, outcome in zip(chunk, evaluator.evaluate_many([proposal.faults(f) for f in chunk], count=False), strict=True):
             runs += 1
             if outcome.critical:
                 found.append(f)

@@ -127,7 +127,7 @@ class ParameterGroup:
                 [b for b in (self.bits if self.bits is not None else range(s.bits)) if b + width_bits <= s.bits], dtype=np.int64)
             elements.append(s.elements())
             bits.append(allowed)
-        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
+        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits, strict=True)], dtype=np.int64)
         return FaultSpace(self.sites, tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])
 
     @property
@@ -206,7 +206,8 @@ def parameter_groups(
         for name in names:
             chosen = [s for s in params if layer_of(s) == name] or [s for s in params if s.name == name]
             if not chosen:
-                raise FaultError(f"unknown group {name!r}: no layer or parameter site of that name{_closest(name, [*layers, *(s.name for s in params)])}")
+                hint = _closest(name, [*layers, *(s.name for s in params)])
+                raise FaultError(f"unknown group {name!r}: no layer or parameter site of that name{hint}")
             groups[name] = chosen
     return {k: ParameterGroup(k, tuple(v), bits) for k, v in groups.items()}
 
@@ -355,11 +356,12 @@ def _run_group(evaluator: Evaluator, space: FaultSpace, c: PVFConfig, n: int, g_
             site, element, bit = space.locate(flat)
             sets.append(FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm))
         sc = scenarios_of(sets, np.arange(offset + chunk, offset + chunk + len(sets)))
-        sc = dataclasses.replace(sc, stratum=np.full(len(sets), name, dtype=object), rate=np.full(len(sets), np.nan if ber is None else ber))
+        sc = dataclasses.replace(sc, stratum=np.full(len(sets), name, dtype=object),
+                                 rate=np.full(len(sets), np.nan if ber is None else ber))
         counts = evaluator.evaluate(sc)
         parts.append({**describe(sc, space), "inputs": np.full(len(sets), len(evaluator.inputs), dtype=np.int64), **counts})
         bar.update(len(sets))
-    return {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else sum((p[k] for p in parts), []))
+    return {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else [v for p in parts for v in p[k]])
             for k in parts[0]}
 
 

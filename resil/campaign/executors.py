@@ -35,6 +35,15 @@ class SerialExecutor(Executor):
         return future
 
 
+class ProcessPool(ProcessPoolExecutor):
+    """A local pool of ``workers`` spawned processes that knows its size, so that a run keeps it
+    busy (:func:`in_flight`) and replaces it when its workers die (:func:`restarted`)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self.workers = workers
+
+
 def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None, *,
                   folder: str | Path | None = None, slurm: SlurmOptions | None = None) -> Executor:
     """``serial``, ``process`` (``workers`` local processes), ``dask`` (a local cluster of
@@ -58,7 +67,7 @@ def make_executor(kind: str = "serial", workers: int = 2, address: str | None = 
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPool(workers)
     if kind == "slurm":
         from .slurm import SlurmExecutor, SlurmOptions
 
@@ -95,10 +104,10 @@ def worker_lost(error: BaseException | None) -> bool:
 def restarted(executor: Executor) -> Executor | None:
     """A fresh executor like ``executor`` after its workers died (``executor`` is shut down):
     a new local process pool; None for others (a Dask cluster restarts its own workers)."""
-    if not isinstance(executor, ProcessPoolExecutor):
+    if not isinstance(executor, ProcessPool):
         return None
     executor.shutdown(wait=True, cancel_futures=True)
-    return ProcessPoolExecutor(max_workers=executor._max_workers, mp_context=executor._mp_context)
+    return ProcessPool(executor.workers)
 
 
 class _DaskExecutor(Executor):
@@ -128,8 +137,8 @@ def in_flight(executor: Executor) -> int:
     """
     if isinstance(executor, SerialExecutor):
         return 1
-    if isinstance(executor, ProcessPoolExecutor):
-        return 2 * executor._max_workers
+    if isinstance(executor, ProcessPool):
+        return 2 * executor.workers
     if isinstance(executor, _DaskExecutor):
         return 2 * max(1, sum(executor.client.nthreads().values()))
     return getattr(executor, "in_flight", 4)

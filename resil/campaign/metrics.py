@@ -154,7 +154,8 @@ def shares_scenarios(a: Mapping, b: Mapping) -> bool:
     """
     sa, sb = a.get("spec") or {}, b.get("spec") or {}
     same = all(sa.get(k) == sb.get(k) and k in sa for k in ("seed", "sampler", "faults", "sites"))
-    return same and a.get("space") == b.get("space") and (a.get("fingerprint") or {}).get("inputs") == (b.get("fingerprint") or {}).get("inputs")
+    inputs_a, inputs_b = ((m.get("fingerprint") or {}).get("inputs") for m in (a, b))
+    return same and a.get("space") == b.get("space") and inputs_a == inputs_b
 
 
 def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | None = "rate", metric: str = "accuracy",
@@ -195,8 +196,10 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
         ...                          "critical": 0, "non_finite": 0, "n_faults": 3})
         >>> cs = {"a": ({}, table([90, 91, 92, 93] * 100)), "b": ({}, table([50, 52, 51, 49] * 100)),
         ...       "c": ({}, table([91, 92, 90, 91] * 100))}
-        >>> verdicts(cs)["verdict"].tolist()
-        ['no difference detected between a, c; about 441 scenarios per rate would resolve a difference of 1.0 points; a, c more robust than b (95%)']
+        >>> print(verdicts(cs)["verdict"].iloc[0].replace("; ", ";\\n"))
+        no difference detected between a, c;
+        about 441 scenarios per rate would resolve a difference of 1.0 points;
+        a, c more robust than b (95%)
     """
     if metric not in ("accuracy", "failure"):
         raise FaultError(f"metric must be 'accuracy' or 'failure', not {metric!r}")
@@ -227,10 +230,7 @@ def _group_values(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str
     values: dict[object, GroupValues] = {}
     for label, (_, df) in campaigns.items():
         df = df.sort_values("scenario", kind="stable") if "scenario" in df.columns else df
-        if metric == "failure":
-            frac = (df["critical"] + df["non_finite"]) / df["inputs"]
-        else:
-            frac = df["correct"].clip(lower=0) / df["inputs"]
+        frac = ((df["critical"] + df["non_finite"]) if metric == "failure" else df["correct"].clip(lower=0)) / df["inputs"]
         key = df[by] if by else pd.Series(0, index=df.index)
         ids = df["scenario"] if "scenario" in df.columns else pd.Series(np.arange(len(df)), index=df.index)
         single = df["n_faults"] <= 1 if "n_faults" in df.columns else pd.Series(True, index=df.index)

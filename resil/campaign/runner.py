@@ -27,6 +27,7 @@ from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
 
+
 class CampaignRunner:
     """Everything a shard needs, built once per process: model, inputs, sites, space, sampler, evaluator.
 
@@ -127,7 +128,7 @@ def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
     has = first < len(sc.owner)
     has[has] &= sc.owner[first[has]] == np.arange(len(sc.ids))[has]
     names = np.array(fs.site_names, dtype=object)[fs.site] if len(fs) else np.zeros(0, dtype=object)
-    first_site = [names[f] if h else "" for f, h in zip(first, has)]
+    first_site = [names[f] if h else "" for f, h in zip(first, has, strict=True)]
     masks = fs.mask
     single = (masks > 0) & ((masks & (masks - 1)) == 0)
     bit_of = np.where(single, np.log2(np.where(single, masks, 1)).astype(np.int64), -1)
@@ -138,7 +139,7 @@ def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
         "site": np.array(first_site, dtype=str),
         "layer": np.array([layer_of(by_name[s]) if s else "" for s in first_site], dtype=str),
         "kind": np.array([by_name[s].kind if s else "" for s in first_site], dtype=str),
-        "bit": np.array([bit_of[f] if h else -1 for f, h in zip(first, has)], dtype=np.int64),
+        "bit": np.array([bit_of[f] if h else -1 for f, h in zip(first, has, strict=True)], dtype=np.int64),
         "n_faults": np.array([len(j) for j in split], dtype=np.int64),
         "rate": sc.rate.astype(np.float64),
         "weight": sc.weight.astype(np.float64),
@@ -264,11 +265,11 @@ def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Call
 def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Callable[[int], tuple[Any, ...]],
                 finished: Callable[[int], None]) -> Executor:
     """Run the shards ``todo`` through ``executor``, storing each as it completes; return the
-    executor to go on with (a fresh pool if workers died; the caller shuts it down). The shards in flight when worker processes die run once more in a fresh pool;
-    if they die again, or the executor cannot be restarted, a :class:`FaultError` says so (the
-    shards stored so far are intact). On any error or interrupt the executor's queued shards are
-    cancelled and the error is raised."""
-    waiting, rerun = deque(todo), set()
+    executor to go on with (a fresh pool if workers died; the caller shuts it down). The shards in
+    flight when worker processes die run once more in a fresh pool; if they die again, or the
+    executor cannot be restarted, a :class:`FaultError` says so (the shards stored so far are
+    intact). On any error or interrupt the executor's queued shards are cancelled and the error is raised."""
+    waiting, rerun = deque(todo), set[int]()
     pending: dict[Future[dict[str, Any]], int] = {}
     ex = executor
 

@@ -238,7 +238,7 @@ class Sampler:
         batch = None
         if self.inputs:
             batch = np.concatenate([np.random.default_rng([self.seed, int(i), 1]).integers(0, self.inputs, len(f))
-                                    for i, f in zip(ids, flat)]) if flat else np.zeros(0, dtype=np.int64)
+                                    for i, f in zip(ids, flat, strict=True)]) if flat else np.zeros(0, dtype=np.int64)
         faults = FaultSet(site=names[site], index=element, bit=bit if uses_bits else None, model=self.model, batch=batch)
         if stratum is None:
             first = np.array([site[owner == i][0] if (owner == i).any() else -1 for i in range(n)])
@@ -308,7 +308,7 @@ class BitErrorRateSampler(Sampler):
     def draw(self, ids: np.ndarray) -> Scenarios:
         rates = np.array(self.spec.rates)[np.asarray(ids) // self.per_rate]
         flat = []
-        for i, p in zip(ids, rates):
+        for i, p in zip(ids, rates, strict=True):
             rng = rng_for(self.seed, i)
             flat.append(np.sort(rng.choice(self.space.total, rng.binomial(self.space.total, p), replace=False)))
         return self._scenarios(ids, flat, rate=rates, stratum=np.array([f"p={p:.0e}" for p in rates], dtype=object))
@@ -405,12 +405,12 @@ class StatisticalSampler(Sampler):
         return min(n, s.max_scenarios) if s.max_scenarios else n
 
     def blocks(self) -> list[tuple[str, int, int]]:
-        return [(n, int(start), int(k)) for n, start, k in zip(self.names, self.starts, self.samples)]
+        return [(n, int(start), int(k)) for n, start, k in zip(self.names, self.starts, self.samples, strict=True)]
 
     def strata(self) -> dict[str, dict[str, int]]:
         """Per stratum: its population, the locations known masked (data-aware) and the sample size."""
         return {n: {"population": self.populations[n], "known_masked": self.populations[n] - len(a), "samples": int(k)}
-                for n, a, k in zip(self.names, self.active, self.samples)}
+                for n, a, k in zip(self.names, self.active, self.samples, strict=True)}
 
     def stop_rule(self, block: int, failure: np.ndarray, accuracy: np.ndarray | None) -> dict[str, Any]:
         return iterative_sfi(failure, len(self.active[block]), self.spec.stop_margin, self.spec.confidence)
@@ -428,7 +428,7 @@ class StatisticalSampler(Sampler):
         ids = np.asarray(ids, dtype=np.int64)
         h = np.searchsorted(self.starts, ids, side="right") - 1
         flat = []
-        for i, stratum in zip(ids, h):
+        for i, stratum in zip(ids, h, strict=True):
             if stratum not in self._perms:
                 self._perms[stratum] = np.random.default_rng([self.seed, int(stratum)]).permutation(len(self.active[stratum]))
             flat.append(self.active[stratum][self._perms[stratum][[i - self.starts[stratum]]]])

@@ -46,9 +46,9 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, get_args, get_origin, get_type_hints
 
 import tomllib
@@ -242,7 +242,8 @@ class CampaignSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": FaultSpec, "sampler": SamplerSpec, "outcome": OutcomeSpec, "run": RunSpec}
+_SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": FaultSpec, "sampler": SamplerSpec, "outcome": OutcomeSpec,
+             "run": RunSpec}
 
 
 def spec_from_dict(d: dict[str, Any], source: str = "campaign spec") -> CampaignSpec:
@@ -328,7 +329,7 @@ def _validate(s: CampaignSpec) -> None:
     for section, obj in (("", s), *((k, getattr(s, k)) for k in _SECTIONS)):
         if section and not isinstance(obj, _SECTIONS[section]):
             raise bad(f"[{section}] must be a resil.campaign.{_SECTIONS[section].__name__}, not {type(obj).__name__}")
-        hints = _hints(type(obj))
+        hints = _hints(_SECTIONS[section] if section else CampaignSpec)
         for f in dataclasses.fields(obj):
             if not (section == "" and f.name in _SECTIONS):
                 problem = _check_field(section, f.name, getattr(obj, f.name), hints[f.name])
@@ -389,7 +390,8 @@ _INT_MIN = {("", "seed"): 0, ("data", "inputs"): 0, ("sampler", "scenarios"): 1,
             ("sampler", "trials"): 0, ("run", "shard_size"): 1, ("run", "batch_size"): 1, ("run", "memory_mb"): 0}
 _UNIT = {("sampler", "margin"): "(0, 1)", ("sampler", "confidence"): "(0, 1)", ("sampler", "p"): "(0, 1)",
          ("sampler", "uniform_share"): "(0, 1]", ("sampler", "rates"): "(0, 1)"}
-_CHOICES: dict[tuple[str, str], tuple[str, ...] | Callable[[], tuple[str, ...]]] = {("data", "select"): ("first", "random"), ("sites", "kinds"): KINDS, ("sites", "pruned"): ("live", "dense"),
+_CHOICES: dict[tuple[str, str], tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
+            ("data", "select"): ("first", "random"), ("sites", "kinds"): KINDS, ("sites", "pruned"): ("live", "dense"),
             ("sampler", "kind"): sampler_kinds, ("sampler", "granularity"): ("network", "layer", "layer_bit"),
             ("run", "mode"): ("fast", "plain")}
 _NONEMPTY = {("model", "names"), ("sites", "include"), ("sites", "kinds")}

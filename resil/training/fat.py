@@ -49,7 +49,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -313,11 +313,11 @@ class _Target:
     relu: nn.Module | None = None                 # operand route: the ReLU producing the operand (its call-th call) ...
     call: int = 0
     chain: tuple[nn.Module, ...] = ()             # ... and the zero-preserving modules between it and the layer
-    param: nn.Parameter | None = None             # sign route: the stored weight ...
+    param: torch.Tensor | None = None             # sign route: the stored weight ...
     side: float = 0.0                             # ... held on this side of zero (the faulty value is then < 0)
 
 
-def _faulty_value(model: nn.Module, fault: FaultSet, sites: SiteList, param: nn.Parameter, flat: int, stored: float) -> float:
+def _faulty_value(model: nn.Module, fault: FaultSet, sites: SiteList, param: torch.Tensor, flat: int, stored: float) -> float:
     """The value the fault gives the weight element when it stores ``stored``."""
     with torch.no_grad():
         old = param.view(-1)[flat].clone()
@@ -365,7 +365,8 @@ def _targets(model: nn.Module, faults: FaultSet, sites: SiteList, x: torch.Tenso
                             t.param, t.side = param, side
                             break
             if mode == "operand" or (mode == "auto" and t.param is None):
-                chain, cur = [], mine[0]
+                chain: list[nn.Module] = []
+                cur = mine[0]
                 while True:
                     prev = [c for c in calls if cur.inp is not None and c.out is cur.inp]
                     if len(prev) != 1:
@@ -420,7 +421,7 @@ def _operand_penalty(t: _Target, z: torch.Tensor, margin: float) -> torch.Tensor
     h = h[:, c_in : c_in + 1]
     one = torch.zeros((1, 1, *mod.kernel_size), dtype=h.dtype)
     one[(0, 0, *t.index[2:])] = 1.0  # a kernel that reads the operand elements the faulty weight reads, at every position
-    pad = mod.padding
+    pad: str | int | tuple[int, ...] = mod.padding
     if mod.padding_mode != "zeros":
         h, pad = F.pad(h, mod._reversed_padding_repeated_twice, mode=mod.padding_mode), 0
     conv = (F.conv1d, F.conv2d, F.conv3d)[len(mod.kernel_size) - 1]
@@ -511,7 +512,7 @@ def _locations(space: object, faults: FaultSet) -> list[int]:
     out = []
     names = [s.name for s in space.sites]  # type: ignore[attr-defined]
     site_of = np.array(faults.site_names, dtype=object)[faults.site] if len(faults) else []
-    for name, index, mask in zip(site_of, faults.index, faults.mask):
+    for name, index, mask in zip(site_of, faults.index, faults.mask, strict=True):
         bit = int(mask).bit_length() - 1
         if name in names and int(mask) == 1 << bit:
             k = names.index(name)
