@@ -405,7 +405,7 @@ class StatisticalSampler(Sampler):
         return min(n, s.max_scenarios) if s.max_scenarios else n
 
     def blocks(self) -> list[tuple[str, int, int]]:
-        return [(n, int(start), int(k)) for n, start, k in zip(self.names, self.starts, self.samples, strict=True)]
+        return [(n, int(start), int(k)) for n, start, k in zip(self.names, self.starts[:-1], self.samples, strict=True)]
 
     def strata(self) -> dict[str, dict[str, int]]:
         """Per stratum: its population, the locations known masked (data-aware) and the sample size."""
