@@ -551,7 +551,7 @@ KEYS = [(s, k) for s, v in VALID.items() if isinstance(v, dict) for k in v] + [(
 def mutated(draw: st.DrawFn) -> dict:
     d = copy.deepcopy(VALID)
     for _ in range(draw(st.integers(1, 4))):
-        section, key = draw(st.sampled_from(KEYS + [("", "extra"), ("sites", "extra")]))
+        section, key = draw(st.sampled_from([*KEYS, ("", "extra"), ("sites", "extra")]))
         target = d if not section else d.setdefault(section, {})
         if not isinstance(target, dict):
             continue

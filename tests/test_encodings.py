@@ -102,7 +102,7 @@ def test_ieee_bit_patterns_round_trip(name, data):
     decoded = enc.decode(codes)
     assert decoded.dtype == enc.dtype
     assert [int(u) for u in decoded.numpy().view(udt)] == patterns
-    for u, v in zip(patterns, decoded.tolist()):
+    for u, v in zip(patterns, decoded.tolist(), strict=True):
         assert same_float(v, float_of_pattern(u, ffmt, ufmt)), hex(u)
 
     values = torch.from_numpy(np.array(patterns, dtype=udt).view(fdt).copy())
@@ -169,7 +169,7 @@ def test_bfloat16_encode_is_upper_half_of_float32_pattern(xs):
     exact = [float_of_pattern(u << 16, "<f", "<I") for u in upper]
     codes = BFLOAT16.encode(torch.tensor(exact, dtype=torch.float32))
     assert codes.tolist() == upper
-    assert [same_float(a, b) for a, b in zip(BFLOAT16.decode(codes).float().tolist(), exact)] == [True] * len(xs)
+    assert [same_float(a, b) for a, b in zip(BFLOAT16.decode(codes).float().tolist(), exact, strict=True)] == [True] * len(xs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def test_int_decode_value(params, data):
     lo, hi = py_qrange(n, signed)
     qs = data.draw(st.lists(q_values(lo, hi), min_size=1, max_size=30))
     got = enc.decode(int64(py_code(q, n) for q in qs)).tolist()
-    for q, v in zip(qs, got):
+    for q, v in zip(qs, got, strict=True):
         assert v == (q - zp) * scale, (q, v, (q - zp) * scale)
 
 
@@ -307,13 +307,11 @@ def test_int_decode_value(params, data):
 @example(params=(24, False, 1.5, 0), data=None).via("regression: float32 decode of 24-bit codes")
 def test_int_round_trip_every_q(params, data):
     """encode(decode(code)) == code for every representable q, any scale and zero point."""
-    n, signed, scale, zp = params
+    n, signed, _, _ = params
     enc = make(params)
     lo, hi = py_qrange(n, signed)
-    if data is None:  # q = 11184814 once decoded to 16777220.0 (float32) and re-encoded to 11184813
-        qs = [11184814]
-    else:
-        qs = data.draw(st.lists(q_values(lo, hi), min_size=1, max_size=30))
+    # q = 11184814 once decoded to 16777220.0 (float32) and re-encoded to 11184813
+    qs = [11184814] if data is None else data.draw(st.lists(q_values(lo, hi), min_size=1, max_size=30))
     codes = [py_code(q, n) for q in qs]
     assert enc.encode(enc.decode(int64(codes))).tolist() == codes
 
@@ -325,7 +323,8 @@ def test_int_encode_float64_values(params, data):
     n, signed, scale, zp = params
     enc = make(params)
     lo, hi = py_qrange(n, signed)
-    near_grid = st.builds(lambda k, f: (k - zp + f) * scale, st.integers(lo - 3, hi + 3), st.sampled_from([0.0, 0.5, -0.5, 0.25, 0.49, 1.5]))
+    near_grid = st.builds(lambda k, f: (k - zp + f) * scale, st.integers(lo - 3, hi + 3),
+                          st.sampled_from([0.0, 0.5, -0.5, 0.25, 0.49, 1.5]))
     vs = data.draw(st.lists(st.one_of(st.floats(allow_nan=False), near_grid), min_size=1, max_size=20))
     codes = enc.encode(torch.tensor(vs, dtype=torch.float64))
     assert codes.dtype == torch.int64
@@ -366,7 +365,7 @@ def test_int_clamps_outside_range(params, k):
 @example(params=(32, True, 0.5, -(2**31) + 1)).via("regression: float32 zero point")
 def test_int_zero_is_the_zero_point(params):
     """The value 0 is stored as q = zero_point, whatever the dtype of the zeros."""
-    n, signed, scale, zp = params
+    n, _, _, zp = params
     enc = make(params)
     expected = py_code(zp, n)
     assert enc.encode(torch.zeros(3, dtype=torch.float64)).tolist() == [expected] * 3

@@ -126,7 +126,7 @@ def check_codes(enc, got: torch.Tensor, expected_patterns: list[int]) -> None:
     storage = decoded.view(torch.int16).numpy().view(np.uint16) if name == "bfloat16" else decoded.numpy().view(FLOATS[name][3])
     assert [int(u) for u in storage] == expected_patterns
     values = decoded.float().tolist() if name == "bfloat16" else decoded.tolist()
-    for u, v in zip(expected_patterns, values):
+    for u, v in zip(expected_patterns, values, strict=True):
         want = float_value(u, name)
         assert (math.isnan(v) and math.isnan(want)) or (v == want and math.copysign(1, v) == math.copysign(1, want)), (hex(u), v, want)
 
@@ -228,10 +228,7 @@ def test_bitflip_low_bits_of_one(name, b):
     enc = FLOATS[name][0]
     one = enc.encode(torch.ones(1))
     out = enc.decode(BitFlip().apply(one, int64([BitFlip().mask([b])]), enc)).double().item()
-    if name == "bfloat16":
-        ulp = 2.0**-7
-    else:
-        ulp = float(np.nextafter(np.array(1, dtype=enc.name), np.array(2, dtype=enc.name))) - 1.0
+    ulp = 2.0**-7 if name == "bfloat16" else float(np.nextafter(np.array(1, dtype=enc.name), np.array(2, dtype=enc.name))) - 1.0
     assert out == 1.0 + ulp * (1 << b)
 
 
@@ -517,11 +514,11 @@ def test_vectorized_bit_models_match_per_element_oracle(kind, data):
     ]:
         masks = int64(model.mask(sorted(s)) for s in sets)
         out = model.apply(codes, masks, enc)
-        check_codes(enc, out, [oracle(u, s) for u, s in zip(us, sets)])
+        check_codes(enc, out, [oracle(u, s) for u, s in zip(us, sets, strict=True)])
         # leading (batch) dimensions broadcast against one mask per element
         out2 = model.apply(batch, masks, enc)
         assert out2.shape == batch.shape
-        assert out2.tolist() == [[to_code(oracle(u, s), bits) for u, s in zip(r, sets)] for r in rows]
+        assert out2.tolist() == [[to_code(oracle(u, s), bits) for u, s in zip(r, sets, strict=True)] for r in rows]
     assert codes.tolist() == [to_code(u, bits) for u in us]  # input untouched
 
 
@@ -538,7 +535,7 @@ def test_vectorized_burst_matches_per_element_oracle(kind, data):
     model = Burst(length)
     masks = torch.from_numpy(model.masks(np.array(starts)))
     out = model.apply(int64(to_code(u, bits) for u in us), masks, enc)
-    check_codes(enc, out, [oracle_flip(u, bits, set(range(s, s + length))) for u, s in zip(us, starts)])
+    check_codes(enc, out, [oracle_flip(u, bits, set(range(s, s + length))) for u, s in zip(us, starts, strict=True)])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -67,7 +67,8 @@ def test_unregistered_models_cannot_be_serialized():
 
 
 def test_step_windows_round_trip():
-    fs = resil.FaultSet.from_faults([resil.Fault("a:out", 0, bit=1, step=3), resil.Fault("a:out", 1, bit=1, step=(2, 5)), resil.Fault("a:out", 2, bit=1)])
+    fs = resil.FaultSet.from_faults([resil.Fault("a:out", 0, bit=1, step=3), resil.Fault("a:out", 1, bit=1, step=(2, 5)),
+                                     resil.Fault("a:out", 2, bit=1)])
     assert fs.t_start.tolist()[:2] == [3, 2] and fs.t_stop.tolist()[:2] == [4, 5]
     assert [f.step for f in resil.FaultSet.from_dict(fs.to_dict())] == [3, (2, 5), None]
     with pytest.raises(resil.FaultError, match=r"empty or negative step window \[4, 4\)"):

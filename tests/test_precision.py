@@ -230,7 +230,8 @@ def test_evaluator_matches_a_direct_faulty_forward(cnn_data):
         ok = torch.isfinite(out).all(1)
         acc = float(((out.argmax(1) == d.y_test) & ok).float().mean())
         changed = float(((out.argmax(1) != golden) | ~ok).float().mean())
-        o = ev.evaluate(resil.FaultSet([fault.site], [np.ravel_multi_index(fault.index, (10, 64)) if fault.site == "fc2.weight" else fault.index], [fault.bits[0]]))
+        index = np.ravel_multi_index(fault.index, (10, 64)) if fault.site == "fc2.weight" else fault.index
+        o = ev.evaluate(resil.FaultSet([fault.site], [index], [fault.bits[0]]))
         assert (o.accuracy, o.changed) == (pytest.approx(acc), pytest.approx(changed))
         assert o.critical == (ev.golden_accuracy - acc >= 0.10)
     assert ev.runs == 3

@@ -81,7 +81,7 @@ def test_hand_computed_pvf_of_a_two_weight_classifier():
     assert (e.trials, e.population, e.exhaustive) == (64, 64, True)
     assert e.incorrect == 10 and e.pvf == 10 / 64
     changed = r.records[r.records.incorrect > 0]
-    assert sorted(zip(changed.element, changed.bit)) == [(0, b) for b in range(24, 32)] + [(1, 24), (1, 30)]
+    assert sorted(zip(changed.element, changed.bit, strict=True)) == [(0, b) for b in range(24, 32)] + [(1, 24), (1, 30)]
 
 
 def oracle_top1(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, float]:
