@@ -24,7 +24,15 @@ import torch
 
 import resil.models as rm
 from resil.campaign.criteria import AccuracyDrop
-from resil.training.fat import accuracy_under, fault_aware_training, search_critical, train_under_faults
+from resil.training.fat import (
+    FATConfig,
+    SearchConfig,
+    TrainingConfig,
+    accuracy_under,
+    fault_aware_training,
+    search_critical,
+    train_under_faults,
+)
 
 
 def main() -> None:
@@ -54,8 +62,8 @@ def main() -> None:
         runs = {}
         for name, sampler, bits in (("uniform", "uniform", "gradient"), ("ISimDL exponential", "importance", "exponential"),
                                     ("ISimDL gradient", "importance", "gradient")):
-            r = [search_critical(model, d.x_test, d.y_test, sx, sy, sampler=sampler, kind=kind, k=args.k, criterion=crit,
-                                 bit_weighting=bits, seed=s, max_trials=args.max_trials) for s in range(args.search_seeds)]
+            search = SearchConfig(sampler=sampler, kind=kind, k=args.k, criterion=crit, bit_weighting=bits, max_trials=args.max_trials)
+            r = [search_critical(model, d.x_test, d.y_test, sx, sy, search, seed=s) for s in range(args.search_seeds)]
             assert all(x.found == args.k for x in r), f"{name}: fewer than {args.k} critical faults within the cap"
             runs[name] = np.array([x.runs for x in r])
         for name, v in runs.items():
@@ -76,11 +84,13 @@ def main() -> None:
         t0 = time.perf_counter()
         rs, plain = [], []
         for seed in range(args.seeds):
-            r = fault_aware_training(rm.load("dense-cnn"), d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, k=args.k,
-                                     criterion=crit, lr=args.lr, seed=seed, max_trials=args.max_trials, progress=False, **kw)
+            config = FATConfig(epochs=args.epochs, seed=seed, search=SearchConfig(k=args.k, criterion=crit, max_trials=args.max_trials),
+                               training=TrainingConfig(lr=args.lr, **kw))
+            r = fault_aware_training(rm.load("dense-cnn"), d.x_train, d.y_train, d.x_test, d.y_test, config, progress=False)
             rs.append(r)
             if not results:  # baseline: the same epochs of ordinary training, then the found faults
-                net = train_under_faults(rm.load("dense-cnn"), None, d.x_train, d.y_train, epochs=args.epochs, lr=args.lr, seed=seed)
+                net = train_under_faults(rm.load("dense-cnn"), None, d.x_train, d.y_train, TrainingConfig(lr=args.lr), epochs=args.epochs,
+                                         seed=seed)
                 plain.append(accuracy_under(net, r.faults, d.x_test, d.y_test))
             pl = f"{plain[-1]:>28.2%}" if plain else ""
             print(f"{seed:<6}{r.search_runs:>8}{r.clean_before:>14.2%}{r.faulty_before:>15.2%}{r.faulty_after:>14.2%}"
@@ -100,7 +110,7 @@ def main() -> None:
         for f in r.faults:
             net = rm.load("dense-cnn")
             before.append(accuracy_under(net, f, d.x_test, d.y_test))
-            train_under_faults(net, f, d.x_train, d.y_train, epochs=args.epochs, lr=args.lr, seed=0)
+            train_under_faults(net, f, d.x_train, d.y_train, TrainingConfig(lr=args.lr), epochs=args.epochs, seed=0)
             after.append(accuracy_under(net, f, d.x_test, d.y_test))
     before, after = np.array(before), np.array(after)
     print(f"{len(before)} faults: accuracy under the fault {before.mean():.2%} before -> {after.mean():.2%} after FAT "

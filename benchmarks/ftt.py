@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 import resil.models as rm
-from resil.training.ftnas import AdSAF, MiBB
 from resil.training import FTTResult, run_ftt
+from resil.training.ftnas import AdSAF, MiBB
 
 MIBB = MiBB(p_m=5e-4)
 ADSAF = AdSAF(p=0.08)

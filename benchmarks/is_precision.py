@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import resil.models as rm
-from resil.analysis.precision import BIT_WEIGHTINGS, precision_study
+from resil.analysis.precision import BIT_WEIGHTINGS, PrecisionConfig, precision_study
 from resil.campaign.criteria import AccuracyDrop
 
 
@@ -44,9 +44,9 @@ def main() -> None:
     target_met = []
     for kind in args.kinds.split(","):
         t0 = time.perf_counter()
-        r = precision_study(model, d.x_test, d.y_test, d.x_train[rows], d.y_train[rows], kind=kind, seeds=tuple(range(args.seeds)),
-                            k=args.k, tau=0.0, criterion=crit, estimate_samples=args.samples, estimate_tau=args.tau,
-                            estimate_weighting=args.estimate_bits, progress=True)
+        config = PrecisionConfig(kind=kind, seeds=tuple(range(args.seeds)), k=args.k, tau=0.0, criterion=crit,
+                                 estimate_samples=args.samples, estimate_tau=args.tau, estimate_weighting=args.estimate_bits)
+        r = precision_study(model, d.x_test, d.y_test, d.x_train[rows], d.y_train[rows], config, progress=True)
         prec = {n: np.array(v) for n, v in r["precision"].items()}
         base = prec["uniform"].mean()
         print(f"\n{kind} faults ({r['space']:,} locations), precision@{args.k}")

@@ -118,8 +118,8 @@ def main() -> None:
     for label, wall in walls.items():
         print(f"{label:12s} {wall:7.1f} s  {args.scenarios / wall:7.1f} scenarios/s  {walls['serial'] / wall:5.2f}x serial")
     print(f"runner build in one process (golden run, sites, sampler): {build:.2f} s")
-    print(f"first worker ({worker_context().get_start_method()}): {spawn:.2f} s to start (a forkserver: its imports, once per run), {build_w:.1f} s to build its runner, "
-          f"{shard:.2f} s per shard of {args.shard_size} scenarios")
+    print(f"first worker ({worker_context().get_start_method()}): {spawn:.2f} s to start (a forkserver: its imports, once per run), "
+          f"{build_w:.1f} s to build its runner, {shard:.2f} s per shard of {args.shard_size} scenarios")
     print(f"cores two busy workers get on this machine now: {cores:.2f} of 2 (2 x one worker alone / both side by side): "
           f"the most two workers can gain over one")
 

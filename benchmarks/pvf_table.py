@@ -25,7 +25,7 @@ import torch
 
 import resil
 import resil.models as rm
-from resil.analysis.pvf import Deviation, PVFResult, pvf
+from resil.analysis.pvf import Deviation, PVFConfig, PVFResult, pvf
 from resil.models import synthetic as syn
 
 MARGIN = 0.01
@@ -71,12 +71,12 @@ def main() -> int:
     # (a) dense CNN ------------------------------------------------------------------------
     t0 = time.perf_counter()
     cnn, digits = rm.load("dense-cnn"), rm.dataset("digits")
-    layers["dense-cnn"] = pvf(cnn, digits.x_test, "layer", trials=2000 // scale, seed=args.seed)
+    layers["dense-cnn"] = pvf(cnn, digits.x_test, "layer", config=PVFConfig(trials=2000 // scale, seed=args.seed))
     fast = time.perf_counter() - t0
     print(layers["dense-cnn"].format(f"(a) dense-cnn, {len(digits.x_test)} digits test images, criterion: top-1 differs from golden",
                                      MARGIN))
     t1 = time.perf_counter()
-    plain = pvf(cnn, digits.x_test, "layer", trials=2000 // scale, seed=args.seed, mode="plain", progress=False)
+    plain = pvf(cnn, digits.x_test, "layer", config=PVFConfig(trials=2000 // scale, seed=args.seed, mode="plain"), progress=False)
     slow = time.perf_counter() - t1
     same = plain.records.equals(layers["dense-cnn"].records)
     print(f"    PVF step: fast {fast:.1f} s, plain (one full forward per trial) {slow:.1f} s, speed-up {slow / fast:.1f}x; "
@@ -89,12 +89,12 @@ def main() -> int:
     dlrm, clicks = syn.load("synthetic-dlrm"), syn.click_data()
     x = clicks.x_test[:512]
     components = {"embedding tables": "emb.*", "bottom MLP": "bottom.*", "top MLP": "top.*"}
-    comp = pvf(dlrm, x, components, trials=2000 // scale, criterion=crit, seed=args.seed)
+    comp = pvf(dlrm, x, components, config=PVFConfig(trials=2000 // scale, criterion=crit, seed=args.seed))
     print(comp.format(f"(b) synthetic-dlrm (test AUC {syn.metric('synthetic-dlrm'):.3f}), {len(x)} test clicks, criterion: {crit} "
                       "(CTR), non-finite incorrect; by component", MARGIN))
-    layers["synthetic-dlrm"] = pvf(dlrm, x, "layer", trials=1000 // scale, criterion=crit, seed=args.seed)
+    layers["synthetic-dlrm"] = pvf(dlrm, x, "layer", config=PVFConfig(trials=1000 // scale, criterion=crit, seed=args.seed))
     print(layers["synthetic-dlrm"].format("    by layer", MARGIN))
-    anyone = pvf(dlrm, x, components, trials=1000 // scale, criterion=crit, per_trial="any", seed=args.seed)
+    anyone = pvf(dlrm, x, components, config=PVFConfig(trials=1000 // scale, criterion=crit, per_trial="any", seed=args.seed))
     print(anyone.format("    by component, per_trial='any' (a trial is incorrect if ANY of the 512 inputs is)"))
     top, emb = comp["top MLP"], comp["embedding tables"]
     verdict = ("REPRODUCED (intervals disjoint)" if top.low > emb.high else
@@ -112,11 +112,11 @@ def main() -> int:
     parts = {"embedding (token + position)": ["embed.*", "pos.*"], "attention (in_proj, out_proj)": "*.self_attn.*",
              "feed-forward (linear1, linear2)": ["*.linear1.*", "*.linear2.*"], "layer norms": ["*norm1.*", "*norm2.*", "norm.*"],
              "classifier head": "head.*"}
-    tcomp = pvf(tf, digits.x_test, parts, trials=1000 // scale, seed=args.seed)
+    tcomp = pvf(tf, digits.x_test, parts, config=PVFConfig(trials=1000 // scale, seed=args.seed))
     print(tcomp.format(f"(c) synthetic-transformer (2 x TransformerEncoderLayer, d_model 32; "
                        f"test accuracy {syn.metric('synthetic-transformer'):.2%}), "
                        f"{len(digits.x_test)} digits test images, top-1 criterion; by component", MARGIN))
-    layers["synthetic-transformer"] = pvf(tf, digits.x_test, "layer", trials=400 // scale, seed=args.seed)
+    layers["synthetic-transformer"] = pvf(tf, digits.x_test, "layer", config=PVFConfig(trials=400 // scale, seed=args.seed))
     print(layers["synthetic-transformer"].format("    by layer (module)", MARGIN))
     print(f"    run time {time.perf_counter() - t0:.1f} s\n")
 

@@ -146,12 +146,12 @@ class IntEncoding(Encoding):
         if not isinstance(self.scale, torch.Tensor) and not isinstance(self.zero_point, torch.Tensor):
             return self
 
-        def pick(v: float | int | torch.Tensor) -> float | int | torch.Tensor:
-            if not isinstance(v, torch.Tensor):
-                return v
+        def pick(v: torch.Tensor) -> torch.Tensor:
             return v.expand(shape).reshape(-1)[flat_index.to(v.device)]
 
-        return IntEncoding(self.bits, self.signed, pick(self.scale), pick(self.zero_point), self.name)
+        scale = pick(self.scale) if isinstance(self.scale, torch.Tensor) else self.scale
+        zero_point = pick(self.zero_point) if isinstance(self.zero_point, torch.Tensor) else self.zero_point
+        return IntEncoding(self.bits, self.signed, scale, zero_point, self.name)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,13 @@ Add your own with a frozen dataclass registered by name::
     @dataclass(frozen=True)
     class Invert(resil.FaultModel):
         uses_bits = False
+        deterministic = True     # a pure function of each stored code
         def apply(self, codes, mask, encoding):
             return codes ^ ((1 << encoding.bits) - 1)
+
+Campaigns know a model only by its declared traits (:attr:`FaultModel.deterministic`,
+:attr:`FaultModel.can_leave_unchanged`, :attr:`FaultModel.stuck_value`, ``uses_bits``,
+``span``), never by its class: a model of your own that declares them is treated as a built-in one.
 """
 
 from __future__ import annotations
@@ -59,6 +64,19 @@ class FaultModel:
     uses_bits: ClassVar[bool] = True
     #: whether the model is a pure XOR with the mask (lets injection merge duplicates by XOR)
     is_xor: ClassVar[bool] = False
+    #: whether each faulty code is a pure function of that element's stored code and mask (no
+    #: draws, no user function): campaigns may then apply it to stored codes ahead of a forward
+    #: pass (masking scenarios that change nothing, recomputing touched channels alone)
+    deterministic: ClassVar[bool] = False
+    #: whether a fault can leave a stored code as it is (a stuck-at on a bit already at its value,
+    #: zeroing a zero); with :attr:`deterministic`, campaigns mask such scenarios without simulating them
+    can_leave_unchanged: ClassVar[bool] = False
+
+    @property
+    def stuck_value(self) -> int | None:
+        """The value (0 or 1) the model forces every named bit to, or None: with a stuck value,
+        data-aware sampling (``[sampler] data_aware``) leaves out the bits already holding it."""
+        return None
 
     @property
     def span(self) -> int:
@@ -102,6 +120,7 @@ class BitFlip(FaultModel):
     """Invert the named bits (one or several)."""
 
     is_xor: ClassVar[bool] = True
+    deterministic: ClassVar[bool] = True
 
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         return codes ^ mask
@@ -141,10 +160,16 @@ class StuckAt(FaultModel):
     """Force the named bits to ``value`` (0 or 1)."""
 
     value: int
+    deterministic: ClassVar[bool] = True
+    can_leave_unchanged: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.value, bool) or self.value not in (0, 1):
             raise FaultError(f"StuckAt takes 0 or 1, not {self.value!r}")
+
+    @property
+    def stuck_value(self) -> int:
+        return self.value
 
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         return codes | mask if self.value else codes & ~mask
@@ -156,6 +181,8 @@ class Zero(FaultModel):
     """Replace the value by the encoding's zero (all bits of the word)."""
 
     uses_bits: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True
+    can_leave_unchanged: ClassVar[bool] = True
 
     def apply(self, codes: torch.Tensor, mask: torch.Tensor, encoding: Encoding) -> torch.Tensor:
         zero = encoding.encode(torch.zeros(codes.shape[-1:], device=codes.device))

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from .errors import FaultError
 from .fault_models import BitFlip, FaultModel, fault_model_from_spec
 
-Index = Union[int, tuple[int, ...]]
-Step = Union[int, tuple[int, int], None]
+Index = int | tuple[int, ...]
+Step = int | tuple[int, int] | None
 
 #: the stop of a time window that never ends: a permanent fault
 FOREVER = 1 << 62
-Bits = Union[int, Sequence[int], None]
+Bits = int | Sequence[int] | None
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ class FaultSet:
     ) -> None:
         columns = (("index", index), ("bit", bit), ("mask", mask), ("batch", batch), ("step", step), ("step_stop", step_stop))
         ints = {k: _int_column(k, v) for k, v in columns if v is not None}
-        lengths = [a.shape for a in ints.values()] + [(len(v),) for v in (site, model) if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str)]
+        lengths = [a.shape for a in ints.values()]
+        lengths += [(len(v),) for v in (site, model) if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str)]
         try:
             n = int(np.prod(np.broadcast_shapes(*lengths))) if lengths else 1
             ints = {k: np.broadcast_to(a, (n,)) for k, a in ints.items()}
@@ -164,7 +165,8 @@ class FaultSet:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def _from_columns(cls, site_names: tuple[str, ...], site: np.ndarray, models: tuple[FaultModel, ...], model: np.ndarray, cols: dict[str, np.ndarray]) -> FaultSet:
+    def _from_columns(cls, site_names: tuple[str, ...], site: np.ndarray, models: tuple[FaultModel, ...], model: np.ndarray,
+                      cols: dict[str, np.ndarray]) -> FaultSet:
         fs = cls.__new__(cls)
         fs.site_names, fs.site, fs.models, fs.model, fs._cols, fs._flags = site_names, site, models, model, cols, {}
         fs._check()
@@ -185,7 +187,7 @@ class FaultSet:
                     f"fault on {f.site!r} has the tuple index {f.index} but the site's shape is unknown; "
                     "give a flat index, or list the sites with an example input: resil.sites(model, x)"
                 )
-            if len(f.index) != len(shape) or any(not 0 <= i < s for i, s in zip(f.index, shape)):
+            if len(f.index) != len(shape) or any(not 0 <= i < s for i, s in zip(f.index, shape, strict=True)):
                 raise FaultError(f"index {tuple(f.index)} is outside site {f.site!r} of shape {tuple(shape)}")
             flat.append(int(np.ravel_multi_index(tuple(f.index), shape)))
         return cls(
@@ -216,7 +218,8 @@ class FaultSet:
         """A plain dict of numpy arrays (site names and model specs as strings)."""
         specs = np.array([m.spec() for m in self.models] or [""], dtype=object)
         names = np.array(self.site_names or ("",), dtype=object)
-        return {"site": names[self.site].astype(str), "model": specs[self.model].astype(str), **{c: v.copy() for c, v in self._cols.items()}}
+        return {"site": names[self.site].astype(str), "model": specs[self.model].astype(str),
+                **{c: v.copy() for c, v in self._cols.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FaultSet:
@@ -236,7 +239,8 @@ class FaultSet:
 
     def __getitem__(self, sel: slice | np.ndarray | Sequence[int]) -> FaultSet:
         """The faults selected by a slice, boolean mask or index array."""
-        return FaultSet._from_columns(self.site_names, self.site[sel], self.models, self.model[sel], {c: v[sel] for c, v in self._cols.items()})
+        cols = {c: v[sel] for c, v in self._cols.items()}
+        return FaultSet._from_columns(self.site_names, self.site[sel], self.models, self.model[sel], cols)
 
     def with_batch(self, batch: np.ndarray) -> FaultSet:
         """The same faults with another batch element per fault (-1: every element).
@@ -261,7 +265,8 @@ class FaultSet:
             )
 
     def __repr__(self) -> str:
-        return f"FaultSet({len(self)} faults on {len(np.unique(self.site))} sites, models: {', '.join(type(m).__name__ for m in self.models)})"
+        models = ", ".join(type(m).__name__ for m in self.models)
+        return f"FaultSet({len(self)} faults on {len(np.unique(self.site))} sites, models: {models})"
 
     @property
     def index(self) -> np.ndarray:

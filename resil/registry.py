@@ -53,6 +53,20 @@ class Registry(Generic[T]):
         """Every registered name, sorted."""
         return sorted(self._classes)
 
+    def classes(self) -> list[type[T]]:
+        """Every registered class, in the order they were registered."""
+        return list(self._classes.values())
+
+    def get(self, name: str) -> type[T]:
+        """The class registered under ``name``.
+
+        Raises:
+            FaultError: for an unknown name, naming the registered ones.
+        """
+        if name not in self._classes:
+            raise FaultError(f"unknown {self.what} {name!r}; registered: {', '.join(self.names())}")
+        return self._classes[name]
+
     def from_spec(self, spec: str) -> T:
         """The config a spec string names, e.g. ``'stuck_at:{"value": 1}'``.
 
@@ -62,9 +76,7 @@ class Registry(Generic[T]):
         if not isinstance(spec, str):
             raise FaultError(f"a {self.what} spec must be a string such as {self.names()[0]!r}, got {type(spec).__name__}")
         name, _, params = spec.partition(":")
-        if name not in self._classes:
-            raise FaultError(f"unknown {self.what} {name!r}; registered: {', '.join(self.names())}")
-        cls = self._classes[name]
+        cls = self.get(name)
         try:
             kwargs: dict[str, Any] = json.loads(params) if params else {}
             if not isinstance(kwargs, dict):

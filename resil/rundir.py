@@ -160,7 +160,8 @@ def read_table(path: str | Path, *, checksum: bool = True) -> pa.Table:
     try:
         return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise FaultError(f"{path} is damaged: not a readable Parquet table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FaultError(f"{path} is damaged: not a readable Parquet table ({why})") from None
 
 
 class RunDirectory:

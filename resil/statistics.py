@@ -196,10 +196,7 @@ def leveugle_sample_size(
             raise FaultError(f"t must be a finite number > 0, got {t!r}")
         t = float(t)
     n_inf = t * t * q * (1 - q) / (e * e)
-    if math.isinf(big_n):
-        n = n_inf
-    else:
-        n = big_n / (1 + (big_n - 1) / n_inf)
+    n = n_inf if math.isinf(big_n) else big_n / (1 + (big_n - 1) / n_inf)
     size = math.ceil(n - n * 1e-12)
     return size if math.isinf(big_n) else min(size, int(big_n))
 
@@ -510,7 +507,7 @@ def scenarios_to_resolve(a: ArrayLike, b: ArrayLike, difference: float, confiden
     if paired:
         sd = float(np.std(x - y, ddof=1)) / 2 if x.size > 1 else 0.5
         def resolved(n: int) -> bool:
-            low, high, _ = _rule((d + 1) / 2, sd, n, c, math.inf, False)
+            low, _, _ = _rule((d + 1) / 2, sd, n, c, math.inf, False)
             return low > 0.5
     else:
         mid = (float(x.mean()) + float(y.mean())) / 2
@@ -697,7 +694,7 @@ def combine_strata(
         value=value,
         low=max(0.0, value - half),
         high=min(1.0, value + half),
-        n=int(round(n.sum())),
+        n=round(n.sum()),
         ess=ess,
         method="stratified",
     )

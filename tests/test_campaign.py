@@ -95,7 +95,7 @@ def test_exhaustive_and_ber_samplers(tmp_path):
     spec = rc.CampaignSpec(sites=rc.SiteSpec(include=("fc2.bias",)), sampler=rc.SamplerSpec(kind="exhaustive"), data=rc.DataSpec(inputs=16))
     df = table(rc.run(spec, tmp_path / "ex"))
     assert len(df) == 10 * 32
-    assert sorted(zip(df.fault_indices.map(lambda v: v[0]), df.bit)) == [(i, b) for i in range(10) for b in range(32)]
+    assert sorted(zip(df.fault_indices.map(lambda v: v[0]), df.bit, strict=True)) == [(i, b) for i in range(10) for b in range(32)]
     ber = rc.CampaignSpec(sites=rc.SiteSpec(include=("fc*",)), sampler=rc.SamplerSpec(kind="ber", rates=(1e-5, 1e-3), scenarios=30),
                           data=rc.DataSpec(inputs=8), run=rc.RunSpec(shard_size=16))
     df = table(rc.run(ber, tmp_path / "ber"))
@@ -188,7 +188,8 @@ def test_fast_mode_skips_stuck_at_faults_that_change_nothing(tmp_path, monkeypat
     # independent count: scenarios where some fault clears a bit that is set in the stored weight
     model = rm.load("dense-cnn")
     params = {n: p.detach().numpy().reshape(-1).view(np.uint32) for n, p in model.named_parameters()}
-    changing = sum(any(int(params[s][i]) & m for s, i, m in zip(r.fault_sites, r.fault_indices, r.fault_masks)) for r in fast.itertuples())
+    changing = sum(any(int(params[s][i]) & m for s, i, m in zip(r.fault_sites, r.fault_indices, r.fault_masks, strict=True))
+                   for r in fast.itertuples())
     assert fast_forwards == changing + 1 and changing < 80  # + the determinism check's second fault-free run
 
 

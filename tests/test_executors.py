@@ -79,6 +79,7 @@ def test_a_dask_cluster_listens_on_localhost_and_a_task_killing_its_workers_is_r
         executor = make_executor("dask", 1)
         assert executor.client.scheduler.address.startswith("tcp://127.0.0.1:")
         assert all(a.startswith("tcp://127.0.0.1:") for a in executor.client.scheduler_info()["workers"])
-        with pytest.raises(FaultError, match=rf"^{out}: worker processes died running shard\(s\) \[0(, 1)?\] .*`resil resume {out}` runs the others$"):
+        died = rf"^{out}: worker processes died running shard\(s\) \[0(, 1)?\] .*`resil resume {out}` runs the others$"
+        with pytest.raises(FaultError, match=died):
             rc.run(spec, out, executor)
     assert frame(rc.resume(out)).equals(frame(rc.run(spec, tmp_path / "serial")))

@@ -7,7 +7,17 @@ from torch import nn
 
 import resil
 import resil.models as rm
-from resil.training.fat import _operand_penalty, _targets, accuracy_under, fault_aware_training, search_critical, train_under_faults
+from resil.training.fat import (
+    FATConfig,
+    SearchConfig,
+    TrainingConfig,
+    _operand_penalty,
+    _targets,
+    accuracy_under,
+    fault_aware_training,
+    search_critical,
+    train_under_faults,
+)
 
 torch.set_num_threads(1)
 
@@ -35,10 +45,10 @@ def test_the_fault_is_in_every_training_forward_and_gone_afterwards(bit):
     net[2].register_forward_pre_hook(lambda m, a: seen.append(u32(m.weight)))
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     opt.register_step_post_hook(lambda o, a, k: clean.append(u32(net[2].weight)))
-    train_under_faults(net, resil.Fault("2.weight", (1, 4), bit=bit), x, y, epochs=2, batch_size=8, optimizer=opt,
-                       sites=sites, neutralise="none", clean_loss=False)  # plain: only faulty forwards
+    plain = TrainingConfig(batch_size=8, neutralise="none", clean_loss=False)  # plain: only faulty forwards
+    train_under_faults(net, resil.Fault("2.weight", (1, 4), bit=bit), x, y, plain, epochs=2, optimizer=opt, sites=sites)
     assert len(seen) == 10 and len(clean) == 11  # 5 steps per epoch; the initial weights and one per step
-    for before, got in zip(clean, seen):  # the forward of step i reads the weights after step i - 1
+    for before, got in zip(clean[:-1], seen, strict=True):  # the forward of step i reads the weights after step i - 1
         expected = before.copy()
         expected[1, 4] ^= np.uint32(1 << bit)  # oracle: XOR on the IEEE bit pattern
         assert np.array_equal(got, expected)
@@ -73,7 +83,8 @@ def test_training_survives_overflowing_faults():
     net = small_net()
     x, y = data()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    train_under_faults(net, [resil.Fault("0.weight", (0, 0), bit=30), resil.Fault("2.weight", (0, 0), bit=30)], x, y, epochs=3, batch_size=8)
+    faults = [resil.Fault("0.weight", (0, 0), bit=30), resil.Fault("2.weight", (0, 0), bit=30)]
+    train_under_faults(net, faults, x, y, TrainingConfig(batch_size=8), epochs=3)
     for n, p in net.named_parameters():
         assert torch.isfinite(p).all(), n
         assert not torch.equal(p, before[n]), n
@@ -83,32 +94,33 @@ def test_bad_input_fails_before_training():
     net = small_net()
     x, y = data()
     w = net[0].weight.detach().clone()
-    with pytest.raises(resil.FaultError, match="unknown site '0.wieght'"):
+    with pytest.raises(resil.FaultError, match=r"unknown site '0.wieght'"):
         train_under_faults(net, resil.Fault("0.wieght", 0, bit=1), x, y)
     with pytest.raises(resil.FaultError, match="bit 40 is outside"):
         train_under_faults(net, resil.Fault("0.weight", 0, bit=40), x, y)
     with pytest.raises(resil.FaultError, match="epochs must be an integer >= 1"):
         train_under_faults(net, None, x, y, epochs=0)
     with pytest.raises(resil.FaultError, match="neutralise must be one of"):
-        train_under_faults(net, None, x, y, neutralise="zero")
+        train_under_faults(net, None, x, y, TrainingConfig(neutralise="zero"))
     with pytest.raises(resil.FaultError, match="margin must be a finite number >= 0"):
-        train_under_faults(net, None, x, y, margin=-1.0)
+        train_under_faults(net, None, x, y, TrainingConfig(margin=-1.0))
     with pytest.raises(resil.FaultError, match="same length"):
         train_under_faults(net, None, x, y[:3])
     assert torch.equal(net[0].weight, w)
     with pytest.raises(resil.FaultError, match="sampler must be"):
-        search_critical(net, x, y, x, y, sampler="random")
-    with pytest.raises(resil.FaultError, match="search_epochs must lie in 0..1"):
-        fault_aware_training(net, x, y, x, y, epochs=2, search_epochs=(2,))
+        search_critical(net, x, y, x, y, SearchConfig(sampler="random"))
+    with pytest.raises(resil.FaultError, match=r"search_epochs must lie in 0..1"):
+        fault_aware_training(net, x, y, x, y, FATConfig(epochs=2, search_epochs=(2,)))
     with pytest.raises(resil.FaultError, match="kind must be one of"):
-        fault_aware_training(net, x, y, x, y, epochs=1, kind="neurons")
+        fault_aware_training(net, x, y, x, y, FATConfig(epochs=1, search=SearchConfig(kind="neurons")))
     assert torch.equal(net[0].weight, w)
 
 
 def test_fault_aware_training_on_the_reference_cnn():
     d = rm.dataset("digits")
     model = rm.load("dense-cnn")
-    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=2, k=2, progress=False, seed=1)
+    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, FATConfig(epochs=2, seed=1, search=SearchConfig(k=2)),
+                             progress=False)
     assert len(r.faults) == 2 and r.search_runs == r.history[0].runs >= 2
     assert [h.epoch for h in r.history] == [0, 1, 2] and all(h.faults == 2 for h in r.history)
     fresh = rm.load("dense-cnn")  # oracle: the given model under the found faults, evaluated directly
@@ -174,7 +186,7 @@ def test_routes_chosen_by_where_the_weight_sits():
     assert last.relu is net[1] and last.param is None
     assert plan(net, resil.Fault("0.weight", (2, 1), bit=30), x, mode="operand") == []  # its operand: the raw input
     assert plan(net, resil.Fault("2.weight", (1, 1), bit=3), x) == []  # not huge: the faulty loss handles it
-    train_under_faults(net, resil.Fault("0.weight", (2, 1), bit=30), x, _, epochs=1, batch_size=8)
+    train_under_faults(net, resil.Fault("0.weight", (2, 1), bit=30), x, _, TrainingConfig(batch_size=8), epochs=1)
     assert float(net[0].weight.detach()[2, 1]) <= -0.1  # projected to the margin on the negative side
 
 
@@ -186,12 +198,12 @@ def test_fat_recovers_from_one_huge_stuck_weight(site):
     xt, yt, x, y = x[300:], y[300:], x[:300], y[:300]
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 3))
-    train_under_faults(net, None, x, y, epochs=30, lr=1e-2, batch_size=32)
+    train_under_faults(net, None, x, y, TrainingConfig(lr=1e-2, batch_size=32), epochs=30)
     w = net.get_parameter(site).detach()
     idx = tuple(int(i) for i in torch.nonzero(w == torch.where(w < 1, w, -1).max())[0])  # largest weight < 1: finite, huge
     fault = resil.Fault(site, idx, bit=30)
     assert accuracy_under(net, None, xt, yt) >= 0.95 and accuracy_under(net, fault, xt, yt) <= 0.3
-    train_under_faults(net, fault, x, y, epochs=10, lr=1e-2, batch_size=32)
+    train_under_faults(net, fault, x, y, TrainingConfig(lr=1e-2, batch_size=32), epochs=10)
     with torch.no_grad(), resil.inject(net, fault):
         out = net(xt)
         assert abs(float(net.get_parameter(site)[idx])) > 1e30  # the fault is really there

@@ -10,8 +10,8 @@ import torch
 import resil
 import resil.models as rm
 from resil.cli import main
-from resil.training.ftnas import AdSAF
 from resil.training import faulty_accuracy
+from resil.training.ftnas import AdSAF
 from resil.training.search import load_found
 
 torch.set_num_threads(1)

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 from resil.campaign.sources import fingerprint_model, fingerprint_tensors
 from resil.cli import main
 from resil.errors import FaultError
-from resil.training.ftnas import AdSAF
 from resil.models import Dataset, Recipe, train
 from resil.training import faulty_accuracy, run_ftt
+from resil.training.ftnas import AdSAF
 
 torch.set_num_threads(1)
 

@@ -12,6 +12,7 @@ import resil
 import resil.models as rm
 from resil.analysis.precision import (
     FaultEvaluator,
+    PrecisionConfig,
     Proposal,
     activation_conductance,
     bit_distribution,
@@ -229,7 +230,8 @@ def test_evaluator_matches_a_direct_faulty_forward(cnn_data):
         ok = torch.isfinite(out).all(1)
         acc = float(((out.argmax(1) == d.y_test) & ok).float().mean())
         changed = float(((out.argmax(1) != golden) | ~ok).float().mean())
-        o = ev.evaluate(resil.FaultSet([fault.site], [np.ravel_multi_index(fault.index, (10, 64)) if fault.site == "fc2.weight" else fault.index], [fault.bits[0]]))
+        index = np.ravel_multi_index(fault.index, (10, 64)) if fault.site == "fc2.weight" else fault.index
+        o = ev.evaluate(resil.FaultSet([fault.site], [index], [fault.bits[0]]))
         assert (o.accuracy, o.changed) == (pytest.approx(acc), pytest.approx(changed))
         assert o.critical == (ev.golden_accuracy - acc >= 0.10)
     assert ev.runs == 3
@@ -250,9 +252,9 @@ def test_found_faults_are_critical_and_importance_finds_them_sooner(cnn_data):
 
 def test_precision_study_reports_every_weighting(cnn_data):
     model, d = cnn_data
-    r = precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], kind="activation", seeds=(0,), k=10,
-                        weightings=("exponential",), progress=False)
+    config = PrecisionConfig(kind="activation", seeds=(0,), k=10, weightings=("exponential",))
+    r = precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], config, progress=False)
     assert set(r["precision"]) == {"uniform", "is-exponential"}
     assert all(0 <= v[0] <= 1 for v in r["precision"].values())
     with pytest.raises(resil.FaultError, match="unknown bit weighting"):
-        precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], weightings=("bad",))
+        precision_study(model, d.x_test, d.y_test, d.x_train[:32], d.y_train[:32], PrecisionConfig(weightings=("bad",)))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import resil
-from resil.analysis.pvf import PVFEstimate, parameter_groups, pvf, trials_needed
+from resil.analysis.pvf import PVFConfig, PVFEstimate, parameter_groups, pvf, trials_needed
 from resil.campaign.criteria import Deviation, Top1, judge
 from resil.models import synthetic as syn
 
@@ -76,12 +76,12 @@ def test_hand_computed_pvf_of_a_two_weight_classifier():
     # w0 = 1.0 (exponent 127): sign (31), exponent MSB (30 -> inf), bits 24..29 (w0 <= 0.25): 8 bits;
     # w1 = 0.4 (exponent 125): bit 24 (exponent 127: 1.6 > 1) and bit 30 (huge): 2 bits.
     net = linear([[1.0], [0.4]])
-    r = pvf(net, torch.ones(1, 1), trials=10_000, progress=False)
+    r = pvf(net, torch.ones(1, 1), config=PVFConfig(trials=10_000), progress=False)
     e = r["(model)"]  # parameters of the model itself (a bare Linear)
     assert (e.trials, e.population, e.exhaustive) == (64, 64, True)
     assert e.incorrect == 10 and e.pvf == 10 / 64
     changed = r.records[r.records.incorrect > 0]
-    assert sorted(zip(changed.element, changed.bit)) == [(0, b) for b in range(24, 32)] + [(1, 24), (1, 30)]
+    assert sorted(zip(changed.element, changed.bit, strict=True)) == [(0, b) for b in range(24, 32)] + [(1, 24), (1, 30)]
 
 
 def oracle_top1(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -114,11 +114,11 @@ def test_exhaustive_pvf_equals_numpy_struct_enumeration():
     net = linear(weight.tolist(), bias.tolist())
     sites = resil.sites(net)
     inputs = torch.from_numpy(x)
-    by_site = pvf(net, inputs, "site", trials=10_000, sites=sites, progress=False)
+    by_site = pvf(net, inputs, "site", config=PVFConfig(trials=10_000), sites=sites, progress=False)
     assert by_site["weight"].exhaustive and by_site["weight"].trials == 12 * 32
     assert by_site["weight"].pvf == pytest.approx(shares[:12].mean(), abs=1e-12)
     assert by_site["bias"].pvf == pytest.approx(shares[12:].mean(), abs=1e-12)
-    anyone = pvf(net, inputs, "network", trials=10_000, per_trial="any", sites=sites, progress=False)["network"]
+    anyone = pvf(net, inputs, "network", config=PVFConfig(trials=10_000, per_trial="any"), sites=sites, progress=False)["network"]
     assert anyone.incorrect == int((shares > 0).sum()) and anyone.population == 15 * 32
     per_bit = by_site.by_bit()
     for b in (0, 23, 30, 31):
@@ -129,9 +129,10 @@ def test_exhaustive_pvf_equals_numpy_struct_enumeration():
 def test_bit_restriction_and_bit_groups_count_the_right_locations():
     net = linear([[1.0, -2.0], [0.5, 0.25]], [0.1, -0.1])
     sites = resil.sites(net)
-    only = pvf(net, torch.ones(2, 2), "network", bits=[30, 31], trials=10_000, sites=sites, progress=False)["network"]
+    only = pvf(net, torch.ones(2, 2), "network", config=PVFConfig(bits=[30, 31], trials=10_000), sites=sites, progress=False)["network"]
     assert only.population == 6 * 2 and only.exhaustive
-    assert set(pvf(net, torch.ones(2, 2), "network", bits=[30, 31], trials=10_000, sites=sites, progress=False).records.bit) == {30, 31}
+    records = pvf(net, torch.ones(2, 2), "network", config=PVFConfig(bits=[30, 31], trials=10_000), sites=sites, progress=False).records
+    assert set(records.bit) == {30, 31}
     groups = parameter_groups(sites, "bit")
     assert list(groups)[:2] == ["bit 0", "bit 1"] and len(groups) == 32
     assert all(g.population == 6 for g in groups.values())
@@ -157,19 +158,20 @@ def test_deviation_threshold_switches_the_criterion():
                     shares.append(bad.mean())
         return float(np.mean(shares))
 
-    results = {t: pvf(net, x, "network", trials=1000, criterion=Deviation(t), progress=False)["network"].pvf for t in (1e-3, 0.05, 1.0)}
+    results = {t: pvf(net, x, "network", config=PVFConfig(trials=1000, criterion=Deviation(t)), progress=False)["network"].pvf
+               for t in (1e-3, 0.05, 1.0)}
     for t, value in results.items():
         assert value == pytest.approx(oracle(t), abs=1e-12)
     assert results[1e-3] > results[0.05] > results[1.0] > 0
     # relative threshold: |dy| > t * |golden| per input
-    rel = pvf(net, x, "network", trials=1000, criterion=Deviation(0.5, relative=True), progress=False)["network"].pvf
+    rel = pvf(net, x, "network", config=PVFConfig(trials=1000, criterion=Deviation(0.5, relative=True)), progress=False)["network"].pvf
     assert results[1.0] < rel <= results[1e-3]
 
 
 def test_non_finite_outputs_are_incorrect_under_any_threshold():
     net = linear([[1.5]], [0.0])  # 1.5 has exponent 127: a flip of bit 30 gives +inf
     x = torch.tensor([[1.0]])
-    r = pvf(net, x, "site", trials=1000, criterion=Deviation(1e300), progress=False)
+    r = pvf(net, x, "site", config=PVFConfig(trials=1000, criterion=Deviation(1e300)), progress=False)
     assert r["weight"].incorrect == 1  # only bit 30 of the weight: inf
     assert r.records.loc[r.records.incorrect > 0, "bit"].tolist() == [30]
     assert r["bias"].incorrect == 0  # 0.0 flipped is finite: within 1e300
@@ -184,16 +186,16 @@ def test_fault_models_multiple_flips_burst_and_ber():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
     x = torch.rand(10, 6)
-    mbf = pvf(net, x, "layer", trials=40, faults_per_trial=3, progress=False)
+    mbf = pvf(net, x, "layer", config=PVFConfig(trials=40, faults_per_trial=3), progress=False)
     assert (mbf.records.n_faults == 3).all() and mbf["0"].trials == 40
-    burst = pvf(net, x, "layer", trials=40, fault_model=resil.Burst(2), progress=False)
+    burst = pvf(net, x, "layer", config=PVFConfig(trials=40, fault_model=resil.Burst(2)), progress=False)
     assert burst["0"].population == 28 * 31 and burst.records.bit.max() <= 30  # start bits 0..30 leave room for 2 bits
-    ber = pvf(net, x, ["0"], trials=300, ber=0.01, progress=False)
+    ber = pvf(net, x, ["0"], config=PVFConfig(trials=300, ber=0.01), progress=False)
     mean, sd = 0.01 * 28 * 32, math.sqrt(28 * 32 * 0.01 * 0.99 / 300)
     assert abs(ber.records.n_faults.mean() - mean) < 5 * sd
-    stuck = pvf(net, x, ["2"], trials=50, fault_model=resil.StuckAt(1), progress=False)
+    stuck = pvf(net, x, ["2"], config=PVFConfig(trials=50, fault_model=resil.StuckAt(1)), progress=False)
     assert stuck["2"].trials == 50
-    zero = pvf(net, x, ["2"], trials=1000, fault_model=resil.Zero(), progress=False)
+    zero = pvf(net, x, ["2"], config=PVFConfig(trials=1000, fault_model=resil.Zero()), progress=False)
     assert zero["2"].population == 15 and zero["2"].exhaustive and (zero.records.bit == -1).all()
 
 
@@ -201,7 +203,7 @@ def test_faulty_runs_leave_the_model_bit_identical():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    pvf(net, torch.rand(4, 6), trials=100, progress=False)
+    pvf(net, torch.rand(4, 6), config=PVFConfig(trials=100), progress=False)
     assert all(torch.equal(before[k].view(torch.int32), v.view(torch.int32)) for k, v in net.state_dict().items())
 
 
@@ -220,26 +222,26 @@ def test_bad_input_fails_clearly_before_any_injection():
         pvf(net, x, "component", progress=False)
     for bad in (0, -5, 2.5):
         with pytest.raises(resil.FaultError, match="trials must be an integer >= 1"):
-            pvf(net, x, trials=bad, progress=False)
+            pvf(net, x, config=PVFConfig(trials=bad), progress=False)
     with pytest.raises(resil.FaultError, match="margin"):
-        pvf(net, x, trials=None, progress=False)
+        pvf(net, x, config=PVFConfig(trials=None), progress=False)
     for bad in (-0.1, float("nan"), float("inf"), "0.1"):
         with pytest.raises(resil.FaultError, match="threshold must be a finite number >= 0"):
             Deviation(bad)  # type: ignore[arg-type]
     with pytest.raises(resil.FaultError, match="criterion"):
-        pvf(net, x, criterion="mse", progress=False)
+        pvf(net, x, config=PVFConfig(criterion="mse"), progress=False)
     with pytest.raises(resil.FaultError, match="per_trial"):
-        pvf(net, x, per_trial="all", progress=False)  # type: ignore[arg-type]
+        pvf(net, x, config=PVFConfig(per_trial="all"), progress=False)  # type: ignore[arg-type]
     with pytest.raises(resil.FaultError, match="bits must be"):
-        pvf(net, x, bits=[32], progress=False)
+        pvf(net, x, config=PVFConfig(bits=[32]), progress=False)
     with pytest.raises(resil.FaultError, match="ber must be in"):
-        pvf(net, x, ber=1.5, progress=False)
+        pvf(net, x, config=PVFConfig(ber=1.5), progress=False)
     with pytest.raises(resil.FaultError, match="either ber or faults_per_trial"):
-        pvf(net, x, ber=0.01, faults_per_trial=2, progress=False)
+        pvf(net, x, config=PVFConfig(ber=0.01, faults_per_trial=2), progress=False)
     with pytest.raises(resil.FaultError, match="inputs"):
         pvf(net, torch.zeros(0, 6), progress=False)
     with pytest.raises(resil.FaultError, match="no group 'fc9'"):
-        pvf(net, x, trials=5, progress=False)["fc9"]
+        pvf(net, x, config=PVFConfig(trials=5), progress=False)["fc9"]
 
 
 # --------------------------------------------------------------------------- synthetic models, discovery
@@ -316,6 +318,7 @@ def test_parameter_faults_apply_on_the_transformer_fast_path(monkeypatch):
 
 def test_dlrm_top_mlp_more_vulnerable_than_embeddings():
     model, d = syn.load("synthetic-dlrm"), syn.click_data()
-    r = pvf(model, d.x_test[:256], {"embedding": "emb.*", "top MLP": "top.*"}, trials=600, criterion=Deviation(0.05), progress=False)
+    r = pvf(model, d.x_test[:256], {"embedding": "emb.*", "top MLP": "top.*"}, config=PVFConfig(trials=600, criterion=Deviation(0.05)),
+            progress=False)
     # point estimates (seeded run); the benchmark separates the intervals with more trials
     assert r["top MLP"].pvf > 3 * r["embedding"].pvf > 0

@@ -27,9 +27,9 @@ def exhaustive(tmp_path_factory):
 
 def lookup(df: pd.DataFrame, sc) -> pd.DataFrame:
     """The rows of drawn scenarios, taken from the exhaustive table (outcomes are deterministic)."""
-    key = {(s[0], i[0], m[0]): r for r, (s, i, m) in enumerate(zip(df.fault_sites, df.fault_indices, df.fault_masks))}
+    key = {(s[0], i[0], m[0]): r for r, (s, i, m) in enumerate(zip(df.fault_sites, df.fault_indices, df.fault_masks, strict=True))}
     names = np.array(sc.faults.site_names)[sc.faults.site]
-    rows = [key[(n, int(i), int(m))] for n, i, m in zip(names, sc.faults.index, sc.faults.mask)]
+    rows = [key[(n, int(i), int(m))] for n, i, m in zip(names, sc.faults.index, sc.faults.mask, strict=True)]
     return df.iloc[rows].assign(scenario=sc.ids, stratum=sc.stratum.astype(str), weight=sc.weight).reset_index(drop=True)
 
 
@@ -57,7 +57,7 @@ def test_sfi_is_within_its_margin_of_exhaustive_fi_in_95_percent_of_seeds(exhaus
 
 
 def test_sfi_campaign_run_matches_the_lookup(exhaustive, tmp_path):
-    spec, df, truth = exhaustive
+    _, df, _ = exhaustive
     sfi = rc.CampaignSpec(sites=SITES, data=DATA, faults=BITS, sampler=rc.SamplerSpec(kind="sfi", margin=0.05, confidence=0.95))
     ran = rc.run(sfi, tmp_path / "sfi").table().to_pandas()
     runner = CampaignRunner(sfi)
@@ -80,7 +80,8 @@ def test_importance_sampling_interval_covers_exhaustive_and_agrees_with_uniform(
         covered += est.low <= truth <= est.high
         estimates.append(est.value)
     assert covered >= 17  # 95% intervals: at least 85% of 20 runs
-    uniform = rc.run(rc.CampaignSpec(sites=SITES, data=DATA, faults=BITS, sampler=rc.SamplerSpec(kind="uniform", scenarios=400)), tmp_path / "u")
+    uniform = rc.run(rc.CampaignSpec(sites=SITES, data=DATA, faults=BITS, sampler=rc.SamplerSpec(kind="uniform", scenarios=400)),
+                     tmp_path / "u")
     u = rc.failure_estimate(uniform)
     assert u.low <= np.mean(estimates) <= u.high  # the same answer as uniform sampling
     assert abs(np.mean(estimates) - truth) < 0.02

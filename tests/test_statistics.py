@@ -35,10 +35,7 @@ Z99 = 2.5758293035489004
 
 
 def leveugle_by_hand(N: float, e: float, t: float, p: float = 0.5) -> int:
-    if math.isinf(N):
-        n = t**2 * p * (1 - p) / e**2
-    else:
-        n = N / (1 + e**2 * (N - 1) / (t**2 * p * (1 - p)))
+    n = t**2 * p * (1 - p) / e**2 if math.isinf(N) else N / (1 + e**2 * (N - 1) / (t**2 * p * (1 - p)))
     assert abs(n - round(n)) > 1e-6, "pick oracle cases away from integers"
     return math.ceil(n)
 
@@ -188,7 +185,7 @@ def test_wilson_matches_scipy() -> None:
     ns = np.array([100, 100, 100, 100, 100, 100, 1000, 251])
     for confidence in (0.9, 0.95, 0.99):
         low, high = wilson_interval(ks, ns, confidence)
-        for i, (k, n) in enumerate(zip(ks, ns)):
+        for i, (k, n) in enumerate(zip(ks, ns, strict=True)):
             ci = scipy_stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
             assert low[i] == pytest.approx(ci.low, abs=1e-10)
             assert high[i] == pytest.approx(ci.high, abs=1e-10)
@@ -268,13 +265,13 @@ def test_defensive_mixture_properties(scores: list[float], a: float) -> None:
 
 
 def test_defensive_mixture_validation() -> None:
-    with pytest.raises(FaultError, match="^scores"):
+    with pytest.raises(FaultError, match=r"^scores"):
         defensive_mixture([1.0, -0.5])
-    with pytest.raises(FaultError, match="^scores"):
+    with pytest.raises(FaultError, match=r"^scores"):
         defensive_mixture([])
-    with pytest.raises(FaultError, match="^scores"):
+    with pytest.raises(FaultError, match=r"^scores"):
         defensive_mixture([1.0, float("inf")])
-    with pytest.raises(FaultError, match="^uniform_share"):
+    with pytest.raises(FaultError, match=r"^uniform_share"):
         defensive_mixture([1.0, 2.0], 1.5)
 
 
@@ -282,18 +279,18 @@ def test_importance_weights_hand() -> None:
     q = np.array([0.1, 0.2, 0.3, 0.4])
     assert importance_weights(q).tolist() == pytest.approx([2.5, 1.25, 1 / 1.2, 0.625])
     assert importance_weights([0.001, 0.5], population=1000).tolist() == pytest.approx([1.0, 0.002])
-    with pytest.raises(FaultError, match="^q must be in"):
+    with pytest.raises(FaultError, match=r"^q must be in"):
         importance_weights([0.0, 1.0])
-    with pytest.raises(FaultError, match="^q must sum to 1"):
+    with pytest.raises(FaultError, match=r"^q must sum to 1"):
         importance_weights([0.2, 0.2])
-    with pytest.raises(FaultError, match="^population"):
+    with pytest.raises(FaultError, match=r"^population"):
         importance_weights([0.2], population=0)
 
 
 def test_importance_estimate_hand() -> None:
     f = [1, 0, 1, 1, 0, 0.5]
     w = [0.3, 2.0, 0.7, 1.1, 0.9, 1.6]
-    y = [fi * wi for fi, wi in zip(f, w)]
+    y = [fi * wi for fi, wi in zip(f, w, strict=True)]
     mean = math.fsum(y) / len(y)
     half = Z95 * statistics.stdev(y) / math.sqrt(len(y))
     e = importance_estimate(f, w)
@@ -304,7 +301,7 @@ def test_importance_estimate_hand() -> None:
 
     sn = importance_estimate(f, w, self_normalized=True)
     sn_value = math.fsum(y) / math.fsum(w)
-    sn_sd = math.sqrt(math.fsum(wi**2 * (fi - sn_value) ** 2 for fi, wi in zip(f, w))) / math.fsum(w)
+    sn_sd = math.sqrt(math.fsum(wi**2 * (fi - sn_value) ** 2 for fi, wi in zip(f, w, strict=True))) / math.fsum(w)
     assert (sn.value, sn.low, sn.high) == pytest.approx((sn_value, sn_value - Z95 * sn_sd, sn_value + Z95 * sn_sd))
 
     # equal weights: ESS = n, and the estimate is the plain mean
@@ -323,17 +320,17 @@ def test_importance_estimate_clip_and_single_sample() -> None:
 
 
 def test_importance_estimate_validation() -> None:
-    with pytest.raises(FaultError, match="^values and weights"):
+    with pytest.raises(FaultError, match=r"^values and weights"):
         importance_estimate([1, 0], [1, 1, 1])
-    with pytest.raises(FaultError, match="^weights"):
+    with pytest.raises(FaultError, match=r"^weights"):
         importance_estimate([1, 0], [1, -1])
-    with pytest.raises(FaultError, match="^values"):
+    with pytest.raises(FaultError, match=r"^values"):
         importance_estimate([1, float("nan")], [1, 1])
-    with pytest.raises(FaultError, match="^values"):
+    with pytest.raises(FaultError, match=r"^values"):
         importance_estimate([], [])
-    with pytest.raises(FaultError, match="^confidence"):
+    with pytest.raises(FaultError, match=r"^confidence"):
         importance_estimate([1, 0], [1, 1], confidence=2)
-    with pytest.raises(FaultError, match="^weights"):
+    with pytest.raises(FaultError, match=r"^weights"):
         importance_estimate([1, 0], [0, 0], self_normalized=True)
 
 
@@ -451,7 +448,7 @@ def test_combine_strata_simulation_variance_and_coverage() -> None:
     truth = K.sum() / N.sum()
     reps = 1500
     k = np.stack(
-        [(rng.random((reps, Nh)).argsort(axis=1)[:, :nh] < Kh).sum(axis=1) for Nh, Kh, nh in zip(N, K, n)], axis=1
+        [(rng.random((reps, Nh)).argsort(axis=1)[:, :nh] < Kh).sum(axis=1) for Nh, Kh, nh in zip(N, K, n, strict=True)], axis=1
     )
     est = [combine_strata(row, n, N) for row in k]
     values = np.array([e.value for e in est])
@@ -487,13 +484,13 @@ def test_bit_planes_against_struct() -> None:
     values = np.array([1.0, -2.5, 0.0, 3.1e-5, -1e30, float("inf")], dtype=np.float32)
     planes = bit_planes(values)
     assert planes.shape == (6, 32) and planes.dtype == np.uint8
-    for v, row in zip(values.tolist(), planes):
+    for v, row in zip(values.tolist(), planes, strict=True):
         (word,) = struct.unpack("<I", struct.pack("<f", v))
         assert row.tolist() == [(word >> b) & 1 for b in range(32)]
     assert bit_planes(np.array([-1], dtype=np.int8)).tolist() == [[1] * 8]
     assert bit_planes(np.array([5], dtype=np.uint16))[0, :4].tolist() == [1, 0, 1, 0]
     assert bit_planes(np.float64([1.0])).shape == (1, 64)
-    with pytest.raises(FaultError, match="^words"):
+    with pytest.raises(FaultError, match=r"^words"):
         bit_planes(np.array(["a"]))
 
 
@@ -518,11 +515,11 @@ def test_data_aware_masked_and_population() -> None:
 
 
 def test_data_aware_validation() -> None:
-    with pytest.raises(FaultError, match="^stored_bit"):
+    with pytest.raises(FaultError, match=r"^stored_bit"):
         data_aware_masked([0, 2], 1)
-    with pytest.raises(FaultError, match="^stuck_value"):
+    with pytest.raises(FaultError, match=r"^stuck_value"):
         data_aware_masked([0, 1], 3)
-    with pytest.raises(FaultError, match="^stored_bit"):
+    with pytest.raises(FaultError, match=r"^stored_bit"):
         data_aware_masked([0.5, 1.0], 1)
-    with pytest.raises(FaultError, match="^stuck_value"):
+    with pytest.raises(FaultError, match=r"^stuck_value"):
         data_aware_masked([0, 1, 1], [0, 1])

@@ -103,12 +103,14 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "bit flip in a data page": (lambda o: flip(part(o, 2), last_page_byte(part(o, 2)), 3), "shard-000002.parquet is damaged: its SHA-256"),
     "bit flip in the footer": (lambda o: flip(part(o, 2), footer_byte(part(o, 2)), 5), "shard-000002.parquet is damaged: its SHA-256"),
     "copied under another shard's name": (lambda o: copy_part(part(o, 0), part(o, 2)),
-                                          r"shard-000002.parquet: it holds 3 scenario ids \(\[0, 1, 2\]...\), not this shard's ids \(6..8\)"),
+                                          r"shard-000002.parquet: it holds 3 scenario ids \(\[0, 1, 2\]...\), "
+                                          r"not this shard's ids \(6..8\)"),
     "copied without its checksum": (lambda o: (checksum_path(part(o, 2)).unlink(), copy_part(part(o, 0), part(o, 2), False)),
                                     "shard-000002.parquet has no checksum file .shard-000002.parquet.sha256"),
     "foreign": (foreign_part, r"shard-000001.parquet is a part of another campaign \(spec [0-9a-f]+, this one [0-9a-f]+\)"),
     "beyond the last shard": (lambda o: copy_part(part(o, 3), part(o, 7)),
-                              r"shard-000007.parquet: it holds 3 scenario ids .*, not this shard's ids \(none: it is no shard of this campaign\)"),
+                              r"shard-000007.parquet: it holds 3 scenario ids .*, "
+                              r"not this shard's ids \(none: it is no shard of this campaign\)"),
 }
 
 
@@ -141,7 +143,7 @@ def test_page_checksums_are_written_and_verified_without_the_sidecar(out: Path) 
     path = part(out, 2)
     checksum_path(path).unlink()
     flip(path, last_page_byte(path), 3)
-    with pytest.raises(FaultError, match="not a readable Parquet table.*CRC checksum verification failed"):
+    with pytest.raises(FaultError, match=r"not a readable Parquet table.*CRC checksum verification failed"):
         read_table(path, checksum=False)
 
 

@@ -16,7 +16,7 @@ import resil
 import resil.campaign as rc
 from resil.analysis.compare import CompareSettings, compare
 from resil.analysis.precision import FaultEvaluator
-from resil.analysis.pvf import pvf
+from resil.analysis.pvf import PVFConfig, pvf
 from resil.report.comparison import write_comparison
 from resil.training.fat import accuracy_under
 
@@ -171,8 +171,8 @@ def test_pvf_study_and_comparison_of_two_user_variants(user_folder, tmp_path):
     dense = user_model(user_folder)
     pruned = user_model(user_folder)
     prune.l1_unstructured(pruned.fc1, "weight", amount=0.5)
-    r = pvf(dense, torch.from_numpy(x), trials=150, progress=False)
-    plain = pvf(dense, torch.from_numpy(x), trials=150, progress=False, mode="plain")
+    r = pvf(dense, torch.from_numpy(x), config=PVFConfig(trials=150), progress=False)
+    plain = pvf(dense, torch.from_numpy(x), config=PVFConfig(trials=150, mode="plain"), progress=False)
     assert r.records.equals(plain.records) and list(r.estimates) == ["conv", "fc1", "fc2"]
     settings = CompareSettings(rates=(1e-4, 1e-2), scenarios=6, trials=80)
     c = compare({"dense": dense, "pruned": pruned}, tmp_path / "cmp", data=(x, y), settings=settings, progress=False)
@@ -182,7 +182,7 @@ def test_pvf_study_and_comparison_of_two_user_variants(user_folder, tmp_path):
     assert set(c.layers.model) == {"dense", "pruned"} and set(c.rates.model) == {"dense", "pruned"}
     # the comparison's PVF per layer is the PVF of the same trials: the fc1 layer of the dense model
     fc1 = c.layers.set_index(["model", "layer"]).loc[("dense", "fc1")]
-    direct = pvf(dense, torch.from_numpy(x), ["fc1"], kinds=("weight",), trials=80, progress=False)["fc1"]
+    direct = pvf(dense, torch.from_numpy(x), ["fc1"], config=PVFConfig(kinds=("weight",), trials=80), progress=False)["fc1"]
     assert fc1.trials == 80 and fc1.pvf == pytest.approx(direct.pvf, abs=0.05)
     # pruned cells are no sites: fewer fault locations in fc1
     assert c.layers.set_index(["model", "layer"]).loc[("pruned", "fc1"), "population"] == fc1.population // 2
@@ -224,7 +224,7 @@ def test_a_nan_output_whose_argmax_is_the_label_is_never_correct(tmp_path):
                    tmp_path / "c", model=net, data=(x, y))
     assert store.manifest()["golden_accuracy"] == 0.0 and (store.table().to_pandas().correct == 0).all()
     # PVF: a trial whose outputs hold a NaN is incorrect on those inputs, whatever their argmax
-    records = pvf(net, x, trials=40, progress=False).records
+    records = pvf(net, x, config=PVFConfig(trials=40), progress=False).records
     assert records.non_finite.sum() > 30 and (records.incorrect >= records.non_finite).all()
     # FAT's accuracy under faults, FTT's faulty accuracy, the precision study's evaluator
     assert accuracy_under(net, None, x, y) == 0.0
@@ -310,22 +310,22 @@ def test_a_pvf_study_is_stored_resumed_and_reported(user_folder, tmp_path):
     x = torch.from_numpy(data_arrays(30)[0])
     model = user_model(user_folder)
     out = tmp_path / "study"
-    first = pvf(model, x, trials=40, progress=False, out=out)
+    first = pvf(model, x, config=PVFConfig(trials=40), progress=False, out=out)
     parts = sorted((out / "parts").glob("shard-*.parquet"))
-    assert len(parts) == 3 and first.records.equals(pvf(model, x, trials=40, progress=False).records)
+    assert len(parts) == 3 and first.records.equals(pvf(model, x, config=PVFConfig(trials=40), progress=False).records)
     stamp = parts[0].stat().st_mtime_ns
     parts[1].unlink()                                     # as if killed while the second group ran
-    again = pvf(model, x, trials=40, progress=False, out=out)
+    again = pvf(model, x, config=PVFConfig(trials=40), progress=False, out=out)
     assert again.records.equals(first.records) and parts[0].stat().st_mtime_ns == stamp and parts[1].exists()
     stored = pd.read_parquet(out / "parts")               # the campaign schema: recount group fc1 by hand
     fc1 = stored[stored.stratum == "fc1"]
     assert first["fc1"].incorrect == pytest.approx(float(((fc1.critical + fc1.non_finite) / fc1.inputs).sum()))
     with pytest.raises(resil.FaultError, match="holds another campaign"):
-        pvf(model, x, trials=41, progress=False, out=out)
+        pvf(model, x, config=PVFConfig(trials=41), progress=False, out=out)
     with torch.no_grad():
         model.fc2.bias[0] += 1
     with pytest.raises(resil.FaultError, match="different model"):
-        pvf(model, x, trials=40, progress=False, out=out)
+        pvf(model, x, config=PVFConfig(trials=40), progress=False, out=out)
     with pytest.raises(resil.FaultError, match="PVF study"):
         rc.resume(out)
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0

@@ -63,6 +63,7 @@ __all__ = [
     "BIT_WEIGHTINGS",
     "FaultEvaluator",
     "Outcome",
+    "PrecisionConfig",
     "Proposal",
     "Search",
     "activation_conductance",
@@ -151,7 +152,10 @@ def float32_bit_derivatives(values: torch.Tensor | np.ndarray) -> np.ndarray:
         >>> float(d[22]), float(d[31])           # 2^-1 for the mantissa MSB, -2|v| for the sign
         (0.5, -3.0)
     """
-    v = torch.as_tensor(np.asarray(values, dtype=np.float32)) if not isinstance(values, torch.Tensor) else values.detach().to(torch.float32).cpu()
+    if isinstance(values, torch.Tensor):
+        v = values.detach().to(torch.float32).cpu()
+    else:
+        v = torch.as_tensor(np.asarray(values, dtype=np.float32))
     raw = v.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     bits = ((raw[..., None] >> torch.arange(32)) & 1).to(torch.float64).requires_grad_(True)
     with torch.enable_grad():
@@ -455,11 +459,12 @@ def isimdl_proposal(
     tau = float(tau)
     layer_names = [layer_of(s) for s in space.sites]
     layers = list(dict.fromkeys(layer_names))
-    layer_total = {l: sum(float(np.abs(sens[s.name][e]).sum()) for s, e, ln in zip(space.sites, space.elements, layer_names) if ln == l)
-                   for l in layers}
-    layer_size = {l: sum(len(e) for e, ln in zip(space.elements, layer_names) if ln == l) for l in layers}
+    layer_total = {layer: sum(float(np.abs(sens[s.name][e]).sum())
+                              for s, e, ln in zip(space.sites, space.elements, layer_names, strict=True) if ln == layer)
+                   for layer in layers}
+    layer_size = {layer: sum(len(e) for e, ln in zip(space.elements, layer_names, strict=True) if ln == layer) for layer in layers}
     q = np.empty(space.total)
-    for k, (site, elements, bits) in enumerate(zip(space.sites, space.elements, space.bits)):
+    for k, (site, elements, bits) in enumerate(zip(space.sites, space.elements, space.bits, strict=True)):
         layer = layer_names[k]
         s = np.abs(sens[site.name][elements])
         total = layer_total[layer]
@@ -508,8 +513,9 @@ class FaultEvaluator:
         (1.0, False, 1)
     """
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: Criterion | str = AccuracyDrop(),
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: Criterion | str | None = None,
                  *, sites: SiteList | None = None, batch_size: int = 512) -> None:
+        criterion = AccuracyDrop() if criterion is None else criterion
         _check_batch(model, inputs)
         labels = torch.as_tensor(labels).reshape(-1)
         if len(labels) != len(inputs):
@@ -536,7 +542,7 @@ class FaultEvaluator:
         n = len(self.evaluator.inputs)
         critical = self.evaluator.critical(counts)
         return [Outcome(c / n, (k + f) / n, self.golden_accuracy - c / n, bool(x))
-                for c, k, f, x in zip(counts["correct"], counts["critical"], counts["non_finite"], critical)]
+                for c, k, f, x in zip(counts["correct"], counts["critical"], counts["non_finite"], critical, strict=True)]
 
     def evaluate_locations(self, proposal: Proposal, flat: Iterable[int], *, progress: bool = False) -> list[Outcome]:
         """Outcomes of single faults at flat locations of ``proposal.space`` (each location simulated once)."""
@@ -545,7 +551,7 @@ class FaultEvaluator:
         with tqdm(total=len(todo), desc="faults", disable=not progress, leave=False) as bar:
             for start in range(0, len(todo), 256):
                 chunk = todo[start : start + 256]
-                for f, o in zip(chunk, self.evaluate_many([proposal.faults(f) for f in chunk])):
+                for f, o in zip(chunk, self.evaluate_many([proposal.faults(f) for f in chunk]), strict=True):
                     self._cache[(id(proposal.space), f)] = o
                 bar.update(len(chunk))
         return [self._cache[(id(proposal.space), f)] for f in flat]
@@ -618,7 +624,7 @@ def sample_until_critical(proposal: Proposal, evaluator: FaultEvaluator, k: int 
         chunk = list(itertools.islice(stream, min(batch, max_trials - runs)))
         if not chunk:
             break
-        for f, outcome in zip(chunk, evaluator.evaluate_many([proposal.faults(f) for f in chunk], count=False)):
+        for f, outcome in zip(chunk, evaluator.evaluate_many([proposal.faults(f) for f in chunk], count=False), strict=True):
             runs += 1
             if outcome.critical:
                 found.append(f)
@@ -633,22 +639,54 @@ def sample_until_critical(proposal: Proposal, evaluator: FaultEvaluator, k: int 
 # --------------------------------------------------------------------------- study
 
 
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """What :func:`precision_study` measures (checked when built).
+
+    Attributes:
+        kind: ``weight`` or ``activation`` faults.
+        weightings: the ISimDL bit weightings compared with uniform sampling.
+        seeds: one precision@k per seed and sampler.
+        k: distinct faults per seed.
+        tau: ISimDL ``random_threshold`` of the precision runs.
+        criterion: when a fault is critical (default: accuracy drop >= 10 points).
+        estimate_samples: i.i.d. draws for the failure-rate estimates (0: none).
+        estimate_tau: ISimDL ``random_threshold`` of the re-weighted estimate.
+        estimate_weighting: bit weighting of the re-weighted estimate.
+
+    Example:
+        >>> PrecisionConfig(k=10, seeds=(0,)).weightings
+        ('uniform', 'linear', 'exponential', 'gradient')
+    """
+
+    kind: str = "weight"
+    weightings: Sequence[str] = BIT_WEIGHTINGS
+    seeds: Sequence[int] = (0, 1, 2)
+    k: int = 100
+    tau: float = 0.0
+    criterion: Criterion | str = field(default_factory=AccuracyDrop)
+    estimate_samples: int = 0
+    estimate_tau: float = 0.1
+    estimate_weighting: str = "exponential"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise FaultError(f"k must be an integer >= 1, got {self.k!r}")
+        if not self.seeds:
+            raise FaultError("seeds must not be empty")
+        for w in (*self.weightings, self.estimate_weighting):
+            if w not in BIT_WEIGHTINGS:
+                raise FaultError(f"unknown bit weighting {w!r}; choose one of {list(BIT_WEIGHTINGS)}")
+
+
 def precision_study(
     model: nn.Module,
     eval_inputs: torch.Tensor,
     eval_labels: torch.Tensor,
     sens_inputs: torch.Tensor,
     sens_labels: torch.Tensor,
+    config: PrecisionConfig | None = None,
     *,
-    kind: str = "weight",
-    weightings: Sequence[str] = BIT_WEIGHTINGS,
-    seeds: Sequence[int] = (0, 1, 2),
-    k: int = 100,
-    tau: float = 0.0,
-    criterion: Criterion | str = AccuracyDrop(),
-    estimate_samples: int = 0,
-    estimate_tau: float = 0.1,
-    estimate_weighting: str = "exponential",
     progress: bool = True,
 ) -> dict[str, object]:
     """Precision@k of ISimDL importance sampling (each bit weighting) vs uniform sampling, and
@@ -657,42 +695,36 @@ def precision_study(
     Precision uses ``k`` distinct faults per seed; the estimates use ``estimate_samples`` i.i.d.
     draws from uniform sampling (Wilson 95% interval) and from ISimDL with ``estimate_tau``
     (unbiased mean of p/q-weighted critical indicators, CLT 95% interval). Both use the same
-    criterion and evaluation set.
+    criterion and evaluation set (``config``: :class:`PrecisionConfig`).
 
     Returns:
         ``{"golden_accuracy", "precision": {"uniform" | "is-<weighting>": [per seed]},
         "uniform_estimate": (rate, low, high),
         "is_estimate": Estimate, "runs": int}``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise FaultError(f"k must be an integer >= 1, got {k!r}")
-    if not seeds:
-        raise FaultError("seeds must not be empty")
-    for w in (*weightings, estimate_weighting):
-        if w not in BIT_WEIGHTINGS:
-            raise FaultError(f"unknown bit weighting {w!r}; choose one of {list(BIT_WEIGHTINGS)}")
-    evaluator = FaultEvaluator(model, eval_inputs, eval_labels, criterion)
-    space = select_space(evaluator.sites, kind)
+    c = config or PrecisionConfig()
+    evaluator = FaultEvaluator(model, eval_inputs, eval_labels, c.criterion)
+    space = select_space(evaluator.sites, c.kind)
     proposals = [uniform_proposal(space)] + [
-        isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=w, tau=tau) for w in weightings]
+        isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=w, tau=c.tau) for w in c.weightings]
     precision: dict[str, list[float]] = {}
-    bar = tqdm(total=len(proposals) * len(seeds), desc=f"precision@{k} ({kind})", disable=not progress)
+    bar = tqdm(total=len(proposals) * len(c.seeds), desc=f"precision@{c.k} ({c.kind})", disable=not progress)
     for p in proposals:
         name = "uniform" if p.name == "uniform" else "is-" + p.name.split("-")[1]
-        for seed in seeds:
-            crit = [o.critical for o in evaluator.evaluate_locations(p, p.draw(k, seed, distinct=True))]
-            precision.setdefault(name, []).append(precision_at_k(crit, k))
+        for seed in c.seeds:
+            crit = [o.critical for o in evaluator.evaluate_locations(p, p.draw(c.k, seed, distinct=True))]
+            precision.setdefault(name, []).append(precision_at_k(crit, c.k))
             bar.update()
     bar.close()
     result: dict[str, object] = {"golden_accuracy": evaluator.golden_accuracy, "precision": precision, "space": space.total}
-    if estimate_samples:
+    if c.estimate_samples:
         uni = proposals[0]
-        flat_u = uni.draw(estimate_samples, 10_000)
+        flat_u = uni.draw(c.estimate_samples, 10_000)
         crit_u = np.array([o.critical for o in evaluator.evaluate_locations(uni, flat_u, progress=progress)], dtype=float)
         low, high = wilson_interval(int(crit_u.sum()), len(crit_u))
         result["uniform_estimate"] = (float(crit_u.mean()), float(low), float(high))
-        isp = isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=estimate_weighting, tau=estimate_tau)
-        flat_q = isp.draw(estimate_samples, 20_000)
+        isp = isimdl_proposal(model, sens_inputs, sens_labels, space, bit_weighting=c.estimate_weighting, tau=c.estimate_tau)
+        flat_q = isp.draw(c.estimate_samples, 20_000)
         crit_q = np.array([o.critical for o in evaluator.evaluate_locations(isp, flat_q, progress=progress)], dtype=float)
         est: Estimate = importance_estimate(crit_q, isp.weights(flat_q), clip=True)
         result["is_estimate"] = est

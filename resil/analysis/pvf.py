@@ -31,9 +31,9 @@ a trial in which no bit flipped counts as correct).
 
 Example:
     >>> import torch, resil
-    >>> from resil.analysis.pvf import pvf
+    >>> from resil.analysis.pvf import PVFConfig, pvf
     >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
-    >>> result = pvf(net, torch.rand(8, 4), trials=50, progress=False)
+    >>> result = pvf(net, torch.rand(8, 4), config=PVFConfig(trials=50), progress=False)
     >>> est = result["0"]                     # the layer "0": weight and bias, 15 x 32 bit locations
     >>> est.trials, est.population, 0 <= est.low <= est.pvf <= est.high <= 1
     (50, 480, True)
@@ -61,12 +61,13 @@ from tqdm.auto import tqdm
 from ..campaign.criteria import AccuracyDrop, Criterion, Deviation, Top1, criterion_from_spec
 from ..campaign.evaluator import Evaluator, scenarios_of
 from ..campaign.runner import describe
+from ..campaign.samplers import PVF_STUDY
 from ..campaign.sources import fingerprint_model, fingerprint_tensors
 from ..campaign.space import FaultSpace, layer_of
 from ..campaign.store import Store
 from ..discovery import sites as list_sites
 from ..errors import FaultError
-from ..fault_models import BitFlip, Burst, FaultModel
+from ..fault_models import BitFlip, FaultModel
 from ..faults import FaultSet
 from ..site import Site, SiteList
 from ..statistics import leveugle_sample_size, scenario_estimate
@@ -75,6 +76,7 @@ __all__ = [
     "PARAMETER_KINDS",
     "Criterion",
     "Deviation",
+    "PVFConfig",
     "PVFEstimate",
     "PVFResult",
     "ParameterGroup",
@@ -125,7 +127,7 @@ class ParameterGroup:
                 [b for b in (self.bits if self.bits is not None else range(s.bits)) if b + width_bits <= s.bits], dtype=np.int64)
             elements.append(s.elements())
             bits.append(allowed)
-        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
+        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits, strict=True)], dtype=np.int64)
         return FaultSpace(self.sites, tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])
 
     @property
@@ -204,7 +206,8 @@ def parameter_groups(
         for name in names:
             chosen = [s for s in params if layer_of(s) == name] or [s for s in params if s.name == name]
             if not chosen:
-                raise FaultError(f"unknown group {name!r}: no layer or parameter site of that name{_closest(name, [*layers, *(s.name for s in params)])}")
+                hint = _closest(name, [*layers, *(s.name for s in params)])
+                raise FaultError(f"unknown group {name!r}: no layer or parameter site of that name{hint}")
             groups[name] = chosen
     return {k: ParameterGroup(k, tuple(v), bits) for k, v in groups.items()}
 
@@ -338,12 +341,14 @@ class PVFResult:
 # --------------------------------------------------------------------------- estimation
 
 
-def _run_group(evaluator: Evaluator, space: FaultSpace, fm: FaultModel, n: int, single: bool, seed: int, g_pos: int,
-               ber: float | None, faults_per_trial: int, name: str, offset: int, bar: tqdm) -> dict[str, Any]:
-    """The campaign columns of one group's ``n`` trials (scenario ids from ``offset``), evaluated in chunks."""
-    order = np.random.default_rng([seed, g_pos]).permutation(space.total)[:n] if single else None
+def _run_group(evaluator: Evaluator, space: FaultSpace, c: PVFConfig, n: int, g_pos: int, name: str, offset: int,
+               bar: tqdm) -> dict[str, Any]:
+    """The campaign columns of group ``g_pos``'s ``n`` trials (scenario ids from ``offset``), evaluated in chunks."""
+    fm, ber = c.fault_model, c.ber
+    order = np.random.default_rng([c.seed, g_pos]).permutation(space.total)[:n] if c.single else None
     names = np.array([s.name for s in space.sites])
-    trials_flat = [order[i : i + 1] if order is not None else _multi(space.total, seed, g_pos, i, ber, faults_per_trial) for i in range(n)]
+    trials_flat = [order[i : i + 1] if order is not None else _multi(space.total, c.seed, g_pos, i, ber, c.faults_per_trial)
+                   for i in range(n)]
     parts = []
     for chunk in range(0, n, _CHUNK):
         sets = []
@@ -351,11 +356,12 @@ def _run_group(evaluator: Evaluator, space: FaultSpace, fm: FaultModel, n: int, 
             site, element, bit = space.locate(flat)
             sets.append(FaultSet(site=names[site], index=element, bit=bit if fm.uses_bits else None, model=fm))
         sc = scenarios_of(sets, np.arange(offset + chunk, offset + chunk + len(sets)))
-        sc = dataclasses.replace(sc, stratum=np.full(len(sets), name, dtype=object), rate=np.full(len(sets), np.nan if ber is None else ber))
+        sc = dataclasses.replace(sc, stratum=np.full(len(sets), name, dtype=object),
+                                 rate=np.full(len(sets), np.nan if ber is None else ber))
         counts = evaluator.evaluate(sc)
         parts.append({**describe(sc, space), "inputs": np.full(len(sets), len(evaluator.inputs), dtype=np.int64), **counts})
         bar.update(len(sets))
-    return {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else sum((p[k] for p in parts), []))
+    return {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else [v for p in parts for v in p[k]])
             for k in parts[0]}
 
 
@@ -384,7 +390,7 @@ def _study_store(out: Any, settings: dict[str, Any], model: nn.Module, evaluator
     digest = hashlib.sha256(json.dumps({"pvf": settings}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     store = Store(out)
     manifest = {
-        "version": 1, "name": "pvf", "model": type(model).__name__, "spec": settings, "spec_hash": digest, "sampler": "pvf",
+        "version": 1, "name": "pvf", "model": type(model).__name__, "spec": settings, "spec_hash": digest, "sampler": PVF_STUDY,
         "fingerprint": {"model": fingerprint_model(model), "inputs": fingerprint_tensors(evaluator.inputs, None)},
         "live": {"model": True, "data": True}, "criterion": evaluator.criterion.spec(), "labels": False, "inputs": len(evaluator.inputs),
         "scenarios": sum(n for n, _ in plan.values()), "shards": len(spaces), "golden_accuracy": None,
@@ -397,25 +403,105 @@ def _study_store(out: Any, settings: dict[str, Any], model: nn.Module, evaluator
     return store
 
 
+def _int_at_least_1(name: str, v: object) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise FaultError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+@dataclass(frozen=True)
+class PVFConfig:
+    """How :func:`pvf` samples and judges trials (checked when built).
+
+    Attributes:
+        trials: N per group (capped at the group's locations when one location is drawn per
+            trial: then every location is injected once). None: use ``margin``.
+        margin: with ``trials=None``, N per group = :func:`trials_needed` (``margin``,
+            ``confidence``, the group's population, p = 0.5).
+        confidence: confidence level of the intervals.
+        fault_model: a resil fault model (default :class:`~resil.BitFlip`, one bit).
+        faults_per_trial: k >= 1 distinct fault locations per trial (k bit flips: MBF).
+        ber: instead of a fixed count, every bit of the group is faulty with probability ``ber``.
+        bits: restrict faults to these bit positions.
+        criterion: ``"top1"`` / :class:`Top1`, or :class:`Deviation` (threshold on the output).
+        per_trial: ``"fraction"`` (share of inputs incorrect) or ``"any"`` (some input incorrect).
+        kinds: site kinds treated as parameters.
+        seed: random seed.
+        batch_size: inputs per forward pass.
+        mode: ``fast`` (many trials per forward pass, :class:`~resil.campaign.evaluator.Evaluator`)
+            or ``plain`` (one full forward per trial); the results are identical.
+
+    Example:
+        >>> PVFConfig(trials=None, margin=0.05).margin
+        0.05
+    """
+
+    trials: int | None = 1000
+    margin: float | None = None
+    confidence: float = 0.95
+    fault_model: FaultModel = field(default_factory=BitFlip)
+    faults_per_trial: int = 1
+    ber: float | None = None
+    bits: Sequence[int] | None = None
+    criterion: Criterion | str = "top1"
+    per_trial: Literal["fraction", "any"] = "fraction"
+    kinds: Sequence[str] = PARAMETER_KINDS
+    seed: int = 0
+    batch_size: int = 512
+    mode: str = "fast"
+
+    def __post_init__(self) -> None:
+        _criterion(self.criterion)
+        fm = self.fault_model
+        if not isinstance(fm, FaultModel):
+            raise FaultError(f"fault_model must be a resil FaultModel, got {fm!r}")
+        if self.per_trial not in ("fraction", "any"):
+            raise FaultError(f"per_trial must be 'fraction' or 'any', got {self.per_trial!r}")
+        if not 0 < self.confidence < 1:
+            raise FaultError(f"confidence must be in (0, 1), got {self.confidence!r}")
+        if self.trials is None:
+            if self.margin is None or not 0 < self.margin < 1:
+                raise FaultError(f"with trials=None give a margin in (0, 1), got {self.margin!r}")
+        else:
+            _int_at_least_1("trials", self.trials)
+        _int_at_least_1("faults_per_trial", self.faults_per_trial)
+        if self.ber is not None:
+            if self.faults_per_trial != 1:
+                raise FaultError("give either ber or faults_per_trial, not both")
+            if isinstance(self.ber, bool) or not isinstance(self.ber, (int, float)) or not 0 < self.ber < 1:
+                raise FaultError(f"ber must be in (0, 1), got {self.ber!r}")
+            if not fm.uses_bits:
+                raise FaultError(f"ber needs a bit-level fault model, not {type(fm).__name__}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise FaultError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+    @property
+    def single(self) -> bool:
+        """Whether each trial is one fault location (drawn without replacement)."""
+        return self.ber is None and self.faults_per_trial == 1
+
+    def plan(self, spaces: Mapping[str, FaultSpace]) -> dict[str, tuple[int, bool]]:
+        """Per group: the trials to run and whether they inject every location (exhaustive)."""
+        plan: dict[str, tuple[int, bool]] = {}
+        for name, space in spaces.items():
+            n = int(self.trials) if self.trials is not None else trials_needed(self.margin, self.confidence, space.total)  # type: ignore[arg-type]
+            plan[name] = (min(n, space.total), n >= space.total) if self.single else (n, False)
+        return plan
+
+    def settings(self, groups: Any, plan: Mapping[str, tuple[int, bool]]) -> dict[str, Any]:
+        """What a stored study is identified by (its run directory's spec)."""
+        return {"groups": groups if isinstance(groups, (str, Mapping)) else list(groups), "plan": {k: v[0] for k, v in plan.items()},
+                "confidence": self.confidence, "fault_model": self.fault_model.spec(), "faults_per_trial": self.faults_per_trial,
+                "ber": self.ber, "bits": None if self.bits is None else list(self.bits), "criterion": _criterion(self.criterion).spec(),
+                "kinds": list(self.kinds), "seed": self.seed}
+
+
 def pvf(
     model: nn.Module,
     inputs: torch.Tensor,
     groups: str | Mapping[str, str | Sequence[str]] | Sequence[str] = "layer",
+    config: PVFConfig | None = None,
     *,
-    trials: int | None = 1000,
-    margin: float | None = None,
-    confidence: float = 0.95,
-    fault_model: FaultModel | None = None,
-    faults_per_trial: int = 1,
-    ber: float | None = None,
-    bits: Sequence[int] | None = None,
-    criterion: Criterion | str = "top1",
-    per_trial: Literal["fraction", "any"] = "fraction",
-    kinds: Sequence[str] = PARAMETER_KINDS,
-    seed: int = 0,
-    batch_size: int = 512,
     sites: SiteList | None = None,
-    mode: str = "fast",
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> PVFResult:
@@ -431,23 +517,8 @@ def pvf(
         inputs: the evaluation inputs, one tensor ``[B, ...]``.
         groups: parameter groups, see :func:`parameter_groups` (``"layer"``, ``"site"``,
             ``"network"``, ``"bit"``, ``{name: globs}``, or a list of layer names).
-        trials: N per group (capped at the group's locations when one location is drawn per
-            trial: then every location is injected once). None: use ``margin``.
-        margin: with ``trials=None``, N per group = :func:`trials_needed` (``margin``,
-            ``confidence``, the group's population, p = 0.5).
-        confidence: confidence level of the intervals.
-        fault_model: a resil fault model (default :class:`~resil.BitFlip`, one bit).
-        faults_per_trial: k >= 1 distinct fault locations per trial (k bit flips: MBF).
-        ber: instead of a fixed count, every bit of the group is faulty with probability ``ber``.
-        bits: restrict faults to these bit positions.
-        criterion: ``"top1"`` / :class:`Top1`, or :class:`Deviation` (threshold on the output).
-        per_trial: ``"fraction"`` (share of inputs incorrect) or ``"any"`` (some input incorrect).
-        kinds: site kinds treated as parameters.
-        seed: random seed.
-        batch_size: inputs per forward pass.
+        config: trials, fault model, criterion ... (default :class:`PVFConfig`: 1000 single bit flips per group, top-1).
         sites: the model's sites, if already listed.
-        mode: ``fast`` (many trials per forward pass, :class:`~resil.campaign.evaluator.Evaluator`)
-            or ``plain`` (one full forward per trial); the results are identical.
         out: a run directory to store the study in: a campaign directory with one part per group
             (the trials' faults and outcome counts), so a killed study resumes where it stopped
             when called again with the same arguments, and ``resil report`` draws it; another
@@ -461,76 +532,49 @@ def pvf(
         FaultError: before any injection, for bad arguments (unknown group, trials < 1, bad
             threshold, bits outside the encoding, incompatible options).
     """
-    crit = _criterion(criterion)
-    fm = BitFlip() if fault_model is None else fault_model
-    if not isinstance(fm, FaultModel):
-        raise FaultError(f"fault_model must be a resil FaultModel, got {fault_model!r}")
-    if per_trial not in ("fraction", "any"):
-        raise FaultError(f"per_trial must be 'fraction' or 'any', got {per_trial!r}")
-    if not 0 < confidence < 1:
-        raise FaultError(f"confidence must be in (0, 1), got {confidence!r}")
-    if trials is None:
-        if margin is None or not 0 < margin < 1:
-            raise FaultError(f"with trials=None give a margin in (0, 1), got {margin!r}")
-    elif isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise FaultError(f"trials must be an integer >= 1, got {trials!r}")
-    if isinstance(faults_per_trial, bool) or not isinstance(faults_per_trial, (int, np.integer)) or faults_per_trial < 1:
-        raise FaultError(f"faults_per_trial must be an integer >= 1, got {faults_per_trial!r}")
-    if ber is not None:
-        if faults_per_trial != 1:
-            raise FaultError("give either ber or faults_per_trial, not both")
-        if isinstance(ber, bool) or not isinstance(ber, (int, float)) or not 0 < ber < 1:
-            raise FaultError(f"ber must be in (0, 1), got {ber!r}")
-        if not fm.uses_bits:
-            raise FaultError(f"ber needs a bit-level fault model, not {type(fm).__name__}")
+    c = config or PVFConfig()
+    crit, fm = _criterion(c.criterion), c.fault_model
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or len(inputs) < 1:
         raise FaultError("inputs must be a tensor [B, ...] with B >= 1")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FaultError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     site_list = sites if sites is not None else list_sites(model)
-    chosen = parameter_groups(site_list, groups, kinds=kinds, bits=bits)
-    width = fm.length if isinstance(fm, Burst) else 1
-    spaces = {name: g.locations(width, whole_word=not fm.uses_bits) for name, g in chosen.items()}
+    chosen = parameter_groups(site_list, groups, kinds=c.kinds, bits=c.bits)
+    spaces = {name: g.locations(fm.span, whole_word=not fm.uses_bits) for name, g in chosen.items()}
     for name, space in spaces.items():
         if space.total == 0:
-            raise FaultError(f"group {name!r} has no fault locations for {type(fm).__name__} with bits {bits}")
-    single = ber is None and faults_per_trial == 1
-    plan: dict[str, tuple[int, bool]] = {}
-    for name, space in spaces.items():
-        n = int(trials) if trials is not None else trials_needed(margin, confidence, space.total)  # type: ignore[arg-type]
-        plan[name] = (min(n, space.total), n >= space.total) if single else (n, False)
-
-    evaluator = Evaluator(model, inputs, None, crit, sites=site_list, batch_size=batch_size, mode=mode)
-    store = None
+            raise FaultError(f"group {name!r} has no fault locations for {type(fm).__name__} with bits {c.bits}")
+    plan = c.plan(spaces)
+    evaluator = Evaluator(model, inputs, None, crit, sites=site_list, batch_size=c.batch_size, mode=c.mode)
     locks = ExitStack()
-    if out is not None:
-        settings = {"groups": groups if isinstance(groups, (str, Mapping)) else list(groups), "plan": {k: v[0] for k, v in plan.items()},
-                    "confidence": confidence, "fault_model": fm.spec(), "faults_per_trial": faults_per_trial, "ber": ber,
-                    "bits": None if bits is None else list(bits), "criterion": crit.spec(), "kinds": list(kinds), "seed": seed}
-        store = _study_store(out, settings, model, evaluator, spaces, plan, locks)
+    store = _study_store(out, c.settings(groups, plan), model, evaluator, spaces, plan, locks) if out is not None else None
     bar = tqdm(total=sum(n for name, (n, _) in plan.items()), desc="PVF trials", disable=not progress, leave=False)
-    frames: list[pd.DataFrame] = []
-    estimates: dict[str, PVFEstimate] = {}
-    offset = 0
     try:
-        done = store.done() if store is not None else set()
-        for g_pos, (name, space) in enumerate(spaces.items()):
-            n, exhaustive = plan[name]
-            if g_pos in done:
-                assert store is not None
-                columns = _part_columns(store.read(g_pos))
-                bar.update(n)
-            else:
-                columns = _run_group(evaluator, space, fm, n, single, seed, g_pos, ber, faults_per_trial, name, offset, bar)
-                if store is not None:
-                    store.write(g_pos, columns)
-            offset += n
-            df = _records(columns, name, len(inputs))
-            frames.append(df)
-            outcomes = (df["incorrect"] if per_trial == "fraction" else df["any"].astype(float)).to_numpy()
-            estimates[name] = PVFEstimate.of(outcomes, space.total, confidence, exhaustive, bool((df["n_faults"] <= 1).all()))
+        estimates, frames = _estimate_groups(evaluator, spaces, plan, c, store, bar)
     finally:
         bar.close()
         locks.close()
     records = pd.concat(frames, ignore_index=True)
-    return PVFResult(estimates, records, crit, per_trial, repr(fm) if ber is None else f"{fm!r}, BER {ber:g}", len(inputs))
+    return PVFResult(estimates, records, crit, c.per_trial, repr(fm) if c.ber is None else f"{fm!r}, BER {c.ber:g}", len(inputs))
+
+
+def _estimate_groups(evaluator: Evaluator, spaces: Mapping[str, FaultSpace], plan: Mapping[str, tuple[int, bool]], c: PVFConfig,
+                     store: Store | None, bar: tqdm) -> tuple[dict[str, PVFEstimate], list[pd.DataFrame]]:
+    """Every group's trials (read back from ``store`` where it holds them, else run and stored): estimates and records."""
+    frames: list[pd.DataFrame] = []
+    estimates: dict[str, PVFEstimate] = {}
+    offset = 0
+    done = store.done() if store is not None else set()
+    for g_pos, (name, space) in enumerate(spaces.items()):
+        n, exhaustive = plan[name]
+        if store is not None and g_pos in done:
+            columns = _part_columns(store.read(g_pos))
+            bar.update(n)
+        else:
+            columns = _run_group(evaluator, space, c, n, g_pos, name, offset, bar)
+            if store is not None:
+                store.write(g_pos, columns)
+        offset += n
+        df = _records(columns, name, len(evaluator.inputs))
+        frames.append(df)
+        outcomes = (df["incorrect"] if c.per_trial == "fraction" else df["any"].astype(float)).to_numpy()
+        estimates[name] = PVFEstimate.of(outcomes, space.total, c.confidence, exhaustive, bool((df["n_faults"] <= 1).all()))
+    return estimates, frames

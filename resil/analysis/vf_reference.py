@@ -108,7 +108,7 @@ def fault_injection_vf(lf: LayerFaults, mode: str, faults: int | np.ndarray | No
             nb = lf.weight_encoding.bits
             pair, bit = chunk // nb, chunk % nb
             flat = live_pairs[pair, 0] * lf.k + live_pairs[pair, 1]
-            counts = evaluator.evaluate_faults([FaultSet(lf.weight_site.name, [int(f)], [int(b)]) for f, b in zip(flat, bit)])
+            counts = evaluator.evaluate_faults([FaultSet(lf.weight_site.name, [int(f)], [int(b)]) for f, b in zip(flat, bit, strict=True)])
             crit = (counts["critical"] + counts["non_finite"]) / B
         else:
             nb, L = lf.operand_encoding.bits, lf.positions

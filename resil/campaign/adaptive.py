@@ -58,31 +58,40 @@ def round_ids(blocks: Blocks, size: int, shard: int) -> np.ndarray:
 
 
 def decide(runner: Any, table: Any) -> dict[str, dict[str, Any]]:
-    """Per stratum: whether it is ``open``, its ``next`` round, ``scenarios`` run, ``half_width`` and ``stopped`` reason."""
-    spec = runner.spec.sampler
+    """Per stratum: whether it is ``open``, its ``next`` round, ``scenarios`` run, ``half_width`` and
+    ``stopped`` reason, by the sampler's :meth:`~resil.campaign.samplers.Sampler.stop_rule`."""
     size = runner.spec.run.shard_size
-    blocks = runner.sampler.blocks()
+    sampler = runner.sampler
     out = {}
-    for b, (name, start, count) in enumerate(blocks):
+    for b, (name, start, count) in enumerate(sampler.blocks()):
         rows = table[(table.scenario >= start) & (table.scenario < start + count)] if table is not None else None
         n = 0 if rows is None else len(rows)
         state: dict[str, Any] = {"block": b, "next": -(-n // size), "scenarios": n, "half_width": None, "stopped": ""}
-        if n:
+        if rows is not None and n:
             failure = ((rows.critical + rows.non_finite) / rows.inputs).to_numpy(dtype=float)
-            if spec.kind == "sfi":
-                state.update(_iterative_sfi(failure, len(runner.sampler.active[b]), spec.stop_margin, spec.confidence))
-            else:
-                series = [failure] + ([(rows.correct / rows.inputs).to_numpy(dtype=float)] if runner.labels is not None else [])
-                half = max((high - low) / 2 for low, high in (sequence_interval(v) for v in series))
-                state.update(half_width=half, stopped="margin" if half <= spec.stop_margin else "")
+            accuracy = (rows.correct / rows.inputs).to_numpy(dtype=float) if runner.labels is not None else None
+            state.update(sampler.stop_rule(b, failure, accuracy))
         if not state["stopped"] and n >= count:
-            state["stopped"] = "population" if spec.kind == "sfi" and count >= len(runner.sampler.active[b]) else "max_scenarios"
+            locations = sampler.locations(b)
+            state["stopped"] = "population" if locations is not None and count >= locations else "max_scenarios"
         state["open"] = not state["stopped"]
         out[name] = state
     return out
 
 
-def _iterative_sfi(failure: np.ndarray, population: int, margin: float, confidence: float) -> dict[str, Any]:
+def sequence_stop(series: Sequence[np.ndarray], margin: float) -> dict[str, Any]:
+    """The stop rule of ``uniform`` / ``ber`` strata: the widest 95% betting confidence sequence
+    of ``series`` (failure, accuracy fractions) has a half-width <= ``margin``.
+
+    Example:
+        >>> sequence_stop([np.zeros(400)], 0.05)["stopped"], sequence_stop([np.zeros(4)], 0.05)["stopped"]
+        ('margin', '')
+    """
+    half = max((high - low) / 2 for low, high in (sequence_interval(v) for v in series))
+    return {"half_width": half, "stopped": "margin" if half <= margin else ""}
+
+
+def iterative_sfi(failure: np.ndarray, population: int, margin: float, confidence: float) -> dict[str, Any]:
     """Ruospo et al.'s iterative SFI step: pilot for 5%, then n re-planned from the observed rate."""
     n, p = failure.size, float(failure.mean())
     pilot = leveugle_sample_size(population, 0.05, confidence, 0.5)

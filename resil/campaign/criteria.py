@@ -45,7 +45,8 @@ from ..errors import FaultError
 from ..registry import Registry
 
 __all__ = [
-    "OUTCOMES", "AccuracyDrop", "Criterion", "Deviation", "Top1", "TopK", "count_correct", "criterion_from_spec", "criterion_names", "judge",
+    "OUTCOMES", "AccuracyDrop", "Criterion", "Deviation", "Top1", "TopK", "count_correct", "criterion_from_spec", "criterion_names",
+    "judge",
     "register_criterion",
 ]
 

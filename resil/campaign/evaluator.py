@@ -43,7 +43,6 @@ from torch import nn
 
 from ..discovery import sites as list_sites
 from ..errors import FaultError
-from ..fault_models import StuckAt, Zero
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
@@ -119,8 +118,9 @@ class Evaluator:
         budget = int(memory_mb) << 20
         output = self.suffix.run_from(0) if mode == "plain" else self.suffix.golden(budget) if self.suffix.stages else None
         #: suffix replay for other module trees (and for an ``nn.Sequential`` whose stage outputs pass the budget)
-        self.replay = ModuleReplay(model, self.suffix.batches, budget) if output is None else None
-        if self.replay is not None:
+        self.replay: ModuleReplay | None = None
+        if output is None:
+            self.replay = ModuleReplay(model, self.suffix.batches, budget)
             output = self.replay.golden()
         #: whether two fault-free runs differed (allowed only with ``nondeterministic=True``; then plain mode)
         self.nondeterministic = not same_bits(self.suffix.run_from(0), output)
@@ -168,7 +168,7 @@ class Evaluator:
         if self.fast:
             todo = self.per_sample.run(sc, todo, self.sites, self.judge, counts)
             todo, stage_of = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
-        replaying = self.fast and self.replay is not None
+        replay = self.replay if self.fast else None
         for i in todo:
             t0 = time.perf_counter()
             faults = sc.of(int(i))
@@ -177,11 +177,11 @@ class Evaluator:
                     counts[k][i] = v[0]
                 continue
             targets = [self.sites[faults.site_names[c]].module for c in np.unique(faults.site)]
-            if replaying:  # the replay set's check runs before the faults go in
-                self.replay.check(targets)
+            if replay is not None:  # the replay set's check runs before the faults go in
+                replay.check(targets)
             with inject(self.model, faults, sites=self.sites) as applied:
-                if replaying:
-                    out = self.replay.run(targets)
+                if replay is not None:
+                    out = replay.run(targets)
                 else:
                     out = self.suffix.run_from(self.suffix.first_stage(applied.sites) if self.fast else 0)
             for k, v in self.judge(out.unsqueeze(0)).items():
@@ -193,7 +193,7 @@ class Evaluator:
     def _per_batch(self, faults: FaultSet) -> torch.Tensor:
         """The output over all inputs, each input batch under the faults that reach it."""
         outs = []
-        for x, part in zip(self.suffix.batches, split_by_batch(faults, [len(b) for b in self.suffix.batches])):
+        for x, part in zip(self.suffix.batches, split_by_batch(faults, [len(b) for b in self.suffix.batches]), strict=True):
             with torch.no_grad(), inject(self.model, part, sites=self.sites):
                 outs.append(self.model(x))
         return torch.cat(outs)
@@ -208,7 +208,7 @@ class Evaluator:
         fs = sc.faults
         same = np.zeros(len(fs), dtype=bool)
         for m, model in enumerate(fs.models):
-            if not isinstance(model, (StuckAt, Zero)):
+            if not (model.deterministic and model.can_leave_unchanged):
                 continue
             for s_code, name in enumerate(fs.site_names):
                 site = self.sites[name]

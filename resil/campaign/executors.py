@@ -36,6 +36,19 @@ class SerialExecutor(Executor):
         return future
 
 
+class ProcessPool(ProcessPoolExecutor):
+    """A local pool of ``workers`` processes (started as :func:`worker_context` says) that knows
+    its size, so that a run keeps it
+    busy (:func:`in_flight`) and replaces it when its workers die (:func:`restarted`)."""
+
+    def __init__(self, workers: int) -> None:
+        context = worker_context()
+        if context.get_start_method() == "forkserver":
+            forkserver.ensure_running()  # it imports in the background while the caller builds its campaign
+        super().__init__(max_workers=workers, mp_context=context)
+        self.workers = workers
+
+
 def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None, *,
                   folder: str | Path | None = None, slurm: SlurmOptions | None = None) -> Executor:
     """``serial``, ``process`` (``workers`` local processes), ``dask`` (a local cluster of
@@ -59,10 +72,7 @@ def make_executor(kind: str = "serial", workers: int = 2, address: str | None = 
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
-        context = worker_context()
-        if context.get_start_method() == "forkserver":
-            forkserver.ensure_running()  # it imports in the background while the caller builds its campaign
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        return ProcessPool(workers)
     if kind == "slurm":
         from .slurm import SlurmExecutor, SlurmOptions
 
@@ -120,10 +130,10 @@ def worker_lost(error: BaseException | None) -> bool:
 def restarted(executor: Executor) -> Executor | None:
     """A fresh executor like ``executor`` after its workers died (``executor`` is shut down):
     a new local process pool; None for others (a Dask cluster restarts its own workers)."""
-    if not isinstance(executor, ProcessPoolExecutor):
+    if not isinstance(executor, ProcessPool):
         return None
     executor.shutdown(wait=True, cancel_futures=True)
-    return ProcessPoolExecutor(max_workers=executor._max_workers, mp_context=executor._mp_context)
+    return ProcessPool(executor.workers)
 
 
 class _DaskExecutor(Executor):
@@ -151,7 +161,7 @@ def starts_slowly(executor: Executor) -> bool:
         >>> starts_slowly(SerialExecutor())
         False
     """
-    return isinstance(executor, ProcessPoolExecutor)
+    return isinstance(executor, ProcessPool)
 
 
 def in_flight(executor: Executor) -> int:
@@ -164,8 +174,8 @@ def in_flight(executor: Executor) -> int:
     """
     if isinstance(executor, SerialExecutor):
         return 1
-    if isinstance(executor, ProcessPoolExecutor):
-        return 2 * executor._max_workers
+    if isinstance(executor, ProcessPool):
+        return 2 * executor.workers
     if isinstance(executor, _DaskExecutor):
         return 2 * max(1, sum(executor.client.nthreads().values()))
     return getattr(executor, "in_flight", 4)

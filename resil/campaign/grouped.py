@@ -46,16 +46,11 @@ from torch import nn
 from ..adapter_registry import adapter_for
 from ..channel_layers import ChannelLayer
 from ..encodings import FloatEncoding
-from ..fault_models import BitFlip, Burst, StuckAt, Zero
 from ..faults import FOREVER
 from ..injection import inject
 from ..site import Site, SiteList
 from .samplers import Scenarios
 from .suffix import SuffixForward, sharing_modules
-
-#: fault models that are pure functions of the stored code
-DETERMINISTIC = (BitFlip, Burst, StuckAt, Zero)
-
 
 #: touched rows: the scenario (position in the group) and output channel of each, and a
 #: function ``(input batch, call) -> [B, rows, ...]`` giving their faulty values
@@ -321,7 +316,7 @@ class GroupedForward:
     @staticmethod
     def _deterministic(sc: Scenarios, take: np.ndarray) -> bool:
         """Whether the faults at rows ``take`` all come from fault models that are pure functions of the code."""
-        return all(isinstance(sc.faults.models[m], DETERMINISTIC) for m in np.unique(sc.faults.model[take]))
+        return all(sc.faults.models[m].deterministic for m in np.unique(sc.faults.model[take]))
 
     def patch_allowed(self, module: nn.Module) -> bool:
         """Whether a layer's touched channels may be recomputed alone: not when another module

@@ -22,15 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FaultError
-from ..statistics import (
-    Estimate,
-    combine_strata,
-    difference_estimate,
-    importance_estimate,
-    scenario_estimate,
-    scenarios_to_resolve,
-    wilson_interval,
-)
+from ..statistics import Estimate, difference_estimate, scenario_estimate, scenarios_to_resolve, wilson_interval
+from .samplers import sampler_class, stored_sampler
 from .store import Store
 
 
@@ -48,33 +41,23 @@ def failure_estimate(campaign: str | Path | Store, confidence: float = 0.95) -> 
 
 
 def estimate_failure(manifest: dict, df: pd.DataFrame, confidence: float = 0.95) -> Estimate:
-    """:func:`failure_estimate` from a campaign's manifest and result table."""
-    fraction = ((df.critical + df.non_finite) / df.inputs).to_numpy()
-    if manifest["sampler"] == "importance":
-        return importance_estimate(fraction, df.weight.to_numpy(), confidence)
-    if manifest["sampler"] == "sfi":
-        per = df.assign(fraction=fraction).groupby("stratum")["fraction"].agg(["sum", "count"])
-        k, n, N = [], [], []
-        for name, info in manifest["strata"].items():
-            if info["samples"]:
-                k.append(per.loc[name, "sum"])
-                n.append(per.loc[name, "count"])
-                N.append(info["population"] - info["known_masked"])
-            if info["known_masked"]:  # data-aware: known masked without simulation
-                k.append(0.0)
-                n.append(info["known_masked"])
-                N.append(info["known_masked"])
-        return combine_strata(np.array(k), np.array(n), np.array(N), confidence)
-    population = len(fraction) if manifest["sampler"] == "exhaustive" and len(fraction) == manifest.get("scenarios") else float("inf")
-    return scenario_estimate(fraction, confidence, population, single_fault=bool((df.n_faults <= 1).all()),
-                             sequential=sequential(manifest))
+    """:func:`failure_estimate` from a campaign's manifest and result table, by its sampler's
+    :meth:`~resil.campaign.samplers.Sampler.estimate`."""
+    return stored_sampler(manifest["sampler"]).estimate(manifest, df, confidence, sequential=sequential(manifest))
+
+
+def own_estimate(manifest: Mapping) -> bool:
+    """Whether the campaign's sampler estimates its failure probability its own way (stratified,
+    re-weighted: ``sfi``, ``importance``) rather than as :func:`by_group`'s mean over scenarios."""
+    kind = manifest.get("sampler")
+    return kind is not None and stored_sampler(kind).own_estimate
 
 
 def sequential(manifest: Mapping) -> bool:
-    """Whether the campaign stopped on a confidence sequence (``[sampler] stop_margin``, not ``sfi``:
-    iterative SFI keeps its stratified estimate)."""
+    """Whether the campaign stopped on a confidence sequence (``[sampler] stop_margin`` with a
+    sampler that stops so; not ``sfi``: iterative SFI keeps its stratified estimate)."""
     sampler = (manifest.get("spec") or {}).get("sampler") or {}
-    return bool(sampler.get("stop_margin")) and sampler.get("kind") != "sfi"
+    return bool(sampler.get("stop_margin")) and sampler_class(sampler.get("kind", "uniform")).sequential
 
 
 def by_stratum(campaign: str | Path | Store) -> pd.DataFrame:
@@ -171,7 +154,8 @@ def shares_scenarios(a: Mapping, b: Mapping) -> bool:
     """
     sa, sb = a.get("spec") or {}, b.get("spec") or {}
     same = all(sa.get(k) == sb.get(k) and k in sa for k in ("seed", "sampler", "faults", "sites"))
-    return same and a.get("space") == b.get("space") and (a.get("fingerprint") or {}).get("inputs") == (b.get("fingerprint") or {}).get("inputs")
+    inputs_a, inputs_b = ((m.get("fingerprint") or {}).get("inputs") for m in (a, b))
+    return same and a.get("space") == b.get("space") and inputs_a == inputs_b
 
 
 def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | None = "rate", metric: str = "accuracy",
@@ -212,67 +196,80 @@ def verdicts(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | No
         ...                          "critical": 0, "non_finite": 0, "n_faults": 3})
         >>> cs = {"a": ({}, table([90, 91, 92, 93] * 100)), "b": ({}, table([50, 52, 51, 49] * 100)),
         ...       "c": ({}, table([91, 92, 90, 91] * 100))}
-        >>> verdicts(cs)["verdict"].tolist()
-        ['no difference detected between a, c; about 441 scenarios per rate would resolve a difference of 1.0 points; a, c more robust than b (95%)']
+        >>> print(verdicts(cs)["verdict"].iloc[0].replace("; ", ";\\n"))
+        no difference detected between a, c;
+        about 441 scenarios per rate would resolve a difference of 1.0 points;
+        a, c more robust than b (95%)
     """
     if metric not in ("accuracy", "failure"):
         raise FaultError(f"metric must be 'accuracy' or 'failure', not {metric!r}")
     if len(campaigns) < 1:
         raise FaultError("verdicts needs at least one campaign")
-    labels = list(campaigns)
-    values: dict[str, dict] = {}
+    values = _group_values(campaigns, by, metric)
+    rows = []
+    for group in sort_groups(pd.DataFrame({"k": list(values)}), ["k"])["k"]:
+        present = [m for m in campaigns if m in values[group]]
+        if len(present) < 2:
+            rows.append({by or "group": group, "best": present[0], "runner_up": None, "separated": False, "tied": (present[0],),
+                         "difference": np.nan, "difference_low": np.nan, "difference_high": np.nan, "paired": False,
+                         "needed": 0, "verdict": f"{present[0]} (only model)"})
+        else:
+            rows.append({by or "group": group, **_verdict(campaigns, values[group], present, higher_is_better, confidence, resolve,
+                                                          per or by or "campaign")})
+    columns = [by or "group", "best", "runner_up", "separated", "tied", "difference", "difference_low", "difference_high", "paired",
+               "needed", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+#: per campaign in a group: its scenarios' metric fractions, their ids, and whether all are single faults
+GroupValues = dict[str, tuple[np.ndarray, np.ndarray, bool]]
+
+
+def _group_values(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], by: str | None, metric: str) -> dict[object, GroupValues]:
+    """Per group of ``by``, per campaign: the fractions of ``metric`` of its scenarios (in scenario order), their ids, single faults."""
+    values: dict[object, GroupValues] = {}
     for label, (_, df) in campaigns.items():
         df = df.sort_values("scenario", kind="stable") if "scenario" in df.columns else df
-        if metric == "failure":
-            frac = (df["critical"] + df["non_finite"]) / df["inputs"]
-        else:
-            frac = df["correct"].clip(lower=0) / df["inputs"]
+        frac = ((df["critical"] + df["non_finite"]) if metric == "failure" else df["correct"].clip(lower=0)) / df["inputs"]
         key = df[by] if by else pd.Series(0, index=df.index)
         ids = df["scenario"] if "scenario" in df.columns else pd.Series(np.arange(len(df)), index=df.index)
         single = df["n_faults"] <= 1 if "n_faults" in df.columns else pd.Series(True, index=df.index)
         for group, idx in key.groupby(key, sort=False).groups.items():
             values.setdefault(group, {})[label] = (frac.loc[idx].to_numpy(float), ids.loc[idx].to_numpy(), bool(single.loc[idx].all()))
-    rows = []
+    return values
+
+
+def _verdict(campaigns: Mapping[str, tuple[Mapping, pd.DataFrame]], values: GroupValues, present: list[str], higher_is_better: bool,
+             confidence: float, resolve: float, per: str) -> dict[str, object]:
+    """The verdict columns of one group that at least two campaigns have (see :func:`verdicts`)."""
     sign = 1.0 if higher_is_better else -1.0
-    for group in sort_groups(pd.DataFrame({"k": list(values)}), ["k"])["k"]:
-        present = [m for m in labels if m in values[group]]
-        if len(present) < 2:
-            rows.append({by or "group": group, "best": present[0], "runner_up": None, "separated": False, "tied": (present[0],),
-                         "difference": np.nan, "difference_low": np.nan, "difference_high": np.nan, "paired": False,
-                         "needed": 0, "verdict": f"{present[0]} (only model)"})
-            continue
-        means = {m: float(values[group][m][0].mean()) for m in present}
-        order = sorted(present, key=lambda m: (-sign * means[m], present.index(m)))
-        best = order[0]
-        xb, ib, sb = values[group][best]
-        compared = {}
-        for other in order[1:]:
-            xo, io, so = values[group][other]
-            paired = shares_scenarios(campaigns[best][0], campaigns[other][0]) and np.array_equal(ib, io)
-            d = difference_estimate(xb, xo, confidence, paired=paired, single_fault=sb and so)
-            separated = d.low > 0 if higher_is_better else d.high < 0
-            compared[other] = (d, paired, separated, sb and so)
-        runner = order[1]
-        d, paired, separated, single = compared[runner]
-        tied = [best, *(m for m in order[1:] if not compared[m][2])]
-        rest = [m for m in order[1:] if compared[m][2]]
-        needed = 0
-        if len(tied) > 1:
-            size = max(abs(d.value), resolve)
-            xo = values[group][runner][0]
-            needed = scenarios_to_resolve(xb, xo, size, confidence, paired=paired, single_fault=single)
-            verdict = (f"no difference detected between {', '.join(tied)}; about {needed} scenarios per {per or by or 'campaign'} "
-                       f"would resolve a difference of {100 * size:.1f} points")
-            if rest:
-                verdict += f"; {', '.join(tied)} more robust than {', '.join(rest)} ({confidence:.0%})"
-        else:
-            verdict = f"{best} more robust than {', '.join(rest)} ({confidence:.0%})"
-        rows.append({by or "group": group, "best": best, "runner_up": runner, "separated": bool(separated), "tied": tuple(tied),
-                     "difference": d.value, "difference_low": d.low, "difference_high": d.high, "paired": paired,
-                     "needed": needed, "verdict": verdict})
-    columns = [by or "group", "best", "runner_up", "separated", "tied", "difference", "difference_low", "difference_high", "paired",
-               "needed", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+    means = {m: float(values[m][0].mean()) for m in present}
+    order = sorted(present, key=lambda m: (-sign * means[m], present.index(m)))
+    best = order[0]
+    xb, ib, sb = values[best]
+    compared = {}
+    for other in order[1:]:
+        xo, io, so = values[other]
+        paired = shares_scenarios(campaigns[best][0], campaigns[other][0]) and np.array_equal(ib, io)
+        d = difference_estimate(xb, xo, confidence, paired=paired, single_fault=sb and so)
+        separated = d.low > 0 if higher_is_better else d.high < 0
+        compared[other] = (d, paired, separated, sb and so)
+    runner = order[1]
+    d, paired, separated, single = compared[runner]
+    tied = [best, *(m for m in order[1:] if not compared[m][2])]
+    rest = [m for m in order[1:] if compared[m][2]]
+    needed = 0
+    if len(tied) > 1:
+        size = max(abs(d.value), resolve)
+        needed = scenarios_to_resolve(xb, values[runner][0], size, confidence, paired=paired, single_fault=single)
+        verdict = (f"no difference detected between {', '.join(tied)}; about {needed} scenarios per {per} "
+                   f"would resolve a difference of {100 * size:.1f} points")
+        if rest:
+            verdict += f"; {', '.join(tied)} more robust than {', '.join(rest)} ({confidence:.0%})"
+    else:
+        verdict = f"{best} more robust than {', '.join(rest)} ({confidence:.0%})"
+    return {"best": best, "runner_up": runner, "separated": bool(separated), "tied": tuple(tied), "difference": d.value,
+            "difference_low": d.low, "difference_high": d.high, "paired": paired, "needed": needed, "verdict": verdict}
 
 
 def sort_groups(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

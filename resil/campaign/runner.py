@@ -21,14 +21,11 @@ from .device import exact_numerics, resolve_device
 from .evaluator import Evaluator, Golden
 from .executors import SerialExecutor, in_flight, restarted, starts_slowly, worker_lost
 from .live import LIVE, load_live, save_live
-from .samplers import BitErrorRateSampler, ExhaustiveSampler, ImportanceSampler, Sampler, Scenarios, StatisticalSampler, UniformSampler
+from .samplers import PVF_STUDY, Sampler, Scenarios, sampler_class
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select, zoo_models
 from .space import FaultSpace, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
-
-SAMPLERS: dict[str, type[Sampler]] = {
-    "exhaustive": ExhaustiveSampler, "uniform": UniformSampler, "ber": BitErrorRateSampler, "sfi": StatisticalSampler}
 
 
 class CampaignRunner:
@@ -62,7 +59,7 @@ class CampaignRunner:
         self.sites = self.evaluator.sites
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
-        self.sampler = self._sampler()
+        self.sampler: Sampler = sampler_class(spec.sampler.kind).build(self, samples=len(self.inputs) if spec.faults.per_sample else 0)
 
     def _data(self, data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if data is not None:
@@ -74,16 +71,6 @@ class CampaignRunner:
             raise FaultError(f"campaign {self.spec.name!r}: model {name!r} is not bundled, so it has no data of its own: "
                              "set [data] source (a function, a .pt or .npz file) or pass data=... to resil.campaign.run")
         return load_data(name)
-
-    def _sampler(self) -> Sampler:
-        s = self.spec
-        samples = len(self.inputs) if s.faults.per_sample else 0
-        if s.sampler.kind == "importance":
-            from .sensitivity import sensitivity_scores
-
-            scores = sensitivity_scores(self.model, self.inputs, self.evaluator.golden.top1, self.space)
-            return ImportanceSampler(s.sampler, self.space, self.fault_model, s.seed, scores, samples=samples)
-        return SAMPLERS[s.sampler.kind](s.sampler, self.space, self.fault_model, s.seed, samples=samples)
 
     @property
     def golden(self) -> Golden:
@@ -116,9 +103,8 @@ class CampaignRunner:
             "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
             "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None, "mode": self.evaluator.mode,
             "nondeterministic": self.evaluator.nondeterministic, "numerics": self.numerics,
-            "sampler": self.spec.sampler.kind, "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
+            **self.sampler.manifest(), "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
-            "strata": self.sampler.strata() if isinstance(self.sampler, StatisticalSampler) else None,
             "layers": list(dict.fromkeys(layer_of(s) for s in self.space.sites)),  # in network order, for reports
             # adaptive campaigns: rounds of strata, some empty, so the store checks each part's ids by these counts
             **({"shard_scenarios": [len(self.shard_ids(k)) for k in range(self.shards)]} if self.spec.sampler.stop_margin else {}),
@@ -140,7 +126,7 @@ def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
     has = first < len(sc.owner)
     has[has] &= sc.owner[first[has]] == np.arange(len(sc.ids))[has]
     names = np.array(fs.site_names, dtype=object)[fs.site] if len(fs) else np.zeros(0, dtype=object)
-    first_site = [names[f] if h else "" for f, h in zip(first, has)]
+    first_site = [names[f] if h else "" for f, h in zip(first, has, strict=True)]
     masks = fs.mask
     single = (masks > 0) & ((masks & (masks - 1)) == 0)
     bit_of = np.where(single, np.log2(np.where(single, masks, 1)).astype(np.int64), -1)
@@ -151,7 +137,7 @@ def describe(sc: Scenarios, space: FaultSpace) -> dict[str, Any]:
         "site": np.array(first_site, dtype=str),
         "layer": np.array([layer_of(by_name[s]) if s else "" for s in first_site], dtype=str),
         "kind": np.array([by_name[s].kind if s else "" for s in first_site], dtype=str),
-        "bit": np.array([bit_of[f] if h else -1 for f, h in zip(first, has)], dtype=np.int64),
+        "bit": np.array([bit_of[f] if h else -1 for f, h in zip(first, has, strict=True)], dtype=np.int64),
         "n_faults": np.array([len(j) for j in split], dtype=np.int64),
         "rate": sc.rate.astype(np.float64),
         "weight": sc.weight.astype(np.float64),
@@ -278,11 +264,11 @@ def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Call
 def _run_shards(store: Store, executor: Executor, todo: list[int], arguments: Callable[[int], tuple[Any, ...]],
                 finished: Callable[[int], None]) -> Executor:
     """Run the shards ``todo`` through ``executor``, storing each as it completes; return the
-    executor to go on with (a fresh pool if workers died; the caller shuts it down). The shards in flight when worker processes die run once more in a fresh pool;
-    if they die again, or the executor cannot be restarted, a :class:`FaultError` says so (the
-    shards stored so far are intact). On any error or interrupt the executor's queued shards are
-    cancelled and the error is raised."""
-    waiting, rerun = deque(todo), set()
+    executor to go on with (a fresh pool if workers died; the caller shuts it down). The shards in
+    flight when worker processes die run once more in a fresh pool; if they die again, or the
+    executor cannot be restarted, a :class:`FaultError` says so (the shards stored so far are
+    intact). On any error or interrupt the executor's queued shards are cancelled and the error is raised."""
+    waiting, rerun = deque(todo), set[int]()
     pending: dict[Future[dict[str, Any]], int] = {}
     ex = executor
 
@@ -349,7 +335,7 @@ def resume(out: str | Path, executor: Executor | None = None, progress: Callable
     manifest = Store(out).manifest()
     if not isinstance(manifest.get("spec"), dict):
         raise FaultError(f"{out}/manifest.json has no campaign spec; the directory may be damaged")
-    if manifest.get("sampler") == "pvf":
+    if manifest.get("sampler") == PVF_STUDY:
         raise FaultError(f"{out} holds a PVF study: continue it by calling resil.analysis.pvf(model, inputs, ..., out={str(out)!r}) "
                          "again with the same arguments")
     live = manifest.get("live") or {}

@@ -179,7 +179,7 @@ class SlurmExecutor(Executor):
         for f in futures:  # running before the poller may resolve it
             f.set_running_or_notify_cancel()
         with self._lock:
-            self._jobs += zip(jobs, futures)
+            self._jobs += zip(jobs, futures, strict=True)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FaultError
 from ..site import Site, SiteList
-from .spec import FaultSpec, SiteSpec
+
+if TYPE_CHECKING:
+    from .spec import FaultSpec, SiteSpec
 
 
 def layer_of(site: Site) -> str:
@@ -56,7 +59,8 @@ class FaultSpace:
         """
         chosen = [s for s in site_list if s.kind in sites.kinds and any(fnmatch.fnmatchcase(s.name, p) for p in sites.include)]
         if not chosen:
-            raise FaultError(f"no site matches include={list(sites.include)} and kinds={list(sites.kinds)}; list them with `resil sites MODEL`")
+            raise FaultError(f"no site matches include={list(sites.include)} and kinds={list(sites.kinds)}; "
+                             "list them with `resil sites MODEL`")
         no_samples = [s.name for s in chosen if faults.per_sample and (not s.batched or s.batch_dim is None)]
         if no_samples:
             raise FaultError(f"per_sample faults need sites with a batch dimension; {no_samples[:3]} have none")
@@ -66,7 +70,7 @@ class FaultSpace:
                 raise FaultError(f"site {s.name!r} has an unknown shape")
             elements.append(s.elements())
             bits.append(_bits_of(s, faults.bits, span) if uses_bits else np.array([-1]))
-        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits)], dtype=np.int64)
+        sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits, strict=True)], dtype=np.int64)
         if not sizes.sum():
             raise FaultError(f"the fault space is empty: the {len(chosen)} selected site(s) store no element (every one pruned?)")
         return cls(tuple(chosen), tuple(elements), tuple(bits), np.r_[0, np.cumsum(sizes)])

@@ -46,6 +46,7 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -53,12 +54,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 import tomllib
 
 from ..errors import FaultError
-from ..fault_models import StuckAt, fault_model_from_spec
+from ..fault_models import fault_model_from_spec
 from .criteria import Criterion, Deviation, criterion_from_spec
 from .device import check_device_name
+from .samplers import adaptive_kinds, sampler_class, sampler_kinds
 
 SPEC_VERSION = 1
-SAMPLERS = ("exhaustive", "uniform", "ber", "sfi", "importance")
 KINDS = ("weight", "bias", "parameter", "buffer", "activation", "state", "spike")
 
 
@@ -108,6 +109,11 @@ class FaultSpec:
     per_sample: bool = False
 
 
+class _DefaultCount(int):
+    """The default of :attr:`SamplerSpec.scenarios`: an ``int`` equal to 1000 that tells that it
+    was not given, so that an explicit ``scenarios`` beside ``stop_margin`` is refused."""
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """How scenarios are drawn.
@@ -120,7 +126,10 @@ class SamplerSpec:
             layer_bit; ``trials > 0`` draws that many per stratum instead, every location when a
             stratum has fewer: a PVF study per layer; ``data_aware`` skips stuck-at faults equal
             to the stored bit), or
-            ``importance`` (sensitivity-driven with a ``uniform_share`` defensive mixture).
+            ``importance`` (sensitivity-driven with a ``uniform_share`` defensive mixture), or
+            the kind of a sampler of your own (:func:`resil.campaign.samplers.register_sampler`).
+        scenarios: the number of scenarios (per rate for ``ber``); left at its default, it may
+            give way to ``stop_margin`` (:attr:`scenarios_given` tells an explicit 1000 from the default).
         stop_margin: adaptive campaign (``uniform``, ``ber``, ``sfi``; 0: off): run in rounds of
             one shard per stratum (per rate for ``ber``, per layer/bit stratum for ``sfi``) and
             stop each stratum once the half-width of its 95% interval is at most this; see
@@ -130,7 +139,7 @@ class SamplerSpec:
     """
 
     kind: str = "uniform"
-    scenarios: int = 1000
+    scenarios: int = _DefaultCount(1000)
     faults_per_scenario: int = 1
     rates: tuple[float, ...] = ()
     margin: float = 0.01
@@ -142,6 +151,16 @@ class SamplerSpec:
     uniform_share: float = 0.1
     stop_margin: float = 0.0
     max_scenarios: int = 0
+
+    @property
+    def scenarios_given(self) -> bool:
+        """Whether ``scenarios`` was given (even as the default's value), not left at its default.
+
+        Example:
+            >>> SamplerSpec().scenarios_given, SamplerSpec(scenarios=1000).scenarios_given
+            (False, True)
+        """
+        return not isinstance(self.scenarios, _DefaultCount)
 
 
 @dataclass(frozen=True)
@@ -223,7 +242,8 @@ class CampaignSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": FaultSpec, "sampler": SamplerSpec, "outcome": OutcomeSpec, "run": RunSpec}
+_SECTIONS = {"model": ModelSpec, "data": DataSpec, "sites": SiteSpec, "faults": FaultSpec, "sampler": SamplerSpec, "outcome": OutcomeSpec,
+             "run": RunSpec}
 
 
 def spec_from_dict(d: dict[str, Any], source: str = "campaign spec") -> CampaignSpec:
@@ -245,6 +265,8 @@ def spec_from_dict(d: dict[str, Any], source: str = "campaign spec") -> Campaign
             unknown = set(value) - set(known)
             if unknown:
                 raise FaultError(f"{source}: unknown key(s) {sorted(unknown)} in [{key}]; known: {sorted(known)}")
+            if key == "sampler" and value.get("stop_margin") and value.get("scenarios") == SamplerSpec.scenarios:
+                value = {k: v for k, v in value.items() if k != "scenarios"}  # a stored spec holds every field: the default
             kwargs[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
         elif key in top:
             kwargs[key] = value
@@ -307,7 +329,7 @@ def _validate(s: CampaignSpec) -> None:
     for section, obj in (("", s), *((k, getattr(s, k)) for k in _SECTIONS)):
         if section and not isinstance(obj, _SECTIONS[section]):
             raise bad(f"[{section}] must be a resil.campaign.{_SECTIONS[section].__name__}, not {type(obj).__name__}")
-        hints = _hints(type(obj))
+        hints = _hints(_SECTIONS[section] if section else CampaignSpec)
         for f in dataclasses.fields(obj):
             if not (section == "" and f.name in _SECTIONS):
                 problem = _check_field(section, f.name, getattr(obj, f.name), hints[f.name])
@@ -336,12 +358,11 @@ def _validate(s: CampaignSpec) -> None:
     except FaultError as e:
         raise bad(str(e)) from None
     sm = s.sampler
-    if sm.kind == "ber" and not sm.rates:
-        raise bad("[sampler] kind 'ber' needs rates, e.g. rates = [1e-5, 1e-4]")
-    if sm.kind == "importance" and sm.faults_per_scenario != 1:
-        raise bad("[sampler] kind 'importance' draws single faults: faults_per_scenario must be 1")
-    if sm.data_aware and not isinstance(fault_model, StuckAt):
-        raise bad("[sampler] data_aware applies to stuck-at fault models only")
+    problem = sampler_class(sm.kind).check(sm)
+    if problem:
+        raise bad(problem)
+    if sm.data_aware and fault_model.stuck_value is None:
+        raise bad("[sampler] data_aware applies to stuck-at fault models only (those with a stuck_value)")
     try:
         s.outcome.build()
     except FaultError as e:
@@ -369,8 +390,9 @@ _INT_MIN = {("", "seed"): 0, ("data", "inputs"): 0, ("sampler", "scenarios"): 1,
             ("sampler", "trials"): 0, ("run", "shard_size"): 1, ("run", "batch_size"): 1, ("run", "memory_mb"): 0}
 _UNIT = {("sampler", "margin"): "(0, 1)", ("sampler", "confidence"): "(0, 1)", ("sampler", "p"): "(0, 1)",
          ("sampler", "uniform_share"): "(0, 1]", ("sampler", "rates"): "(0, 1)"}
-_CHOICES = {("data", "select"): ("first", "random"), ("sites", "kinds"): KINDS, ("sites", "pruned"): ("live", "dense"),
-            ("sampler", "kind"): SAMPLERS, ("sampler", "granularity"): ("network", "layer", "layer_bit"),
+_CHOICES: dict[tuple[str, str], tuple[str, ...] | Callable[[], tuple[str, ...]]] = {
+            ("data", "select"): ("first", "random"), ("sites", "kinds"): KINDS, ("sites", "pruned"): ("live", "dense"),
+            ("sampler", "kind"): sampler_kinds, ("sampler", "granularity"): ("network", "layer", "layer_bit"),
             ("run", "mode"): ("fast", "plain")}
 _NONEMPTY = {("model", "names"), ("sites", "include"), ("sites", "kinds")}
 
@@ -432,9 +454,11 @@ def _check_field(section: str, name: str, value: Any, hint: Any) -> str | None:
         if bad:
             return f"{_where(section, name)} must be in {interval}, not {bad[0]!r}"
     if key in _CHOICES:
-        bad = [v for v in items if v not in _CHOICES[key]]
+        choices = _CHOICES[key]
+        allowed = choices() if callable(choices) else choices
+        bad = [v for v in items if v not in allowed]
         if bad:
-            return f"{_where(section, name)} must be one of {', '.join(_CHOICES[key])}, not {bad[0]!r}"
+            return f"{_where(section, name)} must be one of {', '.join(allowed)}, not {bad[0]!r}"
     twice = [v for v in items if items.count(v) > 1] if isinstance(value, (tuple, list)) else []
     if twice:
         return f"{_where(section, name)} lists {twice[0]!r} twice"
@@ -443,7 +467,7 @@ def _check_field(section: str, name: str, value: Any, hint: Any) -> str | None:
 
 def _validate_stop(s: CampaignSpec, bad: Any) -> None:
     """The adaptive-campaign fields: ``stop_margin`` and ``max_scenarios`` (see :mod:`resil.campaign.adaptive`)."""
-    sm, default = s.sampler, SamplerSpec()  # their types: checked with every field's, from the annotations
+    sm = s.sampler  # their types: checked with every field's, from the annotations
     if not sm.stop_margin:
         if sm.max_scenarios:
             raise bad("[sampler] max_scenarios applies to adaptive campaigns only: set stop_margin too")
@@ -451,18 +475,10 @@ def _validate_stop(s: CampaignSpec, bad: Any) -> None:
     if not 0 < sm.stop_margin < 0.5:
         raise bad(f"[sampler] stop_margin (the half-width each stratum's 95% interval must reach) must be in (0, 0.5), "
                   f"not {sm.stop_margin!r}")
-    if sm.kind not in ("uniform", "ber", "sfi"):
-        raise bad(f"[sampler] stop_margin applies to the uniform, ber and sfi samplers, not {sm.kind!r}")
-    if sm.scenarios != default.scenarios or (sm.kind == "sfi" and sm.trials):
-        raise bad("[sampler] give either a fixed number of scenarios (scenarios, trials) or stop_margin, not both; "
-                  "with stop_margin, max_scenarios bounds the scenarios per stratum")
-    pilot = s.run.shard_size
-    if sm.kind == "sfi":
-        from ..statistics import leveugle_sample_size
-
-        pilot = leveugle_sample_size(float("inf"), 0.05, sm.confidence)
-    if sm.max_scenarios < 0 or (sm.kind != "sfi" and not sm.max_scenarios):
-        raise bad(f"[sampler] stop_margin needs max_scenarios (an integer >= the pilot of {pilot} scenarios per stratum)")
-    if sm.max_scenarios and sm.max_scenarios < pilot:
-        what = "[run] shard_size, the first round" if sm.kind != "sfi" else "Leveugle's n for a 5% margin, iterative SFI's pilot"
-        raise bad(f"[sampler] max_scenarios ({sm.max_scenarios}) is below the pilot size {pilot} ({what})")
+    sampler = sampler_class(sm.kind)
+    if not sampler.adaptive:
+        *most, last = adaptive_kinds()
+        raise bad(f"[sampler] stop_margin applies to the {', '.join(most)} and {last} samplers, not {sm.kind!r}")
+    problem = sampler.check_adaptive(sm, s.run.shard_size)
+    if problem:
+        raise bad(problem)

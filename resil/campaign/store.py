@@ -42,7 +42,8 @@ import pyarrow as pa
 from ..errors import FaultError
 from ..rundir import RunDirectory, atomic_write, checksum_path, read_table, write_table
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "Store", "atomic_write", "shard_ids"]  # atomic_write: re-exported from resil.rundir for resil.analysis.compare
+#: atomic_write: re-exported from resil.rundir for resil.analysis.compare
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Store", "atomic_write", "shard_ids"]
 
 #: Version of :data:`SCHEMA`; stores without one (``parts_schema`` in the manifest) are version 1,
 #: whose parts may have untyped fault columns and no checksums.

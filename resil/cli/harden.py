@@ -315,7 +315,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
     from resil.analysis.precision import select_space
     from resil.campaign.criteria import AccuracyDrop
     from resil.discovery import sites
-    from resil.training.fat import fault_aware_training
+    from resil.training.fat import FATConfig, SearchConfig, TrainingConfig, fault_aware_training
     from resil.training.store import RunStore
 
     search_epochs = _fat_options(args)
@@ -331,11 +331,12 @@ def cmd_fat(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     select_space(sites(model, d.x_test[:1]), args.kind)  # a kind without sites fails before the directory exists
     store.create("fat", spec, fingerprint)
-    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, epochs=args.epochs, search_epochs=search_epochs,
-                             k=args.k, stagger=args.stagger, sampler=args.sampler, kind=args.kind, criterion=criterion,
-                             bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials, lr=args.lr,
-                             batch_size=args.batch_size, seed=args.seed, neutralise=args.neutralise,
-                             clean_loss=not args.no_clean_loss, progress=True)
+    config = FATConfig(epochs=args.epochs, search_epochs=search_epochs, stagger=args.stagger, seed=args.seed,
+                       search=SearchConfig(sampler=args.sampler, kind=args.kind, k=args.k, criterion=criterion,
+                                           bit_weighting=args.bit_weighting, tau=args.tau, max_trials=args.max_trials),
+                       training=TrainingConfig(lr=args.lr, batch_size=args.batch_size, neutralise=args.neutralise,
+                                               clean_loss=not args.no_clean_loss))
+    r = fault_aware_training(model, d.x_train, d.y_train, d.x_test, d.y_test, config, progress=True)
     _fat_results(store, args, r)
     print(f"{args.model}: {len(r.faults)} critical faults in {r.search_runs} fault-injection runs; accuracy under them "
           f"{r.faulty_before:.2%} -> {r.faulty_after:.2%} (clean {r.clean_before:.2%} -> {r.clean_after:.2%}) -> {args.out}")

@@ -39,7 +39,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from resil.analysis.results import Campaign, by_group, load_campaign
-from resil.campaign.metrics import estimate_failure, sort_groups, verdicts
+from resil.campaign.metrics import estimate_failure, own_estimate, sort_groups, verdicts
 from resil.errors import FaultError
 from resil.report.html import render_html
 
@@ -69,7 +69,7 @@ def summary(campaigns: Campaigns) -> pd.DataFrame:
     rows = []
     for c, label in zip(cs, _labels(cs), strict=True):
         total = by_group(c, []).iloc[0].to_dict()
-        overall = estimate_failure(c.manifest, c.table) if c.manifest.get("sampler") in ("sfi", "importance") else None
+        overall = estimate_failure(c.manifest, c.table) if own_estimate(c.manifest) else None
         if overall is not None:  # stratified / re-weighted estimators
             total.update(failure=overall.value, failure_low=overall.low, failure_high=overall.high, failure_method=overall.method)
         rows.append({

@@ -29,15 +29,19 @@ killed by a ReLU exactly, in one of two ways (``neutralise``):
 
 Alongside, each step trains on the faulty loss over the finite outputs and on the clean loss
 (``clean_loss``; when off, only on steps with non-finite faulty outputs), which keeps the model
-good without faults. ``neutralise="none", clean_loss=False`` is the plain behaviour.
+good without faults. ``TrainingConfig(neutralise="none", clean_loss=False)`` is the plain behaviour.
+
+The settings are frozen, checked dataclasses: :class:`TrainingConfig` (how a step trains),
+:class:`SearchConfig` (how critical faults are searched) and :class:`FATConfig` (the schedule,
+holding one of each).
 
 Example:
     >>> import torch, resil
-    >>> from resil.training.fat import train_under_faults
+    >>> from resil.training.fat import TrainingConfig, train_under_faults
     >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3)); x, y = torch.rand(16, 4), torch.randint(0, 3, (16,))
     >>> w = net[0].weight.detach().clone()
-    >>> _ = train_under_faults(net, resil.Fault("0.weight", 0, bit=31), x, y, epochs=1, batch_size=8)
+    >>> _ = train_under_faults(net, resil.Fault("0.weight", 0, bit=31), x, y, TrainingConfig(batch_size=8), epochs=1)
     >>> bool((net[0].weight != w).all())   # trained (every weight updated); no fault left behind
     True
 """
@@ -45,7 +49,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -72,7 +76,8 @@ from ..hooks import forward_hooks
 from ..injection import Faults, as_fault_set, inject
 from ..site import SiteList
 
-__all__ = ["EpochRecord", "FATResult", "accuracy_under", "fault_aware_training", "search_critical", "train_under_faults"]
+__all__ = ["EpochRecord", "FATConfig", "FATResult", "SearchConfig", "TrainingConfig", "accuracy_under", "fault_aware_training",
+           "search_critical", "train_under_faults"]
 
 
 def _check_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -117,25 +122,62 @@ def accuracy_under(model: nn.Module, faults: Faults | None, x: torch.Tensor, y: 
     return hits / len(x)
 
 
+def _finite_number(name: str, v: object) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+        raise FaultError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How :func:`train_under_faults` trains (checked when built).
+
+    Attributes:
+        lr: Adam learning rate (ignored when an optimizer is given).
+        batch_size: mini-batch size.
+        grad_clip: element-wise gradient bound (> 0).
+        neutralise: how weights the faults make huge are neutralised: ``auto`` (sign route where
+            the layer feeds a ReLU, else operand route), ``operand``, ``sign`` or ``none``.
+        clean_loss: also train on the clean loss at every step (a second forward and backward).
+        penalty: weight of the operand hinge.
+        margin: hinge margin (pre-activation units) and the sign route's distance from zero.
+        huge: a faulty weight counts as huge from this magnitude on (or when non-finite).
+
+    Example:
+        >>> TrainingConfig(neutralise="none", clean_loss=False).batch_size
+        64
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 64
+    grad_clip: float = 1.0
+    neutralise: str = "auto"
+    clean_loss: bool = True
+    penalty: float = 1.0
+    margin: float = 0.1
+    huge: float = 1e6
+
+    def __post_init__(self) -> None:
+        _positive_int("batch_size", self.batch_size)
+        if not self.grad_clip > 0:
+            raise FaultError(f"grad_clip must be > 0, got {self.grad_clip!r}")
+        if self.neutralise not in NEUTRALISE:
+            raise FaultError(f"neutralise must be one of {list(NEUTRALISE)}, got {self.neutralise!r}")
+        for name in ("penalty", "margin", "huge"):
+            _finite_number(name, getattr(self, name))
+
+
 def train_under_faults(
     model: nn.Module,
     faults: Faults | None,
     x: torch.Tensor,
     y: torch.Tensor,
+    config: TrainingConfig | None = None,
     *,
     epochs: int = 1,
-    lr: float = 1e-3,
-    batch_size: int = 64,
     seed: int = 0,
-    grad_clip: float = 1.0,
     optimizer: torch.optim.Optimizer | None = None,
     sites: SiteList | None = None,
     progress: bool = False,
-    neutralise: str = "auto",
-    clean_loss: bool = True,
-    penalty: float = 1.0,
-    margin: float = 0.1,
-    huge: float = 1e6,
 ) -> nn.Module:
     """Train ``model`` with ``faults`` held applied in every forward and backward pass.
 
@@ -150,78 +192,72 @@ def train_under_faults(
         model: the network (trained in place).
         faults: faults to keep applied (None or an empty set: plain training).
         x, y: training inputs and labels.
+        config: how to train (default :class:`TrainingConfig`).
         epochs: passes over the data (shuffled with ``seed``).
-        lr: Adam learning rate (ignored when ``optimizer`` is given).
-        batch_size: mini-batch size.
         seed: shuffling seed.
-        grad_clip: element-wise gradient bound (> 0).
         optimizer: an optimizer over the model's parameters, to continue its state.
         sites: the model's sites, if already listed.
         progress: show a tqdm bar over steps.
-        neutralise: how weights the faults make huge are neutralised: ``auto`` (sign route where
-            the layer feeds a ReLU, else operand route), ``operand``, ``sign`` or ``none``.
-        clean_loss: also train on the clean loss at every step (a second forward and backward).
-        penalty: weight of the operand hinge.
-        margin: hinge margin (pre-activation units) and the sign route's distance from zero.
-        huge: a faulty weight counts as huge from this magnitude on (or when non-finite).
 
     Returns:
         ``model``.
     """
     _check_data(model, x, y)
-    epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
-    if not grad_clip > 0:
-        raise FaultError(f"grad_clip must be > 0, got {grad_clip!r}")
-    if neutralise not in NEUTRALISE:
-        raise FaultError(f"neutralise must be one of {list(NEUTRALISE)}, got {neutralise!r}")
-    for name, v in (("penalty", penalty), ("margin", margin), ("huge", huge)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-            raise FaultError(f"{name} must be a finite number >= 0, got {v!r}")
+    c = config or TrainingConfig()
+    epochs = _positive_int("epochs", epochs)
     empty = faults is None or (isinstance(faults, FaultSet) and len(faults) == 0)
-    if not empty:
+    targets: list[_Target] = []
+    if faults is not None and not empty:
         sites = sites if sites is not None else list_sites(model, x[:1])
         faults = as_fault_set(faults, sites)  # validated once, before any training
-    targets = _targets(model, faults, sites, x[:1], neutralise, huge, margin) if not empty and neutralise != "none" else []
-    _project(targets, margin)
-    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        if c.neutralise != "none":
+            targets = _targets(model, faults, sites, x[:1], c.neutralise, c.huge, c.margin)
+    _project(targets, c.margin)
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=c.lr)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(seed)
-    steps = epochs * -(-len(x) // batch_size)
-    bar = tqdm(total=steps, desc="training under faults", disable=not progress, leave=False)
+    bar = tqdm(total=epochs * -(-len(x) // c.batch_size), desc="training under faults", disable=not progress, leave=False)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g).to(x.device)
-        for i in range(0, len(order), batch_size):
-            rows = order[i : i + batch_size]
+        for i in range(0, len(order), c.batch_size):
+            rows = order[i : i + c.batch_size]
             opt.zero_grad()
-            if empty:
-                _finite_loss(model, x[rows], y[rows], loss_fn)
-            elif not targets:
-                with inject(model, faults, sites=sites):
-                    finite = _finite_loss(model, x[rows], y[rows], loss_fn)
-                if clean_loss or (neutralise != "none" and not finite):
-                    loss_fn(model(x[rows]), y[rows]).backward()  # (a) the clean loss
-            else:
-                pre: dict[nn.Module, list[torch.Tensor]] = {t.relu: [] for t in targets if t.relu is not None}
-                with inject(model, faults, sites=sites), _capture(pre):
-                    out = model(x[rows])
-                    ok = torch.isfinite(out).all(1)
-                    terms = [loss_fn(out[ok], y[rows][ok])] if bool(ok.any()) else []  # (b) the faulty loss where finite
-                    terms += [penalty * _operand_penalty(t, pre[t.relu][t.call], margin)  # (c) operands -> exact zeros
-                              for t in targets if t.relu is not None]
-                    if terms:
-                        sum(terms).backward()
-                if clean_loss or not bool(ok.all()):
-                    loss_fn(model(x[rows]), y[rows]).backward()  # (a) the clean loss
+            _step_gradients(model, None if empty else faults, sites, targets, x[rows], y[rows], loss_fn, c)
             for p in params:
                 if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=grad_clip, neginf=-grad_clip).clamp_(-grad_clip, grad_clip)
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=c.grad_clip, neginf=-c.grad_clip).clamp_(-c.grad_clip, c.grad_clip)
             opt.step()
-            _project(targets, margin)
+            _project(targets, c.margin)
             bar.update()
     bar.close()
     return model.eval()
+
+
+def _step_gradients(model: nn.Module, faults: Faults | None, sites: SiteList | None, targets: list[_Target], x: torch.Tensor,
+                    y: torch.Tensor, loss_fn: nn.Module, c: TrainingConfig) -> None:
+    """Accumulate one step's gradients: the faulty loss over finite outputs, the operand hinges
+    of ``targets`` and the clean loss (see the module docstring)."""
+    if faults is None:
+        _finite_loss(model, x, y, loss_fn)
+    elif not targets:
+        with inject(model, faults, sites=sites):
+            finite = _finite_loss(model, x, y, loss_fn)
+        if c.clean_loss or (c.neutralise != "none" and not finite):
+            loss_fn(model(x), y).backward()  # (a) the clean loss
+    else:
+        pre: dict[nn.Module, list[torch.Tensor]] = {t.relu: [] for t in targets if t.relu is not None}
+        with inject(model, faults, sites=sites), _capture(pre):
+            out = model(x)
+            ok = torch.isfinite(out).all(1)
+            terms = [loss_fn(out[ok], y[ok])] if bool(ok.any()) else []  # (b) the faulty loss where finite
+            terms += [c.penalty * _operand_penalty(t, pre[t.relu][t.call], c.margin)  # (c) operands -> exact zeros
+                      for t in targets if t.relu is not None]
+            if terms:
+                sum(terms).backward()
+        if c.clean_loss or not bool(ok.all()):
+            loss_fn(model(x), y).backward()  # (a) the clean loss
 
 
 def _finite_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> bool:
@@ -277,11 +313,11 @@ class _Target:
     relu: nn.Module | None = None                 # operand route: the ReLU producing the operand (its call-th call) ...
     call: int = 0
     chain: tuple[nn.Module, ...] = ()             # ... and the zero-preserving modules between it and the layer
-    param: nn.Parameter | None = None             # sign route: the stored weight ...
+    param: torch.Tensor | None = None             # sign route: the stored weight ...
     side: float = 0.0                             # ... held on this side of zero (the faulty value is then < 0)
 
 
-def _faulty_value(model: nn.Module, fault: FaultSet, sites: SiteList, param: nn.Parameter, flat: int, stored: float) -> float:
+def _faulty_value(model: nn.Module, fault: FaultSet, sites: SiteList, param: torch.Tensor, flat: int, stored: float) -> float:
     """The value the fault gives the weight element when it stores ``stored``."""
     with torch.no_grad():
         old = param.view(-1)[flat].clone()
@@ -329,7 +365,8 @@ def _targets(model: nn.Module, faults: FaultSet, sites: SiteList, x: torch.Tenso
                             t.param, t.side = param, side
                             break
             if mode == "operand" or (mode == "auto" and t.param is None):
-                chain, cur = [], mine[0]
+                chain: list[nn.Module] = []
+                cur = mine[0]
                 while True:
                     prev = [c for c in calls if cur.inp is not None and c.out is cur.inp]
                     if len(prev) != 1:
@@ -384,11 +421,45 @@ def _operand_penalty(t: _Target, z: torch.Tensor, margin: float) -> torch.Tensor
     h = h[:, c_in : c_in + 1]
     one = torch.zeros((1, 1, *mod.kernel_size), dtype=h.dtype)
     one[(0, 0, *t.index[2:])] = 1.0  # a kernel that reads the operand elements the faulty weight reads, at every position
-    pad = mod.padding
+    pad: str | int | tuple[int, ...] = mod.padding
     if mod.padding_mode != "zeros":
         h, pad = F.pad(h, mod._reversed_padding_repeated_twice, mode=mod.padding_mode), 0
     conv = (F.conv1d, F.conv2d, F.conv3d)[len(mod.kernel_size) - 1]
     return conv(h, one, None, mod.stride, pad, mod.dilation).sum() / len(h)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How :func:`search_critical` searches critical single bit flips (checked when built).
+
+    Attributes:
+        sampler: ``importance`` (ISimDL) or ``uniform``.
+        kind: ``weight`` or ``activation`` faults.
+        k: critical faults wanted.
+        criterion: when a fault is critical (default: accuracy drop >= 10 points).
+        bit_weighting: ISimDL bit weighting (importance sampling only).
+        tau: ISimDL ``random_threshold``.
+        max_trials: cap on fault-injection runs.
+
+    Example:
+        >>> SearchConfig(sampler="uniform", k=2).k
+        2
+    """
+
+    sampler: str = "importance"
+    kind: str = "weight"
+    k: int = 3
+    criterion: Criterion | str = field(default_factory=AccuracyDrop)
+    bit_weighting: str = "gradient"
+    tau: float = 0.0
+    max_trials: int = 5000
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("importance", "uniform"):
+            raise FaultError(f"sampler must be 'importance' or 'uniform', got {self.sampler!r}")
+        if self.bit_weighting not in BIT_WEIGHTINGS:
+            raise FaultError(f"unknown bit weighting {self.bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
+        _positive_int("k", self.k)
 
 
 def search_critical(
@@ -397,31 +468,19 @@ def search_critical(
     eval_y: torch.Tensor,
     sens_x: torch.Tensor,
     sens_y: torch.Tensor,
+    config: SearchConfig | None = None,
     *,
-    sampler: str = "importance",
-    kind: str = "weight",
-    k: int = 3,
-    criterion: Criterion | str = AccuracyDrop(),
-    bit_weighting: str = "gradient",
-    tau: float = 0.0,
     seed: int = 0,
-    max_trials: int = 5000,
     exclude: FaultSet | None = None,
 ) -> Search:
-    """Find ``k`` critical single bit flips of ``model``, drawing them by importance or uniformly.
+    """Find ``config.k`` critical single bit flips of ``model``, drawing them by importance or uniformly.
 
     Args:
         model: the network (searched as it is, without other faults).
         eval_x, eval_y: evaluation set for the critical criterion.
         sens_x, sens_y: sensitivity batch (importance sampling only).
-        sampler: ``importance`` (ISimDL) or ``uniform``.
-        kind: ``weight`` or ``activation`` faults.
-        k: critical faults wanted.
-        criterion: when a fault is critical (default: accuracy drop >= 10 points).
-        bit_weighting: ISimDL bit weighting (importance sampling only).
-        tau: ISimDL ``random_threshold``.
+        config: how to search (default :class:`SearchConfig`).
         seed: draw stream.
-        max_trials: cap on fault-injection runs.
         exclude: faults not to return again (e.g. found in an earlier search).
 
     Returns:
@@ -431,24 +490,21 @@ def search_critical(
         >>> import torch, resil
         >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(4, 3)); x = torch.rand(30, 4)
         >>> y = net(x).argmax(1).detach()
-        >>> s = search_critical(net, x, y, x, y, k=2)
+        >>> s = search_critical(net, x, y, x, y, SearchConfig(k=2))
         >>> s.found, len(s.critical)
         (2, 2)
     """
-    if sampler not in ("importance", "uniform"):
-        raise FaultError(f"sampler must be 'importance' or 'uniform', got {sampler!r}")
-    if bit_weighting not in BIT_WEIGHTINGS:
-        raise FaultError(f"unknown bit weighting {bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
+    c = config or SearchConfig()
     _check_data(model, eval_x, eval_y)
     _check_data(model, sens_x, sens_y)
-    evaluator = FaultEvaluator(model, eval_x, eval_y, criterion)
-    space = select_space(evaluator.sites, kind)
-    proposal = (isimdl_proposal(model, sens_x, sens_y, space, bit_weighting=bit_weighting, tau=tau)
-                if sampler == "importance" else uniform_proposal(space))
+    evaluator = FaultEvaluator(model, eval_x, eval_y, c.criterion)
+    space = select_space(evaluator.sites, c.kind)
+    proposal = (isimdl_proposal(model, sens_x, sens_y, space, bit_weighting=c.bit_weighting, tau=c.tau)
+                if c.sampler == "importance" else uniform_proposal(space))
     skip: list[int] = []
     if exclude is not None and len(exclude):
         skip = _locations(space, exclude)
-    return sample_until_critical(proposal, evaluator, k, seed=seed, max_trials=max_trials, exclude=skip)
+    return sample_until_critical(proposal, evaluator, c.k, seed=seed, max_trials=c.max_trials, exclude=skip)
 
 
 def _locations(space: object, faults: FaultSet) -> list[int]:
@@ -456,7 +512,7 @@ def _locations(space: object, faults: FaultSet) -> list[int]:
     out = []
     names = [s.name for s in space.sites]  # type: ignore[attr-defined]
     site_of = np.array(faults.site_names, dtype=object)[faults.site] if len(faults) else []
-    for name, index, mask in zip(site_of, faults.index, faults.mask):
+    for name, index, mask in zip(site_of, faults.index, faults.mask, strict=True):
         bit = int(mask).bit_length() - 1
         if name in names and int(mask) == 1 << bit:
             k = names.index(name)
@@ -511,45 +567,64 @@ class FATResult:
     faulty_after: float = float("nan")
 
 
+@dataclass(frozen=True)
+class FATConfig:
+    """The schedule of :func:`fault_aware_training` (checked when built).
+
+    Attributes:
+        epochs: training epochs.
+        search_epochs: after which epochs to search (0 = the given model, before training).
+        stagger: the j-th fault found by a search is applied from ``j * stagger`` epochs later on.
+        sens_size: training images in the sensitivity batch (drawn with ``seed``).
+        seed: the sensitivity batch's draw; epoch e trains with seed ``seed + e`` and searches
+            with ``seed + 1000 e``.
+        search: how each search runs (:class:`SearchConfig`).
+        training: how each epoch trains (:class:`TrainingConfig`).
+
+    Example:
+        >>> FATConfig(epochs=2, search_epochs=(0, 1), search=SearchConfig(k=1)).search.k
+        1
+    """
+
+    epochs: int = 5
+    search_epochs: tuple[int, ...] = (0,)
+    stagger: int = 0
+    sens_size: int = 32
+    seed: int = 0
+    search: SearchConfig = field(default_factory=SearchConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("sens_size", self.sens_size)
+        if isinstance(self.stagger, bool) or not isinstance(self.stagger, (int, np.integer)) or self.stagger < 0:
+            raise FaultError(f"stagger must be an integer >= 0, got {self.stagger!r}")
+        bad = [e for e in self.search_epochs if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 0 <= e < self.epochs]
+        if bad:
+            raise FaultError(f"search_epochs must lie in 0..{self.epochs - 1}, got {bad}")
+
+
 def fault_aware_training(
     model: nn.Module,
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
+    config: FATConfig | None = None,
     *,
-    epochs: int = 5,
-    search_epochs: Sequence[int] = (0,),
-    k: int = 3,
-    stagger: int = 0,
-    sampler: str = "importance",
-    kind: str = "weight",
-    criterion: Criterion | str = AccuracyDrop(),
-    bit_weighting: str = "gradient",
-    tau: float = 0.0,
-    max_trials: int = 5000,
-    sens_size: int = 32,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    seed: int = 0,
     progress: bool = True,
-    neutralise: str = "auto",
-    clean_loss: bool = True,
-    penalty: float = 1.0,
-    margin: float = 0.1,
 ) -> FATResult:
     """ISimDL's fault-aware training: search critical faults, fix them into the model, keep training.
 
-    After each epoch listed in ``search_epochs`` (0 = the given model, before training), ``k``
-    critical faults of the current model are searched (:func:`search_critical`, on the test set
-    with ``criterion``; sensitivity batch: ``sens_size`` training images drawn with ``seed``) and
-    fixed into the model for every following training step (:func:`train_under_faults`), the
-    j-th of them from ``j * stagger`` epochs later on (``stagger = 0``: all at once; ISimDL inserts
-    faults at chosen epochs, and staggering lets the network neutralise one fault before the
-    next, where several together would make every output non-finite and leave no gradient).
-
-    ``neutralise``, ``clean_loss``, ``penalty`` and ``margin`` are passed to
-    :func:`train_under_faults` (``neutralise="none", clean_loss=False``: the plain behaviour).
+    After each epoch listed in ``search_epochs`` (0 = the given model, before training),
+    ``search.k`` critical faults of the current model are searched (:func:`search_critical`, on
+    the test set with ``search.criterion``; sensitivity batch: ``sens_size`` training images
+    drawn with ``seed``) and fixed into the model for every following training step
+    (:func:`train_under_faults` with ``training``), the j-th of them from ``j * stagger`` epochs
+    later on (``stagger = 0``: all at once; ISimDL inserts faults at chosen epochs, and
+    staggering lets the network neutralise one fault before the next, where several together
+    would make every output non-finite and leave no gradient).
+    ``TrainingConfig(neutralise="none", clean_loss=False)`` is the plain behaviour.
 
     Returns:
         A :class:`FATResult`, with accuracy with and without the found faults before and after
@@ -559,62 +634,47 @@ def fault_aware_training(
         >>> import torch, resil.models as rm
         >>> d = rm.dataset("digits")
         >>> r = fault_aware_training(rm.load("dense-cnn"), d.x_train, d.y_train, d.x_test, d.y_test,
-        ...                          epochs=1, k=1, progress=False)
+        ...                          FATConfig(epochs=1, search=SearchConfig(k=1)), progress=False)
         >>> r.search_runs > 0, len(r.faults), r.faulty_before < r.clean_before
         (True, 1, True)
     """
+    c = config or FATConfig()
     _check_data(model, train_x, train_y)
     _check_data(model, test_x, test_y)
-    epochs, k, sens_size = _positive_int("epochs", epochs), _positive_int("k", k), _positive_int("sens_size", sens_size)
-    if isinstance(stagger, bool) or not isinstance(stagger, (int, np.integer)) or stagger < 0:
-        raise FaultError(f"stagger must be an integer >= 0, got {stagger!r}")
-    bad = [e for e in search_epochs if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 0 <= e < epochs]
-    if bad:
-        raise FaultError(f"search_epochs must lie in 0..{epochs - 1}, got {bad}")
-    if sampler not in ("importance", "uniform"):
-        raise FaultError(f"sampler must be 'importance' or 'uniform', got {sampler!r}")
-    if bit_weighting not in BIT_WEIGHTINGS:
-        raise FaultError(f"unknown bit weighting {bit_weighting!r}; choose one of {list(BIT_WEIGHTINGS)}")
-    if neutralise not in NEUTRALISE:
-        raise FaultError(f"neutralise must be one of {list(NEUTRALISE)}, got {neutralise!r}")
-    select_space(list_sites(model, test_x[:1]), kind)  # a bad kind fails here, before any work
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(train_x), generator=g)[: min(sens_size, len(train_x))]
-    sens_x, sens_y = train_x[rows], train_y[rows]
     sites = list_sites(model, test_x[:1])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    select_space(sites, c.search.kind)  # a bad kind fails here, before any work
+    g = torch.Generator().manual_seed(c.seed)
+    rows = torch.randperm(len(train_x), generator=g)[: min(c.sens_size, len(train_x))]
+    sens_x, sens_y = train_x[rows], train_y[rows]
+    opt = torch.optim.Adam(model.parameters(), lr=c.training.lr)
     found: list[tuple[int, FaultSet]] = []  # (first epoch it is applied after, fault)
-
-    def active(epoch: int) -> FaultSet:
-        sets = [f for start, f in found if start <= epoch]
-        return FaultSet.concat(sets) if sets else FaultSet(site=[], index=[], bit=[])
-
     history: list[EpochRecord] = []
-    total_runs = 0
     clean_before = accuracy_under(model, None, test_x, test_y)
     snapshot = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    for epoch in tqdm(range(epochs + 1), desc=f"FAT ({sampler})", disable=not progress):
+    for epoch in tqdm(range(c.epochs + 1), desc=f"FAT ({c.search.sampler})", disable=not progress):
         if epoch > 0:
-            train_under_faults(model, active(epoch - 1), train_x, train_y, epochs=1, batch_size=batch_size, seed=seed + epoch,
-                               optimizer=opt, sites=sites, neutralise=neutralise,
-                               clean_loss=clean_loss, penalty=penalty, margin=margin)
+            train_under_faults(model, _applied(found, epoch - 1), train_x, train_y, c.training, seed=c.seed + epoch, optimizer=opt,
+                               sites=sites)
         runs = n_found = 0
-        if epoch in search_epochs:
-            every = FaultSet.concat([f for _, f in found]) if found else None
-            s = search_critical(model, test_x, test_y, sens_x, sens_y, sampler=sampler, kind=kind, k=k, criterion=criterion,
-                                bit_weighting=bit_weighting, tau=tau, seed=seed + 1000 * epoch, max_trials=max_trials,
-                                exclude=every)
+        if epoch in c.search_epochs:
+            s = search_critical(model, test_x, test_y, sens_x, sens_y, c.search, seed=c.seed + 1000 * epoch,
+                                exclude=_applied(found) if found else None)
             runs, n_found = s.runs, s.found
-            total_runs += runs
-            found += [(epoch + j * stagger, s.critical[[j]]) for j in range(s.found)]
-        now = active(epoch)
+            found += [(epoch + j * c.stagger, s.critical[[j]]) for j in range(s.found)]
+        now = _applied(found, epoch)
         history.append(EpochRecord(epoch, runs, n_found, len(now), accuracy_under(model, None, test_x, test_y),
                                    accuracy_under(model, now, test_x, test_y, sites=sites)))
-    faults = FaultSet.concat([f for _, f in found]) if found else FaultSet(site=[], index=[], bit=[])
+    faults = _applied(found)
     clean_after = accuracy_under(model, None, test_x, test_y)
     faulty_after = accuracy_under(model, faults, test_x, test_y, sites=sites)
     trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
     model.load_state_dict(snapshot)  # the given model under the final fault set
     faulty_before = accuracy_under(model, faults, test_x, test_y, sites=sites)
     model.load_state_dict(trained)
-    return FATResult(model, faults, history, total_runs, clean_before, faulty_before, clean_after, faulty_after)
+    return FATResult(model, faults, history, sum(h.runs for h in history), clean_before, faulty_before, clean_after, faulty_after)
+
+
+def _applied(found: list[tuple[int, FaultSet]], epoch: float = math.inf) -> FaultSet:
+    """The faults applied after ``epoch`` (default: every one found), of ``(first epoch, fault)`` pairs."""
+    sets = [f for start, f in found if start <= epoch]
+    return FaultSet.concat(sets) if sets else FaultSet(site=[], index=[], bit=[])
