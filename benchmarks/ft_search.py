@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from resil.training.ftnas import AdSAF, MiBB
-from resil.training.search import REFERENCES, search
+from resil.training.search import REFERENCES, ArchSearchConfig, search
 
 CASES = [("adSAF p=0.08", AdSAF(p=0.08)), ("MiBB p_m=5e-4", MiBB(p_m=5e-4))]
 
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     out = []
     verdicts = []
     for label, proc in CASES:
-        r = search(proc, candidates=args.candidates, population=args.population, epochs=args.epochs, draws=args.draws,
-                   final_draws=args.final_draws, seed=args.seed,
-                   reference_ftt=() if args.no_reference_ftt else REFERENCES, progress=False)
+        config = ArchSearchConfig(candidates=args.candidates, population=args.population, epochs=args.epochs, draws=args.draws,
+                                  final_draws=args.final_draws, seed=args.seed, reference_ftt=() if args.no_reference_ftt else REFERENCES)
+        r = search(proc, config, progress=False)
         print(f"\n== {label}: beta {r.beta}, FTT alpha {r.alpha}; search + comparison {r.seconds:.0f} s ==")
         print(f"candidates (validation split, {args.draws} draws):")
         for c in r.candidates:

@@ -12,6 +12,7 @@ from resil import FaultError
 from resil.training.ftnas import AdSAF, MiBB
 from resil.training.search import (
     Arch,
+    ArchSearchConfig,
     SearchSpace,
     compare,
     default_beta,
@@ -126,8 +127,8 @@ def test_compare_uses_the_same_draws_for_models_of_the_same_shape():
 
 
 def test_search_validates_on_a_held_out_split_and_compares_on_the_test_set():
-    r = search(AdSAF(p=0.08), space=TINY, candidates=4, population=2, tournament=2, epochs=1, final_epochs=1, draws=2,
-               final_draws=2, references=("structured-50",), progress=False)
+    r = search(AdSAF(p=0.08), ArchSearchConfig(candidates=4, population=2, tournament=2, epochs=1, final_epochs=1, draws=2,
+                                               final_draws=2, references=("structured-50",)), space=TINY, progress=False)
     d = rm.dataset("digits")
     # the validation split: 20% of each class of the training set, rounded per class (by hand)
     counts = np.bincount(d.y_train.numpy())
@@ -148,8 +149,8 @@ def test_search_validates_on_a_held_out_split_and_compares_on_the_test_set():
 
 
 def test_without_faults_the_faulty_accuracy_is_the_clean_one():
-    r = search(AdSAF(p=0.0), space=TINY, candidates=2, population=2, epochs=1, final_epochs=1, draws=2, final_draws=2,
-               alpha=0.0, references=("dense-cnn",), progress=False)
+    r = search(AdSAF(p=0.0), ArchSearchConfig(candidates=2, population=2, epochs=1, final_epochs=1, draws=2, final_draws=2,
+                                              alpha=0.0, references=("dense-cnn",)), space=TINY, progress=False)
     for row in r.comparison:
         assert row.faulty == (row.clean, row.clean) and row.reward == pytest.approx(row.clean)
     assert r.found.training == "normal"
@@ -162,4 +163,4 @@ def test_without_faults_the_faulty_accuracy_is_the_clean_one():
 ])
 def test_bad_search_arguments_fail_before_any_work(kwargs, match):
     with pytest.raises(FaultError, match=match):
-        search(AdSAF(), progress=False, **kwargs)
+        search(AdSAF(), ArchSearchConfig(**kwargs), progress=False)

@@ -347,7 +347,7 @@ def cmd_fat(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from resil.training.ftnas import process_spec
-    from resil.training.search import default_beta, save_found, search
+    from resil.training.search import ArchSearchConfig, default_beta, save_found, search
     from resil.training.store import RunStore
 
     procs = parse_faults(args.faults)
@@ -369,10 +369,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     store = RunStore(args.out)
     store.create("search", spec)
     torch.set_num_threads(1)
-    r = search(procs, beta=beta, candidates=args.candidates, population=args.population, tournament=args.tournament,
-               epochs=args.epochs, final_epochs=args.final_epochs, alpha=args.alpha, draws=args.draws, final_draws=args.final_draws,
-               val_fraction=args.val_fraction, references=references, reference_ftt=reference_ftt, seed=args.seed,
-               eval_seed=args.eval_seed, progress=True)
+    config = ArchSearchConfig(beta=beta, candidates=args.candidates, population=args.population, tournament=args.tournament,
+                              epochs=args.epochs, final_epochs=args.final_epochs, alpha=args.alpha, draws=args.draws,
+                              final_draws=args.final_draws, val_fraction=args.val_fraction, references=tuple(references),
+                              reference_ftt=tuple(reference_ftt), seed=args.seed, eval_seed=args.eval_seed)
+    r = search(procs, config, progress=True)
     cands = [c.to_dict() for c in r.candidates]
     store.write_table("candidates", {k: [c[k] for c in cands] for k in cands[0]})
     rows = r.comparison

@@ -54,6 +54,7 @@ from .ftt import faulty_accuracy, run_ftt, train_ftt
 __all__ = [
     "ACTIVATIONS",
     "Arch",
+    "ArchSearchConfig",
     "Candidate",
     "ComparisonRow",
     "MedianOf",
@@ -463,19 +464,35 @@ REFERENCES = ("dense-cnn", "pruned-50", "pruned-80", "structured-50", "int8", "i
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """The budget and settings of :func:`search` (see its arguments), checked on construction.
+class ArchSearchConfig:
+    """The budget and settings of :func:`search`, checked on construction.
+
+    Attributes:
+        beta: reward weight of faulty accuracy; None: FT-NAS's for the faults (:func:`default_beta`).
+        candidates: architectures to evaluate in all (the first ``population`` drawn at random).
+        population, tournament: regularized evolution's population and tournament sizes.
+        epochs: training epochs of a candidate; ``final_epochs`` those of the retrained best.
+        alpha: FTT weight of the faulty loss (0: normal training).
+        lr: Adam learning rate (batches of 64, as the reference recipes).
+        draws: fault draws of a candidate's validation score; ``final_draws`` on the test set.
+        val_fraction: share of the training images held out (stratified) for validation.
+        references: reference models to compare with (their trained models: see
+            :mod:`resil.training.references`).
+        reference_ftt: those of ``references`` to also train with FTT (:func:`resil.training.run_ftt`,
+            their own recipes and ``alpha``) for a like-for-like comparison.
+        seed: seeds the search, the split, the initialisation and the FTT fault draws.
+        eval_seed: seed of the evaluation fault draws (the same for every model).
 
     Example:
-        >>> SearchConfig(beta=0.2, candidates=4, population=8).population   # at most the candidates
+        >>> ArchSearchConfig(beta=0.2, candidates=4, population=8).population   # at most the candidates
         4
-        >>> SearchConfig(beta=0.2, lr=0)
+        >>> ArchSearchConfig(lr=0)
         Traceback (most recent call last):
         ...
         resil.errors.FaultError: lr must be a positive number, not 0
     """
 
-    beta: float
+    beta: float | None = None
     candidates: int = 20
     population: int = 8
     tournament: int = 3
@@ -493,7 +510,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         fix = object.__setattr__
-        fix(self, "beta", _check_unit("beta", self.beta))
+        if self.beta is not None:
+            fix(self, "beta", _check_unit("beta", self.beta))
         fix(self, "alpha", _check_unit("alpha", self.alpha))
         for name in ("candidates", "population", "tournament", "epochs", "final_epochs", "draws", "final_draws"):
             fix(self, name, _check_int(name, getattr(self, name)))
@@ -522,29 +540,14 @@ class SearchConfig:
             raise FaultError(f"reference_ftt names models not in references: {missing}")
 
 
-def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None = None, space: SearchSpace | None = None,
-           candidates: int = 20, population: int = 8, tournament: int = 3, epochs: int = 6, final_epochs: int = 15,
-           alpha: float = 0.5, lr: float = 3e-3, draws: int = 5, final_draws: int = 20, val_fraction: float = 0.2,
-           references: Sequence[str] = REFERENCES, reference_ftt: Sequence[str] = (), seed: int = 0, eval_seed: int = 1,
-           progress: bool = True) -> SearchResult:
+def search(faults: FaultProcess | Sequence[FaultProcess], config: ArchSearchConfig | None = None, *,
+           space: SearchSpace | None = None, progress: bool = True) -> SearchResult:
     """Search a fault-tolerant digits CNN under ``faults`` (see the module docstring).
 
     Args:
         faults: MiBB, IBB or AdSAF process(es), used for FTT, for the reward and for the comparison.
-        beta: reward weight of faulty accuracy; default FT-NAS's (:func:`default_beta`).
+        config: the budget and settings (default :class:`ArchSearchConfig`).
         space: the search space (default :class:`SearchSpace`).
-        candidates: architectures to evaluate in all (the first ``population`` drawn at random).
-        population, tournament: regularized evolution's population and tournament sizes.
-        epochs: training epochs of a candidate; ``final_epochs`` those of the retrained best.
-        alpha: FTT weight of the faulty loss (0: normal training).
-        lr: Adam learning rate (batches of 64, as the reference recipes).
-        draws: fault draws of a candidate's validation score; ``final_draws`` on the test set.
-        val_fraction: share of the training images held out (stratified) for validation.
-        references: bundled reference models to compare with (their shipped, normally trained checkpoints).
-        reference_ftt: those of ``references`` to also train with FTT (:func:`resil.training.run_ftt`,
-            their own recipes and ``alpha``) for a like-for-like comparison.
-        seed: seeds the search, the split, the initialisation and the FTT fault draws.
-        eval_seed: seed of the evaluation fault draws (the same for every model).
         progress: tqdm bars.
 
     Returns:
@@ -553,29 +556,31 @@ def search(faults: FaultProcess | Sequence[FaultProcess], *, beta: float | None 
     Example (a few seconds):
         >>> from resil.training.ftnas import AdSAF
         >>> space = SearchSpace(conv1=(4,), conv2=(8,), hidden=(16,), kernel=(3,), pool=("max",), bits=(None,))
-        >>> r = search(AdSAF(p=0.08), space=space, candidates=2, population=2, epochs=1, final_epochs=1, draws=1,
-        ...            final_draws=1, references=(), progress=False)
+        >>> config = ArchSearchConfig(candidates=2, population=2, epochs=1, final_epochs=1, draws=1, final_draws=1, references=())
+        >>> r = search(AdSAF(p=0.08), config, space=space, progress=False)
         >>> r.arch in space.members(), len(r.candidates), r.beta
         (True, 2, 0.2)
     """
     start = time.perf_counter()
     procs = processes(faults)
+    config = ArchSearchConfig() if config is None else config
+    if not isinstance(config, ArchSearchConfig):
+        raise FaultError(f"config must be an ArchSearchConfig, not {type(config).__name__}")
     space = SearchSpace() if space is None else space
     if not isinstance(space, SearchSpace):
         raise FaultError(f"space must be a SearchSpace, not {type(space).__name__}")
-    config = SearchConfig(default_beta(procs) if beta is None else beta, candidates, population, tournament, epochs, final_epochs,
-                          alpha, lr, draws, final_draws, val_fraction, tuple(references), tuple(reference_ftt), seed, eval_seed)
     return _Search(config, space, procs, progress).run(start)
 
 
 class _Search:
     """One run of :func:`search`: regularized evolution on a validation split, then the comparison."""
 
-    def __init__(self, config: SearchConfig, space: SearchSpace, procs: tuple[FaultProcess, ...], progress: bool) -> None:
+    def __init__(self, config: ArchSearchConfig, space: SearchSpace, procs: tuple[FaultProcess, ...], progress: bool) -> None:
         from .data import Dataset, stratified_split
         from .references import training_data
 
         self.config, self.space, self.procs, self.progress = config, space, procs, progress
+        self.beta = default_beta(procs) if config.beta is None else config.beta
         self.data = training_data("digits")
         fit_rows, val_rows = stratified_split(self.data.y_train.numpy(), config.val_fraction, config.seed)
         self.split = Dataset("digits-search", self.data.x_train[fit_rows], self.data.y_train[fit_rows], self.data.x_train[val_rows],
@@ -604,7 +609,7 @@ class _Search:
         clean = accuracy(model, self.split.x_test, self.split.y_test)
         f = faulty_accuracy(model, self.procs, self.split.x_test, self.split.y_test, draws=c.draws, seed=c.eval_seed)
         cand = Candidate(len(self.history), arch, parent, arch.params, clean, float(f.mean()), float(f.std(ddof=1)) if c.draws > 1 else 0.0,
-                         reward(clean, float(f.mean()), c.beta), time.perf_counter() - t0)
+                         reward(clean, float(f.mean()), self.beta), time.perf_counter() - t0)
         self.history.append(cand)
         self.by_arch[arch] = cand
         return cand
@@ -648,14 +653,14 @@ class _Search:
 
         def trained(name: str) -> nn.Module:
             ref = training_reference(name)
-            assert ref is not None  # checked by SearchConfig
+            assert ref is not None  # checked by ArchSearchConfig
             return ref.trained()
 
         c, data = self.config, self.data
         training = f"FTT alpha={c.alpha:g}" if c.alpha > 0 else "normal"
         models: dict[str, tuple[nn.Module, str]] = {f"found: {best.arch.describe()}": (model, training)}
         models.update({name: (trained(name), "normal") for name in c.references})
-        rows = compare(models, self.procs, data.x_test, data.y_test, beta=c.beta, draws=c.final_draws, seed=c.eval_seed,
+        rows = compare(models, self.procs, data.x_test, data.y_test, beta=self.beta, draws=c.final_draws, seed=c.eval_seed,
                        progress=self.progress)
         for name in tqdm(list(c.reference_ftt), desc="FTT of references", disable=not self.progress, leave=False):
             r = run_ftt(name, self.procs, alpha=c.alpha if c.alpha > 0 else 0.5, draws=c.final_draws, seed=c.seed, eval_seed=c.eval_seed,
@@ -663,7 +668,7 @@ class _Search:
             assert r.trained is not None
             total_p, live = live_parameters(r.trained)
             rows.append(ComparisonRow(name, f"FTT alpha={r.alpha:g}", total_p, live, r.clean_ftt, tuple(r.faulty_ftt),
-                                      reward(r.clean_ftt, float(np.mean(r.faulty_ftt)), c.beta)))
+                                      reward(r.clean_ftt, float(np.mean(r.faulty_ftt)), self.beta)))
         return rows
 
     def run(self, start: float) -> SearchResult:
@@ -674,7 +679,7 @@ class _Search:
             best = self.evolve()
             model = self.fit(best.arch, self.data, c.final_epochs)
             rows = self.compare(best, model)
-        return SearchResult(best.arch, model, " + ".join(process_spec(p) for p in self.procs), c.beta, c.alpha, self.history, rows,
+        return SearchResult(best.arch, model, " + ".join(process_spec(p) for p in self.procs), self.beta, c.alpha, self.history, rows,
                             time.perf_counter() - start)
 
 
