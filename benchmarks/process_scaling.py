@@ -4,16 +4,17 @@ with ``--workers 2``, side by side (and where the time goes).
 The campaign: dense-cnn, single-bit weight and bias flips over 256 test inputs, 2,000 scenarios
 (``--scenarios``) in shards of ``--shard-size``. Each contender runs it into a fresh directory in a
 fresh interpreter, as ``resil run`` would (its pool's start-up included); the tables must be equal.
-Reported per contender: wall time (pool start-up included) and scenarios/s; then the parts of the
-overhead: building the runner in one process (imports done: the golden run, sites, sampler), and in
-a new worker its start (forked from resil's preloaded forkserver where the platform has one, else a
-spawned interpreter importing torch), its runner build and its time per shard; and how many cores
-two busy workers actually get on the machine (two warm workers running the same shards side by side
-against one alone): on a machine shared with other work, the ceiling of the 2-worker speed-up. Every
-worker runs one torch thread (``run_shard(..., threads=1)``), as does the serial run, so two workers
-on two cores do not oversubscribe them.
+Reported per contender: the median wall time of ``--repeats`` interleaved runs (pool start-up
+included) and scenarios/s; then the parts of the overhead: building the runner in one process
+(imports done: the golden run, sites, sampler), and in a new worker its start (forked from resil's
+preloaded forkserver where the platform has one, else a spawned interpreter importing torch), its
+runner build and its time per shard; and how many cores two busy workers actually get on the machine
+(two warm workers running the same shards side by side against one alone): on a machine shared with
+other work, the ceiling of the 2-worker speed-up. Every worker runs one torch thread
+(``run_shard(..., threads=1)``), as does the serial run, so two workers on two cores do not
+oversubscribe them.
 
-    python benchmarks/process_scaling.py                   # 2,000 scenarios, a few minutes on 2 cores
+    python benchmarks/process_scaling.py                   # 2,000 scenarios, 3 interleaved runs each, about 3 minutes
     python benchmarks/process_scaling.py --scenarios 400   # a smoke run
 """
 
@@ -30,6 +31,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import resil.campaign as rc
@@ -92,6 +94,7 @@ def main() -> None:
     p.add_argument("--scenarios", type=int, default=2000)
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--inputs", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3, help="runs of each contender, interleaved (the median is shown)")
     p.add_argument("--mode", choices=("fast", "plain"), default="plain", help="plain: a full forward per scenario (default)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -104,19 +107,24 @@ def main() -> None:
     CampaignRunner(spec)
     build = time.perf_counter() - t
     tables, walls = {}, {}
+    contenders = (("serial", "serial", 1), ("process x1", "process", 1), ("process x2", "process", 2))
     with tempfile.TemporaryDirectory() as tmp:
-        for label, kind, workers in (("serial", "serial", 1), ("process x1", "process", 1), ("process x2", "process", 2)):
-            out = Path(tmp) / label.replace(" ", "")
-            walls[label] = contender(dataclasses.asdict(spec), out, kind, workers)
-            tables[label] = rc.Store(out).table().to_pandas()
+        for repeat in range(args.repeats):  # interleaved, so a slow spell of the machine hits every contender
+            for label, kind, workers in contenders:
+                out = Path(tmp) / f"{label.replace(' ', '')}-{repeat}"
+                walls.setdefault(label, []).append(contender(dataclasses.asdict(spec), out, kind, workers))
+                tables[label] = rc.Store(out).table().to_pandas()
         t = time.perf_counter()
         with ProcessPoolExecutor(1, mp_context=worker_context()) as ex:
             build_w, shard = ex.submit(timed_shards, dataclasses.asdict(spec)).result()
         spawn = time.perf_counter() - t - build_w - shard
         cores = free_cores(dataclasses.asdict(spec), range(min(5, -(-args.scenarios // args.shard_size))))
     assert all(t.equals(tables["serial"]) for t in tables.values()), "an executor's table differs from the serial one"
-    for label, wall in walls.items():
-        print(f"{label:12s} {wall:7.1f} s  {args.scenarios / wall:7.1f} scenarios/s  {walls['serial'] / wall:5.2f}x serial")
+    median = {label: float(np.median(w)) for label, w in walls.items()}
+    for label, wall in median.items():
+        runs = ", ".join(f"{w:.1f}" for w in walls[label])
+        print(f"{label:12s} {wall:7.1f} s  {args.scenarios / wall:7.1f} scenarios/s  {median['serial'] / wall:5.2f}x serial"
+              f"  (median of {runs} s)")
     print(f"runner build in one process (golden run, sites, sampler): {build:.2f} s")
     print(f"first worker ({worker_context().get_start_method()}): {spawn:.2f} s to start (a forkserver: its imports, once per run), "
           f"{build_w:.1f} s to build its runner, {shard:.2f} s per shard of {args.shard_size} scenarios")
