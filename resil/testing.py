@@ -171,8 +171,7 @@ class AdapterTester:
             if s.batch_dim is None:
                 continue
             faults = [Fault(s.name, int(i), bit=self._high_bit(s), batch=1) for i in self._picks(s)]
-            with torch.no_grad(), inject(self.model, faults, sites=self.sites):
-                out = self.forward(self.model, self.example)
+            out = self._faulty(faults)
             assert _bits(out[:1]) == _bits(self.golden[:1]), f"site {s.name!r}: a fault on sample 1 changed sample 0's output"
             covered.append(s.name)
         self._assert_output_restored("per-sample faults")
@@ -186,13 +185,10 @@ class AdapterTester:
         for s in self._computed():
             late = calls.get(s.module, 0)
             index, bit = int(self._picks(s)[0]), self._high_bit(s)
-            with torch.no_grad(), inject(self.model, Fault(s.name, index, bit=bit, step=(late, FOREVER)), sites=self.sites):
-                out = self.forward(self.model, self.example)
+            out = self._faulty(Fault(s.name, index, bit=bit, step=(late, FOREVER)))
             assert _bits(out) == _bits(self.golden), f"site {s.name!r}: a fault from step {late} (after its last call) changed the output"
-            with torch.no_grad(), inject(self.model, Fault(s.name, index, bit=bit, step=(0, late)), sites=self.sites):
-                spanning = self.forward(self.model, self.example)
-            with torch.no_grad(), inject(self.model, Fault(s.name, index, bit=bit), sites=self.sites):
-                permanent = self.forward(self.model, self.example)
+            spanning = self._faulty(Fault(s.name, index, bit=bit, step=(0, late)))
+            permanent = self._faulty(Fault(s.name, index, bit=bit))
             assert _bits(spanning) == _bits(permanent), f"site {s.name!r}: a fault over steps 0..{late - 1} differs from a permanent one"
             covered.append(s.name)
         self._assert_output_restored("time-window faults")
@@ -216,14 +212,18 @@ class AdapterTester:
             finally:
                 undo()
             self._assert_restored(before, f"site {s.name!r} (transform undone)")
-            with torch.no_grad(), inject(self.model, Fault(s.name, i, bit=bit), sites=self.sites):
-                injected = self.forward(self.model, self.example)
+            injected = self._faulty(Fault(s.name, i, bit=bit))
             assert _bits(transformed) == _bits(injected), f"site {s.name!r}: transform with a bit flip differs from injecting it"
             covered.append(s.name)
         self._assert_output_restored("transforms")
         return covered
 
     # -- helpers ------------------------------------------------------------------------------
+    def _faulty(self, faults: Fault | list[Fault]) -> Any:
+        """The model's output on the example with ``faults`` injected (no gradients)."""
+        with torch.no_grad(), inject(self.model, faults, sites=self.sites):
+            return self.forward(self.model, self.example)
+
     def _walk(self) -> Iterator[Site]:
         """Every site every adapter yields for the model, before names are merged into a SiteList."""
         options = SiteOptions()
