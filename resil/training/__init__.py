@@ -6,9 +6,10 @@ every forward pass with straight-through gradients:
 
 - :func:`prepare` / :class:`FTT`: use it from your own training loop (``ftt.loss(x, y)``), then
   :meth:`FTT.convert` (or :func:`convert`) returns the plain model;
-- :func:`train_ftt`: the reference recipe (``resil.models.Recipe``) with the FTT loss;
+- :func:`train_ftt`: a training recipe (:class:`resil.training.recipe.Recipe`) with the FTT loss;
 - :func:`faulty_accuracy`: accuracy under independent fault draws;
-- :func:`run_ftt`: normal vs FTT training of a bundled reference model, as an :class:`FTTResult`.
+- :func:`run_ftt`: normal vs FTT training of a named training reference (:mod:`resil.training.references`:
+  the bundled models, or ones you register) or of your own model and data, as an :class:`FTTResult`.
 
 Fault-aware training (ISimDL) is in :mod:`resil.training.fat`. Fault-tolerant architecture
 search (a small FT-NAS: :func:`resil.training.search.search` over an :class:`SearchSpace` of :class:`Arch` digits CNNs,
