@@ -57,3 +57,16 @@ def test_the_caller_runs_shards_until_a_worker_reports_and_the_table_is_the_seri
     assert counts.pop(os.getpid(), 0) > 0, "this process ran shards (its runner was built already: no other forwards here)"
     assert counts, "a worker ran shards too"
     assert pooled.equals(serial)
+
+
+def test_a_pool_starts_slowly_only_until_its_first_task_finishes() -> None:
+    from resil.campaign.executors import starts_slowly
+
+    pool = make_executor("process", 1)
+    try:
+        assert starts_slowly(pool)
+        pool.submit(os.getpid).result()
+        assert not starts_slowly(pool)  # warm: a later round's shards all go to the workers
+    finally:
+        pool.shutdown()
+    assert not starts_slowly(make_executor("serial"))

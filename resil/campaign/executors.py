@@ -38,8 +38,8 @@ class SerialExecutor(Executor):
 
 class ProcessPool(ProcessPoolExecutor):
     """A local pool of ``workers`` processes (started as :func:`worker_context` says) that knows
-    its size, so that a run keeps it
-    busy (:func:`in_flight`) and replaces it when its workers die (:func:`restarted`)."""
+    its size, so that a run keeps it busy (:func:`in_flight`) and replaces it when its workers die
+    (:func:`restarted`), and whether a task has finished yet (:func:`starts_slowly`)."""
 
     def __init__(self, workers: int) -> None:
         context = worker_context()
@@ -47,6 +47,15 @@ class ProcessPool(ProcessPoolExecutor):
             forkserver.ensure_running()  # it imports in the background while the caller builds its campaign
         super().__init__(max_workers=workers, mp_context=context)
         self.workers = workers
+        self.reported = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._report)
+        return future
+
+    def _report(self, future: Future[Any]) -> None:
+        self.reported = True
 
 
 def make_executor(kind: str = "serial", workers: int = 2, address: str | None = None, *,
@@ -154,14 +163,14 @@ class _DaskExecutor(Executor):
 
 
 def starts_slowly(executor: Executor) -> bool:
-    """Whether ``executor``'s workers take a while to come up on this machine (a local process
-    pool starting its processes): the caller may run tasks itself until the first one reports.
+    """Whether ``executor``'s workers are still coming up (a local process pool none of whose
+    tasks has finished yet): the caller may run tasks itself until the first one reports.
 
     Example:
         >>> starts_slowly(SerialExecutor())
         False
     """
-    return isinstance(executor, ProcessPool)
+    return isinstance(executor, ProcessPool) and not executor.reported
 
 
 def in_flight(executor: Executor) -> int:

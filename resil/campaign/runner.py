@@ -234,12 +234,10 @@ def _run(spec: CampaignSpec, out: str | Path, executor: Executor, progress: Call
     with store.lock():
         store.create(manifest)
         live = ""
-        if live_objects:
-            live = runner.fingerprint["model"] + runner.fingerprint["inputs"]
+        if live_objects:  # workers load the saved live objects; shards run here find this runner under the same name
+            live = (runner.fingerprint["model"] + runner.fingerprint["inputs"] if isinstance(executor, SerialExecutor)
+                    else str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels)))
             _remember((spec.hash(), live), runner)
-        if live_objects and not isinstance(executor, SerialExecutor):
-            live = str(save_live(store.root / LIVE, runner.model, runner.inputs, runner.labels))
-            _remember((spec.hash(), live), runner)  # shards run here find it under the name the workers use
         done = store.done()
         todo = [s for s in range(runner.shards) if s not in done]
         if progress:
