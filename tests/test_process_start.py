@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,10 @@ def test_a_pool_starts_slowly_only_until_its_first_task_finishes() -> None:
     try:
         assert starts_slowly(pool)
         pool.submit(os.getpid).result()
+        for _ in range(500):  # the done callback runs just after result() returns
+            if not starts_slowly(pool):
+                break
+            time.sleep(0.01)
         assert not starts_slowly(pool)  # warm: a later round's shards all go to the workers
     finally:
         pool.shutdown()
