@@ -123,7 +123,8 @@ def test_the_replay_skips_the_prefix_and_falls_back_when_glue_reads_state():
     g = Glue().eval()
     rr = ModuleReplay(g, [torch.randn(4, 3), torch.randn(4, 3)])
     gold = rr.golden()
-    assert not torch.equal(rr._forward([g.c]), gold)  # replayed, c keeps the last batch's state ...
+    assert [n for n, _ in rr.replayed([g.b])] == ["c"]
+    assert not torch.equal(rr._forward([rr.plan([g.b], b) for b in range(2)]), gold)  # replayed, c keeps the last batch's state ...
     assert not rr.check([g.b]) and torch.equal(rr.run([g.b]), gold)  # ... so the check refuses that replay set: full forward
 
 

@@ -33,12 +33,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from ..adapter_registry import adapter_for
+from .dataflow import Call, CallTracker, trace_faults
 from .grouped import same_bits, stacked_copies
 from .suffix import nbytes, sharing_modules
 
@@ -62,8 +66,30 @@ def _versions(value: Any) -> tuple[int, ...]:
     return ()
 
 
+@dataclass
+class _Plan:
+    """Which golden calls of one input batch a forward replays, for faults in given modules.
+
+    Attributes:
+        calls: per module with replayed calls, the replayed call indices.
+        skips: per short-cut call (replayed, or a target's), the calls of modules in ``calls``
+            that happen inside it in the golden run, which therefore do not happen.
+        counts: per module in ``calls``, its number of golden calls.
+        widest: the most elements of one output among the calls that are computed.
+    """
+
+    calls: dict[int, frozenset[int]]
+    skips: dict[tuple[int, int], list[tuple[int, int]]]
+    counts: dict[int, int]
+    widest: int
+
+
+class _Diverged(RuntimeError):
+    """A forward's module calls left the golden order (control flow that depends on the faults)."""
+
+
 class ModuleReplay:
-    """Forward passes over fixed input batches in which modules that finish before given ones replay.
+    """Forward passes over fixed input batches in which calls that cannot see given modules' faults replay.
 
     Args:
         model: any ``nn.Module``.
@@ -76,105 +102,182 @@ class ModuleReplay:
         self.model, self.batches, self.budget = model, list(batches), budget
         self.names = {id(m): n for n, m in model.named_modules() if m is not model}
         self.modules = {id(m): m for m in model.modules() if m is not model}
-        self.parent = {id(c): id(m) for m in model.modules() for c in m.children()}
-        self.first_start: dict[int, int] = {}
-        self.last_end: dict[int, int] = {}
+        self.first_start: dict[int, int] = {}  # module id -> position (in start order) of its first call in batch 0
+        self.last_end: dict[int, int] = {}  # module id -> the position after the calls its last call contains, in batch 0
+        self.calls: list[list[Call]] = []  # [batch] -> every module call in start order
         self.recorded: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> output
         self.inputs: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> first argument (Conv/Linear only)
         #: per module, the modules sharing a stored tensor with it (tied weights): faulted together
         self.sharing = sharing_modules(model)
+        #: modules that change their own tensors (state) in some call: replayed at every call or at none
+        self.stateful: set[int] = set()
         #: modules whose recorded outputs later code changed in place after the golden run (not replayed any more)
         self.forgotten: set[int] = set()
         self.outputs: list[Any] = []
+        self._plans: dict[tuple[frozenset[int], int], _Plan] = {}
+        self._operations: dict[int, bool] = {}  # per batch: whether its first input alone runs the same operations
         self._exact: dict[frozenset[int], bool] = {}
 
     def golden(self) -> torch.Tensor:
-        """The full forward over every batch, recording call order and outputs."""
-        clock = [0]
-        used = [0]
-        calls: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k in self.modules}
-        args_of: dict[int, list[list[Any]]] = {k: [[] for _ in self.batches] for k, m in self.modules.items() if records_inputs(m)}
-        dropped: set[int] = set()
-        versions: dict[int, list[tuple[Any, tuple[int, ...]]]] = {}
-        batch = [0]
-
-        def pre(m: nn.Module, args: Any) -> None:
-            if batch[0] == 0:
-                self.first_start.setdefault(id(m), clock[0])
-            clock[0] += 1
-
-        def post(m: nn.Module, args: Any, out: Any) -> None:
-            if batch[0] == 0:
-                self.last_end[id(m)] = clock[0]
-            clock[0] += 1
-            if id(m) not in dropped:
-                first = args[0] if id(m) in args_of and args else None
-                size = nbytes(out) + nbytes(first)
-                if used[0] + size > self.budget:
-                    dropped.add(id(m))
-                else:
-                    used[0] += size
-                    calls[id(m)][batch[0]].append(out)
-                    versions.setdefault(id(m), []).append((out, _versions(out)))
-                    if id(m) in args_of:
-                        args_of[id(m)][batch[0]].append(first)
-                        versions[id(m)].append((first, _versions(first)))
-
-        handles = [m.register_forward_pre_hook(pre) for m in self.modules.values()]
-        handles += [m.register_forward_hook(post) for m in self.modules.values()]
-        try:
-            with torch.no_grad():
-                for b, x in enumerate(self.batches):
-                    batch[0] = b
+        """The full forward over every batch, recording calls, outputs and state changes."""
+        recorder = _Recorder(self)
+        with torch.no_grad():
+            for b, x in enumerate(self.batches):
+                recorder.start(b)
+                with recorder:
                     self.outputs.append(self.model(x))
-        finally:
-            for h in handles:
-                h.remove()
-        dropped |= {k for k, seen in versions.items() if any(_versions(value) != v for value, v in seen)}  # changed in place by later code
-        self.recorded = {k: v for k, v in calls.items() if k not in dropped and k in self.last_end}
-        self.inputs = {k: v for k, v in args_of.items() if k in self.recorded}
+                self.calls.append(recorder.calls)
+        for pos, c in enumerate(self.calls[0]):
+            self.first_start.setdefault(c.module, pos)
+            self.last_end[c.module] = max(self.last_end.get(c.module, 0), c.end)
+        recorder.finish()
         return torch.cat(self.outputs)
 
+    def _targets(self, targets: Iterable[nn.Module]) -> frozenset[int]:
+        return frozenset(k for t in targets for k in self.sharing.get(id(t), {id(t)}))
+
+    def plan(self, targets: Iterable[nn.Module], batch: int) -> _Plan:
+        """Which calls of input batch ``batch`` replay under faults in ``targets``: the outermost
+        recorded calls that the faults cannot reach (:func:`~resil.campaign.dataflow.trace_faults`;
+        only the calls that end before the first target call starts if a reached value escapes to
+        Python), a module that changes its own state only if none of its calls is reached."""
+        ids = self._targets(targets)
+        key = (ids, batch)
+        if key not in self._plans:
+            calls = self.calls[batch]
+            reached = self._reached(ids, batch)
+            if reached is None:
+                first = min((p for p, c in enumerate(calls) if c.module in ids), default=0)
+                reached = [c.end > first for c in calls]
+            self._plans[key] = self._plan_from(calls, reached, ids, batch)
+        return self._plans[key]
+
+    def _reached(self, ids: frozenset[int], batch: int) -> list[bool] | None:
+        """Per call of input batch ``batch``, whether faults in modules ``ids`` reach it (None: unknown).
+        Traced on the batch's first input alone where that runs the same operations and module
+        calls as the whole batch (checked once per batch), else on the whole batch."""
+        x, targets = self.batches[batch], [self.modules[k] for k in ids if k in self.modules]
+        if batch not in self._operations:
+            whole = trace_faults(self.model, x, [])
+            one = trace_faults(self.model, x[:1], [])
+            self._operations[batch] = (whole.calls == self.calls[batch] and one.calls == whole.calls
+                                       and one.operations == whole.operations)
+        trace = trace_faults(self.model, x[:1] if self._operations[batch] else x, targets)
+        return trace.reached if trace.calls == self.calls[batch] else None
+
+    def _plan_from(self, calls: list[Call], reached: list[bool], ids: frozenset[int], batch: int) -> _Plan:
+        blocked = {c.module for c, r in zip(calls, reached, strict=True) if r and c.module in self.stateful}
+        eligible = [not r and c.module in self.recorded and c.module not in blocked for c, r in zip(calls, reached, strict=True)]
+        covered = [False] * len(calls)  # inside a replayed call
+        replayed = [False] * len(calls)
+        chosen: dict[int, set[int]] = {}
+        for p, c in enumerate(calls):
+            covered[p] = c.parent >= 0 and (covered[c.parent] or replayed[c.parent])
+            replayed[p] = eligible[p] and not covered[p]
+            if replayed[p]:
+                chosen.setdefault(c.module, set()).add(c.index)
+        skips: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for p, c in enumerate(calls):
+            if replayed[p] or (c.module in ids and not covered[p]):
+                inner: dict[int, int] = {}
+                for d in calls[p + 1:c.end]:
+                    if d.module in chosen:
+                        inner[d.module] = inner.get(d.module, 0) + 1
+                skips[(c.module, c.index)] = list(inner.items())
+        counts = {k: sum(1 for c in calls if c.module == k) for k in chosen}
+        widest = max((_numel(self.recorded[c.module][batch][c.index]) for p, c in enumerate(calls)
+                      if not replayed[p] and not covered[p] and c.module in self.recorded), default=1)
+        return _Plan({k: frozenset(v) for k, v in chosen.items()}, skips, counts, widest)
+
     def replayed(self, targets: Iterable[nn.Module]) -> list[tuple[str, nn.Module]]:
-        """The outermost recorded modules whose calls all end before any of ``targets`` starts."""
-        ids = {k for t in targets for k in self.sharing.get(id(t), {id(t)})}
-        if not ids or any(k not in self.first_start for k in ids):  # a faulted tensor used without calling its module
+        """The modules that replay some of their calls (of the first input batch) under faults in ``targets``."""
+        if not self._targets(targets) or not self.batches:
             return []
-        starts = [self.first_start[k] for k in ids]
-        start = min(starts)
-        chosen = {k for k in self.recorded if self.last_end[k] < start}
-        return [(self.names[k], self.modules[k]) for k in self.modules if k in chosen and self.parent.get(k) not in chosen]
+        chosen = self.plan(targets, 0).calls
+        return [(self.names[k], self.modules[k]) for k in self.modules if k in chosen]
 
     def check(self, targets: Iterable[nn.Module]) -> bool:
-        """Whether replaying the modules before ``targets`` reproduces the golden output bit for bit
-        (run once per replay set; call it while no fault is applied)."""
-        chosen = [m for _, m in self.replayed(targets)]
-        key = frozenset(id(m) for m in chosen)
-        if chosen and key not in self._exact:
-            self._exact[key] = same_bits(self._forward(chosen), torch.cat(self.outputs))
-        return bool(chosen) and self._exact[key]
+        """Whether the replaying forward under faults in ``targets`` gives the golden output bit for bit
+        with no fault applied (run once per target set; call it while no fault is applied)."""
+        ids = self._targets(targets)
+        if ids not in self._exact:
+            plans = [self.plan(targets, b) for b in range(len(self.batches))]
+            exact = False
+            if any(p.calls for p in plans):
+                try:
+                    exact = same_bits(self._forward(plans), torch.cat(self.outputs))
+                except (RuntimeError, StopIteration):  # _Diverged included
+                    exact = False
+            self._exact[ids] = exact
+        return self._exact[ids]
 
     def run(self, targets: Iterable[nn.Module]) -> torch.Tensor:
-        """The output over all batches with the modules before ``targets`` replayed where
+        """The output over all batches with the calls the faults cannot reach replayed where
         :meth:`check` (called before the faults were applied) passed; else a full forward."""
-        chosen = [m for _, m in self.replayed(targets)]
-        return self._forward(chosen if self._exact.get(frozenset(id(m) for m in chosen), False) else [])
+        if self._exact.get(self._targets(targets), False):
+            try:
+                return self._forward([self.plan(targets, b) for b in range(len(self.batches))])
+            except _Diverged:
+                pass
+        with torch.no_grad():
+            return torch.cat([self.model(x) for x in self.batches])
 
-    def _forward(self, chosen: list[nn.Module]) -> torch.Tensor:
+    def _forward(self, plans: list[_Plan]) -> torch.Tensor:
         outs = []
         with torch.no_grad():
             for b, x in enumerate(self.batches):
-                before = {id(m): [_versions(o) for o in self.recorded[id(m)][b]] for m in chosen}
-                for m in chosen:
-                    replay = iter(self.recorded[id(m)][b])
-                    m.forward = lambda *args, r=replay, **kw: next(r)  # shadows the class's forward
-                try:
+                with self._replaying(b, plans[b]):
                     outs.append(self.model(x))
-                finally:
-                    for m in chosen:
-                        del m.forward
-                self._forget_changed(chosen, b, before)
         return torch.cat(outs)
+
+    @contextmanager
+    def _replaying(self, batch: int, plan: _Plan, copies: int = 1, target: nn.Module | None = None,
+                   own: Iterator[Any] | None = None) -> Iterator[None]:
+        """Within: the modules of ``plan`` return their recorded outputs (``copies`` stacked copies)
+        at their replayed calls; ``target`` (if given) returns the next of ``own`` at each call.
+        Raises :class:`_Diverged` at the end if the calls did not follow the golden run's."""
+        count = dict.fromkeys(plan.calls, 0)
+        wrapped = [self.modules[k] for k in plan.calls]
+        before = {id(m): [_versions(o) for o in self.recorded[id(m)][batch]] for m in wrapped}
+
+        def skip(k: int, index: int) -> None:
+            for d, n in plan.skips.get((k, index), ()):
+                count[d] += n
+
+        def replaying(m: nn.Module) -> Callable[..., Any]:
+            compute, k, replay = type(m).forward.__get__(m), id(m), plan.calls[id(m)]
+
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                index = count[k]
+                count[k] += 1
+                if index not in replay:
+                    return compute(*args, **kwargs)
+                skip(k, index)
+                out = self.recorded[k][batch][index]
+                return _stack_copies(out, copies) if copies > 1 else out
+            return forward
+
+        def replacing(m: nn.Module, source: Iterator[Any]) -> Callable[..., Any]:
+            calls = [0]
+
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                skip(id(m), calls[0])
+                calls[0] += 1
+                return next(source)
+            return forward
+
+        for m in wrapped:
+            m.forward = replaying(m)  # shadows the class's forward
+        if target is not None and own is not None:
+            target.forward = replacing(target, own)
+        try:
+            yield
+            if count != plan.counts:
+                raise _Diverged(f"module calls left the golden order: {count} calls, not {plan.counts}")
+        finally:
+            for m in (*wrapped, *([target] if target is not None else [])):
+                del m.forward
+            self._forget_changed(wrapped, batch, before)
 
     def _forget_changed(self, chosen: list[nn.Module], batch: int, before: dict[int, list[tuple[int, ...]]]) -> None:
         """Stop replaying modules whose recorded outputs later code changed in place (this run's
@@ -186,37 +289,78 @@ class ModuleReplay:
             self.forgotten.add(id(m))
         if changed:
             self._exact.clear()
+            self._plans.clear()
 
     def stacked_forward(self, batch: int, target: nn.Module, calls: Sequence[Any], copies: int, *, stack_prefix: bool) -> Any:
         """The model's forward over input batch ``batch`` in which ``target`` returns ``calls[i]``
-        (``copies`` scenarios stacked along the batch) at its ``i``-th call and the modules that
-        finish before it replay their golden outputs: as they are (``stack_prefix=False``: cheap,
+        (``copies`` scenarios stacked along the batch) at its ``i``-th call and the calls its faults
+        cannot reach replay their golden outputs: as they are (``stack_prefix=False``: cheap,
         right when nothing but replayed modules reads them) or as stacked copies, with the input
         batch stacked too (``stack_prefix=True``: glue such as a residual addition then sees
         stacked tensors everywhere). The rest computes on what it receives."""
-        chosen = [m for _, m in self.replayed([target])]
-        replays = {id(m): iter(self.recorded[id(m)][batch]) for m in chosen}
-        before = {id(m): [_versions(o) for o in self.recorded[id(m)][batch]] for m in chosen}
-        own = iter(calls)
         n = copies if stack_prefix else 1
-        for m in chosen:
-            m.forward = _replaying(replays[id(m)], n)
-        target.forward = lambda *a, **kw: next(own)
-        try:
-            with torch.no_grad():
-                return self.model(_stack_copies(self.batches[batch], n) if n > 1 else self.batches[batch])
-        finally:
-            for m in (*chosen, target):
-                del m.forward
-            self._forget_changed(chosen, batch, before)
+        with torch.no_grad(), self._replaying(batch, self.plan([target], batch), n, target, iter(calls)):
+            return self.model(_stack_copies(self.batches[batch], n) if n > 1 else self.batches[batch])
 
 
-def _replaying(recorded: Iterator[Any], copies: int) -> Callable[..., Any]:
-    """A forward that returns the next recorded output (as ``copies`` stacked copies if more than one)."""
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        out = next(recorded)
-        return _stack_copies(out, copies) if copies > 1 else out
-    return forward
+class _Recorder(CallTracker):
+    """The golden run's call tracker: records each call's output (and a Conv/Linear's input) while
+    they fit the budget, and which modules change their own tensors."""
+
+    def __init__(self, replay: ModuleReplay) -> None:
+        super().__init__(replay.model)
+        self.replay, self.batch, self.used = replay, 0, 0
+        self.outputs: dict[int, list[list[Any]]] = {k: [[] for _ in replay.batches] for k in replay.modules}
+        self.args: dict[int, list[list[Any]]] = {k: [[] for _ in replay.batches] for k, m in replay.modules.items() if records_inputs(m)}
+        self.dropped: set[int] = set()
+        self.versions: dict[int, list[tuple[Any, tuple[int, ...]]]] = {}
+        self._held: list[dict[str, tuple[int, int]]] = []
+
+    def start(self, batch: int) -> None:
+        """Start recording input batch ``batch``: a fresh call list."""
+        self.batch, self.calls, self._count = batch, [], {}
+
+    def _pre(self, m: nn.Module, args: Any) -> None:
+        super()._pre(m, args)
+        self._held.append(_held(m))
+
+    def _post(self, m: nn.Module, args: Any, out: Any) -> None:
+        if _held(m) != self._held.pop():
+            self.replay.stateful.add(id(m))
+        super()._post(m, args, out)
+        k = id(m)
+        if k in self.dropped:
+            return
+        first = args[0] if k in self.args and args else None
+        size = nbytes(out) + nbytes(first)
+        if self.used + size > self.replay.budget:
+            self.dropped.add(k)
+            return
+        self.used += size
+        self.outputs[k][self.batch].append(out)
+        self.versions.setdefault(k, []).append((out, _versions(out)))
+        if k in self.args:
+            self.args[k][self.batch].append(first)
+            self.versions[k].append((first, _versions(first)))
+
+    def finish(self) -> None:
+        """Hand the recordings to the replay, leaving out modules whose recordings were changed in place."""
+        r = self.replay
+        self.dropped |= {k for k, seen in self.versions.items() if any(_versions(value) != v for value, v in seen)}
+        r.recorded = {k: v for k, v in self.outputs.items() if k not in self.dropped and k in r.last_end}
+        r.inputs = {k: v for k, v in self.args.items() if k in r.recorded}
+
+
+def _held(m: nn.Module) -> dict[str, tuple[int, int]]:
+    """Identity and in-place version of each tensor a module holds itself (parameters, buffers, attributes)."""
+    held = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False)),
+            **{k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}}
+    return {k: (id(v), v._version) for k, v in held.items()}
+
+
+def _numel(value: Any) -> int:
+    """The elements of the largest tensor in a recorded value."""
+    return max((t.numel() for t in tree_leaves(value) if isinstance(t, torch.Tensor)), default=1)
 
 
 def _stack_copies(value: Any, copies: int) -> Any:

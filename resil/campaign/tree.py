@@ -4,8 +4,8 @@ Scenarios whose faults all sit in one module ``M`` (the weights and biases of a 
 its output) share everything but ``M``'s outputs. :class:`TreeGroupedForward` computes those for
 the whole group at once, exactly as :class:`~resil.campaign.grouped.GroupedForward` does for a
 stage (only the touched output channels recomputed, from ``M``'s recorded golden input), then
-runs the model's own forward once over stacked copies of the input batch: the modules that finish
-before ``M`` return stacked copies of their golden outputs (:class:`~resil.campaign.replay.ModuleReplay`),
+runs the model's own forward once over stacked copies of the input batch: the calls that ``M``'s
+faults cannot reach return their golden outputs (:class:`~resil.campaign.replay.ModuleReplay`),
 ``M`` returns the stacked patched outputs, and everything else (glue code, residual additions,
 later modules) computes on the stacked batch.
 
@@ -92,9 +92,6 @@ class TreeGroupedForward(GroupedForward):
 
     def group_size(self, stage: int) -> int:
         """How many scenarios fit the budget: the widest output computed on the stacked batch (of
-        the modules that do not finish before the faulted one)."""
-        start = self.replay.first_start[id(self.suffix.stages[stage])]
-        later = [k for k, m in enumerate(self.suffix.stages) if self.replay.last_end[id(m)] >= start]
-        widest = max((o.numel() for calls in self.suffix.recorded for k in later for o in calls[k] if isinstance(o, torch.Tensor)),
-                     default=1)
+        the calls that the faulted module's faults can reach, or that are not recorded)."""
+        widest = max(self.replay.plan([self.suffix.stages[stage]], b).widest for b in range(len(self.suffix.batches)))
         return int(max(1, min(self.max_group, self.budget // max(widest, 1))))

@@ -1,0 +1,235 @@
+"""Which module calls of a forward pass can see faults in given modules: a data-flow trace.
+
+A fault in module ``M`` reaches only what is computed from ``M``'s outputs (or from its stored
+tensors). :func:`trace_faults` runs one fault-free forward under a
+:class:`~torch.overrides.TorchFunctionMode` that marks the storage of ``M``'s stored tensors, of
+its outputs and of the state it keeps as *reached*, and, for every torch operation that reads a
+reached storage, marks the storage of its results (and of the tensor an in-place operation writes)
+as reached too. A module call in which no operation read a reached storage, and that neither received nor returned a reached
+tensor, computes exactly as in the golden run under any fault in ``M``: its golden output can be replayed, even when the call
+comes after ``M``'s (a time loop's convolution at every step, a branch that does not read ``M``).
+
+Values that leave torch (``bool(t)``, ``t.item()``, ``t.tolist()``, comparisons such as
+``torch.equal``) and operations whose output shape depends on the values (``nonzero``,
+``unique``, boolean masks) can steer Python control flow; when a reached value goes through one
+of them the trace reports an *escape*, and callers must not rely on it beyond the calls that end
+before ``M``'s first call starts.
+
+Example:
+    >>> import torch
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.a, self.b, self.c = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    ...     def forward(self, x):
+    ...         return self.b(x) + self.c(self.a(x))    # b reads only x
+    >>> net = Net().eval()
+    >>> t = trace_faults(net, torch.randn(2, 3), [net.a])
+    >>> names = {id(m): n for n, m in net.named_modules()}
+    >>> [(names[c.module], r) for c, r in zip(t.calls, t.reached)]
+    [('b', False), ('a', True), ('c', True)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["Call", "CallTracker", "FaultTrace", "trace_faults"]
+
+#: operations whose result leaves torch as a Python value (it can steer control flow)
+_TO_PYTHON = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "__array__", "numpy",
+                        "equal", "allclose", "is_nonzero", "__format__", "__repr__", "__str__", "__contains__"})
+#: operations whose output shape depends on the values
+_VALUE_SHAPED = frozenset({"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "repeat_interleave", "bincount",
+                           "nonzero_static", "masked_scatter"})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One module call of a forward pass, in the order the calls start.
+
+    Attributes:
+        module: ``id`` of the module.
+        index: which call of that module this is (0 for its first).
+        parent: position of the innermost enclosing call, -1 for none.
+        end: the calls at positions ``position + 1 .. end - 1`` happen inside this one.
+    """
+
+    module: int
+    index: int
+    parent: int
+    end: int
+
+
+class CallTracker:
+    """Forward hooks on every submodule of ``model`` that list its calls (:class:`Call`) as they start.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        >>> with CallTracker(net) as t:
+        ...     _ = net(torch.randn(1, 2))
+        >>> [(c.index, c.parent, c.end) for c in t.calls]
+        [(0, -1, 1), (0, -1, 2)]
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls: list[Call] = []
+        self.stack: list[int] = []
+        self._count: dict[int, int] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> CallTracker:
+        for m in self.model.modules():
+            if m is not self.model:
+                self._handles.append(m.register_forward_pre_hook(self._pre))
+                self._handles.append(m.register_forward_hook(self._post))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _pre(self, m: nn.Module, args: Any) -> None:
+        k = self._count.get(id(m), 0)
+        self._count[id(m)] = k + 1
+        self.calls.append(Call(id(m), k, self.stack[-1] if self.stack else -1, -1))
+        self.stack.append(len(self.calls) - 1)
+        self.started(m, len(self.calls) - 1, args)
+
+    def _post(self, m: nn.Module, args: Any, out: Any) -> None:
+        pos = self.stack.pop()
+        c = self.calls[pos]
+        self.calls[pos] = Call(c.module, c.index, c.parent, len(self.calls))
+        self.ended(m, pos, out)
+
+    def started(self, m: nn.Module, pos: int, args: Any) -> None:
+        """Called as call ``pos`` of ``m`` starts with positional ``args`` (for subclasses)."""
+
+    def ended(self, m: nn.Module, pos: int, out: Any) -> None:
+        """Called as call ``pos`` of ``m`` returns ``out`` (for subclasses)."""
+
+
+def _storage(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (sparse, meta): one shared key, so it counts as reached
+        return -1
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    return (v for v in tree_leaves(value) if isinstance(v, torch.Tensor))
+
+
+def _state(m: nn.Module) -> Iterator[torch.Tensor]:
+    """The tensors a module stores: parameters, buffers and tensor attributes (a neuron's membrane)."""
+    yield from m.parameters(recurse=False)
+    yield from m.buffers(recurse=False)
+    yield from (v for v in vars(m).values() if isinstance(v, torch.Tensor))
+
+
+class _Operations(TorchFunctionMode):
+    """A torch function mode that hands every operation and its result to ``seen``."""
+
+    def __init__(self, seen: Any) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        self.seen(func, args, kwargs, result)
+        return result
+
+
+class _Trace(CallTracker):
+    """The trace of :func:`trace_faults`: the call hooks, and what each operation reads and writes."""
+
+    def __init__(self, model: nn.Module, targets: set[int]) -> None:
+        super().__init__(model)
+        self.targets = targets
+        self.reached_storages: set[int] = set()
+        self.reached: list[bool] = []
+        self.escaped = self.quiet = False
+        self.operations: list[str] = []
+        self.keep: list[torch.Tensor] = []  # every tensor seen stays alive, so no storage address is reused during the trace
+        for m in model.modules():
+            if id(m) in targets:
+                self._reach(_state(m))
+
+    def _reach(self, tensors: Iterable[torch.Tensor]) -> None:
+        for t in tensors:
+            self.keep.append(t)
+            self.reached_storages.add(_storage(t))
+
+    def _mark_open_calls(self) -> None:
+        for pos in self.stack:
+            self.reached[pos] = True
+
+    def _any_reached(self, value: Any) -> bool:
+        return any(_storage(t) in self.reached_storages for t in _tensors(value))
+
+    def started(self, m: nn.Module, pos: int, args: Any) -> None:
+        self.quiet = True  # the hooks run under the mode: their own torch calls are not the model's
+        self.reached.append(id(m) in self.targets or self._any_reached(args))
+        self.quiet = False
+
+    def ended(self, m: nn.Module, pos: int, out: Any) -> None:
+        self.quiet = True
+        if self._any_reached(out):  # a call that returns what it got (nn.Identity) runs no operation
+            self.reached[pos] = True
+        if id(m) in self.targets:  # faults in its output or its state reach whatever reads them
+            self._reach(_tensors(out))
+            self._reach(_state(m))
+            self.reached[pos] = True
+            self._mark_open_calls()
+        self.quiet = False
+
+    def operation(self, func: Any, args: Any, kwargs: dict[str, Any], result: Any) -> None:
+        if self.quiet:
+            return
+        inputs = list(_tensors((args, kwargs)))
+        self.operations.append(getattr(func, "__name__", repr(func)))
+        self.keep.extend(inputs)
+        if self._any_reached(inputs):
+            name = getattr(func, "__name__", "")
+            if name in _TO_PYTHON or name in _VALUE_SHAPED or (name == "__getitem__" and any(t.dtype == torch.bool for t in inputs[1:])):
+                self.escaped = True
+            self._reach(_tensors(result))
+            if name.endswith("_") or name.startswith("__i") or name == "__setitem__" or "out" in kwargs:  # writes in place
+                self._reach(inputs[:1])
+                self._reach(_tensors(kwargs.get("out")))
+            self._mark_open_calls()
+        else:
+            self.keep.extend(_tensors(result))
+
+
+@dataclass(frozen=True)
+class FaultTrace:
+    """What :func:`trace_faults` saw.
+
+    Attributes:
+        calls: the module calls in start order.
+        reached: per call, whether the faults can reach it; None if a reached value escaped to Python.
+        operations: the names of the torch operations run, in order.
+    """
+
+    calls: list[Call]
+    reached: list[bool] | None
+    operations: list[str]
+
+
+def trace_faults(model: nn.Module, x: Any, targets: Iterable[nn.Module]) -> FaultTrace:
+    """Trace ``model(x)``: per module call, whether faults in the stored tensors, outputs or state
+    of ``targets`` can reach it (see the module docstring). Runs one fault-free forward without gradients."""
+    trace = _Trace(model, {id(t) for t in targets})
+    with torch.no_grad(), trace, _Operations(trace.operation):
+        model(x)
+    return FaultTrace(trace.calls, None if trace.escaped else trace.reached, trace.operations)
