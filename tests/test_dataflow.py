@@ -178,3 +178,29 @@ def test_the_spiking_class_replays_its_encoder_at_every_step_and_matches_plain(t
     replay = runners["fast"].evaluator.replay
     net = runners["fast"].model
     assert replay.plan([net.fc1], 0).calls[id(net.conv1)] == frozenset(range(net.steps))  # all 8 steps, after fc1's first call too
+
+
+class Changing(nn.Module):
+    """Calls ``a`` once more (its result unused) on every forward after the first: the calls differ from the golden run's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.forwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        if self.forwards > 1:
+            self.a(x * 2)
+        return self.b(self.a(x))
+
+
+def test_a_forward_whose_calls_leave_the_golden_order_is_not_trusted():
+    net = Changing().eval()
+    x = torch.randn(4, 3)
+    r = ModuleReplay(net, [x])
+    golden = r.golden()  # forward 1: a called once
+    assert r.replayed([net.b]) == [("a", net.a)]
+    assert not r.check([net.b])  # the check's forward calls a twice: refused, not trusted
+    assert torch.equal(r.run([net.b]), golden)  # a full forward
