@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..adapter_registry import adapter_for
 from .dataflow import Call, CallTracker, trace_faults
-from .grouped import same_bits, stacked_copies
+from .grouped import same_bits
 from .suffix import nbytes, sharing_modules
 
 __all__ = ["ModuleReplay", "records_inputs"]
@@ -231,10 +231,10 @@ class ModuleReplay:
         return torch.cat(outs)
 
     @contextmanager
-    def _replaying(self, batch: int, plan: _Plan, copies: int = 1, target: nn.Module | None = None,
+    def _replaying(self, batch: int, plan: _Plan, rows: torch.Tensor | None = None, target: nn.Module | None = None,
                    own: Iterator[Any] | None = None) -> Iterator[None]:
-        """Within: the modules of ``plan`` return their recorded outputs (``copies`` stacked copies)
-        at their replayed calls; ``target`` (if given) returns the next of ``own`` at each call.
+        """Within: the modules of ``plan`` return their recorded outputs (their rows ``rows`` if
+        given) at their replayed calls; ``target`` (if given) returns the next of ``own`` at each call.
         Raises :class:`_Diverged` at the end if the calls did not follow the golden run's."""
         count = dict.fromkeys(plan.calls, 0)
         wrapped = [self.modules[k] for k in plan.calls]
@@ -254,7 +254,7 @@ class ModuleReplay:
                     return compute(*args, **kwargs)
                 skip(k, index)
                 out = self.recorded[k][batch][index]
-                return _stack_copies(out, copies) if copies > 1 else out
+                return out if rows is None else _gather(out, rows)
             return forward
 
         def replacing(m: nn.Module, source: Iterator[Any]) -> Callable[..., Any]:
@@ -291,16 +291,29 @@ class ModuleReplay:
             self._exact.clear()
             self._plans.clear()
 
-    def stacked_forward(self, batch: int, target: nn.Module, calls: Sequence[Any], copies: int, *, stack_prefix: bool) -> Any:
+    def stacked_forward(self, batch: int, target: nn.Module, calls: Sequence[Any], rows: torch.Tensor | None) -> Any:
         """The model's forward over input batch ``batch`` in which ``target`` returns ``calls[i]``
-        (``copies`` scenarios stacked along the batch) at its ``i``-th call and the calls its faults
-        cannot reach replay their golden outputs: as they are (``stack_prefix=False``: cheap,
-        right when nothing but replayed modules reads them) or as stacked copies, with the input
-        batch stacked too (``stack_prefix=True``: glue such as a residual addition then sees
-        stacked tensors everywhere). The rest computes on what it receives."""
-        n = copies if stack_prefix else 1
-        with torch.no_grad(), self._replaying(batch, self.plan([target], batch), n, target, iter(calls)):
-            return self.model(_stack_copies(self.batches[batch], n) if n > 1 else self.batches[batch])
+        (many scenarios' rows stacked along the batch) at its ``i``-th call and the calls its faults
+        cannot reach replay their golden outputs: as recorded (``rows`` None: cheap, right when
+        nothing but replayed modules reads them), or their rows ``rows`` (the input each stacked
+        row belongs to), with the input batch gathered the same way (glue such as a residual
+        addition then sees stacked tensors everywhere). The rest computes on what it receives.
+
+        Example:
+            >>> class Net(torch.nn.Module):
+            ...     def __init__(self):
+            ...         super().__init__(); self.a, self.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+            ...     def forward(self, x):
+            ...         return self.b(self.a(x)) + x       # glue reads the input: rows must be gathered
+            >>> net, x = Net().eval(), torch.randn(3, 2)
+            >>> r = ModuleReplay(net, [x]); g = r.golden()
+            >>> a_out = r.recorded[id(net.a)][0][0]
+            >>> rows = torch.tensor([2, 0, 2])           # inputs 2, 0 and 2 again
+            >>> torch.equal(r.stacked_forward(0, net.a, [a_out[rows]], rows), g[rows])
+            True
+        """
+        with torch.no_grad(), self._replaying(batch, self.plan([target], batch), rows, target, iter(calls)):
+            return self.model(self.batches[batch] if rows is None else _gather(self.batches[batch], rows))
 
 
 class _Recorder(CallTracker):
@@ -363,14 +376,14 @@ def _numel(value: Any) -> int:
     return max((t.numel() for t in tree_leaves(value) if isinstance(t, torch.Tensor)), default=1)
 
 
-def _stack_copies(value: Any, copies: int) -> Any:
-    """``copies`` copies of a recorded batch value stacked along the batch dimension (structures too)."""
+def _gather(value: Any, rows: torch.Tensor) -> Any:
+    """Rows ``rows`` of a recorded batch value (structures too; scalars as they are)."""
     if isinstance(value, torch.Tensor):
-        return stacked_copies(value, copies) if value.dim() else value
+        return value[rows] if value.dim() else value
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_stack_copies(v, copies) for v in value))
+        return type(value)(*(_gather(v, rows) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(_stack_copies(v, copies) for v in value)
+        return type(value)(_gather(v, rows) for v in value)
     if isinstance(value, dict):
-        return {k: _stack_copies(v, copies) for k, v in value.items()}
+        return {k: _gather(v, rows) for k, v in value.items()}
     return value

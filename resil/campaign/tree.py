@@ -74,9 +74,11 @@ class TreeGroupedForward(GroupedForward):
         return self.replay.inputs[id(self.suffix.stages[stage])][batch][call]
 
     def _replay(self, stage: int, batch: int, calls: list[torch.Tensor]) -> Any:
-        s = len(calls[0]) // len(self.suffix.batches[batch])
-        stack = self._stack_prefix.get((stage, batch, s), True)
-        return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, s, stack_prefix=stack)
+        n = len(self.suffix.batches[batch])
+        s = len(calls[0]) // n
+        stack = self._stack_prefix.get((stage, batch, s), True) and s > 1
+        rows = torch.arange(n).repeat(s) if stack else None  # s stacked copies of the batch
+        return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """As :meth:`GroupedForward._replay_exact`, first with the replayed outputs left unstacked
