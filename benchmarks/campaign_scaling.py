@@ -10,6 +10,7 @@ Linear total cost shows as a flat time per scenario; bounded memory as a flat pe
     python benchmarks/campaign_scaling.py                        # dense-cnn: 1k, 10k, 100k scenarios
     python benchmarks/campaign_scaling.py --model resnet20 --sizes 1000 10000
     python benchmarks/campaign_scaling.py --sizes 1000 1000000   # any sizes
+    python benchmarks/campaign_scaling.py --model resnet20 --inputs 1000 --sizes 200 --memory-mb 1024  # inputs past the budget
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 
-def one(scenarios: int, model: str, memory_mb: int) -> dict[str, float]:
+def one(scenarios: int, model: str, memory_mb: int, inputs: int) -> dict[str, float]:
     import pyarrow.parquet as pq
     import torch
 
@@ -32,12 +33,11 @@ def one(scenarios: int, model: str, memory_mb: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     live: dict[str, object] = {}
-    inputs = 256
     if model == "resnet20":
         from resil.models import architectures as arch
 
         torch.manual_seed(0)
-        x = torch.rand(64, 3, 32, 32)
+        x = torch.rand(inputs, 3, 32, 32)
         live, inputs = {"model": arch.calibrate_batchnorm(arch.ResNet20(), x), "data": x}, 0
     spec = rc.CampaignSpec(model=rc.ModelSpec(("dense-cnn",)), data=rc.DataSpec(inputs=inputs), sites=rc.SiteSpec(kinds=("weight",)),
                            sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios),
@@ -57,17 +57,20 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--model", choices=["dense-cnn", "resnet20"], default="dense-cnn")
     parser.add_argument("--memory-mb", type=int, default=2048, help="[run] memory_mb of the campaigns")
+    parser.add_argument("--inputs", type=int, help="evaluation inputs (default: 256 digits; 64 random 3x32x32 for resnet20)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    n_inputs = args.inputs or (64 if args.model == "resnet20" else 256)
     if args.one:
-        print(json.dumps(one(args.one, args.model, args.memory_mb)))
+        print(json.dumps(one(args.one, args.model, args.memory_mb, n_inputs)))
         return 0
-    inputs = "64 random 3x32x32 inputs" if args.model == "resnet20" else "256 inputs"
+    inputs = f"{n_inputs} random 3x32x32 inputs" if args.model == "resnet20" else f"{n_inputs} inputs"
     print(f"{args.model}, uniform single-bit weight flips, {inputs}, fast mode, 1 thread, shards of 1,000, memory_mb {args.memory_mb}\n")
     print(f"{'scenarios':>10s} {'total s':>9s} {'ms/scenario':>12s} {'peak RSS MB':>12s} {'store MB':>9s}")
     ok = True
     for n in args.sizes:
-        done = subprocess.run([sys.executable, __file__, "--one", str(n), "--model", args.model, "--memory-mb", str(args.memory_mb)],
+        done = subprocess.run([sys.executable, __file__, "--one", str(n), "--model", args.model, "--memory-mb", str(args.memory_mb),
+                               "--inputs", str(n_inputs)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr)
