@@ -90,25 +90,72 @@ def stacked_copies(t: torch.Tensor, s: int) -> torch.Tensor:
     return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
 
 
+def _chunks(r: int, most: int) -> list[tuple[int, int]]:
+    """``r`` gathered rows as chunks of at most ``most`` (the input batch size: the size the
+    golden run computed at, cache-sized), each ``(rows, padded size)``: padded up to a multiple of
+    ``2 ** max(0, floor(log2 rows) - 3)`` (at most 12.5% more; at least 2, at most ``most``), so
+    that few sizes need their own exactness check.
+
+    Example:
+        >>> _chunks(1, 64), _chunks(17, 64), _chunks(100, 64), _chunks(300, 256)
+        ([(1, 2)], [(17, 18)], [(64, 64), (36, 36)], [(256, 256), (44, 44)])
+    """
+    sizes = [most] * (r // most) + ([r % most] if r % most else [])
+    return [(c, min(most, max(2, -(-c // (step := 1 << max(0, c.bit_length() - 4))) * step))) for c in sizes]
+
+
+def _probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tensor:
+    """The rows ``rows`` of a batch ``t`` gathered into one batch, the first ``perturbed`` of them
+    perturbed (doubled plus one; reversed for integer batches): a model that mixes the batch
+    (normalising by its maximum, batch statistics) then changes the other rows' outputs, which a
+    check against their golden outputs catches.
+
+    Example:
+        >>> _probe_rows(torch.tensor([[1.0], [2.0], [4.0]]), np.array([2, 0]), 1).flatten().tolist()
+        [9.0, 1.0]
+    """
+    out = t[torch.from_numpy(rows)]
+    if perturbed:
+        first = out[:perturbed]
+        out[:perturbed] = first * 2 + 1 if t.is_floating_point() else first.flip(0)
+    return out
+
+
+def _rows_match(out: torch.Tensor, golden: torch.Tensor, rows: np.ndarray, perturbed: int) -> bool:
+    """Whether the outputs ``out`` of :func:`_probe_rows` rows, but the first ``perturbed``, equal
+    their golden outputs ``golden[rows]`` bit for bit."""
+    return same_bits(out[perturbed:], golden[torch.from_numpy(rows[perturbed:])])
+
+
 def _probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
-    """``s`` stacked copies of ``t`` whose first copy is perturbed (doubled plus one; reversed for
-    integer batches): a model that mixes the batch (normalising by its maximum, batch statistics)
-    then changes the other copies' outputs, which a check against their golden outputs catches.
+    """``s`` stacked copies of ``t`` whose first copy is perturbed (:func:`_probe_rows` with the
+    rows ``tile(arange(len(t)), s)``, nothing perturbed for one copy).
 
     Example:
         >>> _probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
         [3.0, 5.0, 1.0, 2.0]
     """
-    out = stacked_copies(t, s).clone()
-    if s > 1:
-        out[: len(t)] = t * 2 + 1 if t.is_floating_point() else t.flip(0)
-    return out
+    return _probe_rows(t, np.tile(np.arange(len(t)), s), len(t) if s > 1 else 0)
 
 
 def _copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
     """Whether copies 1.. of ``s`` stacked outputs equal the golden output bit for bit (copy 0 was perturbed)."""
     n = len(golden)
-    return same_bits(out[n:] if s > 1 else out, stacked_copies(golden, max(s - 1, 1)))
+    return _rows_match(out, golden, np.tile(np.arange(n), s), n if s > 1 else 0)
+
+
+def _differs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
+    """Per scenario and input ``[S, B]``: whether the stage output ``h[s, i]`` differs from ``golden[i]`` bit for bit
+    (everywhere when their shapes or dtypes differ).
+
+    Example:
+        >>> _differs(torch.tensor([[[1.0], [2.0]], [[1.0], [-2.0]]]), torch.tensor([[1.0], [2.0]])).tolist()
+        [[False, False], [False, True]]
+    """
+    if h.shape[1:] != golden.shape or h.dtype != golden.dtype:
+        return np.ones(h.shape[:2], dtype=bool)
+    ne = bit_pattern(h) != bit_pattern(golden).unsqueeze(0)
+    return ne.reshape(*h.shape[:2], -1).any(2).cpu().numpy()
 
 
 class GroupedForward:
@@ -133,6 +180,8 @@ class GroupedForward:
         self._sharing: dict[int, set[int]] | None = None
         #: scenarios found masked where their faulty values were patched in (fault dropping)
         self.dropped = 0
+        #: (scenario, input) pairs of sequential models given their golden output without running the rest
+        self.dropped_rows = 0
         #: measured costs that choose each stage's group size
         self.timer = GroupTimer()
 
@@ -179,7 +228,9 @@ class GroupedForward:
 
         Fault dropping: a scenario whose faulty values equal the golden ones bit for bit where
         they are patched in (after the channel-local stages they were carried through, at every
-        call and input batch) is masked there: it gets the golden output without running the rest."""
+        call and input batch) is masked there: it gets the golden output without running the rest.
+        In an ``nn.Sequential`` this holds per input too: only the (scenario, input) pairs that
+        differ there run the rest, gathered into one batch (:meth:`_rest`)."""
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         n = len(positions)
         batches = range(len(self.suffix.batches))
@@ -195,17 +246,25 @@ class GroupedForward:
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
-            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)],
-                            dtype=bool)
-            keep = np.flatnonzero(live)
-            outs = [self._after(stage + 1, b, h[torch.from_numpy(keep)]) if len(keep) else None for b, h in enumerate(alone)]
+            differ = [_differs(h, self._golden_out(b, stage)) for b, h in enumerate(alone)]
+            return self._rest(n, [stage + 1] * len(alone), differ,
+                              lambda b, scen, inp: alone[b][torch.from_numpy(scen), torch.from_numpy(inp)],
+                              lambda b, keep: alone[b][torch.from_numpy(keep)])
         else:
             row_scen, row_channel, rows = touched
             carried = [self._carry(stage, b, rows(b, 0)) for b in batches]
-            live = self._live(n, row_scen, [(y, self._golden_out(b, reached)) for b, (reached, y) in enumerate(carried)], row_channel)
-            keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for _, y in carried])
-            outs = [self._after(reached + 1, b, self._stack(self._golden_out(b, reached), ys[b][0], row_scen, row_channel, len(keep)))
-                    if len(keep) else None for b, (reached, _) in enumerate(carried)]
+            differ = [self._live_pairs(n, row_scen, y, self._golden_out(b, reached), row_channel) for b, (reached, y) in enumerate(carried)]
+
+            def gathered(b: int, scen: np.ndarray, inp: np.ndarray) -> torch.Tensor:
+                reached, y = carried[b]
+                return self._patched(self._golden_out(b, reached), y, row_scen, row_channel, scen, inp)
+
+            def stacked(b: int, keep: np.ndarray) -> torch.Tensor:
+                reached, y = carried[b]
+                _, scen_k, channel_k, ys = self._keep(np.isin(np.arange(n), keep), row_scen, row_channel, [[y]])
+                return self._stack(self._golden_out(b, reached), ys[0][0], scen_k, channel_k, len(keep))
+
+            return self._rest(n, [reached + 1 for reached, _ in carried], differ, gathered, stacked)
         self.dropped += n - len(keep)
         full = [self.suffix.outputs[b].unsqueeze(0).repeat(n, *([1] * self.suffix.outputs[b].dim())) for b in batches]
         for b, out in enumerate(outs):
@@ -214,15 +273,26 @@ class GroupedForward:
         return torch.cat(full, dim=1)
 
     @staticmethod
+    def _live_pairs(n: int, row_scen: np.ndarray, y: torch.Tensor, golden: torch.Tensor, row_channel: np.ndarray) -> np.ndarray:
+        """Per scenario and input ``[n, B]``: whether one of the scenario's faulty rows ``y[:, r]``
+        ``[B, rows, ...]`` differs from its golden channel ``golden[:, row_channel[r]]`` on that input.
+
+        Example:
+            >>> golden = torch.zeros(3, 2); y = torch.tensor([[0.0], [5.0], [0.0]])  # scenario 1's row on channel 0
+            >>> GroupedForward._live_pairs(2, np.array([1]), y, golden, np.array([0])).astype(int).tolist()
+            [[0, 0, 0], [0, 1, 0]]
+        """
+        ne = bit_pattern(y) != bit_pattern(golden[:, torch.from_numpy(row_channel)])
+        differs = ne.reshape(*ne.shape[:2], -1).any(2).transpose(0, 1).to(torch.int32)  # [rows, B]
+        live = torch.zeros(n, len(golden), dtype=torch.int32).index_add_(0, torch.from_numpy(row_scen), differs.cpu())
+        return (live > 0).numpy()
+
+    @staticmethod
     def _live(n: int, row_scen: np.ndarray, pairs: list[tuple[torch.Tensor, torch.Tensor]], row_channel: np.ndarray) -> np.ndarray:
         """Per scenario, whether some faulty row ``y[:, r]`` differs from its golden channel in one of ``pairs``."""
-        differs = np.zeros(len(row_scen), dtype=bool)
-        pick = torch.from_numpy(row_channel)
-        for y, golden in pairs:
-            ne = bit_pattern(y) != bit_pattern(golden[:, pick])
-            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).cpu().numpy()
         live = np.zeros(n, dtype=bool)
-        np.logical_or.at(live, row_scen, differs)
+        for y, golden in pairs:
+            live |= GroupedForward._live_pairs(n, row_scen, y, golden, row_channel).any(1)
         return live
 
     @staticmethod
@@ -280,6 +350,52 @@ class GroupedForward:
                         outs[b].append(module(self._input(b, stage)))
         return [torch.stack(o) for o in outs]
 
+    def _rest(self, n: int, starts: list[int], live: list[np.ndarray], gathered: Callable[[int, np.ndarray, np.ndarray], torch.Tensor],
+              stacked: Callable[[int, np.ndarray], torch.Tensor]) -> torch.Tensor:
+        """The model outputs ``[n, inputs, ...]`` of ``n`` scenarios from the stage outputs they
+        reach at ``starts[b]`` in input batch ``b``, where ``live[b]`` ``[n, B]`` tells which
+        (scenario, input) pairs differ from golden there: only those run the stages from
+        ``starts[b]`` on, as the flat batch ``gathered(b, scenarios, inputs)``; the others keep
+        their golden output. Where gathering is not exact (:meth:`_gather_exact`), the scenarios
+        with a differing pair in some batch run over all inputs: ``stacked(b, scenarios)`` ``[S, B, ...]``."""
+        keep = np.flatnonzero(np.logical_or.reduce([pairs.any(1) for pairs in live]))
+        self.dropped += n - len(keep)
+        full = [out.unsqueeze(0).repeat(n, *([1] * out.dim())) for out in self.suffix.outputs]
+        for b, (start, pairs) in enumerate(zip(starts, live, strict=True)):
+            scen, inp = np.nonzero(pairs)
+            if not len(scen):  # the stage output of this batch is golden for every scenario
+                self.dropped_rows += pairs.size
+                continue
+            if all(self._gather_exact(start, b, size) for _, size in set(_chunks(len(scen), pairs.shape[1]))):
+                h = gathered(b, scen, inp)
+                golden = self._input(b, start)
+                if h.shape[1:] == golden.shape[1:] and h.dtype == golden.dtype:
+                    full[b][torch.from_numpy(scen), torch.from_numpy(inp)] = self._after_rows(start, b, h)
+                    self.dropped_rows += pairs.size - len(scen)
+                    continue
+            full[b][torch.from_numpy(keep)] = self._after(start, b, stacked(b, keep))
+            self.dropped_rows += pairs.size - len(keep) * pairs.shape[1]
+        return torch.cat(full, dim=1)
+
+    def _after_rows(self, stage: int, batch: int, h: torch.Tensor) -> torch.Tensor:
+        """Stages ``stage``.. over the gathered rows ``h`` ``[R, ...]`` of the stage before, in the
+        :func:`_chunks` that :meth:`_gather_exact` checked, padded with golden rows (their outputs discarded)."""
+        rest = self.suffix.stages[stage:]
+        if not rest:
+            return h
+        golden = self._input(batch, stage)
+        outs, at = [], 0
+        with torch.no_grad():
+            for rows, size in _chunks(len(h), len(golden)):
+                flat = h[at : at + rows]
+                if size > rows:
+                    flat = torch.cat([flat, golden[: size - rows]])
+                for m in rest:
+                    flat = m(flat)
+                outs.append(flat[:rows])
+                at += rows
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
     def _after(self, stage: int, batch: int, h: torch.Tensor) -> torch.Tensor:
         """Stages ``stage``.. over the stacked outputs ``h`` ``[S, B, ...]`` of the stage before."""
         rest = self.suffix.stages[stage:]
@@ -299,17 +415,38 @@ class GroupedForward:
                 outs.append(one)
             return torch.stack(outs)
 
+    def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool:
+        """Whether the stages from ``stage`` on, over the golden inputs ``rows`` of batch ``batch``
+        gathered into one batch with the first ``perturbed`` of them perturbed (:func:`_probe_rows`:
+        a model mixing the batch fails), give the other rows' golden outputs bit for bit (checked once per ``key``)."""
+        if key not in self._exact:
+            flat = _probe_rows(self._input(batch, stage), rows, perturbed)
+            with torch.no_grad():
+                for m in self.suffix.stages[stage:]:
+                    flat = m(flat)
+            self._exact[key] = _rows_match(flat, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
+        return self._exact[key]
+
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden
         input, each copy's golden output bit for bit, with the first copy perturbed so that a model
         mixing the batch fails the check (checked once per shape)."""
-        key = ("stack", stage, batch, s)
-        if key not in self._exact:
-            flat = _probe_copies(self._input(batch, stage), s)
-            for m in self.suffix.stages[stage:]:
-                flat = m(flat)
-            self._exact[key] = _copies_match(flat, self._golden_out(batch, len(self.suffix.stages) - 1), s)
-        return self._exact[key]
+        b = len(self._input(batch, stage))
+        return self._rest_exact(("stack", stage, batch, s), stage, batch, np.tile(np.arange(b), s), b if s > 1 else 0)
+
+    def _gather_exact(self, stage: int, batch: int, r: int) -> bool:
+        """Whether the stages from ``stage`` on may run over ``r`` rows gathered from the scenarios'
+        versions of input batch ``batch``: the model does not mix the batch (two stacked copies,
+        the first perturbed, give the second's golden outputs), and ``r`` golden rows gathered out
+        of their own places, the first perturbed, give their golden outputs bit for bit at this
+        size (kernels may pick other reduction orders for other shapes). Checked once per size.
+
+        ``r`` is a padded :func:`_chunks` size: one check covers every chunk that pads up to it."""
+        if stage >= len(self.suffix.stages):
+            return True
+        b = len(self._input(batch, stage))
+        rows = (-1 - np.arange(r)) % b  # input b-1 first, then b-2 ...: most rows away from their own place
+        return self._stacking_exact(stage, batch, 2) and self._rest_exact(("gather", stage, batch, r), stage, batch, rows, 1)
 
     # -- recomputing only the touched output channels ------------------------------------------
 
@@ -447,12 +584,32 @@ class GroupedForward:
         return reached, y
 
     @staticmethod
+    def _patched(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray,
+                 scen: np.ndarray, inp: np.ndarray) -> torch.Tensor:
+        """The golden rows ``golden[inp[p]]`` ``[B, C, ...]`` of (scenario, input) pairs ``p``, with
+        the channels their scenario touches patched in: channel ``row_channel[r]`` of every pair
+        of scenario ``row_scen[r]`` replaced by ``y[inp[p], r]``.
+
+        Example:
+            >>> golden = torch.zeros(2, 3); y = torch.tensor([[7.0], [8.0]])  # scenario 0 touches channel 2
+            >>> GroupedForward._patched(golden, y, np.array([0]), np.array([2]), np.array([0, 1]), np.array([1, 0])).tolist()
+            [[0.0, 0.0, 8.0], [0.0, 0.0, 0.0]]
+        """
+        pair_of = np.full((1 + max(int(row_scen.max(initial=-1)), int(scen.max(initial=-1))), len(golden)), -1, dtype=np.int64)
+        pair_of[scen, inp] = np.arange(len(scen))
+        at = pair_of[row_scen]  # [rows, B]: the pair each faulty row goes to, per input
+        r, i = np.nonzero(at >= 0)
+        h = golden[torch.from_numpy(inp)]
+        h[torch.from_numpy(at[r, i]), torch.from_numpy(row_channel[r])] = y[torch.from_numpy(i), torch.from_numpy(r)]
+        return h
+
+    @staticmethod
     def _stack(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray, n_scen: int) -> torch.Tensor:
         """``n_scen`` copies of ``golden`` ``[B, C, ...]`` with channel ``row_channel[r]`` of copy
-        ``row_scen[r]`` replaced by ``y[:, r]``."""
-        h = golden.unsqueeze(0).repeat(n_scen, *([1] * golden.dim()))
-        h[torch.from_numpy(row_scen), :, torch.from_numpy(row_channel)] = y.transpose(0, 1)
-        return h
+        ``row_scen[r]`` replaced by ``y[:, r]``: :meth:`_patched` with every pair."""
+        b = len(golden)
+        h = GroupedForward._patched(golden, y, row_scen, row_channel, np.repeat(np.arange(n_scen), b), np.tile(np.arange(b), n_scen))
+        return h.reshape(n_scen, b, *golden.shape[1:])
 
     def _touched_output(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> Touched | None:
         """Like :meth:`_touched_weights` for faults in the output activation of ``stage`` (on
