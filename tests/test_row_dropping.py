@@ -18,22 +18,28 @@ from resil.campaign.suffix import SuffixForward
 
 
 def record_groups(monkeypatch) -> dict[str, list]:
-    """Wrap the grouped path: the faults per grouped scenario, and each gathered run ``(first stage, rows)``."""
-    seen: dict[str, list] = {"faults": [], "gathered": [], "outputs": []}
-    outputs, after_rows = grouped.GroupedForward.outputs, grouped.GroupedForward._after_rows
+    """Wrap the grouped path: the faults per grouped scenario, its outputs, each gathered batch of
+    patched rows (padding cut), and each ``(first stage, verdict)`` of the check that allows gathering."""
+    seen: dict[str, list] = {"faults": [], "outputs": [], "gathered": [], "allowed": []}
+    outputs, patched, gather_exact = grouped.GroupedForward.outputs, grouped.GroupedForward._patched, grouped.GroupedForward._gather_exact
 
     def counted(self, stage, sc, positions, sites):
         seen["faults"] += [int((sc.owner == p).sum()) for p in positions]
-        out = outputs(self, stage, sc, positions, sites)
-        seen["outputs"].append(out)
-        return out
+        seen["outputs"].append(outputs(self, stage, sc, positions, sites))
+        return seen["outputs"][-1]
 
-    def gathered(self, stage, batch, h):
-        seen["gathered"].append((stage, h.clone()))
-        return after_rows(self, stage, batch, h)
+    def gathered(golden, y, row_scen, row_channel, scen, inp, size):
+        rows = patched(golden, y, row_scen, row_channel, scen, inp, size)
+        seen["gathered"].append(rows[: len(scen)].clone())
+        return rows
+
+    def allowed(self, stage, batch, r):
+        seen["allowed"].append((stage, gather_exact(self, stage, batch, r)))
+        return seen["allowed"][-1][1]
 
     monkeypatch.setattr(grouped.GroupedForward, "outputs", counted)
-    monkeypatch.setattr(grouped.GroupedForward, "_after_rows", gathered)
+    monkeypatch.setattr(grouped.GroupedForward, "_patched", staticmethod(gathered))
+    monkeypatch.setattr(grouped.GroupedForward, "_gather_exact", allowed)
     return seen
 
 
@@ -86,8 +92,8 @@ def test_only_the_inputs_a_flip_reaches_run_the_rest(monkeypatch):
     reached = [np.flatnonzero((f != np.maximum(hidden, 0)).any(1)) for f in faulty]
     assert [r.tolist() for r in reached] == [[0, 2, 4, 6], [1, 3, 5, 7], [], list(range(8))]
     want_rows = np.concatenate([faulty[s][r] for s, r in enumerate(reached)])
-    assert [stage for stage, _ in seen["gathered"]] == [2]  # one gathered run of the last Linear
-    np.testing.assert_array_equal(seen["gathered"][0][1].numpy(), want_rows)  # exactly those 16 rows
+    assert seen["allowed"] == [(2, True)]  # one gathered run of the last Linear
+    np.testing.assert_array_equal(seen["gathered"][0].numpy(), want_rows)  # exactly those 16 rows
     assert ev.grouped.dropped == 1 and ev.grouped.dropped_rows == 4 * 8 - 16
     (out,) = seen["outputs"]
     np.testing.assert_array_equal(out.numpy(), np.stack([f @ w2.T + b2 for f in faulty]))  # dyadic values: exact in float32
@@ -108,7 +114,7 @@ def test_a_model_that_mixes_the_batch_is_never_gathered_across_its_mixing_stage(
     norm = 3  # the BatchMax stage of coupled_sequential
     exact = out["fast_runner"].evaluator.grouped._exact
     assert any(k[:2] == ("stack", s) and k[3] == 2 and not v for k, v in exact.items() for s in range(norm + 1))  # the check caught it
-    assert seen["outputs"] and all(stage > norm for stage, _ in seen["gathered"])
+    assert seen["outputs"] and seen["allowed"] and not any(ok for stage, ok in seen["allowed"] if stage <= norm)
 
 
 def test_gathering_needs_the_stacked_copies_check_where_a_gathered_probe_misses_the_mixing():

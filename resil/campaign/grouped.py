@@ -90,18 +90,16 @@ def stacked_copies(t: torch.Tensor, s: int) -> torch.Tensor:
     return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
 
 
-def _chunks(r: int, most: int) -> list[tuple[int, int]]:
-    """``r`` gathered rows as chunks of at most ``most`` (the input batch size: the size the
-    golden run computed at, cache-sized), each ``(rows, padded size)``: padded up to a multiple of
-    ``2 ** max(0, floor(log2 rows) - 3)`` (at most 12.5% more; at least 2, at most ``most``), so
-    that few sizes need their own exactness check.
+def _bucket(r: int) -> int:
+    """``r`` gathered rows padded up to a multiple of ``2 ** max(0, floor(log2 r) - 3)`` (at most
+    12.5% more; at least 2), so that few sizes need their own exactness check.
 
     Example:
-        >>> _chunks(1, 64), _chunks(17, 64), _chunks(100, 64), _chunks(300, 256)
-        ([(1, 2)], [(17, 18)], [(64, 64), (36, 36)], [(256, 256), (44, 44)])
+        >>> [_bucket(r) for r in (1, 9, 17, 100)]
+        [2, 9, 18, 104]
     """
-    sizes = [most] * (r // most) + ([r % most] if r % most else [])
-    return [(c, min(most, max(2, -(-c // (step := 1 << max(0, c.bit_length() - 4))) * step))) for c in sizes]
+    step = 1 << max(0, r.bit_length() - 4)
+    return max(2, -(-r // step) * step)
 
 
 def _probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tensor:
@@ -182,6 +180,7 @@ class GroupedForward:
         self.dropped = 0
         #: (scenario, input) pairs of sequential models given their golden output without running the rest
         self.dropped_rows = 0
+        self._row_seconds: dict[tuple[str, int], float] = {}  # measured: the rest from a stage, and gathering for it
         #: measured costs that choose each stage's group size
         self.timer = GroupTimer()
 
@@ -247,22 +246,21 @@ class GroupedForward:
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
             differ = [_differs(h, self._golden_out(b, stage)) for b, h in enumerate(alone)]
-            return self._rest(n, [stage + 1] * len(alone), differ,
-                              lambda b, scen, inp: alone[b][torch.from_numpy(scen), torch.from_numpy(inp)],
+            return self._rest(n, [stage + 1] * len(alone), differ, lambda b, scen, inp, size: self._gather(alone[b], scen, inp, size),
                               lambda b, keep: alone[b][torch.from_numpy(keep)])
         else:
             row_scen, row_channel, rows = touched
             carried = [self._carry(stage, b, rows(b, 0)) for b in batches]
             differ = [self._live_pairs(n, row_scen, y, self._golden_out(b, reached), row_channel) for b, (reached, y) in enumerate(carried)]
 
-            def gathered(b: int, scen: np.ndarray, inp: np.ndarray) -> torch.Tensor:
-                reached, y = carried[b]
-                return self._patched(self._golden_out(b, reached), y, row_scen, row_channel, scen, inp)
-
             def stacked(b: int, keep: np.ndarray) -> torch.Tensor:
                 reached, y = carried[b]
                 _, scen_k, channel_k, ys = self._keep(np.isin(np.arange(n), keep), row_scen, row_channel, [[y]])
                 return self._stack(self._golden_out(b, reached), ys[0][0], scen_k, channel_k, len(keep))
+
+            def gathered(b: int, scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
+                reached, y = carried[b]
+                return self._patched(self._golden_out(b, reached), y, row_scen, row_channel, scen, inp, size)
 
             return self._rest(n, [reached + 1 for reached, _ in carried], differ, gathered, stacked)
         self.dropped += n - len(keep)
@@ -350,81 +348,90 @@ class GroupedForward:
                         outs[b].append(module(self._input(b, stage)))
         return [torch.stack(o) for o in outs]
 
-    def _rest(self, n: int, starts: list[int], live: list[np.ndarray], gathered: Callable[[int, np.ndarray, np.ndarray], torch.Tensor],
+    def _rest(self, n: int, starts: list[int], differ: list[np.ndarray],
+              gathered: Callable[[int, np.ndarray, np.ndarray, int], torch.Tensor],
               stacked: Callable[[int, np.ndarray], torch.Tensor]) -> torch.Tensor:
-        """The model outputs ``[n, inputs, ...]`` of ``n`` scenarios from the stage outputs they
-        reach at ``starts[b]`` in input batch ``b``, where ``live[b]`` ``[n, B]`` tells which
-        (scenario, input) pairs differ from golden there: only those run the stages from
-        ``starts[b]`` on, as the flat batch ``gathered(b, scenarios, inputs)``; the others keep
-        their golden output. Where gathering is not exact (:meth:`_gather_exact`), the scenarios
-        with a differing pair in some batch run over all inputs: ``stacked(b, scenarios)`` ``[S, B, ...]``."""
-        keep = np.flatnonzero(np.logical_or.reduce([pairs.any(1) for pairs in live]))
+        """The model outputs ``[n, inputs, ...]`` of ``n`` scenarios from their versions of the
+        output of stage ``starts[b] - 1`` in input batch ``b``, where ``differ[b]`` ``[n, B]`` tells
+        which (scenario, input) pairs differ from golden there: only those run the stages from
+        ``starts[b]`` on, as the batch ``gathered(b, scenarios, inputs, size)`` (padded to ``size``
+        rows, whose outputs are discarded), and the others keep their golden output. Where that is
+        not exact (:meth:`_gather_exact`) or saves nothing, the scenarios with a differing pair in
+        some batch run over all inputs: ``stacked(b, scenarios)`` ``[S, B, ...]``."""
+        keep = np.flatnonzero(np.logical_or.reduce([pairs.any(1) for pairs in differ]))
         self.dropped += n - len(keep)
         full = [out.unsqueeze(0).repeat(n, *([1] * out.dim())) for out in self.suffix.outputs]
-        for b, (start, pairs) in enumerate(zip(starts, live, strict=True)):
-            scen, inp = np.nonzero(pairs)
-            if not len(scen):  # the stage output of this batch is golden for every scenario
+        for b, (start, pairs) in enumerate(zip(starts, differ, strict=True)):
+            live = int(pairs.sum())
+            if not live:  # the stage output of this batch is golden for every scenario
                 self.dropped_rows += pairs.size
                 continue
-            if all(self._gather_exact(start, b, size) for _, size in set(_chunks(len(scen), pairs.shape[1]))):
-                h = gathered(b, scen, inp)
-                golden = self._input(b, start)
-                if h.shape[1:] == golden.shape[1:] and h.dtype == golden.dtype:
-                    full[b][torch.from_numpy(scen), torch.from_numpy(inp)] = self._after_rows(start, b, h)
-                    self.dropped_rows += pairs.size - len(scen)
+            size, copies = _bucket(live), len(keep) * pairs.shape[1]
+            if size < copies and self._gathering_pays(start, size, copies) and self._gather_exact(start, b, size):
+                t0 = time.perf_counter()
+                scen, inp = np.nonzero(pairs)
+                rows, golden = gathered(b, scen, inp, size), self._input(b, start)
+                self._note_cost(("gather", start), time.perf_counter() - t0, size)
+                if rows.shape[1:] == golden.shape[1:] and rows.dtype == golden.dtype:
+                    full[b][torch.from_numpy(scen), torch.from_numpy(inp)] = self._after_rows(start, rows)[: len(scen)]
+                    self.dropped_rows += pairs.size - live
                     continue
             full[b][torch.from_numpy(keep)] = self._after(start, b, stacked(b, keep))
             self.dropped_rows += pairs.size - len(keep) * pairs.shape[1]
         return torch.cat(full, dim=1)
 
-    def _after_rows(self, stage: int, batch: int, h: torch.Tensor) -> torch.Tensor:
-        """Stages ``stage``.. over the gathered rows ``h`` ``[R, ...]`` of the stage before, in the
-        :func:`_chunks` that :meth:`_gather_exact` checked, padded with golden rows (their outputs discarded)."""
-        rest = self.suffix.stages[stage:]
-        if not rest:
-            return h
-        golden = self._input(batch, stage)
-        outs, at = [], 0
+    @staticmethod
+    def _gather(h: torch.Tensor, scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
+        """The rows ``h[scen[p], inp[p]]`` of stacked outputs ``h`` ``[S, B, ...]`` as one batch,
+        padded to ``size`` rows with rows of copy 0 (whose outputs are discarded).
+
+        Example:
+            >>> h = torch.arange(6.0).reshape(2, 3, 1)
+            >>> GroupedForward._gather(h, np.array([1, 0]), np.array([2, 1]), 4).flatten().tolist()
+            [5.0, 1.0, 0.0, 1.0]
+        """
+        pad = size - len(scen)
+        take = np.r_[scen, np.zeros(pad, dtype=np.int64)], np.r_[inp, np.arange(pad) % h.shape[1]]
+        return h[torch.from_numpy(take[0]), torch.from_numpy(take[1])]
+
+    def _after_rows(self, stage: int, flat: torch.Tensor) -> torch.Tensor:
+        """Stages ``stage``.. over a batch ``flat`` of outputs of the stage before."""
         with torch.no_grad():
-            for rows, size in _chunks(len(h), len(golden)):
-                flat = h[at : at + rows]
-                if size > rows:
-                    flat = torch.cat([flat, golden[: size - rows]])
-                for m in rest:
-                    flat = m(flat)
-                outs.append(flat[:rows])
-                at += rows
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+            for m in self.suffix.stages[stage:]:
+                flat = m(flat)
+        return flat
 
     def _after(self, stage: int, batch: int, h: torch.Tensor) -> torch.Tensor:
         """Stages ``stage``.. over the stacked outputs ``h`` ``[S, B, ...]`` of the stage before."""
-        rest = self.suffix.stages[stage:]
-        if not rest:
+        if stage >= len(self.suffix.stages):
             return h
         s, b = h.shape[:2]
-        with torch.no_grad():
-            if self._stacking_exact(stage, batch, s):
-                flat = h.reshape(s * b, *h.shape[2:])
-                for m in rest:
-                    flat = m(flat)
-                return flat.reshape(s, b, *flat.shape[1:])
-            outs = []
-            for one in h:
-                for m in rest:
-                    one = m(one)
-                outs.append(one)
-            return torch.stack(outs)
+        if self._stacking_exact(stage, batch, s):
+            flat = self._after_rows(stage, h.reshape(s * b, *h.shape[2:]))
+            return flat.reshape(s, b, *flat.shape[1:])
+        return torch.stack([self._after_rows(stage, one) for one in h])
+
+    def _note_cost(self, key: tuple[str, int], seconds: float, rows: int) -> None:
+        """Note a measured cost per row (the least seen counts: noise only adds)."""
+        self._row_seconds[key] = min(self._row_seconds.get(key, np.inf), seconds / max(rows, 1))
+
+    def _gathering_pays(self, stage: int, size: int, copies: int) -> bool:
+        """Whether running the stages from ``stage`` on over ``size`` gathered rows instead of
+        ``copies`` stacked ones saves more than gathering them costs, by the costs per row
+        measured so far (True until both are known)."""
+        rest, gather = self._row_seconds.get(("rest", stage)), self._row_seconds.get(("gather", stage))
+        return rest is None or gather is None or (copies - size) * rest > size * gather
 
     def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool:
         """Whether the stages from ``stage`` on, over the golden inputs ``rows`` of batch ``batch``
         gathered into one batch with the first ``perturbed`` of them perturbed (:func:`_probe_rows`:
         a model mixing the batch fails), give the other rows' golden outputs bit for bit (checked once per ``key``)."""
         if key not in self._exact:
-            flat = _probe_rows(self._input(batch, stage), rows, perturbed)
-            with torch.no_grad():
-                for m in self.suffix.stages[stage:]:
-                    flat = m(flat)
-            self._exact[key] = _rows_match(flat, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
+            probe = _probe_rows(self._input(batch, stage), rows, perturbed)
+            t0 = time.perf_counter()
+            out = self._after_rows(stage, probe)
+            self._note_cost(("rest", stage), time.perf_counter() - t0, len(rows))
+            self._exact[key] = _rows_match(out, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
         return self._exact[key]
 
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
@@ -441,7 +448,7 @@ class GroupedForward:
         of their own places, the first perturbed, give their golden outputs bit for bit at this
         size (kernels may pick other reduction orders for other shapes). Checked once per size.
 
-        ``r`` is a padded :func:`_chunks` size: one check covers every chunk that pads up to it."""
+        ``r`` is a :func:`_bucket` size: one check covers every group whose rows pad up to it."""
         if stage >= len(self.suffix.stages):
             return True
         b = len(self._input(batch, stage))
@@ -585,31 +592,31 @@ class GroupedForward:
 
     @staticmethod
     def _patched(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray,
-                 scen: np.ndarray, inp: np.ndarray) -> torch.Tensor:
-        """The golden rows ``golden[inp[p]]`` ``[B, C, ...]`` of (scenario, input) pairs ``p``, with
-        the channels their scenario touches patched in: channel ``row_channel[r]`` of every pair
-        of scenario ``row_scen[r]`` replaced by ``y[inp[p], r]``.
+                 scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
+        """The rows of (scenario, input) pairs ``p`` without building every copy (:meth:`_stack`):
+        ``golden[inp[p]]`` ``[C, ...]`` with channel ``row_channel[r]`` replaced by ``y[inp[p], r]``
+        for each row ``r`` of scenario ``scen[p]`` (``row_scen[r]``); padded to ``size`` rows with golden rows.
 
         Example:
             >>> golden = torch.zeros(2, 3); y = torch.tensor([[7.0], [8.0]])  # scenario 0 touches channel 2
-            >>> GroupedForward._patched(golden, y, np.array([0]), np.array([2]), np.array([0, 1]), np.array([1, 0])).tolist()
-            [[0.0, 0.0, 8.0], [0.0, 0.0, 0.0]]
+            >>> GroupedForward._patched(golden, y, np.array([0]), np.array([2]), np.array([0, 1]), np.array([1, 0]), 3).tolist()
+            [[0.0, 0.0, 8.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
         """
         pair_of = np.full((1 + max(int(row_scen.max(initial=-1)), int(scen.max(initial=-1))), len(golden)), -1, dtype=np.int64)
         pair_of[scen, inp] = np.arange(len(scen))
         at = pair_of[row_scen]  # [rows, B]: the pair each faulty row goes to, per input
         r, i = np.nonzero(at >= 0)
-        h = golden[torch.from_numpy(inp)]
+        h = golden[torch.from_numpy(np.r_[inp, np.arange(size - len(scen)) % len(golden)])]
         h[torch.from_numpy(at[r, i]), torch.from_numpy(row_channel[r])] = y[torch.from_numpy(i), torch.from_numpy(r)]
         return h
 
     @staticmethod
     def _stack(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray, n_scen: int) -> torch.Tensor:
         """``n_scen`` copies of ``golden`` ``[B, C, ...]`` with channel ``row_channel[r]`` of copy
-        ``row_scen[r]`` replaced by ``y[:, r]``: :meth:`_patched` with every pair."""
-        b = len(golden)
-        h = GroupedForward._patched(golden, y, row_scen, row_channel, np.repeat(np.arange(n_scen), b), np.tile(np.arange(b), n_scen))
-        return h.reshape(n_scen, b, *golden.shape[1:])
+        ``row_scen[r]`` replaced by ``y[:, r]``."""
+        h = golden.unsqueeze(0).repeat(n_scen, *([1] * golden.dim()))
+        h[torch.from_numpy(row_scen), :, torch.from_numpy(row_channel)] = y.transpose(0, 1)
+        return h
 
     def _touched_output(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> Touched | None:
         """Like :meth:`_touched_weights` for faults in the output activation of ``stage`` (on
