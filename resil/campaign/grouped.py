@@ -13,7 +13,10 @@ sample, permanent) share everything but stage ``k``'s output, which the golden r
 In a plain ``nn.Sequential`` the touched channels are then carried alone through the
 channel-local stages after ``k`` (:meth:`resil.site.Adapter.channel_local`: ReLU, pooling ...), patched
 into stacked copies of the golden output there, and the rest of the network runs once over the
-whole group. A subclass with its own forward loop over its stages (a spiking network's time
+whole group. Rows are dropped there too: only the (scenario, input) pairs whose patched values
+differ from golden (a flip the ReLU did not zero, say) run the rest, gathered into one batch,
+where that costs less than the stacked copies (measured); the others keep their golden output.
+A subclass with its own forward loop over its stages (a spiking network's time
 loop) runs that forward once per group, stage ``k`` returning the stacked patched outputs at
 each of its calls and the stages before it their golden outputs.
 
@@ -21,7 +24,8 @@ Every shortcut is used only where a check on the golden run shows that it reprod
 per-scenario computation bit for bit for the exact shapes involved (kernels may pick other
 reduction orders for other shapes), once per shape: recomputed channels equal the same channels
 of the full layer at every call, a channel-local stage on picked channels equals those channels
-of its output, and a stacked suffix (or replayed forward) gives each copy's golden output. Where
+of its output, and a stacked suffix (or replayed forward) gives each copy's golden output, and
+gathered golden rows (out of their places, one perturbed) give theirs at each padded size. Where
 a check fails, the group runs one scenario at a time, so outcome tables stay identical to the
 plain path.
 
