@@ -13,7 +13,10 @@ sample, permanent) share everything but stage ``k``'s output, which the golden r
 In a plain ``nn.Sequential`` the touched channels are then carried alone through the
 channel-local stages after ``k`` (:meth:`resil.site.Adapter.channel_local`: ReLU, pooling ...), patched
 into stacked copies of the golden output there, and the rest of the network runs once over the
-whole group. A subclass with its own forward loop over its stages (a spiking network's time
+whole group. Rows are dropped there too: only the (scenario, input) pairs whose patched values
+differ from golden (a flip the ReLU did not zero, say) run the rest, gathered into one batch,
+where that costs less than the stacked copies (measured); the others keep their golden output.
+A subclass with its own forward loop over its stages (a spiking network's time
 loop) runs that forward once per group, stage ``k`` returning the stacked patched outputs at
 each of its calls and the stages before it their golden outputs.
 
@@ -21,7 +24,8 @@ Every shortcut is used only where a check on the golden run shows that it reprod
 per-scenario computation bit for bit for the exact shapes involved (kernels may pick other
 reduction orders for other shapes), once per shape: recomputed channels equal the same channels
 of the full layer at every call, a channel-local stage on picked channels equals those channels
-of its output, and a stacked suffix (or replayed forward) gives each copy's golden output. Where
+of its output, and a stacked suffix (or replayed forward) gives each copy's golden output, and
+gathered golden rows (out of their places, one perturbed) give theirs at each padded size. Where
 a check fails, the group runs one scenario at a time, so outcome tables stay identical to the
 plain path.
 
@@ -90,25 +94,70 @@ def stacked_copies(t: torch.Tensor, s: int) -> torch.Tensor:
     return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
 
 
+def _bucket(r: int) -> int:
+    """``r`` gathered rows padded up to a multiple of ``2 ** max(0, floor(log2 r) - 3)`` (at most
+    12.5% more; at least 2), so that few sizes need their own exactness check.
+
+    Example:
+        >>> [_bucket(r) for r in (1, 9, 17, 100)]
+        [2, 9, 18, 104]
+    """
+    step = 1 << max(0, r.bit_length() - 4)
+    return max(2, -(-r // step) * step)
+
+
+def _probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tensor:
+    """The rows ``rows`` of a batch ``t`` gathered into one batch, the first ``perturbed`` of them
+    perturbed (doubled plus one; reversed for integer batches): a model that mixes the batch
+    (normalising by its maximum, batch statistics) then changes the other rows' outputs, which a
+    check against their golden outputs catches.
+
+    Example:
+        >>> _probe_rows(torch.tensor([[1.0], [2.0], [4.0]]), np.array([2, 0]), 1).flatten().tolist()
+        [9.0, 1.0]
+    """
+    out = t[torch.from_numpy(rows)]
+    if perturbed:
+        first = out[:perturbed]
+        out[:perturbed] = first * 2 + 1 if t.is_floating_point() else first.flip(0)
+    return out
+
+
+def _rows_match(out: torch.Tensor, golden: torch.Tensor, rows: np.ndarray, perturbed: int) -> bool:
+    """Whether the outputs ``out`` of :func:`_probe_rows` rows, but the first ``perturbed``, equal
+    their golden outputs ``golden[rows]`` bit for bit."""
+    return same_bits(out[perturbed:], golden[torch.from_numpy(rows[perturbed:])])
+
+
 def _probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
-    """``s`` stacked copies of ``t`` whose first copy is perturbed (doubled plus one; reversed for
-    integer batches): a model that mixes the batch (normalising by its maximum, batch statistics)
-    then changes the other copies' outputs, which a check against their golden outputs catches.
+    """``s`` stacked copies of ``t`` whose first copy is perturbed (:func:`_probe_rows` with the
+    rows ``tile(arange(len(t)), s)``, nothing perturbed for one copy).
 
     Example:
         >>> _probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
         [3.0, 5.0, 1.0, 2.0]
     """
-    out = stacked_copies(t, s).clone()
-    if s > 1:
-        out[: len(t)] = t * 2 + 1 if t.is_floating_point() else t.flip(0)
-    return out
+    return _probe_rows(t, np.tile(np.arange(len(t)), s), len(t) if s > 1 else 0)
 
 
 def _copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
     """Whether copies 1.. of ``s`` stacked outputs equal the golden output bit for bit (copy 0 was perturbed)."""
     n = len(golden)
-    return same_bits(out[n:] if s > 1 else out, stacked_copies(golden, max(s - 1, 1)))
+    return _rows_match(out, golden, np.tile(np.arange(n), s), n if s > 1 else 0)
+
+
+def _differs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
+    """Per scenario and input ``[S, B]``: whether the stage output ``h[s, i]`` differs from ``golden[i]`` bit for bit
+    (everywhere when their shapes or dtypes differ).
+
+    Example:
+        >>> _differs(torch.tensor([[[1.0], [2.0]], [[1.0], [-2.0]]]), torch.tensor([[1.0], [2.0]])).tolist()
+        [[False, False], [False, True]]
+    """
+    if h.shape[1:] != golden.shape or h.dtype != golden.dtype:
+        return np.ones(h.shape[:2], dtype=bool)
+    ne = bit_pattern(h) != bit_pattern(golden).unsqueeze(0)
+    return ne.reshape(*h.shape[:2], -1).any(2).cpu().numpy()
 
 
 class GroupedForward:
@@ -133,6 +182,9 @@ class GroupedForward:
         self._sharing: dict[int, set[int]] | None = None
         #: scenarios found masked where their faulty values were patched in (fault dropping)
         self.dropped = 0
+        #: (scenario, input) pairs of sequential models given their golden output without running the rest
+        self.dropped_rows = 0
+        self._row_seconds: dict[tuple[str, int], float] = {}  # measured: the rest from a stage, and gathering for it
         #: measured costs that choose each stage's group size
         self.timer = GroupTimer()
 
@@ -179,7 +231,9 @@ class GroupedForward:
 
         Fault dropping: a scenario whose faulty values equal the golden ones bit for bit where
         they are patched in (after the channel-local stages they were carried through, at every
-        call and input batch) is masked there: it gets the golden output without running the rest."""
+        call and input batch) is masked there: it gets the golden output without running the rest.
+        In an ``nn.Sequential`` this holds per input too: only the (scenario, input) pairs that
+        differ there run the rest, gathered into one batch (:meth:`_rest`)."""
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         n = len(positions)
         batches = range(len(self.suffix.batches))
@@ -195,17 +249,24 @@ class GroupedForward:
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
-            live = np.array([not all(same_bits(h[i], self._golden_out(b, stage)) for b, h in enumerate(alone)) for i in range(n)],
-                            dtype=bool)
-            keep = np.flatnonzero(live)
-            outs = [self._after(stage + 1, b, h[torch.from_numpy(keep)]) if len(keep) else None for b, h in enumerate(alone)]
+            differ = [_differs(h, self._golden_out(b, stage)) for b, h in enumerate(alone)]
+            return self._rest(n, [stage + 1] * len(alone), differ, lambda b, scen, inp, size: self._gather(alone[b], scen, inp, size),
+                              lambda b, keep: alone[b][torch.from_numpy(keep)])
         else:
             row_scen, row_channel, rows = touched
             carried = [self._carry(stage, b, rows(b, 0)) for b in batches]
-            live = self._live(n, row_scen, [(y, self._golden_out(b, reached)) for b, (reached, y) in enumerate(carried)], row_channel)
-            keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for _, y in carried])
-            outs = [self._after(reached + 1, b, self._stack(self._golden_out(b, reached), ys[b][0], row_scen, row_channel, len(keep)))
-                    if len(keep) else None for b, (reached, _) in enumerate(carried)]
+            differ = [self._live_pairs(n, row_scen, y, self._golden_out(b, reached), row_channel) for b, (reached, y) in enumerate(carried)]
+
+            def stacked(b: int, keep: np.ndarray) -> torch.Tensor:
+                reached, y = carried[b]
+                _, scen_k, channel_k, ys = self._keep(np.isin(np.arange(n), keep), row_scen, row_channel, [[y]])
+                return self._stack(self._golden_out(b, reached), ys[0][0], scen_k, channel_k, len(keep))
+
+            def gathered(b: int, scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
+                reached, y = carried[b]
+                return self._patched(self._golden_out(b, reached), y, row_scen, row_channel, scen, inp, size)
+
+            return self._rest(n, [reached + 1 for reached, _ in carried], differ, gathered, stacked)
         self.dropped += n - len(keep)
         full = [self.suffix.outputs[b].unsqueeze(0).repeat(n, *([1] * self.suffix.outputs[b].dim())) for b in batches]
         for b, out in enumerate(outs):
@@ -214,15 +275,26 @@ class GroupedForward:
         return torch.cat(full, dim=1)
 
     @staticmethod
+    def _live_pairs(n: int, row_scen: np.ndarray, y: torch.Tensor, golden: torch.Tensor, row_channel: np.ndarray) -> np.ndarray:
+        """Per scenario and input ``[n, B]``: whether one of the scenario's faulty rows ``y[:, r]``
+        ``[B, rows, ...]`` differs from its golden channel ``golden[:, row_channel[r]]`` on that input.
+
+        Example:
+            >>> golden = torch.zeros(3, 2); y = torch.tensor([[0.0], [5.0], [0.0]])  # scenario 1's row on channel 0
+            >>> GroupedForward._live_pairs(2, np.array([1]), y, golden, np.array([0])).astype(int).tolist()
+            [[0, 0, 0], [0, 1, 0]]
+        """
+        ne = bit_pattern(y) != bit_pattern(golden[:, torch.from_numpy(row_channel)])
+        differs = ne.reshape(*ne.shape[:2], -1).any(2).transpose(0, 1).to(torch.int32)  # [rows, B]
+        live = torch.zeros(n, len(golden), dtype=torch.int32).index_add_(0, torch.from_numpy(row_scen), differs.cpu())
+        return (live > 0).numpy()
+
+    @staticmethod
     def _live(n: int, row_scen: np.ndarray, pairs: list[tuple[torch.Tensor, torch.Tensor]], row_channel: np.ndarray) -> np.ndarray:
         """Per scenario, whether some faulty row ``y[:, r]`` differs from its golden channel in one of ``pairs``."""
-        differs = np.zeros(len(row_scen), dtype=bool)
-        pick = torch.from_numpy(row_channel)
-        for y, golden in pairs:
-            ne = bit_pattern(y) != bit_pattern(golden[:, pick])
-            differs |= ne.transpose(0, 1).reshape(len(row_scen), -1).any(1).cpu().numpy()
         live = np.zeros(n, dtype=bool)
-        np.logical_or.at(live, row_scen, differs)
+        for y, golden in pairs:
+            live |= GroupedForward._live_pairs(n, row_scen, y, golden, row_channel).any(1)
         return live
 
     @staticmethod
@@ -280,36 +352,112 @@ class GroupedForward:
                         outs[b].append(module(self._input(b, stage)))
         return [torch.stack(o) for o in outs]
 
+    def _rest(self, n: int, starts: list[int], differ: list[np.ndarray],
+              gathered: Callable[[int, np.ndarray, np.ndarray, int], torch.Tensor],
+              stacked: Callable[[int, np.ndarray], torch.Tensor]) -> torch.Tensor:
+        """The model outputs ``[n, inputs, ...]`` of ``n`` scenarios from their versions of the
+        output of stage ``starts[b] - 1`` in input batch ``b``, where ``differ[b]`` ``[n, B]`` tells
+        which (scenario, input) pairs differ from golden there: only those run the stages from
+        ``starts[b]`` on, as the batch ``gathered(b, scenarios, inputs, size)`` (padded to ``size``
+        rows, whose outputs are discarded), and the others keep their golden output. Where that is
+        not exact (:meth:`_gather_exact`) or saves nothing, the scenarios with a differing pair in
+        some batch run over all inputs: ``stacked(b, scenarios)`` ``[S, B, ...]``."""
+        keep = np.flatnonzero(np.logical_or.reduce([pairs.any(1) for pairs in differ]))
+        self.dropped += n - len(keep)
+        full = [out.unsqueeze(0).repeat(n, *([1] * out.dim())) for out in self.suffix.outputs]
+        for b, (start, pairs) in enumerate(zip(starts, differ, strict=True)):
+            live = int(pairs.sum())
+            if not live:  # the stage output of this batch is golden for every scenario
+                self.dropped_rows += pairs.size
+                continue
+            size, copies = _bucket(live), len(keep) * pairs.shape[1]
+            if size < copies and self._gathering_pays(start, size, copies) and self._gather_exact(start, b, size):
+                t0 = time.perf_counter()
+                scen, inp = np.nonzero(pairs)
+                rows, golden = gathered(b, scen, inp, size), self._input(b, start)
+                self._note_cost(("gather", start), time.perf_counter() - t0, size)
+                if rows.shape[1:] == golden.shape[1:] and rows.dtype == golden.dtype:
+                    full[b][torch.from_numpy(scen), torch.from_numpy(inp)] = self._after_rows(start, rows)[: len(scen)]
+                    self.dropped_rows += pairs.size - live
+                    continue
+            full[b][torch.from_numpy(keep)] = self._after(start, b, stacked(b, keep))
+            self.dropped_rows += pairs.size - len(keep) * pairs.shape[1]
+        return torch.cat(full, dim=1)
+
+    @staticmethod
+    def _gather(h: torch.Tensor, scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
+        """The rows ``h[scen[p], inp[p]]`` of stacked outputs ``h`` ``[S, B, ...]`` as one batch,
+        padded to ``size`` rows with rows of copy 0 (whose outputs are discarded).
+
+        Example:
+            >>> h = torch.arange(6.0).reshape(2, 3, 1)
+            >>> GroupedForward._gather(h, np.array([1, 0]), np.array([2, 1]), 4).flatten().tolist()
+            [5.0, 1.0, 0.0, 1.0]
+        """
+        pad = size - len(scen)
+        take = np.r_[scen, np.zeros(pad, dtype=np.int64)], np.r_[inp, np.arange(pad) % h.shape[1]]
+        return h[torch.from_numpy(take[0]), torch.from_numpy(take[1])]
+
+    def _after_rows(self, stage: int, flat: torch.Tensor) -> torch.Tensor:
+        """Stages ``stage``.. over a batch ``flat`` of outputs of the stage before."""
+        with torch.no_grad():
+            for m in self.suffix.stages[stage:]:
+                flat = m(flat)
+        return flat
+
     def _after(self, stage: int, batch: int, h: torch.Tensor) -> torch.Tensor:
         """Stages ``stage``.. over the stacked outputs ``h`` ``[S, B, ...]`` of the stage before."""
-        rest = self.suffix.stages[stage:]
-        if not rest:
+        if stage >= len(self.suffix.stages):
             return h
         s, b = h.shape[:2]
-        with torch.no_grad():
-            if self._stacking_exact(stage, batch, s):
-                flat = h.reshape(s * b, *h.shape[2:])
-                for m in rest:
-                    flat = m(flat)
-                return flat.reshape(s, b, *flat.shape[1:])
-            outs = []
-            for one in h:
-                for m in rest:
-                    one = m(one)
-                outs.append(one)
-            return torch.stack(outs)
+        if self._stacking_exact(stage, batch, s):
+            flat = self._after_rows(stage, h.reshape(s * b, *h.shape[2:]))
+            return flat.reshape(s, b, *flat.shape[1:])
+        return torch.stack([self._after_rows(stage, one) for one in h])
+
+    def _note_cost(self, key: tuple[str, int], seconds: float, rows: int) -> None:
+        """Note a measured cost per row (the least seen counts: noise only adds)."""
+        self._row_seconds[key] = min(self._row_seconds.get(key, np.inf), seconds / max(rows, 1))
+
+    def _gathering_pays(self, stage: int, size: int, copies: int) -> bool:
+        """Whether running the stages from ``stage`` on over ``size`` gathered rows instead of
+        ``copies`` stacked ones saves more than gathering them costs, by the costs per row
+        measured so far (True until both are known)."""
+        rest, gather = self._row_seconds.get(("rest", stage)), self._row_seconds.get(("gather", stage))
+        return rest is None or gather is None or (copies - size) * rest > size * gather
+
+    def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool:
+        """Whether the stages from ``stage`` on, over the golden inputs ``rows`` of batch ``batch``
+        gathered into one batch with the first ``perturbed`` of them perturbed (:func:`_probe_rows`:
+        a model mixing the batch fails), give the other rows' golden outputs bit for bit (checked once per ``key``)."""
+        if key not in self._exact:
+            probe = _probe_rows(self._input(batch, stage), rows, perturbed)
+            t0 = time.perf_counter()
+            out = self._after_rows(stage, probe)
+            self._note_cost(("rest", stage), time.perf_counter() - t0, len(rows))
+            self._exact[key] = _rows_match(out, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
+        return self._exact[key]
 
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden
         input, each copy's golden output bit for bit, with the first copy perturbed so that a model
         mixing the batch fails the check (checked once per shape)."""
-        key = ("stack", stage, batch, s)
-        if key not in self._exact:
-            flat = _probe_copies(self._input(batch, stage), s)
-            for m in self.suffix.stages[stage:]:
-                flat = m(flat)
-            self._exact[key] = _copies_match(flat, self._golden_out(batch, len(self.suffix.stages) - 1), s)
-        return self._exact[key]
+        b = len(self._input(batch, stage))
+        return self._rest_exact(("stack", stage, batch, s), stage, batch, np.tile(np.arange(b), s), b if s > 1 else 0)
+
+    def _gather_exact(self, stage: int, batch: int, r: int) -> bool:
+        """Whether the stages from ``stage`` on may run over ``r`` rows gathered from the scenarios'
+        versions of input batch ``batch``: the model does not mix the batch (two stacked copies,
+        the first perturbed, give the second's golden outputs), and ``r`` golden rows gathered out
+        of their own places, the first perturbed, give their golden outputs bit for bit at this
+        size (kernels may pick other reduction orders for other shapes). Checked once per size.
+
+        ``r`` is a :func:`_bucket` size: one check covers every group whose rows pad up to it."""
+        if stage >= len(self.suffix.stages):
+            return True
+        b = len(self._input(batch, stage))
+        rows = (-1 - np.arange(r)) % b  # input b-1 first, then b-2 ...: most rows away from their own place
+        return self._stacking_exact(stage, batch, 2) and self._rest_exact(("gather", stage, batch, r), stage, batch, rows, 1)
 
     # -- recomputing only the touched output channels ------------------------------------------
 
@@ -445,6 +593,26 @@ class GroupedForward:
             reached += 1
             y = self.suffix.stages[reached](y)
         return reached, y
+
+    @staticmethod
+    def _patched(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray,
+                 scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
+        """The rows of (scenario, input) pairs ``p`` without building every copy (:meth:`_stack`):
+        ``golden[inp[p]]`` ``[C, ...]`` with channel ``row_channel[r]`` replaced by ``y[inp[p], r]``
+        for each row ``r`` of scenario ``scen[p]`` (``row_scen[r]``); padded to ``size`` rows with golden rows.
+
+        Example:
+            >>> golden = torch.zeros(2, 3); y = torch.tensor([[7.0], [8.0]])  # scenario 0 touches channel 2
+            >>> GroupedForward._patched(golden, y, np.array([0]), np.array([2]), np.array([0, 1]), np.array([1, 0]), 3).tolist()
+            [[0.0, 0.0, 8.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+        """
+        pair_of = np.full((1 + max(int(row_scen.max(initial=-1)), int(scen.max(initial=-1))), len(golden)), -1, dtype=np.int64)
+        pair_of[scen, inp] = np.arange(len(scen))
+        at = pair_of[row_scen]  # [rows, B]: the pair each faulty row goes to, per input
+        r, i = np.nonzero(at >= 0)
+        h = golden[torch.from_numpy(np.r_[inp, np.arange(size - len(scen)) % len(golden)])]
+        h[torch.from_numpy(at[r, i]), torch.from_numpy(row_channel[r])] = y[torch.from_numpy(i), torch.from_numpy(r)]
+        return h
 
     @staticmethod
     def _stack(golden: torch.Tensor, y: torch.Tensor, row_scen: np.ndarray, row_channel: np.ndarray, n_scen: int) -> torch.Tensor:
