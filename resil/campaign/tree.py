@@ -32,10 +32,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .grouped import GroupedForward
+from .grouped import GroupedForward, _bucket, _probe_rows, _rows_match, bit_pattern
 from .replay import ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
@@ -60,6 +61,7 @@ class TreeGroupedForward(GroupedForward):
         self.sequential = False
         self.replay = replay
         self._stack_prefix: dict[tuple[int, int, int], bool] = {}
+        self._gathered: dict[tuple[object, ...], bool | None] = {}
 
     def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
         """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
@@ -79,6 +81,55 @@ class TreeGroupedForward(GroupedForward):
         stack = self._stack_prefix.get((stage, batch, s), True) and s > 1
         rows = torch.arange(n).repeat(s) if stack else None  # s stacked copies of the batch
         return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
+
+    def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor:
+        """As :meth:`GroupedForward._replayed`, but where the patched outputs leave some (scenario,
+        input) rows bit-identical to golden at every call of the faulted module (a flipped
+        activation that is not the max of its pooling window, say), only the other rows run,
+        gathered into one batch, the rest keeping their golden outputs (fault dropping per input).
+        The replayed outputs stay as recorded where the check allows (the glue before the faulted
+        module then runs once, as when stacking), else they and the input are gathered alike."""
+        s, n = calls[0].shape[:2]
+        golden = [self._golden_out(batch, stage, c) for c in range(len(calls))]
+        differs = torch.zeros(s, n, dtype=torch.bool)
+        for y, g in zip(calls, golden, strict=True):
+            differs |= (bit_pattern(y) != bit_pattern(g).unsqueeze(0)).reshape(s, n, -1).any(2)
+        live = torch.nonzero(differs.reshape(-1)).flatten()
+        size = _bucket(len(live)) if len(live) else 0
+        size += 1 if n > 1 and size in (1, n) else 0  # never a row count that broadcasts against, or equals, the input batch's
+        mode = self._gather_mode(stage, batch, size) if len(live) and size < s * n else None
+        if mode is None:
+            return super()._replayed(stage, batch, calls)
+        pad = torch.arange(size - len(live)) % n  # inputs whose golden rows fill the batch up to its checked size
+        rows = torch.cat([live % n, pad])
+        faulty = [torch.cat([y.reshape(s * n, *y.shape[2:])[live], g[pad]]) for y, g in zip(calls, golden, strict=True)]
+        out = self.suffix.outputs[batch].unsqueeze(0).repeat(s, *([1] * self.suffix.outputs[batch].dim()))
+        out.reshape(s * n, *out.shape[2:])[live] = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty,
+                                                                               rows if mode else None)[: len(live)]
+        return out
+
+    def _gather_mode(self, stage: int, batch: int, size: int) -> bool | None:
+        """How a forward over ``size`` gathered rows is exact (the faulted module returning their
+        golden outputs, the first row perturbed, must give the other rows their golden outputs bit
+        for bit; checked once per size): False with the replayed outputs as recorded, True with
+        them gathered too, None not at all (kernels that change with the batch size, models that
+        mix the batch)."""
+        key = ("gather", stage, batch, size)
+        if key not in self._gathered:
+            n = len(self.suffix.batches[batch])
+            rows = np.arange(size) % n
+            faulty = [_probe_rows(self._golden_out(batch, stage, c), rows, 1) for c in range(len(self.suffix.recorded[batch][stage]))]
+            self._gathered[key] = None
+            for gathered in (False, True):
+                try:
+                    out = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty,
+                                                      torch.from_numpy(rows) if gathered else None)
+                except (RuntimeError, ValueError, StopIteration):
+                    continue
+                if len(out) == size and _rows_match(out, self.suffix.outputs[batch], rows, 1):
+                    self._gathered[key] = gathered
+                    break
+        return self._gathered[key]
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """As :meth:`GroupedForward._replay_exact`, first with the replayed outputs left unstacked
