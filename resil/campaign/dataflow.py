@@ -40,7 +40,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["Call", "CallTracker", "FaultTrace", "trace_faults"]
+__all__ = ["Call", "CallTracker", "FaultTrace", "Operation", "trace_faults"]
 
 #: operations whose result leaves torch as a Python value (it can steer control flow)
 _TO_PYTHON = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "__array__", "numpy",
@@ -48,6 +48,25 @@ _TO_PYTHON = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "_
 #: operations whose output shape depends on the values
 _VALUE_SHAPED = frozenset({"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "repeat_interleave", "bincount",
                            "nonzero_static", "masked_scatter"})
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A torch operation that read a reached tensor (see :func:`trace_faults`).
+
+    Attributes:
+        func: the function called, with ``args`` and ``kwargs`` as called.
+        reads: storages of the reached tensors it read, in argument order.
+        writes: storages of the tensors it returned.
+        calls: how many module calls had started when it ran.
+    """
+
+    func: Any
+    args: Any
+    kwargs: dict[str, Any]
+    reads: tuple[int, ...]
+    writes: tuple[int, ...]
+    calls: int
 
 
 @dataclass(frozen=True)
@@ -159,6 +178,10 @@ class _Trace(CallTracker):
         self.reached: list[bool] = []
         self.escaped = self.quiet = False
         self.operations: list[str] = []
+        self.tape: list[Operation] = []  # the operations that read a reached tensor
+        self.ended_at: dict[int, int] = {}  # call position -> operations on the tape when it returned
+        self.call_reads: dict[int, set[int]] = {}  # call position -> reached storages among its arguments
+        self.call_writes: dict[int, tuple[int, ...]] = {}  # call position -> storages of the tensors it returned
         self.keep: list[torch.Tensor] = []  # every tensor seen stays alive, so no storage address is reused during the trace
         for m in model.modules():
             if id(m) in targets:
@@ -178,11 +201,15 @@ class _Trace(CallTracker):
 
     def started(self, m: nn.Module, pos: int, args: Any) -> None:
         self.quiet = True  # the hooks run under the mode: their own torch calls are not the model's
-        self.reached.append(id(m) in self.targets or self._any_reached(args))
+        reads = {_storage(t) for t in _tensors(args)} & self.reached_storages
+        self.call_reads[pos] = reads
+        self.reached.append(id(m) in self.targets or bool(reads))
         self.quiet = False
 
     def ended(self, m: nn.Module, pos: int, out: Any) -> None:
         self.quiet = True
+        self.ended_at[pos] = len(self.tape)
+        self.call_writes[pos] = tuple(_storage(t) for t in _tensors(out))
         if self._any_reached(out):  # a call that returns what it got (nn.Identity) runs no operation
             self.reached[pos] = True
         if id(m) in self.targets:  # faults in its output or its state reach whatever reads them
@@ -200,12 +227,14 @@ class _Trace(CallTracker):
         self.keep.extend(inputs)
         if self._any_reached(inputs):
             name = getattr(func, "__name__", "")
+            reads = tuple(_storage(t) for t in inputs if _storage(t) in self.reached_storages)
             if name in _TO_PYTHON or name in _VALUE_SHAPED or (name == "__getitem__" and any(t.dtype == torch.bool for t in inputs[1:])):
                 self.escaped = True
             self._reach(_tensors(result))
             if name.endswith("_") or name.startswith("__i") or name == "__setitem__" or "out" in kwargs:  # writes in place
                 self._reach(inputs[:1])
                 self._reach(_tensors(kwargs.get("out")))
+            self.tape.append(Operation(func, args, kwargs, reads, tuple(_storage(t) for t in _tensors(result)), len(self.calls)))
             self._mark_open_calls()
         else:
             self.keep.extend(_tensors(result))
@@ -219,11 +248,19 @@ class FaultTrace:
         calls: the module calls in start order.
         reached: per call, whether the faults can reach it; None if a reached value escaped to Python.
         operations: the names of the torch operations run, in order.
+        tape: the operations that read a reached tensor, in order.
+        ended_at: per call position, how many operations of ``tape`` had run when it returned.
+        call_reads: per call position, the reached storages among its arguments.
+        call_writes: per call position, the storages of the tensors it returned.
     """
 
     calls: list[Call]
     reached: list[bool] | None
     operations: list[str]
+    tape: list[Operation]
+    ended_at: dict[int, int]
+    call_reads: dict[int, set[int]]
+    call_writes: dict[int, tuple[int, ...]]
 
 
 def trace_faults(model: nn.Module, x: Any, targets: Iterable[nn.Module]) -> FaultTrace:
@@ -232,4 +269,5 @@ def trace_faults(model: nn.Module, x: Any, targets: Iterable[nn.Module]) -> Faul
     trace = _Trace(model, {id(t) for t in targets})
     with torch.no_grad(), trace, _Operations(trace.operation):
         model(x)
-    return FaultTrace(trace.calls, None if trace.escaped else trace.reached, trace.operations)
+    return FaultTrace(trace.calls, None if trace.escaped else trace.reached, trace.operations, trace.tape, trace.ended_at,
+                      trace.call_reads, trace.call_writes)

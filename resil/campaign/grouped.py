@@ -267,8 +267,13 @@ class GroupedForward:
                 return self._patched(self._golden_out(b, reached), y, row_scen, row_channel, scen, inp, size)
 
             return self._rest(n, [reached + 1 for reached, _ in carried], differ, gathered, stacked)
+        return self._assemble(n, keep, outs)
+
+    def _assemble(self, n: int, keep: np.ndarray, outs: list[torch.Tensor | None]) -> torch.Tensor:
+        """The outputs ``[n, inputs, ...]`` of ``n`` scenarios: golden, but for the scenarios at
+        positions ``keep`` (the others were dropped), whose outputs per input batch are ``outs``."""
         self.dropped += n - len(keep)
-        full = [self.suffix.outputs[b].unsqueeze(0).repeat(n, *([1] * self.suffix.outputs[b].dim())) for b in batches]
+        full = [self.suffix.outputs[b].unsqueeze(0).repeat(n, *([1] * self.suffix.outputs[b].dim())) for b in range(len(outs))]
         for b, out in enumerate(outs):
             if out is not None:
                 full[b][torch.from_numpy(keep)] = out

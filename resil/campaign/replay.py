@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..adapter_registry import adapter_for
-from .dataflow import Call, CallTracker, trace_faults
+from .dataflow import Call, CallTracker, FaultTrace, trace_faults
 from .grouped import same_bits
 from .suffix import nbytes, sharing_modules
 
@@ -116,6 +116,7 @@ class ModuleReplay:
         self.outputs: list[Any] = []
         self._plans: dict[tuple[frozenset[int], int], _Plan] = {}
         self._operations: dict[int, bool] = {}  # per batch: whether its first input alone runs the same operations
+        self._traces: dict[tuple[frozenset[int], int], FaultTrace | None] = {}
         self._exact: dict[frozenset[int], bool] = {}
 
     def golden(self) -> torch.Tensor:
@@ -153,17 +154,30 @@ class ModuleReplay:
         return self._plans[key]
 
     def _reached(self, ids: frozenset[int], batch: int) -> list[bool] | None:
-        """Per call of input batch ``batch``, whether faults in modules ``ids`` reach it (None: unknown).
-        Traced on the batch's first input alone where that runs the same operations and module
-        calls as the whole batch (checked once per batch), else on the whole batch."""
-        x, targets = self.batches[batch], [self.modules[k] for k in ids if k in self.modules]
-        if batch not in self._operations:
-            whole = trace_faults(self.model, x, [])
-            one = trace_faults(self.model, x[:1], [])
-            self._operations[batch] = (whole.calls == self.calls[batch] and one.calls == whole.calls
-                                       and one.operations == whole.operations)
-        trace = trace_faults(self.model, x[:1] if self._operations[batch] else x, targets)
-        return trace.reached if trace.calls == self.calls[batch] else None
+        """Per call of input batch ``batch``, whether faults in modules ``ids`` reach it (None: unknown)."""
+        trace = self.trace([self.modules[k] for k in ids if k in self.modules], batch)
+        return None if trace is None else trace.reached
+
+    def trace(self, targets: Iterable[nn.Module], batch: int) -> FaultTrace | None:
+        """The :func:`~resil.campaign.dataflow.trace_faults` trace of faults in ``targets`` over input
+        batch ``batch`` (cached), None where its module calls differ from the golden run's. Traced
+        on the batch's first input alone where that runs the same operations and module calls as
+        the whole batch (checked once per batch), else on the whole batch (then without its
+        operations, which would hold the whole batch's values)."""
+        ids = self._targets(targets)
+        if (ids, batch) not in self._traces:
+            x = self.batches[batch]
+            if batch not in self._operations:
+                whole = trace_faults(self.model, x, [])
+                one = trace_faults(self.model, x[:1], [])
+                self._operations[batch] = (whole.calls == self.calls[batch] and one.calls == whole.calls
+                                           and one.operations == whole.operations)
+            one_input = self._operations[batch]
+            trace = trace_faults(self.model, x[:1] if one_input else x, [self.modules[k] for k in ids if k in self.modules])
+            if not one_input:  # its operations hold the whole batch's values: keep only the calls
+                trace = replace(trace, tape=[], ended_at={})
+            self._traces[(ids, batch)] = trace if trace.calls == self.calls[batch] else None
+        return self._traces[(ids, batch)]
 
     def _plan_from(self, calls: list[Call], reached: list[bool], ids: frozenset[int], batch: int) -> _Plan:
         blocked = {c.module for c, r in zip(calls, reached, strict=True) if r and c.module in self.stateful}

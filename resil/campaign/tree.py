@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .grouped import GroupedForward, _bucket, _probe_rows, _rows_match, bit_pattern
+from .glue import Glue, glue_after
+from .grouped import GroupedForward, _bucket, _copies_match, _probe_copies, _probe_rows, _rows_match, bit_pattern, same_bits
 from .replay import ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
@@ -62,11 +63,91 @@ class TreeGroupedForward(GroupedForward):
         self.replay = replay
         self._stack_prefix: dict[tuple[int, int, int], bool] = {}
         self._gathered: dict[tuple[object, ...], bool | None] = {}
+        self._glues: dict[int, Glue | None] = {}
 
     def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
         """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
-        output in place, since the recordings the groups read may then be stale."""
-        return None if self.replay.forgotten else super().outputs(stage, sc, positions, sites)
+        output in place, since the recordings the groups read may then be stale.
+
+        Where the faulted module's output reaches the rest only through channel-local glue into
+        one module call (:func:`~resil.campaign.glue.glue_after`), the touched channels are carried
+        through the glue and patched into that module's recorded input, which then computes for
+        the whole group as the faulted module (scenarios whose carried channels equal golden are
+        dropped there)."""
+        if self.replay.forgotten:
+            return None
+        glue = self._glue(stage)
+        if glue is None:
+            return super().outputs(stage, sc, positions, sites)
+        touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
+        if touched is None:
+            return None
+        row_scen, row_channel, rows = touched
+        n, batches = len(positions), range(len(self.suffix.batches))
+        if not all(self._glue_exact(stage, b, glue, len(row_channel)) for b in batches):
+            return super().outputs(stage, sc, positions, sites)
+        carried = [glue.carry(rows(b, 0)) for b in batches]
+        golden = [self._glue_input(stage, b, glue) for b in batches]
+        live = self._live(n, row_scen, list(zip(carried, golden, strict=True)), row_channel)
+        keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for y in carried])
+        consumer = self.suffix.stage_of[glue.consumer]
+        if len(keep) and not all(self._consumer_exact(consumer, b, len(keep)) for b in batches):
+            return super().outputs(stage, sc, positions, sites)
+        outs: list[torch.Tensor | None] = []
+        for b in batches:
+            if not len(keep):
+                outs.append(None)
+                continue
+            x = self._stack(golden[b], ys[b][0], row_scen, row_channel, len(keep))
+            y = self._consume(consumer, x.reshape(len(keep) * len(golden[b]), *self._input(b, consumer).shape[1:]))
+            outs.append(self._replayed(consumer, b, [y.reshape(len(keep), len(golden[b]), *y.shape[1:])]))
+        return self._assemble(n, keep, outs)
+
+    def _glue(self, stage: int) -> Glue | None:
+        """The glue from ``stage``'s output to the one module call that reads it, the same in every
+        input batch, to a module whose input is recorded; None where there is none."""
+        if stage not in self._glues:
+            module = self.suffix.stages[stage]
+            found = [glue_after(t, id(module)) if (t := self.replay.trace([module], b)) is not None else None
+                     for b in range(len(self.suffix.batches))]
+            first = found[0]
+            same = first is not None and all(g is not None and g.consumer == first.consumer and len(g.steps) == len(first.steps)
+                                               and g.flatten == first.flatten for g in found)
+            ok = same and first is not None and first.consumer in self.replay.inputs and first.consumer in self.suffix.stage_of
+            self._glues[stage] = first if ok else None
+        return self._glues[stage]
+
+    def _glue_input(self, stage: int, batch: int, glue: Glue) -> torch.Tensor:
+        """The consumer's recorded golden input, seen as ``[B, channels, ...]`` of ``stage``'s output
+        (after a flatten: ``[B, channels, features per channel]``)."""
+        x = self.replay.inputs[glue.consumer][batch][0]
+        return x.reshape(len(x), self._golden_out(batch, stage).shape[1], -1) if glue.flatten else x
+
+    def _glue_exact(self, stage: int, batch: int, glue: Glue, n_rows: int) -> bool:
+        """Whether the glue on ``n_rows`` picked channels of ``stage``'s golden output reproduces
+        those channels of the consumer's golden input bit for bit (checked once per row count)."""
+        key = ("glue", stage, batch, n_rows)
+        if key not in self._exact:
+            out = self._golden_out(batch, stage)
+            pick = torch.arange(n_rows) % out.shape[1]
+            want = self._glue_input(stage, batch, glue)
+            with torch.no_grad():
+                got = glue.carry(out[:, pick])
+            self._exact[key] = got.shape[1:] == want[:, pick].shape[1:] and same_bits(got, want[:, pick])
+        return self._exact[key]
+
+    def _consume(self, consumer: int, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.suffix.stages[consumer](x)
+
+    def _consumer_exact(self, consumer: int, batch: int, s: int) -> bool:
+        """Whether the consumer over ``s`` stacked copies of its golden input (the first perturbed)
+        gives every other copy its golden output bit for bit (checked once per shape)."""
+        key = ("consume", consumer, batch, s)
+        if key not in self._exact:
+            x = self._input(batch, consumer)
+            self._exact[key] = _copies_match(self._consume(consumer, _probe_copies(x, s)), self._golden_out(batch, consumer), s)
+        return self._exact[key]
 
     def patch_allowed(self, module: nn.Module) -> bool:
         """Recorded inputs exist and no other module shares the layer's stored tensors."""
@@ -145,6 +226,9 @@ class TreeGroupedForward(GroupedForward):
 
     def group_size(self, stage: int) -> int:
         """How many scenarios fit the budget: the widest output computed on the stacked batch (of
-        the calls that the faulted module's faults can reach, or that are not recorded)."""
+        the calls that the faulted module's faults can reach, or that are not recorded), from the
+        consumer of its glue on where its touched channels are carried through glue."""
+        glue = self._glue(stage)
+        stage = stage if glue is None else self.suffix.stage_of[glue.consumer]
         widest = max(self.replay.plan([self.suffix.stages[stage]], b).widest for b in range(len(self.suffix.batches)))
         return int(max(1, min(self.max_group, self.budget // max(widest, 1))))
