@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from test_replay import Remember
 from torch import nn
 from torch.nn import functional as F
 
@@ -113,23 +114,11 @@ def test_a_value_that_steers_python_escapes():
     assert reached_names(net, torch.randn(2, 3), [net.c]) is not None  # c's output steers nothing
 
 
-class Stateful(nn.Module):
-    """Keeps its last input in a tensor attribute that glue reads: replaying some calls only would go stale."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin, self.last = nn.Linear(3, 3), torch.zeros(())
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        self.last = t.mean()
-        return self.lin(t)
-
-
 class StateLoop(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(3)
-        self.keep, self.a = Stateful(), nn.Linear(3, 3)
+        self.keep, self.a = Remember(), nn.Linear(3, 3)  # its state: replaying some calls only would go stale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.keep(x)

@@ -91,6 +91,18 @@ def test_tied_weights_count_as_faulted_together(tmp_path):
     assert [n for n, _ in r.replayed([net.mid])] == ["emb"]
 
 
+class Remember(nn.Module):
+    """Keeps a value of its last input in a tensor attribute (state that glue may read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.last = nn.Linear(3, 3), torch.zeros(())
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        self.last = t.sum()
+        return self.lin(t)
+
+
 def test_the_replay_skips_the_prefix_and_falls_back_when_glue_reads_state():
     net = ResidualNet().eval()
     x = torch.randn(6, 1, 8, 8)
@@ -102,15 +114,6 @@ def test_the_replay_skips_the_prefix_and_falls_back_when_glue_reads_state():
     # the check and the run: stem replayed (its hook still fires)
     assert r.check([net.head2]) and torch.equal(r.run([net.head2]), golden) and calls == [1, 1]
     hook.remove()
-
-    class Remember(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin, self.last = nn.Linear(3, 3), torch.zeros(())
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            self.last = t.sum()
-            return self.lin(t)
 
     class Glue(nn.Module):
         def __init__(self) -> None:
