@@ -62,13 +62,13 @@ def test_a_model_that_mixes_the_batch_gets_the_plain_answer(tmp_path, make):
 
 
 def test_the_probe_perturbs_one_copy_only():
-    from resil.campaign.grouped import _copies_match, _probe_copies
+    from resil.campaign.grouped import copies_match, probe_copies
 
     t = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
-    stacked = _probe_copies(t, 3)
+    stacked = probe_copies(t, 3)
     assert torch.equal(stacked[2:], torch.cat([t, t])) and torch.equal(stacked[:2], t * 2 + 1)
-    assert _copies_match(torch.relu(stacked), torch.relu(t), 3)  # a per-sample layer: copies 1.. match
-    assert not _copies_match(BatchMax()(stacked), BatchMax()(t), 3)  # the batch maximum moved with copy 0
+    assert copies_match(torch.relu(stacked), torch.relu(t), 3)  # a per-sample layer: copies 1.. match
+    assert not copies_match(BatchMax()(stacked), BatchMax()(t), 3)  # the batch maximum moved with copy 0
 
 
 def dropout_net() -> nn.Module:

@@ -94,26 +94,26 @@ def stacked_copies(t: torch.Tensor, s: int) -> torch.Tensor:
     return t.unsqueeze(0).expand(s, *t.shape).reshape(s * len(t), *t.shape[1:])
 
 
-def _bucket(r: int) -> int:
+def gathered_size(r: int) -> int:
     """``r`` gathered rows padded up to a multiple of ``2 ** max(0, floor(log2 r) - 3)`` (at most
     12.5% more; at least 2), so that few sizes need their own exactness check.
 
     Example:
-        >>> [_bucket(r) for r in (1, 9, 17, 100)]
+        >>> [gathered_size(r) for r in (1, 9, 17, 100)]
         [2, 9, 18, 104]
     """
     step = 1 << max(0, r.bit_length() - 4)
     return max(2, -(-r // step) * step)
 
 
-def _probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tensor:
+def probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tensor:
     """The rows ``rows`` of a batch ``t`` gathered into one batch, the first ``perturbed`` of them
     perturbed (doubled plus one; reversed for integer batches): a model that mixes the batch
     (normalising by its maximum, batch statistics) then changes the other rows' outputs, which a
     check against their golden outputs catches.
 
     Example:
-        >>> _probe_rows(torch.tensor([[1.0], [2.0], [4.0]]), np.array([2, 0]), 1).flatten().tolist()
+        >>> probe_rows(torch.tensor([[1.0], [2.0], [4.0]]), np.array([2, 0]), 1).flatten().tolist()
         [9.0, 1.0]
     """
     out = t[torch.from_numpy(rows)]
@@ -123,27 +123,27 @@ def _probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tens
     return out
 
 
-def _rows_match(out: torch.Tensor, golden: torch.Tensor, rows: np.ndarray, perturbed: int) -> bool:
-    """Whether the outputs ``out`` of :func:`_probe_rows` rows, but the first ``perturbed``, equal
+def rows_match(out: torch.Tensor, golden: torch.Tensor, rows: np.ndarray, perturbed: int) -> bool:
+    """Whether the outputs ``out`` of :func:`probe_rows` rows, but the first ``perturbed``, equal
     their golden outputs ``golden[rows]`` bit for bit."""
     return same_bits(out[perturbed:], golden[torch.from_numpy(rows[perturbed:])])
 
 
-def _probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
-    """``s`` stacked copies of ``t`` whose first copy is perturbed (:func:`_probe_rows` with the
+def probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
+    """``s`` stacked copies of ``t`` whose first copy is perturbed (:func:`probe_rows` with the
     rows ``tile(arange(len(t)), s)``, nothing perturbed for one copy).
 
     Example:
-        >>> _probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
+        >>> probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
         [3.0, 5.0, 1.0, 2.0]
     """
-    return _probe_rows(t, np.tile(np.arange(len(t)), s), len(t) if s > 1 else 0)
+    return probe_rows(t, np.tile(np.arange(len(t)), s), len(t) if s > 1 else 0)
 
 
-def _copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
+def copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
     """Whether copies 1.. of ``s`` stacked outputs equal the golden output bit for bit (copy 0 was perturbed)."""
     n = len(golden)
-    return _rows_match(out, golden, np.tile(np.arange(n), s), n if s > 1 else 0)
+    return rows_match(out, golden, np.tile(np.arange(n), s), n if s > 1 else 0)
 
 
 def _differs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
@@ -339,9 +339,9 @@ class GroupedForward:
         so that a model mixing the batch fails the check (checked once per shape)."""
         key = ("replay", stage, batch, s)
         if key not in self._exact:
-            calls = [_probe_copies(o, s) for o in self.suffix.recorded[batch][stage]]
+            calls = [probe_copies(o, s) for o in self.suffix.recorded[batch][stage]]
             try:
-                self._exact[key] = _copies_match(self._replay(stage, batch, calls), self.suffix.outputs[batch], s)
+                self._exact[key] = copies_match(self._replay(stage, batch, calls), self.suffix.outputs[batch], s)
             except (RuntimeError, ValueError, StopIteration):
                 self._exact[key] = False
         return self._exact[key]
@@ -375,7 +375,7 @@ class GroupedForward:
             if not live:  # the stage output of this batch is golden for every scenario
                 self.dropped_rows += pairs.size
                 continue
-            size, copies = _bucket(live), len(keep) * pairs.shape[1]
+            size, copies = gathered_size(live), len(keep) * pairs.shape[1]
             if size < copies and self._gathering_pays(start, size, copies) and self._gather_exact(start, b, size):
                 t0 = time.perf_counter()
                 scen, inp = np.nonzero(pairs)
@@ -433,14 +433,14 @@ class GroupedForward:
 
     def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool:
         """Whether the stages from ``stage`` on, over the golden inputs ``rows`` of batch ``batch``
-        gathered into one batch with the first ``perturbed`` of them perturbed (:func:`_probe_rows`:
+        gathered into one batch with the first ``perturbed`` of them perturbed (:func:`probe_rows`:
         a model mixing the batch fails), give the other rows' golden outputs bit for bit (checked once per ``key``)."""
         if key not in self._exact:
-            probe = _probe_rows(self._input(batch, stage), rows, perturbed)
+            probe = probe_rows(self._input(batch, stage), rows, perturbed)
             t0 = time.perf_counter()
             out = self._after_rows(stage, probe)
             self._note_cost(("rest", stage), time.perf_counter() - t0, len(rows))
-            self._exact[key] = _rows_match(out, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
+            self._exact[key] = rows_match(out, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
         return self._exact[key]
 
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
@@ -457,7 +457,7 @@ class GroupedForward:
         of their own places, the first perturbed, give their golden outputs bit for bit at this
         size (kernels may pick other reduction orders for other shapes). Checked once per size.
 
-        ``r`` is a :func:`_bucket` size: one check covers every group whose rows pad up to it."""
+        ``r`` is a :func:`gathered_size` size: one check covers every group whose rows pad up to it."""
         if stage >= len(self.suffix.stages):
             return True
         b = len(self._input(batch, stage))

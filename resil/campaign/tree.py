@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .glue import Glue, glue_after
-from .grouped import GroupedForward, _bucket, _copies_match, _probe_copies, _probe_rows, _rows_match, bit_pattern, same_bits
+from .grouped import GroupedForward, bit_pattern, copies_match, gathered_size, probe_copies, probe_rows, rows_match, same_bits
 from .replay import ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
@@ -146,7 +146,7 @@ class TreeGroupedForward(GroupedForward):
         key = ("consume", consumer, batch, s)
         if key not in self._exact:
             x = self._input(batch, consumer)
-            self._exact[key] = _copies_match(self._consume(consumer, _probe_copies(x, s)), self._golden_out(batch, consumer), s)
+            self._exact[key] = copies_match(self._consume(consumer, probe_copies(x, s)), self._golden_out(batch, consumer), s)
         return self._exact[key]
 
     def patch_allowed(self, module: nn.Module) -> bool:
@@ -176,7 +176,7 @@ class TreeGroupedForward(GroupedForward):
         for y, g in zip(calls, golden, strict=True):
             differs |= (bit_pattern(y) != bit_pattern(g).unsqueeze(0)).reshape(s, n, -1).any(2)
         live = torch.nonzero(differs.reshape(-1)).flatten()
-        size = _bucket(len(live)) if len(live) else 0
+        size = gathered_size(len(live)) if len(live) else 0
         size += 1 if n > 1 and size in (1, n) else 0  # never a row count that broadcasts against, or equals, the input batch's
         mode = self._gather_mode(stage, batch, size) if len(live) and size < s * n else None
         if mode is None:
@@ -199,7 +199,7 @@ class TreeGroupedForward(GroupedForward):
         if key not in self._gathered:
             n = len(self.suffix.batches[batch])
             rows = np.arange(size) % n
-            faulty = [_probe_rows(self._golden_out(batch, stage, c), rows, 1) for c in range(len(self.suffix.recorded[batch][stage]))]
+            faulty = [probe_rows(self._golden_out(batch, stage, c), rows, 1) for c in range(len(self.suffix.recorded[batch][stage]))]
             self._gathered[key] = None
             for gathered in (False, True):
                 try:
@@ -207,7 +207,7 @@ class TreeGroupedForward(GroupedForward):
                                                       torch.from_numpy(rows) if gathered else None)
                 except (RuntimeError, ValueError, StopIteration):
                     continue
-                if len(out) == size and _rows_match(out, self.suffix.outputs[batch], rows, 1):
+                if len(out) == size and rows_match(out, self.suffix.outputs[batch], rows, 1):
                     self._gathered[key] = gathered
                     break
         return self._gathered[key]
