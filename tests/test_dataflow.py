@@ -193,3 +193,31 @@ def test_a_forward_whose_calls_leave_the_golden_order_is_not_trusted():
     assert r.replayed([net.b]) == [("a", net.a)]
     assert not r.check([net.b])  # the check's forward calls a twice: refused, not trusted
     assert torch.equal(r.run([net.b]), golden)  # a full forward
+
+
+class ListState(nn.Module):
+    """An RNN-like cell keeping its state in a list attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.state = nn.Linear(3, 3), [torch.zeros(())]
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        self.state = [t.mean()]
+        return self.lin(t) + self.state[0]
+
+
+def test_state_kept_in_a_list_counts_as_state():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(6)
+            self.cell, self.a = ListState(), nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.cell(self.a(self.cell(x)))
+
+    net = Net().eval()
+    r = ModuleReplay(net, [torch.randn(4, 3)])
+    r.golden()
+    assert id(net.cell) in r.stateful and id(net.cell) not in r.plan([net.a], 0).calls

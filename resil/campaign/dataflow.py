@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten_with_path, tree_leaves
 
-__all__ = ["Call", "CallTracker", "FaultTrace", "Operation", "trace_faults"]
+__all__ = ["Call", "CallTracker", "FaultTrace", "Operation", "held_tensors", "trace_faults"]
 
 #: operations whose result leaves torch as a Python value (it can steer control flow)
 _TO_PYTHON = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "__array__", "numpy",
@@ -147,11 +147,26 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
     return (v for v in tree_leaves(value) if isinstance(v, torch.Tensor))
 
 
-def _state(m: nn.Module) -> Iterator[torch.Tensor]:
-    """The tensors a module stores: parameters, buffers and tensor attributes (a neuron's membrane)."""
-    yield from m.parameters(recurse=False)
-    yield from m.buffers(recurse=False)
-    yield from (v for v in vars(m).values() if isinstance(v, torch.Tensor))
+def held_tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a module holds itself, by name: parameters, buffers and tensor attributes,
+    also inside lists, tuples and dicts (a neuron's membrane, an RNN cell's ``[h, c]``).
+
+    Example:
+        >>> m = torch.nn.Linear(2, 2); m.state = [torch.zeros(1), {"c": torch.ones(1)}]
+        >>> sorted(held_tensors(m))
+        ['bias', 'state.0', 'state.1.c', 'weight']
+    """
+    held: dict[str, torch.Tensor] = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
+    for name, value in vars(m).items():
+        if name.startswith("_"):  # torch's own tables (parameters, buffers, hooks)
+            continue
+        if isinstance(value, torch.Tensor):
+            held[name] = value
+        elif isinstance(value, (list, tuple, dict)):
+            for path, leaf in tree_flatten_with_path(value)[0]:
+                if isinstance(leaf, torch.Tensor):
+                    held[".".join([name, *(str(getattr(k, "idx", getattr(k, "key", k))) for k in path)])] = leaf
+    return held
 
 
 class _Operations(TorchFunctionMode):
@@ -185,7 +200,7 @@ class _Trace(CallTracker):
         self.keep: list[torch.Tensor] = []  # every tensor seen stays alive, so no storage address is reused during the trace
         for m in model.modules():
             if id(m) in targets:
-                self._reach(_state(m))
+                self._reach(held_tensors(m).values())
 
     def _reach(self, tensors: Iterable[torch.Tensor]) -> None:
         for t in tensors:
@@ -214,7 +229,7 @@ class _Trace(CallTracker):
             self.reached[pos] = True
         if id(m) in self.targets:  # faults in its output or its state reach whatever reads them
             self._reach(_tensors(out))
-            self._reach(_state(m))
+            self._reach(held_tensors(m).values())
             self.reached[pos] = True
             self._mark_open_calls()
         self.quiet = False

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..adapter_registry import adapter_for
-from .dataflow import Call, CallTracker, FaultTrace, trace_faults
+from .dataflow import Call, CallTracker, FaultTrace, held_tensors, trace_faults
 from .grouped import same_bits
 from .suffix import nbytes, sharing_modules
 
@@ -379,10 +379,8 @@ class _Recorder(CallTracker):
 
 
 def _held(m: nn.Module) -> dict[str, tuple[int, int]]:
-    """Identity and in-place version of each tensor a module holds itself (parameters, buffers, attributes)."""
-    held = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False)),
-            **{k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}}
-    return {k: (id(v), v._version) for k, v in held.items()}
+    """Identity and in-place version of each tensor a module holds itself (:func:`~resil.campaign.dataflow.held_tensors`)."""
+    return {k: (id(v), v._version) for k, v in held_tensors(m).items()}
 
 
 def _numel(value: Any) -> int:
