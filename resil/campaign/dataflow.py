@@ -211,9 +211,6 @@ class _Trace(CallTracker):
         for pos in self.stack:
             self.reached[pos] = True
 
-    def _any_reached(self, value: Any) -> bool:
-        return any(_storage(t) in self.reached_storages for t in _tensors(value))
-
     def started(self, m: nn.Module, pos: int, args: Any) -> None:
         self.quiet = True  # the hooks run under the mode: their own torch calls are not the model's
         reads = {_storage(t) for t in _tensors(args)} & self.reached_storages
@@ -225,7 +222,7 @@ class _Trace(CallTracker):
         self.quiet = True
         self.ended_at[pos] = len(self.tape)
         self.call_writes[pos] = tuple(_storage(t) for t in _tensors(out))
-        if self._any_reached(out):  # a call that returns what it got (nn.Identity) runs no operation
+        if self.reached_storages.intersection(self.call_writes[pos]):  # a call that returns what it got (nn.Identity) runs no operation
             self.reached[pos] = True
         if id(m) in self.targets:  # faults in its output or its state reach whatever reads them
             self._reach(_tensors(out))
@@ -240,9 +237,9 @@ class _Trace(CallTracker):
         inputs = list(_tensors((args, kwargs)))
         self.operations.append(getattr(func, "__name__", repr(func)))
         self.keep.extend(inputs)
-        if self._any_reached(inputs):
+        reads = tuple(k for k in map(_storage, inputs) if k in self.reached_storages)
+        if reads:
             name = getattr(func, "__name__", "")
-            reads = tuple(_storage(t) for t in inputs if _storage(t) in self.reached_storages)
             if name in _TO_PYTHON or name in _VALUE_SHAPED or (name == "__getitem__" and any(t.dtype == torch.bool for t in inputs[1:])):
                 self.escaped = True
             self._reach(_tensors(result))

@@ -92,7 +92,7 @@ def glue_after(trace: FaultTrace, target: int) -> Glue | None:
         return None
     p = mine[0]
     readers = [q for q in range(calls[p].end, len(calls)) if trace.call_reads.get(q)]
-    if not readers or not trace.tape:
+    if not readers:
         return None
     q = readers[0]
     consumer = calls[q].module
@@ -123,6 +123,6 @@ def glue_after(trace: FaultTrace, target: int) -> Glue | None:
     later = trace.tape[trace.ended_at.get(q, len(trace.tape)):]  # after N returned
     if any(chain & set(op.reads) for op in later):
         return None
-    if any(chain & reads for r, reads in trace.call_reads.items() if r > q and not calls[q].end > r):
+    if any(chain & reads for r, reads in trace.call_reads.items() if r >= calls[q].end):  # calls after N's
         return None
     return Glue(tuple(steps), flatten, consumer)

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -103,7 +104,6 @@ class ModuleReplay:
         self.names = {id(m): n for n, m in model.named_modules() if m is not model}
         self.modules = {id(m): m for m in model.modules() if m is not model}
         self.first_start: dict[int, int] = {}  # module id -> position (in start order) of its first call in batch 0
-        self.last_end: dict[int, int] = {}  # module id -> the position after the calls its last call contains, in batch 0
         self.calls: list[list[Call]] = []  # [batch] -> every module call in start order
         self.recorded: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> output
         self.inputs: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> first argument (Conv/Linear only)
@@ -130,7 +130,6 @@ class ModuleReplay:
                 self.calls.append(recorder.calls)
         for pos, c in enumerate(self.calls[0]):
             self.first_start.setdefault(c.module, pos)
-            self.last_end[c.module] = max(self.last_end.get(c.module, 0), c.end)
         recorder.finish()
         return torch.cat(self.outputs)
 
@@ -198,7 +197,8 @@ class ModuleReplay:
                     if d.module in chosen:
                         inner[d.module] = inner.get(d.module, 0) + 1
                 skips[(c.module, c.index)] = list(inner.items())
-        counts = {k: sum(1 for c in calls if c.module == k) for k in chosen}
+        made = Counter(c.module for c in calls)
+        counts = {k: made[k] for k in chosen}
         widest = max((_numel(self.recorded[c.module][batch][c.index]) for p, c in enumerate(calls)
                       if not replayed[p] and not covered[p] and c.module in self.recorded), default=1)
         return _Plan({k: frozenset(v) for k, v in chosen.items()}, skips, counts, widest)
@@ -374,7 +374,7 @@ class _Recorder(CallTracker):
         """Hand the recordings to the replay, leaving out modules whose recordings were changed in place."""
         r = self.replay
         self.dropped |= {k for k, seen in self.versions.items() if any(_versions(value) != v for value, v in seen)}
-        r.recorded = {k: v for k, v in self.outputs.items() if k not in self.dropped and k in r.last_end}
+        r.recorded = {k: v for k, v in self.outputs.items() if k not in self.dropped and k in r.first_start}
         r.inputs = {k: v for k, v in self.args.items() if k in r.recorded}
 
 
