@@ -146,12 +146,12 @@ def copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
     return rows_match(out, golden, np.tile(np.arange(n), s), n if s > 1 else 0)
 
 
-def _differs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
+def differing_pairs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
     """Per scenario and input ``[S, B]``: whether the stage output ``h[s, i]`` differs from ``golden[i]`` bit for bit
     (everywhere when their shapes or dtypes differ).
 
     Example:
-        >>> _differs(torch.tensor([[[1.0], [2.0]], [[1.0], [-2.0]]]), torch.tensor([[1.0], [2.0]])).tolist()
+        >>> differing_pairs(torch.tensor([[[1.0], [2.0]], [[1.0], [-2.0]]]), torch.tensor([[1.0], [2.0]])).tolist()
         [[False, False], [False, True]]
     """
     if h.shape[1:] != golden.shape or h.dtype != golden.dtype:
@@ -249,7 +249,7 @@ class GroupedForward:
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
-            differ = [_differs(h, self._golden_out(b, stage)) for b, h in enumerate(alone)]
+            differ = [differing_pairs(h, self._golden_out(b, stage)) for b, h in enumerate(alone)]
             return self._rest(n, [stage + 1] * len(alone), differ, lambda b, scen, inp, size: self._gather(alone[b], scen, inp, size),
                               lambda b, keep: alone[b][torch.from_numpy(keep)])
         else:

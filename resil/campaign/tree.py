@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .glue import Glue, glue_after
-from .grouped import GroupedForward, bit_pattern, copies_match, gathered_size, probe_copies, probe_rows, rows_match, same_bits
+from .grouped import GroupedForward, copies_match, differing_pairs, gathered_size, probe_copies, probe_rows, rows_match, same_bits
 from .replay import ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
@@ -63,7 +63,7 @@ class TreeGroupedForward(GroupedForward):
         self.replay = replay
         self._stack_prefix: dict[tuple[int, int, int], bool] = {}
         self._gathered: dict[tuple[object, ...], bool | None] = {}
-        self._glues: dict[int, Glue | None] = {}
+        self._glues: dict[int, list[Glue] | None] = {}
 
     def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
         """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
@@ -76,21 +76,21 @@ class TreeGroupedForward(GroupedForward):
         dropped there)."""
         if self.replay.forgotten:
             return None
-        glue = self._glue(stage)
-        if glue is None:
+        glues = self._glue(stage)
+        if glues is None:
             return super().outputs(stage, sc, positions, sites)
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         if touched is None:
             return None
         row_scen, row_channel, rows = touched
         n, batches = len(positions), range(len(self.suffix.batches))
-        if not all(self._glue_exact(stage, b, glue, len(row_channel)) for b in batches):
+        if not all(self._glue_exact(stage, b, glues[b], len(row_channel)) for b in batches):
             return super().outputs(stage, sc, positions, sites)
-        carried = [glue.carry(rows(b, 0)) for b in batches]
-        golden = [self._glue_input(stage, b, glue) for b in batches]
+        carried = [glues[b].carry(rows(b, 0)) for b in batches]
+        golden = [self._glue_input(stage, b, glues[b]) for b in batches]
         live = self._live(n, row_scen, list(zip(carried, golden, strict=True)), row_channel)
         keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for y in carried])
-        consumer = self.suffix.stage_of[glue.consumer]
+        consumer = self.suffix.stage_of[glues[0].consumer]
         if len(keep) and not all(self._consumer_exact(consumer, b, len(keep)) for b in batches):
             return super().outputs(stage, sc, positions, sites)
         outs: list[torch.Tensor | None] = []
@@ -103,18 +103,18 @@ class TreeGroupedForward(GroupedForward):
             outs.append(self._replayed(consumer, b, [y.reshape(len(keep), len(golden[b]), *y.shape[1:])]))
         return self._assemble(n, keep, outs)
 
-    def _glue(self, stage: int) -> Glue | None:
-        """The glue from ``stage``'s output to the one module call that reads it, the same in every
-        input batch, to a module whose input is recorded; None where there is none."""
+    def _glue(self, stage: int) -> list[Glue] | None:
+        """Per input batch, the glue from ``stage``'s output to the one module call that reads it,
+        the same module in every batch, whose input is recorded; None where there is none."""
         if stage not in self._glues:
             module = self.suffix.stages[stage]
             found = [glue_after(t, id(module)) if (t := self.replay.trace([module], b)) is not None else None
                      for b in range(len(self.suffix.batches))]
-            first = found[0]
-            same = first is not None and all(g is not None and g.consumer == first.consumer and len(g.steps) == len(first.steps)
-                                               and g.flatten == first.flatten for g in found)
-            ok = same and first is not None and first.consumer in self.replay.inputs and first.consumer in self.suffix.stage_of
-            self._glues[stage] = first if ok else None
+            glues = [g for g in found if g is not None]
+            consumer = glues[0].consumer if glues else None
+            ok = (len(glues) == len(found) and all(g.consumer == consumer for g in glues)
+                  and consumer in self.replay.inputs and consumer in self.suffix.stage_of)
+            self._glues[stage] = glues if ok else None
         return self._glues[stage]
 
     def _glue_input(self, stage: int, batch: int, glue: Glue) -> torch.Tensor:
@@ -172,10 +172,8 @@ class TreeGroupedForward(GroupedForward):
         module then runs once, as when stacking), else they and the input are gathered alike."""
         s, n = calls[0].shape[:2]
         golden = [self._golden_out(batch, stage, c) for c in range(len(calls))]
-        differs = torch.zeros(s, n, dtype=torch.bool)
-        for y, g in zip(calls, golden, strict=True):
-            differs |= (bit_pattern(y) != bit_pattern(g).unsqueeze(0)).reshape(s, n, -1).any(2)
-        live = torch.nonzero(differs.reshape(-1)).flatten()
+        differs = np.logical_or.reduce([differing_pairs(y, g) for y, g in zip(calls, golden, strict=True)])
+        live = torch.from_numpy(np.flatnonzero(differs))
         size = gathered_size(len(live)) if len(live) else 0
         size += 1 if n > 1 and size in (1, n) else 0  # never a row count that broadcasts against, or equals, the input batch's
         mode = self._gather_mode(stage, batch, size) if len(live) and size < s * n else None
@@ -190,45 +188,44 @@ class TreeGroupedForward(GroupedForward):
         return out
 
     def _gather_mode(self, stage: int, batch: int, size: int) -> bool | None:
-        """How a forward over ``size`` gathered rows is exact (the faulted module returning their
-        golden outputs, the first row perturbed, must give the other rows their golden outputs bit
-        for bit; checked once per size): False with the replayed outputs as recorded, True with
-        them gathered too, None not at all (kernels that change with the batch size, models that
-        mix the batch)."""
+        """:meth:`_prefix_mode` for ``size`` gathered rows (the first perturbed), checked once per size."""
         key = ("gather", stage, batch, size)
         if key not in self._gathered:
-            n = len(self.suffix.batches[batch])
-            rows = np.arange(size) % n
-            faulty = [probe_rows(self._golden_out(batch, stage, c), rows, 1) for c in range(len(self.suffix.recorded[batch][stage]))]
-            self._gathered[key] = None
-            for gathered in (False, True):
-                try:
-                    out = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty,
-                                                      torch.from_numpy(rows) if gathered else None)
-                except (RuntimeError, ValueError, StopIteration):
-                    continue
-                if len(out) == size and rows_match(out, self.suffix.outputs[batch], rows, 1):
-                    self._gathered[key] = gathered
-                    break
+            self._gathered[key] = self._prefix_mode(stage, batch, np.arange(size) % len(self.suffix.batches[batch]), 1)
         return self._gathered[key]
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
-        """As :meth:`GroupedForward._replay_exact`, first with the replayed outputs left unstacked
-        (no copies), then, if that fails (glue mixing them with stacked tensors), stacked."""
-        key = (stage, batch, s)
-        if ("replay", *key) not in self._exact:
-            for stack in (False, True):
-                self._stack_prefix[key] = stack
-                self._exact.pop(("replay", *key), None)
-                if super()._replay_exact(stage, batch, s):
-                    break
-        return self._exact[("replay", *key)]
+        """As :meth:`GroupedForward._replay_exact`: :meth:`_prefix_mode` for ``s`` stacked copies of
+        the batch (the first perturbed), whose answer :meth:`_replay` then uses."""
+        key = ("replay", stage, batch, s)
+        if key not in self._exact:
+            n = len(self.suffix.batches[batch])
+            mode = self._prefix_mode(stage, batch, np.tile(np.arange(n), s), n if s > 1 else 0)
+            self._stack_prefix[key[1:]] = bool(mode)
+            self._exact[key] = mode is not None
+        return self._exact[key]
+
+    def _prefix_mode(self, stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool | None:
+        """How the model's forward, ``stage`` returning its golden outputs of inputs ``rows`` (the
+        first ``perturbed`` of them perturbed), gives the other rows their golden outputs bit for
+        bit: False with the replayed outputs as recorded (cheap: the glue before ``stage`` runs
+        once), True with them and the input gathered by ``rows`` (glue mixing them with the stacked
+        rows), None not at all (kernels that change with the batch size, models that mix the batch)."""
+        faulty = [probe_rows(o, rows, perturbed) for o in self.suffix.recorded[batch][stage]]
+        for gathered in (False, True):
+            try:
+                out = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty, torch.from_numpy(rows) if gathered else None)
+            except (RuntimeError, ValueError, StopIteration):
+                continue
+            if len(out) == len(rows) and rows_match(out, self.suffix.outputs[batch], rows, perturbed):
+                return gathered
+        return None
 
     def group_size(self, stage: int) -> int:
         """How many scenarios fit the budget: the widest output computed on the stacked batch (of
         the calls that the faulted module's faults can reach, or that are not recorded), from the
         consumer of its glue on where its touched channels are carried through glue."""
-        glue = self._glue(stage)
-        stage = stage if glue is None else self.suffix.stage_of[glue.consumer]
+        glues = self._glue(stage)
+        stage = stage if glues is None else self.suffix.stage_of[glues[0].consumer]
         widest = max(self.replay.plan([self.suffix.stages[stage]], b).widest for b in range(len(self.suffix.batches)))
         return int(max(1, min(self.max_group, self.budget // max(widest, 1))))
