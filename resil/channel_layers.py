@@ -1,5 +1,7 @@
 """Layers whose output channel ``c`` depends only on row ``c`` of their weight and bias, and how
-to call them with given values (the fast campaign path recomputes touched channels alone).
+to call them with given values (the fast campaign path recomputes touched channels alone); and
+layers whose output channel ``c`` depends only on input channel ``c`` (:func:`channel_map_of`),
+through which touched channels are carried alone.
 
 :meth:`resil.site.Adapter.channel_layer` says which layers are such layers; the dense default
 covers ``nn.Conv1d/2d/3d`` (zero padding, grouped and depthwise too) and ``nn.Linear``.
@@ -15,12 +17,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+#: ``f(y, channels)``: a layer's output channels ``channels`` (a long tensor) from the same channels
+#: ``y`` ``[B, len(channels), ...]`` of its input alone
+ChannelMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ChannelLayer:
@@ -89,9 +95,43 @@ class ConvLayer(ChannelLayer):
         return conv(x, weight, bias, m.stride, m.padding, m.dilation, groups)
 
 
+class BatchNormLayer(ChannelLayer):
+    """An eval-mode ``nn.BatchNorm1d/2d/3d`` with running statistics: channel ``c`` from input
+    channel ``c``, its statistics and ``weight[c]``, ``bias[c]``.
+
+    Example:
+        >>> bn = torch.nn.BatchNorm2d(3).eval(); x = torch.rand(2, 3, 4, 4)
+        >>> w, b = bn.weight.detach() * 2, bn.bias.detach() + 1
+        >>> torch.equal(BatchNormLayer(bn).rows(x, w[[2]], b[[2]], [2]), BatchNormLayer(bn).full(x, w, b)[:, [2]])
+        True
+    """
+
+    module: nn.modules.batchnorm._BatchNorm
+
+    def full(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.normalise(x, slice(None), weight, bias)
+
+    def rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: Sequence[int] | np.ndarray) -> torch.Tensor:
+        picked = torch.as_tensor(np.asarray(channels), dtype=torch.long)
+        return self.normalise(x[:, picked], picked, weight, bias)
+
+    def normalise(self, x: torch.Tensor, channels: slice | torch.Tensor, weight: torch.Tensor | None,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+        """``x`` (channels ``channels`` of the input) normalised with those channels' statistics."""
+        bn = self.module
+        assert bn.running_mean is not None and bn.running_var is not None  # channel_layer_of checked it
+        return F.batch_norm(x, bn.running_mean[channels], bn.running_var[channels], weight, bias, False, 0.0, bn.eps)
+
+
+def _eval_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.BatchNorm1d/2d/3d`` (not a subclass) normalising with running statistics."""
+    return (type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and not module.training
+            and getattr(module, "running_mean", None) is not None and getattr(module, "running_var", None) is not None)
+
+
 def channel_layer_of(module: nn.Module) -> ChannelLayer | None:
     """The :class:`ChannelLayer` of a plain ``nn.Conv1d/2d/3d`` (zero padding) or ``nn.Linear``
-    (subclasses included), None for any other module.
+    (subclasses included), or of an eval-mode BatchNorm with affine parameters; None for any other module.
 
     Example:
         >>> type(channel_layer_of(torch.nn.Conv1d(1, 1, 1))).__name__, channel_layer_of(torch.nn.ReLU())
@@ -101,4 +141,40 @@ def channel_layer_of(module: nn.Module) -> ChannelLayer | None:
         return ConvLayer(module)
     if isinstance(module, nn.Linear):
         return LinearLayer(module)
+    if _eval_batchnorm(module) and getattr(module, "weight", None) is not None:
+        return BatchNormLayer(module)
+    return None
+
+
+def channel_map_of(module: nn.Module) -> ChannelMap | None:
+    """The :data:`ChannelMap` of a layer with one parameter set per channel: an eval-mode
+    ``nn.BatchNorm1d/2d/3d`` with running statistics, or a depthwise ``nn.Conv1d/2d/3d`` (one
+    input and one output channel per group, zero padding); None for any other module (subclasses
+    too: they may compute otherwise).
+
+    Example:
+        >>> bn = torch.nn.BatchNorm2d(3).eval(); bn.running_mean += torch.tensor([1.0, 2.0, 3.0])
+        >>> y = torch.rand(2, 3, 4, 4); channels = torch.tensor([2, 0])
+        >>> torch.equal(channel_map_of(bn)(y[:, channels], channels), bn(y)[:, channels])
+        True
+        >>> channel_map_of(torch.nn.Conv2d(4, 4, 3, groups=2)) is None
+        True
+    """
+    if _eval_batchnorm(module):
+        norm = BatchNormLayer(module)
+
+        def normalised(y: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+            weight, bias = norm.module.weight, norm.module.bias
+            return norm.normalise(y, channels, None if weight is None else weight[channels], None if bias is None else bias[channels])
+        return normalised
+    if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        conv: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
+        if conv.padding_mode != "zeros" or not conv.groups == conv.in_channels == conv.out_channels:
+            return None
+        layer = ConvLayer(conv)
+
+        def depthwise(y: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+            bias = None if conv.bias is None else conv.bias[channels]
+            return layer.rows(y, conv.weight[channels], bias, np.arange(len(channels)))  # row r reads y's channel r
+        return depthwise
     return None

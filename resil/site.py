@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .channel_layers import ChannelLayer, channel_layer_of
+from .channel_layers import ChannelLayer, ChannelMap, channel_layer_of, channel_map_of
 from .encodings import Encoding
 from .faults import FOREVER
 from .plan import ElementPlan
@@ -317,6 +317,27 @@ class Adapter:
             (True, False)
         """
         return type(module) in CHANNEL_LOCAL
+
+    def channel_map(self, module: nn.Module) -> ChannelMap | None:
+        """How to compute some output channels of ``module`` from the same channels of its input
+        alone (:data:`~resil.channel_layers.ChannelMap`), so that a fault touching some channels
+        is carried through it alone: a :meth:`channel_local` module as it is, an eval BatchNorm or
+        a depthwise convolution with the parameters of those channels
+        (:func:`~resil.channel_layers.channel_map_of`); None for other modules and for modules with
+        forward hooks or pre-hooks (what they compute depends on the hooks).
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> relu = Adapter().channel_map(nn.ReLU())
+            >>> relu(torch.tensor([[-1.0, 2.0]]), torch.tensor([4, 0])).tolist(), Adapter().channel_map(nn.Linear(1, 1))
+            ([[0.0, 2.0]], None)
+        """
+        if module._forward_hooks or module._forward_pre_hooks:
+            return None
+        if self.channel_local(module):
+            return lambda y, channels: module(y)
+        return channel_map_of(module)
 
     def channel_layer(self, module: nn.Module) -> ChannelLayer | None:
         """How to call ``module`` to recompute some of its output channels from rows of its stored

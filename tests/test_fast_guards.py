@@ -61,14 +61,44 @@ def test_a_model_that_mixes_the_batch_gets_the_plain_answer(tmp_path, make):
     assert row.critical == int(((out.argmax(1) != golden.argmax(1)) & finite & ~(out == golden).all(1)).sum())
 
 
-def test_the_probe_perturbs_one_copy_only():
-    from resil.campaign.grouped import copies_match, probe_copies
+def test_the_probe_keeps_copy_zero_golden_and_perturbs_the_others():
+    from resil.campaign.grouped import Probe
 
     t = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
-    stacked = probe_copies(t, 3)
-    assert torch.equal(stacked[2:], torch.cat([t, t])) and torch.equal(stacked[:2], t * 2 + 1)
-    assert copies_match(torch.relu(stacked), torch.relu(t), 3)  # a per-sample layer: copies 1.. match
-    assert not copies_match(BatchMax()(stacked), BatchMax()(t), 3)  # the batch maximum moved with copy 0
+    probe = Probe.copies(2, 3)
+    stacked = probe.batch(t)
+    assert torch.equal(stacked[:2], t) and torch.equal(stacked[2:], torch.cat([t * 2 + 1, t * 2 + 1]))
+    relu = torch.relu
+    assert probe.matches(relu(stacked), relu(t), relu(probe.alone(t)))  # a per-sample layer passes
+    assert not probe.matches(BatchMax()(stacked), BatchMax()(t), BatchMax()(probe.alone(t)))  # the batch maximum moved
+
+
+def _by_parity(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of non-negative rows, computed otherwise on odd rows (max + min): equal on rows with
+    one non-zero term, unequal on denser ones; a stand-in for a kernel whose result depends on the
+    row's position only for some values (MKL's GEMM sums in another order on odd rows)."""
+    odd = torch.arange(len(x)) % 2 == 1
+    return torch.where(odd, x.amax(1) + x.amin(1), x.sum(1)).unsqueeze(1)
+
+
+def _row_sums(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(1).unsqueeze(1)
+
+
+def test_the_probe_catches_a_kernel_whose_result_depends_on_the_row_position():
+    from resil.campaign.grouped import Probe
+
+    sparse = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.7, 0.0], [0.0, 0.0, 0.3], [0.9, 0.0, 0.0]])  # one term per row: any order agrees
+    golden = _by_parity(sparse)
+    moved = torch.tensor([1, 2, 3, 0, 1, 2])
+    assert torch.equal(_by_parity(sparse[moved]), golden[moved])  # golden rows alone cannot tell
+    dense = sparse * 2 + 1
+    assert not torch.equal(dense.sum(1), dense.amax(1) + dense.amin(1))  # the premise: perturbed rows can tell
+    for probe, x in ((Probe.gathered(4, 6), sparse), (Probe.copies(3, 2), sparse[:3])):  # shifted by one; by three rows
+        assert not probe.matches(_by_parity(probe.batch(x)), _by_parity(x), _by_parity(probe.alone(x)))
+        assert probe.matches(_row_sums(probe.batch(x)), _row_sums(x), _row_sums(probe.alone(x)))
+    even = Probe.copies(4, 3)  # offsets of 4 and 8 rows keep every row's parity: stacking is exact there
+    assert even.matches(_by_parity(even.batch(sparse)), golden, _by_parity(even.alone(sparse)))
 
 
 def dropout_net() -> nn.Module:

@@ -125,6 +125,6 @@ def test_gathering_needs_the_stacked_copies_check_where_a_gathered_probe_misses_
     sf.golden()
     gf = grouped.GroupedForward(sf)
     every_input = np.arange(8)[::-1].copy()  # the gathered probe of 8 rows: inputs 7, 6, .. 0
-    assert gf._rest_exact(("probe",), 1, 0, every_input, 1)  # 2 * 0.01 + 1 < 10: the maximum did not move
+    assert gf._rest_exact(("probe",), 1, 0, grouped.Probe(every_input, np.arange(8) == 0))  # 2 * 0.01 + 1 < 10: the maximum did not move
     assert not gf._stacking_exact(1, 0, 2)  # a whole perturbed copy moves it
     assert not gf._gather_exact(1, 0, 8)

@@ -274,6 +274,26 @@ class FaultTrace:
     call_reads: dict[int, set[int]]
     call_writes: dict[int, tuple[int, ...]]
 
+    def reads_held_outside(self, module: nn.Module) -> bool:
+        """Whether an operation outside ``module``'s own calls read a tensor it holds (a functional
+        use of its weight, ``F.linear(x, self.a.weight)``); True where the trace kept no operations
+        (it cannot tell). ``module`` must be one of the traced targets.
+
+        Example:
+            >>> class Net(torch.nn.Module):
+            ...     def __init__(self):
+            ...         super().__init__(); self.a = torch.nn.Linear(2, 2)
+            ...     def forward(self, x):
+            ...         return self.a(x) + torch.nn.functional.linear(x, self.a.weight)
+            >>> net = Net(); trace_faults(net, torch.randn(1, 2), [net.a]).reads_held_outside(net.a)
+            True
+        """
+        if not self.ended_at:
+            return True
+        held = {_storage(t) for t in held_tensors(module).values()}
+        inside = [(p, self.ended_at[p]) for p, c in enumerate(self.calls) if c.module == id(module) and p in self.ended_at]
+        return any(held.intersection(op.reads) and not any(op.calls > p and i < end for p, end in inside) for i, op in enumerate(self.tape))
+
 
 def trace_faults(model: nn.Module, x: Any, targets: Iterable[nn.Module]) -> FaultTrace:
     """Trace ``model(x)``: per module call, whether faults in the stored tensors, outputs or state

@@ -11,7 +11,8 @@ sample, permanent) share everything but stage ``k``'s output, which the golden r
 - otherwise stage ``k`` runs once per scenario under :func:`resil.inject`.
 
 In a plain ``nn.Sequential`` the touched channels are then carried alone through the
-channel-local stages after ``k`` (:meth:`resil.site.Adapter.channel_local`: ReLU, pooling ...), patched
+stages after ``k`` that compute each channel from the same input channel alone
+(:meth:`resil.site.Adapter.channel_map`: ReLU, pooling, eval BatchNorm, depthwise convolutions ...), patched
 into stacked copies of the golden output there, and the rest of the network runs once over the
 whole group. Rows are dropped there too: only the (scenario, input) pairs whose patched values
 differ from golden (a flip the ReLU did not zero, say) run the rest, gathered into one batch,
@@ -42,13 +43,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..adapter_registry import adapter_for
-from ..channel_layers import ChannelLayer
+from ..channel_layers import ChannelLayer, ChannelMap
 from ..encodings import FloatEncoding
 from ..faults import FOREVER
 from ..injection import inject
@@ -106,44 +108,73 @@ def gathered_size(r: int) -> int:
     return max(2, -(-r // step) * step)
 
 
-def probe_rows(t: torch.Tensor, rows: np.ndarray, perturbed: int) -> torch.Tensor:
-    """The rows ``rows`` of a batch ``t`` gathered into one batch, the first ``perturbed`` of them
-    perturbed (doubled plus one; reversed for integer batches): a model that mixes the batch
-    (normalising by its maximum, batch statistics) then changes the other rows' outputs, which a
-    check against their golden outputs catches.
+def perturb(t: torch.Tensor) -> torch.Tensor:
+    """Other values for a probe's rows: doubled plus one (integers: lowest bit flipped; booleans negated)."""
+    if t.is_floating_point() or t.is_complex():
+        return t * 2 + 1
+    return ~t if t.dtype == torch.bool else t ^ 1
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A layout for the exactness checks of stacked and gathered rows: the golden rows ``rows``
+    of a batch (the input of each) gathered into one batch, those where ``perturbed`` is set
+    perturbed (:func:`perturb`).
+
+    A computation passes (:meth:`matches`) when every unperturbed row gives its golden output bit
+    for bit (a model that mixes the batch, normalising by its maximum, fails) and every perturbed
+    row gives what the same computation gives that input, perturbed alike, in its own place in
+    the batch (:meth:`alone`): kernels may sum in an order that depends on a row's position (MKL's
+    GEMM does, by row parity), which golden values can hide (sparse ones, after a ReLU or a
+    spike), so perturbed rows sit away from their own places too.
 
     Example:
-        >>> probe_rows(torch.tensor([[1.0], [2.0], [4.0]]), np.array([2, 0]), 1).flatten().tolist()
-        [9.0, 1.0]
+        >>> p = Probe.gathered(3, 4)
+        >>> p.rows.tolist(), p.perturbed.tolist()
+        ([1, 2, 0, 1], [True, False, True, False])
+        >>> t = torch.tensor([[1.0], [2.0], [4.0]])
+        >>> p.batch(t).flatten().tolist(), p.alone(t).flatten().tolist()
+        ([5.0, 4.0, 3.0, 2.0], [3.0, 5.0, 4.0])
     """
-    out = t[torch.from_numpy(rows)]
-    if perturbed:
-        first = out[:perturbed]
-        out[:perturbed] = first * 2 + 1 if t.is_floating_point() else first.flip(0)
-    return out
 
+    rows: np.ndarray
+    perturbed: np.ndarray
 
-def rows_match(out: torch.Tensor, golden: torch.Tensor, rows: np.ndarray, perturbed: int) -> bool:
-    """Whether the outputs ``out`` of :func:`probe_rows` rows, but the first ``perturbed``, equal
-    their golden outputs ``golden[rows]`` bit for bit."""
-    return same_bits(out[perturbed:], golden[torch.from_numpy(rows[perturbed:])])
+    @staticmethod
+    def copies(n: int, s: int) -> Probe:
+        """``s`` stacked copies of a batch of ``n``, all but the first perturbed (each at its own offset)."""
+        return Probe(np.tile(np.arange(n), s), np.arange(n * s) >= n)
 
+    @staticmethod
+    def gathered(n: int, size: int) -> Probe:
+        """``size`` rows of a batch of ``n``, each the next input's (none in its own place), every other one perturbed."""
+        return Probe((np.arange(size) + 1) % n, np.arange(size) % 2 == 0)
 
-def probe_copies(t: torch.Tensor, s: int) -> torch.Tensor:
-    """``s`` stacked copies of ``t`` whose first copy is perturbed (:func:`probe_rows` with the
-    rows ``tile(arange(len(t)), s)``, nothing perturbed for one copy).
+    def batch(self, t: torch.Tensor) -> torch.Tensor:
+        """The probe's batch from the golden batch ``t``."""
+        out = t[torch.from_numpy(self.rows)]
+        mask = torch.from_numpy(self.perturbed).to(out.device)
+        out[mask] = perturb(out[mask])
+        return out
 
-    Example:
-        >>> probe_copies(torch.tensor([[1.0], [2.0]]), 2).flatten().tolist()
-        [3.0, 5.0, 1.0, 2.0]
-    """
-    return probe_rows(t, np.tile(np.arange(len(t)), s), len(t) if s > 1 else 0)
+    def alone(self, t: torch.Tensor) -> torch.Tensor:
+        """The golden batch ``t`` with the perturbed rows' inputs perturbed in their own places."""
+        out = t.clone()
+        inputs = torch.from_numpy(np.unique(self.rows[self.perturbed]))
+        out[inputs] = perturb(t[inputs])
+        return out
 
-
-def copies_match(out: torch.Tensor, golden: torch.Tensor, s: int) -> bool:
-    """Whether copies 1.. of ``s`` stacked outputs equal the golden output bit for bit (copy 0 was perturbed)."""
-    n = len(golden)
-    return rows_match(out, golden, np.tile(np.arange(n), s), n if s > 1 else 0)
+    def matches(self, out: torch.Tensor, golden: torch.Tensor, alone: torch.Tensor | None) -> bool:
+        """Whether outputs ``out`` of :meth:`batch` rows equal the golden outputs ``golden`` where
+        unperturbed and the outputs ``alone`` of :meth:`alone` (None: no perturbed rows) where perturbed."""
+        if len(out) != len(self.rows):
+            return False
+        keep = torch.from_numpy(~self.perturbed)
+        if not same_bits(out[keep], golden[torch.from_numpy(self.rows[~self.perturbed])]):
+            return False
+        if not self.perturbed.any():
+            return True
+        return alone is not None and same_bits(out[torch.from_numpy(self.perturbed)], alone[torch.from_numpy(self.rows[self.perturbed])])
 
 
 def differing_pairs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
@@ -215,7 +246,7 @@ class GroupedForward:
         """How many scenarios of ``stage`` fit in the memory budget at once (counting the stacked
         outputs from where touched channels stop being carried alone, through the end)."""
         stacked = stage
-        while self.sequential and stacked + 1 < len(self.suffix.stages) and _channel_local(self.suffix.stages[stacked + 1]):
+        while self.sequential and stacked + 1 < len(self.suffix.stages) and channel_map(self.suffix.stages[stacked + 1]) is not None:
             stacked += 1
         widest = max(
             (o.numel() for calls in self.suffix.recorded for outs in calls[stacked:] for o in outs if isinstance(o, torch.Tensor)),
@@ -254,7 +285,8 @@ class GroupedForward:
                               lambda b, keep: alone[b][torch.from_numpy(keep)])
         else:
             row_scen, row_channel, rows = touched
-            carried = [self._carry(stage, b, rows(b, 0)) for b in batches]
+            channels = torch.from_numpy(row_channel)
+            carried = [self._carry(stage, b, rows(b, 0), channels) for b in batches]
             differ = [self._live_pairs(n, row_scen, y, self._golden_out(b, reached), row_channel) for b, (reached, y) in enumerate(carried)]
 
             def stacked(b: int, keep: np.ndarray) -> torch.Tensor:
@@ -335,13 +367,15 @@ class GroupedForward:
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the replayed forward over ``s`` stacked copies of the golden outputs of
-        ``stage`` gives each copy's golden model output bit for bit, with the first copy perturbed
-        so that a model mixing the batch fails the check (checked once per shape)."""
+        ``stage`` passes the check of :meth:`Probe.copies` (checked once per shape)."""
         key = ("replay", stage, batch, s)
         if key not in self._exact:
-            calls = [probe_copies(o, s) for o in self.suffix.recorded[batch][stage]]
+            recorded = self.suffix.recorded[batch][stage]
+            probe = Probe.copies(len(recorded[0]), s)
             try:
-                self._exact[key] = copies_match(self._replay(stage, batch, calls), self.suffix.outputs[batch], s)
+                alone = self._replay(stage, batch, [probe.alone(o) for o in recorded]) if s > 1 else None
+                out = self._replay(stage, batch, [probe.batch(o) for o in recorded])
+                self._exact[key] = probe.matches(out, self.suffix.outputs[batch], alone)
             except (RuntimeError, ValueError, StopIteration):
                 self._exact[key] = False
         return self._exact[key]
@@ -431,38 +465,36 @@ class GroupedForward:
         rest, gather = self._row_seconds.get(("rest", stage)), self._row_seconds.get(("gather", stage))
         return rest is None or gather is None or (copies - size) * rest > size * gather
 
-    def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool:
-        """Whether the stages from ``stage`` on, over the golden inputs ``rows`` of batch ``batch``
-        gathered into one batch with the first ``perturbed`` of them perturbed (:func:`probe_rows`:
-        a model mixing the batch fails), give the other rows' golden outputs bit for bit (checked once per ``key``)."""
+    def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, probe: Probe) -> bool:
+        """Whether the stages from ``stage`` on pass the check of ``probe`` (:class:`Probe`) over the
+        golden inputs of batch ``batch`` there (checked once per ``key``)."""
         if key not in self._exact:
-            probe = probe_rows(self._input(batch, stage), rows, perturbed)
+            x = self._input(batch, stage)
             t0 = time.perf_counter()
-            out = self._after_rows(stage, probe)
-            self._note_cost(("rest", stage), time.perf_counter() - t0, len(rows))
-            self._exact[key] = rows_match(out, self._golden_out(batch, len(self.suffix.stages) - 1), rows, perturbed)
+            out = self._after_rows(stage, probe.batch(x))
+            self._note_cost(("rest", stage), time.perf_counter() - t0, len(probe.rows))
+            alone = self._after_rows(stage, probe.alone(x)) if probe.perturbed.any() else None
+            self._exact[key] = probe.matches(out, self._golden_out(batch, len(self.suffix.stages) - 1), alone)
         return self._exact[key]
 
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden
-        input, each copy's golden output bit for bit, with the first copy perturbed so that a model
-        mixing the batch fails the check (checked once per shape)."""
-        b = len(self._input(batch, stage))
-        return self._rest_exact(("stack", stage, batch, s), stage, batch, np.tile(np.arange(b), s), b if s > 1 else 0)
+        input, each copy's golden output bit for bit, copies 1.. perturbed (:meth:`Probe.copies`;
+        checked once per shape)."""
+        return self._rest_exact(("stack", stage, batch, s), stage, batch, Probe.copies(len(self._input(batch, stage)), s))
 
     def _gather_exact(self, stage: int, batch: int, r: int) -> bool:
         """Whether the stages from ``stage`` on may run over ``r`` rows gathered from the scenarios'
         versions of input batch ``batch``: the model does not mix the batch (two stacked copies,
-        the first perturbed, give the second's golden outputs), and ``r`` golden rows gathered out
-        of their own places, the first perturbed, give their golden outputs bit for bit at this
-        size (kernels may pick other reduction orders for other shapes). Checked once per size.
+        the second perturbed, give the first's golden outputs), and ``r`` golden rows gathered out
+        of their own places (:meth:`Probe.gathered`) pass the check at this size (kernels may pick
+        other reduction orders for other shapes). Checked once per size.
 
         ``r`` is a :func:`gathered_size` size: one check covers every group whose rows pad up to it."""
         if stage >= len(self.suffix.stages):
             return True
         b = len(self._input(batch, stage))
-        rows = (-1 - np.arange(r)) % b  # input b-1 first, then b-2 ...: most rows away from their own place
-        return self._stacking_exact(stage, batch, 2) and self._rest_exact(("gather", stage, batch, r), stage, batch, rows, 1)
+        return self._stacking_exact(stage, batch, 2) and self._rest_exact(("gather", stage, batch, r), stage, batch, Probe.gathered(b, r))
 
     # -- recomputing only the touched output channels ------------------------------------------
 
@@ -590,13 +622,15 @@ class GroupedForward:
                                    for c in range(len(self.suffix.recorded[batch][stage])))
         return self._exact[key]
 
-    def _carry(self, stage: int, batch: int, y: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """Carry the faulty channels ``y`` ``[B, rows, ...]`` of ``stage`` through the channel-local
-        stages after it: the stage reached and the channels there."""
+    def _carry(self, stage: int, batch: int, y: torch.Tensor, channels: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Carry the faulty channels ``y`` ``[B, rows, ...]`` (channel ``channels[r]`` in row ``r``)
+        of ``stage`` through the channel-local stages after it: the stage reached and the channels there."""
         reached = stage
         while self._local_exact(reached + 1, batch, y.shape[1]):
             reached += 1
-            y = self.suffix.stages[reached](y)
+            carry = channel_map(self.suffix.stages[reached])
+            assert carry is not None  # _local_exact checked it
+            y = carry(y, channels)
         return reached, y
 
     @staticmethod
@@ -699,18 +733,24 @@ class GroupedForward:
         return self._exact[key]
 
     def _local_exact(self, stage: int, batch: int, n_rows: int) -> bool:
-        """Whether ``stage`` acts on each channel alone, so that running it on ``n_rows`` picked
-        channels reproduces those channels of its golden output bit for bit."""
+        """Whether ``stage`` computes each channel from the same input channel alone
+        (:func:`channel_map`), so that it reproduces ``n_rows`` picked channels of its golden output
+        from those of its golden input bit for bit, and of its output on a perturbed input
+        (:func:`perturb`: golden values, zeros after a ReLU, can hide a kernel that computes otherwise)."""
         if stage >= len(self.suffix.stages):
             return False
         module = self.suffix.stages[stage]
-        if not _channel_local(module) or module._forward_hooks or module._forward_pre_hooks:
+        carry = channel_map(module)
+        if carry is None:
             return False
         key = ("local", stage, batch, n_rows)
         if key not in self._exact:
             before = self._golden_out(batch, stage - 1)
             pick = torch.arange(n_rows) % before.shape[1]
-            self._exact[key] = same_bits(module(before[:, pick]), self._golden_out(batch, stage)[:, pick])
+            perturbed = perturb(before)
+            with torch.no_grad():
+                self._exact[key] = (same_bits(carry(before[:, pick], pick), self._golden_out(batch, stage)[:, pick])
+                                    and same_bits(carry(perturbed[:, pick], pick), module(perturbed)[:, pick]))
         return self._exact[key]
 
     def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], like: torch.Tensor) -> torch.Tensor:
@@ -732,9 +772,9 @@ class GroupedForward:
         return values
 
 
-def _channel_local(module: nn.Module) -> bool:
-    """Whether ``module`` acts on every channel alone (its adapter says)."""
-    return adapter_for(module).channel_local(module)
+def channel_map(module: nn.Module) -> ChannelMap | None:
+    """How ``module`` computes output channels from the same input channels alone, if it does (its adapter says)."""
+    return adapter_for(module).channel_map(module)
 
 
 class GroupTimer:
@@ -785,6 +825,26 @@ class GroupTimer:
         return 1 if alone is not None and grouped is not None and grouped >= alone else largest
 
 
+def faults_on_outputs(sc: Scenarios, sites: SiteList) -> np.ndarray:
+    """Per scenario: 0 if its faults all sit in stored tensors (weights, biases), 1 if all in
+    computed outputs, 2 if both (a group is evaluated one way, so the kinds are grouped apart).
+
+    Example:
+        >>> import resil
+        >>> from resil.campaign.evaluator import scenarios_of
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2)); sites = resil.sites(net, torch.zeros(1, 2))
+        >>> sc = scenarios_of([resil.FaultSet("0.weight", [0], [1]), resil.FaultSet("0:out", [0], [1])])
+        >>> faults_on_outputs(sc, sites).tolist()
+        [0, 1]
+    """
+    fs = sc.faults
+    batched = np.array([sites[name].batched for name in fs.site_names], dtype=np.int64)[fs.site.astype(np.int64)]
+    lo, hi = np.ones(len(sc.ids), dtype=np.int64), np.zeros(len(sc.ids), dtype=np.int64)
+    np.minimum.at(lo, sc.owner, batched)
+    np.maximum.at(hi, sc.owner, batched)
+    return np.where(lo == hi, lo, 2)
+
+
 def run_grouped(
     grouped: GroupedForward, sc: Scenarios, todo: np.ndarray, sites: SiteList,
     classify: Callable[[torch.Tensor], dict[str, np.ndarray]], counts: dict[str, np.ndarray],
@@ -792,26 +852,29 @@ def run_grouped(
     """Evaluate the groupable scenarios among positions ``todo`` into ``counts``; return the rest
     and every scenario's stage (-1: none), so that the caller can time the rest for :attr:`GroupedForward.timer`."""
     stage_of = grouped.stages(sc, sites)
+    on_outputs = faults_on_outputs(sc, sites)
     left = np.zeros(len(sc.ids), dtype=bool)
     for stage in np.unique(stage_of[todo]):
         if stage < 0:
             continue
-        members = todo[stage_of[todo] == stage]
-        explore = grouped.timer.exploring(int(stage)) if len(members) > GroupTimer.EXPLORE else 0
-        left[members[:explore]] = True
-        members = members[explore:]
-        size = grouped.timer.size(int(stage), grouped.group_size(int(stage)))
-        if size < 2:  # one at a time: the suffix replay costs less here than the grouped machinery
-            left[members] = True
-            continue
-        chunks = -(-len(members) // size)
-        for chunk in np.array_split(members, chunks):
-            t0 = time.perf_counter()
-            outputs = grouped.outputs(int(stage), sc, chunk, sites)
-            if outputs is None:
-                left[chunk] = True
+        at_stage = todo[stage_of[todo] == stage]
+        for kind in np.unique(on_outputs[at_stage]):  # weight faults and output faults are grouped apart
+            members = at_stage[on_outputs[at_stage] == kind]
+            explore = grouped.timer.exploring(int(stage)) if len(members) > GroupTimer.EXPLORE else 0
+            left[members[:explore]] = True
+            members = members[explore:]
+            size = grouped.timer.size(int(stage), grouped.group_size(int(stage)))
+            if size < 2:  # one at a time: the suffix replay costs less here than the grouped machinery
+                left[members] = True
                 continue
-            for k, v in classify(outputs).items():
-                counts[k][chunk] = v
-            grouped.timer.record(int(stage), size, time.perf_counter() - t0, len(chunk))
+            chunks = -(-len(members) // size)
+            for chunk in np.array_split(members, chunks):
+                t0 = time.perf_counter()
+                outputs = grouped.outputs(int(stage), sc, chunk, sites)
+                if outputs is None:
+                    left[chunk] = True
+                    continue
+                for k, v in classify(outputs).items():
+                    counts[k][chunk] = v
+                grouped.timer.record(int(stage), size, time.perf_counter() - t0, len(chunk))
     return todo[(stage_of[todo] < 0) | left[todo]], stage_of

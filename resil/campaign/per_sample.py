@@ -6,11 +6,13 @@ scenarios therefore runs as one forward over just the inputs they touch, gathere
 batch with a row per (scenario, input) pair and each fault moved to its row; the rows' outputs
 then replace the golden rows of their scenario.
 
-Guard: on the first group of each gathered size, a fault-free forward of the gathered rows, and
-one with the first row perturbed, must reproduce the other rows' golden outputs bit for bit. A
-model whose outputs depend on the batch (batch statistics, normalising by the batch maximum,
-kernels whose reduction order changes with the batch size) fails it, and its per-sample
-scenarios then run one at a time over the whole input set, as in plain mode.
+Guard: once per gathered size, a forward of that many inputs gathered out of their places, every
+other one perturbed, must give the unperturbed rows their golden outputs and the perturbed ones
+their outputs in a forward of the whole input set perturbed alike, bit for bit
+(:class:`~resil.campaign.grouped.Probe`). A model whose outputs depend on the batch (batch
+statistics, normalising by the batch maximum, kernels whose reduction order changes with the
+batch size or a row's position) fails it, and its per-sample scenarios then run one at a time
+over the whole input set, as in plain mode.
 
 Example:
     >>> import torch, resil
@@ -33,7 +35,7 @@ from torch import nn
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
-from .grouped import local_faults, same_bits
+from .grouped import Probe, local_faults
 from .samplers import Scenarios
 
 __all__ = ["SampleGather", "split_by_batch"]
@@ -91,7 +93,7 @@ class SampleGather:
         sample = sc.faults.batch[take]
         pairs, row_of = np.unique(scen * len(self.inputs) + sample, return_inverse=True)
         pair_scen, pair_sample = pairs // len(self.inputs), pairs % len(self.inputs)
-        if not self._gather_exact(pair_sample):
+        if not self._gather_exact(len(pair_sample)):
             return None
         faults = sc.faults[take].with_batch(row_of.reshape(-1))
         with torch.no_grad(), inject(self.model, faults, sites=sites):
@@ -100,20 +102,14 @@ class SampleGather:
         out[torch.from_numpy(pair_scen), torch.from_numpy(pair_sample)] = y
         return out
 
-    def _gather_exact(self, samples: np.ndarray) -> bool:
-        """Whether a forward over these gathered inputs gives their golden outputs bit for bit,
-        also with the first one perturbed (checked once per number of rows)."""
-        r = len(samples)
+    def _gather_exact(self, r: int) -> bool:
+        """Whether a forward over ``r`` inputs gathered out of their places passes the check of
+        :meth:`~resil.campaign.grouped.Probe.gathered` (checked once per number of rows)."""
         if r not in self._exact:
-            x = self.inputs[torch.from_numpy(samples)]
-            want = self.golden[torch.from_numpy(samples)]
+            probe = Probe.gathered(len(self.inputs), r)
             with torch.no_grad():
-                exact = same_bits(self.model(x), want)
-                if exact and r > 1:
-                    probe = x.clone()
-                    probe[0] = x[0] * 2 + 1 if x.is_floating_point() else x[-1]
-                    exact = same_bits(self.model(probe)[1:], want[1:])
-            self._exact[r] = exact
+                alone = self.model(probe.alone(self.inputs)) if probe.perturbed.any() else None
+                self._exact[r] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, alone)
         return self._exact[r]
 
     def run(self, sc: Scenarios, todo: np.ndarray, sites: SiteList, judge: object, counts: dict[str, np.ndarray]) -> np.ndarray:

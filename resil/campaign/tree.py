@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .dataflow import FaultTrace
 from .glue import Glue, glue_after
-from .grouped import GroupedForward, copies_match, differing_pairs, gathered_size, probe_copies, probe_rows, rows_match, same_bits
+from .grouped import GroupedForward, Probe, differing_pairs, gathered_size, perturb, same_bits
 from .replay import ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
@@ -74,7 +75,7 @@ class TreeGroupedForward(GroupedForward):
         through the glue and patched into that module's recorded input, which then computes for
         the whole group as the faulted module (scenarios whose carried channels equal golden are
         dropped there)."""
-        if self.replay.forgotten:
+        if self.replay.forgotten or not self._stackable(stage):
             return None
         glues = self._glue(stage)
         if glues is None:
@@ -86,7 +87,8 @@ class TreeGroupedForward(GroupedForward):
         n, batches = len(positions), range(len(self.suffix.batches))
         if not all(self._glue_exact(stage, b, glues[b], len(row_channel)) for b in batches):
             return super().outputs(stage, sc, positions, sites)
-        carried = [glues[b].carry(rows(b, 0)) for b in batches]
+        channels = torch.from_numpy(row_channel)
+        carried = [glues[b].carry(rows(b, 0), channels) for b in batches]
         golden = [self._glue_input(stage, b, glues[b]) for b in batches]
         live = self._live(n, row_scen, list(zip(carried, golden, strict=True)), row_channel)
         keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for y in carried])
@@ -108,7 +110,7 @@ class TreeGroupedForward(GroupedForward):
         the same module in every batch, whose input is recorded; None where there is none."""
         if stage not in self._glues:
             module = self.suffix.stages[stage]
-            found = [glue_after(t, id(module)) if (t := self.replay.trace([module], b)) is not None else None
+            found = [glue_after(t, id(module), self.replay.modules) if (t := self.replay.trace([module], b)) is not None else None
                      for b in range(len(self.suffix.batches))]
             glues = [g for g in found if g is not None]
             consumer = glues[0].consumer if glues else None
@@ -125,15 +127,20 @@ class TreeGroupedForward(GroupedForward):
 
     def _glue_exact(self, stage: int, batch: int, glue: Glue, n_rows: int) -> bool:
         """Whether the glue on ``n_rows`` picked channels of ``stage``'s golden output reproduces
-        those channels of the consumer's golden input bit for bit (checked once per row count)."""
+        those channels of the consumer's golden input bit for bit, and those of the glue on every
+        channel of a perturbed output (golden values, zeros after a ReLU, can hide a kernel that
+        computes otherwise; checked once per row count)."""
         key = ("glue", stage, batch, n_rows)
         if key not in self._exact:
             out = self._golden_out(batch, stage)
             pick = torch.arange(n_rows) % out.shape[1]
             want = self._glue_input(stage, batch, glue)
+            perturbed = perturb(out)
             with torch.no_grad():
-                got = glue.carry(out[:, pick])
-            self._exact[key] = got.shape[1:] == want[:, pick].shape[1:] and same_bits(got, want[:, pick])
+                got = glue.carry(out[:, pick], pick)
+                exact = got.shape[1:] == want[:, pick].shape[1:] and same_bits(got, want[:, pick])
+                self._exact[key] = exact and same_bits(glue.carry(perturbed[:, pick], pick),
+                                                       glue.carry(perturbed, torch.arange(out.shape[1]))[:, pick])
         return self._exact[key]
 
     def _consume(self, consumer: int, x: torch.Tensor) -> torch.Tensor:
@@ -141,17 +148,36 @@ class TreeGroupedForward(GroupedForward):
             return self.suffix.stages[consumer](x)
 
     def _consumer_exact(self, consumer: int, batch: int, s: int) -> bool:
-        """Whether the consumer over ``s`` stacked copies of its golden input (the first perturbed)
-        gives every other copy its golden output bit for bit (checked once per shape)."""
+        """Whether the consumer over ``s`` stacked copies of its golden input passes the check of
+        :meth:`Probe.copies` (checked once per shape)."""
         key = ("consume", consumer, batch, s)
         if key not in self._exact:
             x = self._input(batch, consumer)
-            self._exact[key] = copies_match(self._consume(consumer, probe_copies(x, s)), self._golden_out(batch, consumer), s)
+            probe = Probe.copies(len(x), s)
+            alone = self._consume(consumer, probe.alone(x)) if s > 1 else None
+            self._exact[key] = probe.matches(self._consume(consumer, probe.batch(x)), self._golden_out(batch, consumer), alone)
         return self._exact[key]
 
+    def _traces(self, stage: int) -> list[FaultTrace | None]:
+        """Per input batch, the trace of faults in ``stage``'s module (:meth:`ModuleReplay.trace`)."""
+        return [self.replay.trace([self.suffix.stages[stage]], b) for b in range(len(self.suffix.batches))]
+
+    def _stackable(self, stage: int) -> bool:
+        """Whether, in every input batch, ``stage``'s traces are usable and show that
+        - no value its faults reach steers Python: a branch on a stacked value (``if h.sum() > 0``)
+          would decide for every stacked scenario at once, where each alone may decide otherwise;
+        - no call of its module receives a value its faults reach (a recurrence through it): its
+          faulty outputs are computed from its recorded golden inputs."""
+        module = id(self.suffix.stages[stage])
+        return all(t is not None and t.reached is not None
+                   and not any(t.call_reads.get(p) for p, c in enumerate(t.calls) if c.module == module) for t in self._traces(stage))
+
     def patch_allowed(self, module: nn.Module) -> bool:
-        """Recorded inputs exist and no other module shares the layer's stored tensors."""
-        return id(module) in self.replay.inputs and super().patch_allowed(module)
+        """Recorded inputs exist, no other module shares the layer's stored tensors, and no
+        operation outside its own calls reads them (``F.linear(x, self.a.weight)`` would compute
+        with the unfaulted weight while the layer's touched channels are recomputed alone)."""
+        return (id(module) in self.replay.inputs and super().patch_allowed(module)
+                and not any(t is None or t.reads_held_outside(module) for t in self._traces(self.suffix.stage_of[id(module)])))
 
     def _input(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
         return self.replay.inputs[id(self.suffix.stages[stage])][batch][call]
@@ -188,36 +214,40 @@ class TreeGroupedForward(GroupedForward):
         return out
 
     def _gather_mode(self, stage: int, batch: int, size: int) -> bool | None:
-        """:meth:`_prefix_mode` for ``size`` gathered rows (the first perturbed), checked once per size."""
+        """:meth:`_prefix_mode` for ``size`` gathered rows (:meth:`Probe.gathered`), checked once per size."""
         key = ("gather", stage, batch, size)
         if key not in self._gathered:
-            self._gathered[key] = self._prefix_mode(stage, batch, np.arange(size) % len(self.suffix.batches[batch]), 1)
+            self._gathered[key] = self._prefix_mode(stage, batch, Probe.gathered(len(self.suffix.batches[batch]), size))
         return self._gathered[key]
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """As :meth:`GroupedForward._replay_exact`: :meth:`_prefix_mode` for ``s`` stacked copies of
-        the batch (the first perturbed), whose answer :meth:`_replay` then uses."""
+        the batch (:meth:`Probe.copies`), whose answer :meth:`_replay` then uses."""
         key = ("replay", stage, batch, s)
         if key not in self._exact:
-            n = len(self.suffix.batches[batch])
-            mode = self._prefix_mode(stage, batch, np.tile(np.arange(n), s), n if s > 1 else 0)
+            mode = self._prefix_mode(stage, batch, Probe.copies(len(self.suffix.batches[batch]), s))
             self._stack_prefix[key[1:]] = bool(mode)
             self._exact[key] = mode is not None
         return self._exact[key]
 
-    def _prefix_mode(self, stage: int, batch: int, rows: np.ndarray, perturbed: int) -> bool | None:
-        """How the model's forward, ``stage`` returning its golden outputs of inputs ``rows`` (the
-        first ``perturbed`` of them perturbed), gives the other rows their golden outputs bit for
-        bit: False with the replayed outputs as recorded (cheap: the glue before ``stage`` runs
-        once), True with them and the input gathered by ``rows`` (glue mixing them with the stacked
-        rows), None not at all (kernels that change with the batch size, models that mix the batch)."""
-        faulty = [probe_rows(o, rows, perturbed) for o in self.suffix.recorded[batch][stage]]
+    def _prefix_mode(self, stage: int, batch: int, probe: Probe) -> bool | None:
+        """How the model's forward, ``stage`` returning the :class:`Probe` rows of its golden outputs,
+        passes the probe's check: False with the replayed outputs as recorded (cheap: the glue
+        before ``stage`` runs once), True with them and the input gathered by the probe's rows
+        (glue mixing them with the stacked rows), None not at all (kernels that change with the
+        batch size or a row's position, models that mix the batch)."""
+        recorded, module = self.suffix.recorded[batch][stage], self.suffix.stages[stage]
+        try:  # the perturbed rows' reference: the forward with their inputs perturbed in their own places
+            alone = self.replay.stacked_forward(batch, module, [probe.alone(o) for o in recorded], None) if probe.perturbed.any() else None
+        except (RuntimeError, ValueError, StopIteration):
+            return None
+        faulty = [probe.batch(o) for o in recorded]
         for gathered in (False, True):
             try:
-                out = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty, torch.from_numpy(rows) if gathered else None)
+                out = self.replay.stacked_forward(batch, module, faulty, torch.from_numpy(probe.rows) if gathered else None)
             except (RuntimeError, ValueError, StopIteration):
                 continue
-            if len(out) == len(rows) and rows_match(out, self.suffix.outputs[batch], rows, perturbed):
+            if probe.matches(out, self.suffix.outputs[batch], alone):
                 return gathered
         return None
 
