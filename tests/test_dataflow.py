@@ -136,15 +136,36 @@ def test_a_module_with_state_replays_at_every_call_or_at_none():
     assert r.plan([net.a], 0).calls == {id(net.keep.lin): frozenset({0})}
 
 
-@pytest.mark.parametrize("model", [Loop, Branches, Steered, StateLoop])
-def test_fast_equals_plain_where_calls_after_the_target_replay(tmp_path, model):
+class Recurrent(nn.Module):
+    """An RNN cell written by hand: ``cell`` reads its own previous output at every step."""
+
+    def __init__(self, steps: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.steps = steps
+        self.cell, self.out = nn.Linear(3 + 4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(len(x), 4)
+        for _ in range(self.steps):
+            h = torch.tanh(self.cell(torch.cat([x, h], 1)))
+        return self.out(h)
+
+
+# every kind alone and mixed: a stage's weight and output faults are grouped apart, so each path runs
+KINDS = [("weight", "bias"), ("activation",), ("weight", "bias", "activation")]
+
+
+@pytest.mark.parametrize("kinds", KINDS, ids=["weights", "outputs", "mixed"])
+@pytest.mark.parametrize("model", [Loop, Branches, Steered, StateLoop, Recurrent])
+def test_fast_equals_plain_where_calls_after_the_target_replay(tmp_path, model, kinds):
     torch.manual_seed(4)
     x = torch.randn(24, 4 if model is Loop else 3)
     y = torch.randint(0, 3, (24,))
     tables = {}
     for mode in ("fast", "plain"):
         spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=150),
-                               sites=rc.SiteSpec(kinds=("weight", "bias", "activation")), run=rc.RunSpec(mode=mode, shard_size=150))
+                               sites=rc.SiteSpec(kinds=kinds), run=rc.RunSpec(mode=mode, shard_size=150))
         runner = rc.CampaignRunner(spec, model().eval(), (x, y))
         tables[mode] = pd.DataFrame(runner.run_shard(0))
     pd.testing.assert_frame_equal(tables["fast"], tables["plain"])
