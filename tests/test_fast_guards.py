@@ -124,3 +124,44 @@ def test_nondeterminism_accepted_runs_plain_and_says_so(tmp_path):
     # in eval mode the same network is deterministic and keeps the fast path
     det = rc.run(spec, tmp_path / "eval", model=dropout_net().eval(), data=(x, y)).manifest()
     assert det["mode"] == "fast" and det["nondeterministic"] is False
+
+
+class HookSensitive(nn.Module):
+    """Takes another arithmetic path while a child has forward hooks, as nn.TransformerEncoderLayer
+    leaves its fused fast path when hooks are attached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.a, self.b = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.b._forward_hooks or self.b._forward_pre_hooks:
+            h = (h * 3.0) / 3.0  # the same values up to rounding
+        return self.b(h)
+
+
+def test_a_model_whose_bits_change_under_hooks_runs_plain_with_a_warning_not_a_refusal():
+    torch.manual_seed(7)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    net = HookSensitive().eval()
+    with torch.no_grad():
+        plain_out = net(x)
+        handle = net.b.register_forward_hook(lambda m, a, o: None)
+        hooked = net(x)
+        handle.remove()
+    assert not torch.equal(plain_out, hooked)  # the premise: hooks change the bits
+    tables = {}
+    for mode in ("fast", "plain"):
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=60), run=rc.RunSpec(mode=mode, shard_size=60))
+        if mode == "fast":
+            with pytest.warns(RuntimeWarning, match="fast mode is off"):
+                runner = rc.CampaignRunner(spec, HookSensitive().eval(), (x, y))
+            assert runner.evaluator.mode == "plain" and "hooks" in runner.manifest()["fast_off"]
+            assert torch.equal(runner.evaluator.golden.output, plain_out)
+        else:
+            runner = rc.CampaignRunner(spec, HookSensitive().eval(), (x, y))
+            assert runner.manifest()["fast_off"] is None
+        tables[mode] = pd.DataFrame(runner.run_shard(0))
+    pd.testing.assert_frame_equal(tables["fast"], tables["plain"])

@@ -13,11 +13,12 @@ batch of scenarios in ``fast`` mode (the default; bit-identical to ``plain``):
   (:mod:`resil.campaign.suffix`); in a model that is not an ``nn.Sequential``, the modules that
   finish before the first faulted one replay their golden outputs (:mod:`resil.campaign.replay`).
 
-Two guards keep fast answers right: a second fault-free run must equal the first bit for bit
-(a model with dropout active is refused, or run in plain mode when nondeterminism is accepted),
-and stacked scenarios are used only where a perturbed copy in the stack leaves the other copies'
-outputs unchanged (a layer that mixes the batch, normalising by the batch maximum, runs the
-scenarios one at a time).
+Guards keep fast answers right: a second fault-free run must equal the first bit for bit (a
+model with dropout active is refused, or run in plain mode when nondeterminism is accepted); a
+model that computes other bits while the recording hooks are attached (a fused path taken only
+without hooks) runs in plain mode, with a warning and ``fast_off`` saying why; and stacked
+scenarios are used only where the checks of :class:`~resil.campaign.grouped.Probe` pass (a layer
+that mixes the batch, normalising by the batch maximum, runs the scenarios one at a time).
 
 ``plain`` mode runs one full forward per scenario (the reference).
 
@@ -122,8 +123,17 @@ class Evaluator:
         if output is None:
             self.replay = ModuleReplay(model, self.suffix.batches, budget)
             output = self.replay.golden()
+        #: why fast mode is off for this model (None: it is on, or plain mode was asked for)
+        self.fast_off: str | None = None
+        plain = self.suffix.run_from(0)
+        if self.replay is not None and not same_bits(plain, output) and same_bits(self.suffix.run_from(0), plain):
+            self.fast_off = (f"{type(model).__name__} computes other bits while forward hooks are attached (resil records module "
+                             "outputs through hooks), as a module that takes a fused path only without hooks does "
+                             "(nn.TransformerEncoderLayer's fast path); every scenario runs as a plain full forward")
+            warnings.warn(f"fast mode is off: {self.fast_off}", RuntimeWarning, stacklevel=2)
+            self.mode, output = "plain", plain
         #: whether two fault-free runs differed (allowed only with ``nondeterministic=True``; then plain mode)
-        self.nondeterministic = not same_bits(self.suffix.run_from(0), output)
+        self.nondeterministic = not same_bits(plain, output)
         if self.nondeterministic:
             if not nondeterministic:
                 cause = "the model is in training mode (dropout, batch statistics)" if model.training else \
