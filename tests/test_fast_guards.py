@@ -61,10 +61,11 @@ def test_a_model_that_mixes_the_batch_gets_the_plain_answer(tmp_path, make):
     assert row.critical == int(((out.argmax(1) != golden.argmax(1)) & finite & ~(out == golden).all(1)).sum())
 
 
-def test_the_probe_keeps_copy_zero_golden_and_perturbs_the_others():
+def test_the_probe_perturbs_the_second_and_the_last_copy():
     from resil.campaign.grouped import Probe
 
     t = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    assert torch.equal(Probe.copies(2, 4).batch(t), torch.cat([t, t * 2 + 1, t, t * 2 + 1]))
     probe = Probe.copies(2, 3)
     stacked = probe.batch(t)
     assert torch.equal(stacked[:2], t) and torch.equal(stacked[2:], torch.cat([t * 2 + 1, t * 2 + 1]))

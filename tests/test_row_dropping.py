@@ -117,14 +117,17 @@ def test_a_model_that_mixes_the_batch_is_never_gathered_across_its_mixing_stage(
     assert seen["outputs"] and seen["allowed"] and not any(ok for stage, ok in seen["allowed"] if stage <= norm)
 
 
-def test_gathering_needs_the_stacked_copies_check_where_a_gathered_probe_misses_the_mixing():
+def test_a_perturbed_row_that_leaves_the_batch_maximum_alone_is_still_caught_by_its_reference():
     net = nn.Sequential(nn.Identity(), BatchMax(), nn.Identity()).eval()
     x = torch.full((8, 2), 0.5)
     x[0], x[7] = 10.0, 0.01  # input 0 holds the batch maximum; input 7, the probe's perturbed first row, stays below it
     sf = SuffixForward(net, x, batch_size=8)
     sf.golden()
     gf = grouped.GroupedForward(sf)
-    every_input = np.arange(8)[::-1].copy()  # the gathered probe of 8 rows: inputs 7, 6, .. 0
-    assert gf._rest_exact(("probe",), 1, 0, grouped.Probe(every_input, np.arange(8) == 0))  # 2 * 0.01 + 1 < 10: the maximum did not move
+    every_input = np.arange(8)[::-1].copy()  # a gathered probe of 8 rows: inputs 7, 6, .. 0, the first perturbed
+    probe = grouped.Probe(every_input, np.array([0]))
+    out = gf._after_rows(1, probe.batch(x))
+    assert torch.equal(out[1:], sf.outputs[0][torch.from_numpy(every_input[1:])])  # 2 * 0.01 + 1 < 10: the golden rows pass
+    assert not gf._rest_exact(("probe",), 1, 0, probe)  # its reference, every input perturbed in place, moved the maximum
     assert not gf._stacking_exact(1, 0, 2)  # a whole perturbed copy moves it
     assert not gf._gather_exact(1, 0, 8)

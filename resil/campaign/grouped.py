@@ -118,7 +118,7 @@ def perturb(t: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Probe:
     """A layout for the exactness checks of stacked and gathered rows: the golden rows ``rows``
-    of a batch (the input of each) gathered into one batch, those where ``perturbed`` is set
+    of a batch (the input of each) gathered into one batch, those at positions ``perturbed``
     perturbed (:func:`perturb`).
 
     A computation passes (:meth:`matches`) when every unperturbed row gives its golden output bit
@@ -131,10 +131,10 @@ class Probe:
     Example:
         >>> p = Probe.gathered(3, 4)
         >>> p.rows.tolist(), p.perturbed.tolist()
-        ([1, 2, 0, 1], [True, False, True, False])
+        ([1, 2, 0, 1], [0, 2])
         >>> t = torch.tensor([[1.0], [2.0], [4.0]])
         >>> p.batch(t).flatten().tolist(), p.alone(t).flatten().tolist()
-        ([5.0, 4.0, 3.0, 2.0], [3.0, 5.0, 4.0])
+        ([5.0, 4.0, 3.0, 2.0], [3.0, 5.0, 9.0])
     """
 
     rows: np.ndarray
@@ -142,39 +142,44 @@ class Probe:
 
     @staticmethod
     def copies(n: int, s: int) -> Probe:
-        """``s`` stacked copies of a batch of ``n``, all but the first perturbed (each at its own offset)."""
-        return Probe(np.tile(np.arange(n), s), np.arange(n * s) >= n)
+        """``s`` stacked copies of a batch of ``n``, the second and the last perturbed (a row's
+        position then moves by ``n`` rows, so a kernel whose order depends on the position modulo
+        anything that does not divide ``n`` shows it; the last copy holds the batch's tail rows)."""
+        return Probe(np.tile(np.arange(n), s), np.unique(np.r_[np.arange(n, 2 * n), np.arange((s - 1) * n, s * n)]) if s > 1 else
+                     np.zeros(0, dtype=np.int64))
 
     @staticmethod
     def gathered(n: int, size: int) -> Probe:
         """``size`` rows of a batch of ``n``, each the next input's (none in its own place), every other one perturbed."""
-        return Probe((np.arange(size) + 1) % n, np.arange(size) % 2 == 0)
+        return Probe((np.arange(size) + 1) % n, np.arange(0, size, 2))
+
+    @property
+    def some(self) -> bool:
+        """Whether any row is perturbed."""
+        return len(self.perturbed) > 0
 
     def batch(self, t: torch.Tensor) -> torch.Tensor:
         """The probe's batch from the golden batch ``t``."""
         out = t[torch.from_numpy(self.rows)]
-        mask = torch.from_numpy(self.perturbed).to(out.device)
-        out[mask] = perturb(out[mask])
+        picked = torch.from_numpy(self.perturbed)
+        out[picked] = perturb(out[picked])
         return out
 
-    def alone(self, t: torch.Tensor) -> torch.Tensor:
-        """The golden batch ``t`` with the perturbed rows' inputs perturbed in their own places."""
-        out = t.clone()
-        inputs = torch.from_numpy(np.unique(self.rows[self.perturbed]))
-        out[inputs] = perturb(t[inputs])
-        return out
+    @staticmethod
+    def alone(t: torch.Tensor) -> torch.Tensor:
+        """The golden batch ``t`` with every input perturbed in its own place (the same for every
+        probe, so callers compute its outputs once)."""
+        return perturb(t)
 
-    def matches(self, out: torch.Tensor, golden: torch.Tensor, alone: torch.Tensor | None) -> bool:
+    def matches(self, out: torch.Tensor, golden: torch.Tensor, alone: torch.Tensor) -> bool:
         """Whether outputs ``out`` of :meth:`batch` rows equal the golden outputs ``golden`` where
-        unperturbed and the outputs ``alone`` of :meth:`alone` (None: no perturbed rows) where perturbed."""
+        unperturbed and the outputs ``alone`` of :meth:`alone` inputs where perturbed."""
         if len(out) != len(self.rows):
             return False
-        keep = torch.from_numpy(~self.perturbed)
-        if not same_bits(out[keep], golden[torch.from_numpy(self.rows[~self.perturbed])]):
+        golden_rows = np.setdiff1d(np.arange(len(self.rows)), self.perturbed)
+        if not same_bits(out[torch.from_numpy(golden_rows)], golden[torch.from_numpy(self.rows[golden_rows])]):
             return False
-        if not self.perturbed.any():
-            return True
-        return alone is not None and same_bits(out[torch.from_numpy(self.perturbed)], alone[torch.from_numpy(self.rows[self.perturbed])])
+        return same_bits(out[torch.from_numpy(self.perturbed)], alone[torch.from_numpy(self.rows[self.perturbed])])
 
 
 def differing_pairs(h: torch.Tensor, golden: torch.Tensor) -> np.ndarray:
@@ -208,6 +213,7 @@ class GroupedForward:
         self.budget = budget
         self.max_group = max_group
         self._exact: dict[tuple[object, ...], bool] = {}
+        self._alone: dict[tuple[object, ...], torch.Tensor] = {}  # per check and input batch: outputs of Probe.alone inputs
         self._codes: dict[str, torch.Tensor] = {}
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._sharing: dict[int, set[int]] | None = None
@@ -373,7 +379,7 @@ class GroupedForward:
             recorded = self.suffix.recorded[batch][stage]
             probe = Probe.copies(len(recorded[0]), s)
             try:
-                alone = self._replay(stage, batch, [probe.alone(o) for o in recorded]) if s > 1 else None
+                alone = self._alone_out(("replay", stage, batch), lambda: self._replay(stage, batch, [probe.alone(o) for o in recorded]))
                 out = self._replay(stage, batch, [probe.batch(o) for o in recorded])
                 self._exact[key] = probe.matches(out, self.suffix.outputs[batch], alone)
             except (RuntimeError, ValueError, StopIteration):
@@ -473,9 +479,15 @@ class GroupedForward:
             t0 = time.perf_counter()
             out = self._after_rows(stage, probe.batch(x))
             self._note_cost(("rest", stage), time.perf_counter() - t0, len(probe.rows))
-            alone = self._after_rows(stage, probe.alone(x)) if probe.perturbed.any() else None
+            alone = self._alone_out(("rest", stage, batch), lambda: self._after_rows(stage, probe.alone(x)))
             self._exact[key] = probe.matches(out, self._golden_out(batch, len(self.suffix.stages) - 1), alone)
         return self._exact[key]
+
+    def _alone_out(self, key: tuple[object, ...], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The outputs of a check's :meth:`Probe.alone` inputs, computed once per ``key``."""
+        if key not in self._alone:
+            self._alone[key] = compute()
+        return self._alone[key]
 
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden

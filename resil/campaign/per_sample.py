@@ -74,6 +74,7 @@ class SampleGather:
         self.model, self.inputs, self.golden, self.rows = model, inputs, golden, max(1, rows)
         self.max_group = int(max(1, min(self.rows, budget // max(golden.numel(), 1))))
         self._exact: dict[int, bool] = {}
+        self._alone: torch.Tensor | None = None  # outputs of Probe.alone inputs
 
     @staticmethod
     def eligible(sc: Scenarios) -> np.ndarray:
@@ -108,8 +109,9 @@ class SampleGather:
         if r not in self._exact:
             probe = Probe.gathered(len(self.inputs), r)
             with torch.no_grad():
-                alone = self.model(probe.alone(self.inputs)) if probe.perturbed.any() else None
-                self._exact[r] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, alone)
+                if self._alone is None:
+                    self._alone = self.model(probe.alone(self.inputs))
+                self._exact[r] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, self._alone)
         return self._exact[r]
 
     def run(self, sc: Scenarios, todo: np.ndarray, sites: SiteList, judge: object, counts: dict[str, np.ndarray]) -> np.ndarray:

@@ -65,6 +65,7 @@ class TreeGroupedForward(GroupedForward):
         self._stack_prefix: dict[tuple[int, int, int], bool] = {}
         self._gathered: dict[tuple[object, ...], bool | None] = {}
         self._glues: dict[int, list[Glue] | None] = {}
+        self._traced: dict[tuple[str, int], bool] = {}  # what the traces of a stage's faults allow (cached)
 
     def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
         """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
@@ -154,7 +155,7 @@ class TreeGroupedForward(GroupedForward):
         if key not in self._exact:
             x = self._input(batch, consumer)
             probe = Probe.copies(len(x), s)
-            alone = self._consume(consumer, probe.alone(x)) if s > 1 else None
+            alone = self._alone_out(("consume", consumer, batch), lambda: self._consume(consumer, probe.alone(x)))
             self._exact[key] = probe.matches(self._consume(consumer, probe.batch(x)), self._golden_out(batch, consumer), alone)
         return self._exact[key]
 
@@ -168,16 +169,22 @@ class TreeGroupedForward(GroupedForward):
           would decide for every stacked scenario at once, where each alone may decide otherwise;
         - no call of its module receives a value its faults reach (a recurrence through it): its
           faulty outputs are computed from its recorded golden inputs."""
-        module = id(self.suffix.stages[stage])
-        return all(t is not None and t.reached is not None
-                   and not any(t.call_reads.get(p) for p, c in enumerate(t.calls) if c.module == module) for t in self._traces(stage))
+        if ("stack", stage) not in self._traced:
+            module = id(self.suffix.stages[stage])
+            self._traced[("stack", stage)] = all(
+                t is not None and t.reached is not None
+                and not any(t.call_reads.get(p) for p, c in enumerate(t.calls) if c.module == module) for t in self._traces(stage))
+        return self._traced[("stack", stage)]
 
     def patch_allowed(self, module: nn.Module) -> bool:
         """Recorded inputs exist, no other module shares the layer's stored tensors, and no
         operation outside its own calls reads them (``F.linear(x, self.a.weight)`` would compute
         with the unfaulted weight while the layer's touched channels are recomputed alone)."""
-        return (id(module) in self.replay.inputs and super().patch_allowed(module)
-                and not any(t is None or t.reads_held_outside(module) for t in self._traces(self.suffix.stage_of[id(module)])))
+        stage = self.suffix.stage_of[id(module)]
+        if ("patch", stage) not in self._traced:
+            self._traced[("patch", stage)] = (id(module) in self.replay.inputs and super().patch_allowed(module)
+                                              and not any(t is None or t.reads_held_outside(module) for t in self._traces(stage)))
+        return self._traced[("patch", stage)]
 
     def _input(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
         return self.replay.inputs[id(self.suffix.stages[stage])][batch][call]
@@ -238,7 +245,8 @@ class TreeGroupedForward(GroupedForward):
         batch size or a row's position, models that mix the batch)."""
         recorded, module = self.suffix.recorded[batch][stage], self.suffix.stages[stage]
         try:  # the perturbed rows' reference: the forward with their inputs perturbed in their own places
-            alone = self.replay.stacked_forward(batch, module, [probe.alone(o) for o in recorded], None) if probe.perturbed.any() else None
+            alone = self._alone_out(("prefix", stage, batch),
+                                    lambda: self.replay.stacked_forward(batch, module, [probe.alone(o) for o in recorded], None))
         except (RuntimeError, ValueError, StopIteration):
             return None
         faulty = [probe.batch(o) for o in recorded]
