@@ -182,3 +182,45 @@ def _same_tables(cls: type[nn.Module], kinds: tuple[str, ...], n: int, data: tup
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.__name__)
 def test_fast_equals_plain_on_every_kind_and_batch_parity(cls, kinds, n, mnist):
     _same_tables(cls, KINDS[kinds], n, mnist)
+
+
+class PrunedLeNet(LeNet):
+    """LeNet with half the weights of three layers pruned by ``torch.nn.utils.prune`` (pre-hooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for layer in (self.c1, self.c2, self.f1):
+            torch.nn.utils.prune.l1_unstructured(layer, "weight", 0.5)
+
+
+class QuantNet(nn.Module):
+    """A Brevitas class model: 8-bit conv, QuantReLU, functional pooling, 8-bit linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import brevitas.nn as qnn
+
+        self.c1, self.act = qnn.QuantConv2d(1, 6, 5, padding=2, weight_bit_width=8), qnn.QuantReLU(bit_width=8)
+        self.fc = qnn.QuantLinear(6 * 14 * 14, 10, bias=True, weight_bit_width=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.max_pool2d(self.act(self.c1(x)), 2), 1))
+
+
+RUNS = {"batches of 24": ({"batch_size": 24}, {}), "per-sample": ({}, {"per_sample": True}), "memory_mb 1": ({"memory_mb": 1}, {})}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+@pytest.mark.parametrize("cls", [LeNet, ResBlockNet, TBlock, GRUNet, PrunedLeNet, QuantNet], ids=lambda c: c.__name__)
+def test_fast_equals_plain_over_several_batches_per_sample_and_a_tight_memory_budget(cls, run, mnist):
+    """61 inputs: in batches of 24 (the last of 13), per-sample output faults, and recordings past a 1 MiB budget recomputed."""
+    run_kw, fault_kw = RUNS[run]
+    kinds = ("activation",) if fault_kw else ("weight", "bias", "activation")
+    tables = {}
+    for mode in ("fast", "plain"):
+        torch.manual_seed(0)
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=100), sites=rc.SiteSpec(kinds=kinds),
+                               faults=rc.FaultSpec(**fault_kw), run=rc.RunSpec(mode=mode, shard_size=100, **run_kw))
+        runner = rc.CampaignRunner(spec, _with_statistics(cls()).eval(), (mnist[0][:61], mnist[1][:61]))
+        tables[mode] = pd.DataFrame(runner.run_shard(0))
+    pd.testing.assert_frame_equal(tables["fast"], tables["plain"])
