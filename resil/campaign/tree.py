@@ -10,10 +10,12 @@ faults cannot reach return their golden outputs (:class:`~resil.campaign.replay.
 later modules) computes on the stacked batch.
 
 The same guards hold: recomputed channels must equal the full layer's bit for bit, and the
-stacked forward with ``M`` returning golden copies, one of them perturbed, must give every other
-copy's golden output bit for bit (this catches kernels that change with the batch size, models
-that mix the batch, and code that depends on the batch size); otherwise the scenarios run one at
-a time. Layers whose stored tensors another module shares (tied weights) are not patched.
+stacked forward with ``M`` returning the rows of a :class:`~resil.campaign.grouped.Probe` must
+pass its check (this catches kernels that change with the batch size or a row's position,
+models that mix the batch, and code that depends on the batch size); otherwise the scenarios
+run one at a time. From the data-flow trace: layers whose stored tensors another module shares
+(tied weights) or an operation outside their calls reads are not patched, and a module whose
+faults steer Python or reach its own later calls is not stacked.
 
 Example:
     >>> import torch
@@ -69,7 +71,8 @@ class TreeGroupedForward(GroupedForward):
 
     def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
         """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
-        output in place, since the recordings the groups read may then be stale.
+        output in place, since the recordings the groups read may then be stale, and where the
+        traces of the stage's faults forbid stacking (:meth:`_stackable`).
 
         Where the faulted module's output reaches the rest only through channel-local glue into
         one module call (:func:`~resil.campaign.glue.glue_after`), the touched channels are carried
