@@ -170,12 +170,17 @@ def _describe(out: Any) -> _Seen:
 
 
 def _record(model: nn.Module, example: Any) -> dict[nn.Module, _Seen]:
-    """Run ``example`` through ``model``; describe the output of every module it calls (first call)."""
+    """Run ``example`` through ``model``; describe the output of every module it calls (first
+    call). A module whose calls return outputs of different shapes (one ``self.relu`` after layers
+    of different widths) has no primary output: an element index would mean another element at
+    each call."""
     seen: dict[nn.Module, _Seen] = {}
 
     def record(mod: nn.Module, args: Any, out: Any) -> None:
         if mod not in seen:
             seen[mod] = _describe(out)
+        elif seen[mod].primary is not None and _describe(out).primary != seen[mod].primary:
+            seen[mod] = dataclasses.replace(seen[mod], primary=None)
 
     try:
         with forward_hooks((m, record) for m in model.modules()), torch.no_grad():

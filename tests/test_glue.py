@@ -154,3 +154,35 @@ def test_fast_equals_plain_through_batchnorm_and_depthwise_links(residual, monke
     assert (grouped._glues.get(grouped.suffix.stage_of[id(net.conv)]) is not None) == (not residual)
     assert grouped._glues.get(grouped.suffix.stage_of[id(net.dw)]) is not None  # dw's chain ends before the residual
     assert ran_alone < 30  # grouped, not one forward per scenario
+
+
+class SharedReLU(nn.Module):
+    """torchvision's BasicBlock pattern: one in-place ``self.relu`` module called after both convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1, self.bn1 = nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu, self.fc = nn.ReLU(inplace=True), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += x
+        return self.fc(torch.flatten(self.relu(out), 1))
+
+
+def test_a_relu_module_called_at_several_places_is_a_link_and_fast_equals_plain():
+    net = SharedReLU().eval()
+    assert glue_names(net, net.conv1, 4) == (["BatchNorm2d", "ReLU"], False, "conv2")
+    torch.manual_seed(4)
+    x, y = torch.randn(33, 4, 4, 4), torch.randint(0, 3, (33,))
+    tables, runners = {}, {}
+    for mode in ("fast", "plain"):
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=200),
+                               sites=rc.SiteSpec(kinds=("weight", "activation")), run=rc.RunSpec(mode=mode, shard_size=200))
+        runners[mode] = rc.CampaignRunner(spec, SharedReLU().eval(), (x, y))
+        tables[mode] = pd.DataFrame(runners[mode].run_shard(0))
+    pd.testing.assert_frame_equal(tables["fast"], tables["plain"])
+    grouped, model = runners["fast"].evaluator.grouped, runners["fast"].model
+    assert grouped._glues.get(grouped.suffix.stage_of[id(model.conv1)]) is not None

@@ -105,3 +105,37 @@ def test_outputs_the_example_forward_never_computes_are_no_sites():
     assert "self_attn.out_proj.weight" in names and "self_attn.out_proj:out" not in names
     assert "linear1:out" in names and "norm1:out" in names
     assert "self_attn.out_proj:out" in resil.sites(layer).names()  # without an example nothing is known
+
+
+class _SharedActivation(nn.Module):
+    """One ReLU module after two layers of different widths (and once more at the second's width)."""
+
+    def __init__(self, widths: tuple[int, int] = (6, 4)) -> None:
+        super().__init__()
+        self.a, self.b, self.relu = nn.Linear(3, widths[0]), nn.Linear(widths[0], widths[1]), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.b(self.relu(self.a(x))))
+
+
+def test_a_module_whose_calls_return_different_shapes_has_no_output_shape():
+    shapes = {s.name: s.shape for s in resil.sites(_SharedActivation(), torch.zeros(2, 3)) if s.batched}
+    assert shapes["relu:out"] is None and shapes["a:out"] == (6,) and shapes["b:out"] == (4,)
+    same = {s.name: s.shape for s in resil.sites(_SharedActivation((4, 4)), torch.zeros(2, 3)) if s.batched}
+    assert same["relu:out"] == (4,)  # the same shape at every call: one element index means one place
+
+
+def test_a_campaign_leaves_out_a_shapeless_site_matched_by_a_pattern_and_refuses_one_named(tmp_path):
+    import pytest
+
+    import resil.campaign as rc
+    from resil.errors import FaultError
+
+    x, y = torch.randn(8, 3), torch.randint(0, 4, (8,))
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20), sites=rc.SiteSpec(kinds=("activation",)))
+    with pytest.warns(RuntimeWarning, match="relu:out"):
+        runner = rc.CampaignRunner(spec, _SharedActivation(), (x, y))
+    assert "relu:out" not in [s.name for s in runner.space.sites] and len(runner.space.sites) == 2
+    named = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20), sites=rc.SiteSpec(("relu:out",), kinds=("activation",)))
+    with pytest.raises(FaultError, match="outputs of different shapes"):
+        rc.CampaignRunner(named, _SharedActivation(), (x, y))

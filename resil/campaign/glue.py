@@ -105,8 +105,8 @@ def glue_after(trace: FaultTrace, target: int, modules: Mapping[int, nn.Module])
 
     A call of a module (of ``modules``, by ``id``) that computes each channel from the same input
     channel alone (:func:`~resil.campaign.grouped.channel_map`: an eval BatchNorm, an activation
-    module, a depthwise convolution) is a link too, if it is its module's only call, calls no
-    submodule and returns one tensor."""
+    module, a depthwise convolution; such modules hold no state, so a ``self.relu`` called at
+    several places is one too) is a link too, if it calls no submodule and returns one tensor."""
     calls = trace.calls
     mine = [p for p, c in enumerate(calls) if c.module == target]
     if trace.reached is None or len(mine) != 1 or mine[0] not in trace.ended_at:
@@ -141,11 +141,13 @@ def glue_after(trace: FaultTrace, target: int, modules: Mapping[int, nn.Module])
                 return None
             link = op.writes[0]
             chain.add(link)
-        if trace.call_reads.get(q) != {link} or called[calls[q].module] != 1:
+        if trace.call_reads.get(q) != {link}:
             return None
         module = modules[calls[q].module]
         step = None if flatten else channel_map(module)
         if step is None or calls[q].end != q + 1 or q not in trace.ended_at or len(trace.call_writes.get(q, ())) != 1:
+            if called[calls[q].module] != 1:  # the consumer's recorded input must be that of its only call
+                return None
             break  # call q consumes the chain
         steps.append(step)
         names.append(type(module).__name__)

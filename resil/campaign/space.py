@@ -4,6 +4,7 @@ numbered 0 .. total-1 so that samplers can draw from it uniformly or by stratum.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,12 @@ class FaultSpace:
                 ``span`` bits from it) does not fit a selected site's encoding, or the space is empty.
         """
         chosen = [s for s in site_list if s.kind in sites.kinds and any(fnmatch.fnmatchcase(s.name, p) for p in sites.include)]
+        shapeless = [s.name for s in chosen if s.shape is None and s.name not in sites.include]
+        if shapeless:  # matched by a pattern only: left out, and said so
+            warnings.warn(f"left out {len(shapeless)} site(s) of unknown shape matched by a pattern: {shapeless[:5]} (a module "
+                          "whose calls return outputs of different shapes, such as one ReLU module after layers of different "
+                          "widths, or one the example pass did not call)", RuntimeWarning, stacklevel=2)
+            chosen = [s for s in chosen if s.name not in shapeless]
         if not chosen:
             raise FaultError(f"no site matches include={list(sites.include)} and kinds={list(sites.kinds)}; "
                              "list them with `resil sites MODEL`")
@@ -67,7 +74,8 @@ class FaultSpace:
         elements, bits = [], []
         for s in chosen:
             if s.shape is None:
-                raise FaultError(f"site {s.name!r} has an unknown shape")
+                raise FaultError(f"site {s.name!r} has an unknown shape: its module returns outputs of different shapes at "
+                                 "different calls, or the example pass did not call it")
             elements.append(s.elements())
             bits.append(_bits_of(s, faults.bits, span) if uses_bits else np.array([-1]))
         sizes = np.array([len(e) * len(b) for e, b in zip(elements, bits, strict=True)], dtype=np.int64)
