@@ -166,3 +166,31 @@ def test_a_model_whose_bits_change_under_hooks_runs_plain_with_a_warning_not_a_r
             assert runner.manifest()["fast_off"] is None
         tables[mode] = pd.DataFrame(runner.run_shard(0))
     pd.testing.assert_frame_equal(tables["fast"], tables["plain"])
+
+
+class LoopedSequential(nn.Sequential):
+    """An nn.Sequential subclass whose own loop feeds stage 1's output back into stage 0."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(8)
+        super().__init__(nn.Linear(3 + 4, 6), nn.Linear(6, 4), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = torch.zeros(len(x), 4)
+        for _ in range(4):
+            b = torch.tanh(self[1](torch.tanh(self[0](torch.cat([x, b], 1)))))
+        return self[2](b)
+
+
+@pytest.mark.parametrize("kinds", [("weight", "bias"), ("activation",)])
+def test_a_sequential_subclass_that_loops_back_through_its_stages_runs_as_a_module_tree(kinds):
+    torch.manual_seed(9)
+    x, y = torch.randn(40, 3), torch.randint(0, 3, (40,))
+    tables, runners = {}, {}
+    for mode in ("fast", "plain"):
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=200), sites=rc.SiteSpec(kinds=kinds),
+                               run=rc.RunSpec(mode=mode, shard_size=200))
+        runners[mode] = rc.CampaignRunner(spec, LoopedSequential().eval(), (x, y))
+        tables[mode] = pd.DataFrame(runners[mode].run_shard(0))
+    pd.testing.assert_frame_equal(tables["fast"], tables["plain"])  # stage 0 sees stage 1's faults: no stage replay
+    assert runners["fast"].evaluator.replay is not None and not runners["fast"].evaluator.suffix.stages

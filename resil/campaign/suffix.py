@@ -51,10 +51,16 @@ def sharing_modules(model: nn.Module) -> dict[int, set[int]]:
     return {k: {k}.union(*(owners[ptr] for ptr in storages)) for k, storages in own.items()}
 
 
-def _recorder(calls: list[Any]) -> Hook:
-    """A forward hook appending each output of its module to ``calls``."""
-    def record(module: nn.Module, args: object, out: object) -> None:
-        calls.append(out)
+def _recorder(calls: list[list[Any]], k: int, x: torch.Tensor, chained: list[bool]) -> Hook:
+    """A forward hook appending each output of stage ``k`` to ``calls[k]``; it clears ``chained[0]``
+    when the call's first argument is not what a chain of stages would feed it: the input batch
+    ``x`` for stage 0, the latest output of stage ``k - 1`` (or that output's first entry) otherwise."""
+    def record(module: nn.Module, args: Any, out: object) -> None:
+        fed = x if k == 0 else (calls[k - 1][-1] if calls[k - 1] else None)
+        first = args[0] if args else None
+        if not (first is fed or (isinstance(fed, (tuple, list)) and len(fed) and first is fed[0])):
+            chained[0] = False
+        calls[k].append(out)
     return record
 
 
@@ -71,13 +77,20 @@ class SuffixForward:
 
     def golden(self, budget: int | None = None) -> torch.Tensor | None:
         """The full forward pass, recording every stage's outputs; None (nothing kept, no stages
-        left) when the first batch shows that the recordings of all batches would pass ``budget`` bytes."""
+        left) when the first batch shows that the recordings of all batches would pass ``budget``
+        bytes, or when some stage is not fed what a chain of stages feeds it (the input batch for
+        the first, the previous stage's latest output for the others): an ``nn.Sequential``
+        subclass whose own forward feeds a stage anything else (a later stage's output, in a
+        loop) could make a stage before the faulted one see the fault, so replaying it would be
+        wrong; such a model runs as a module tree (:mod:`resil.campaign.replay`)."""
+        chained = [True]
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
-            with forward_hooks((stage, _recorder(calls[k])) for k, stage in enumerate(self.stages)), torch.no_grad():
+            with forward_hooks((stage, _recorder(calls, k, x, chained)) for k, stage in enumerate(self.stages)), torch.no_grad():
                 self.outputs.append(self.model(x))
             self.recorded.append(calls)
-            if budget is not None and len(self.recorded) == 1 and nbytes(calls) * len(self.batches) > budget:
+            too_big = budget is not None and len(self.recorded) == 1 and nbytes(calls) * len(self.batches) > budget
+            if too_big or not chained[0]:
                 self.stages, self.stage_of, self.recorded, self.outputs = [], {}, [], []
                 return None
         return torch.cat(self.outputs)
