@@ -116,7 +116,7 @@ class BatchNormLayer(ChannelLayer):
         return self.normalise(x[:, picked], picked, weight, bias)
 
     def normalise(self, x: torch.Tensor, channels: slice | torch.Tensor, weight: torch.Tensor | None,
-                    bias: torch.Tensor | None) -> torch.Tensor:
+                  bias: torch.Tensor | None) -> torch.Tensor:
         """``x`` (channels ``channels`` of the input) normalised with those channels' statistics."""
         bn = self.module
         assert bn.running_mean is not None and bn.running_var is not None  # channel_layer_of checked it

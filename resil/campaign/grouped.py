@@ -242,11 +242,7 @@ class GroupedForward:
         site_stage = np.array([self.suffix.stage_of.get(id(sites[name].module), -1) for name in fs.site_names], dtype=np.int64)
         stage = site_stage[fs.site.astype(np.int64)]
         stage[(fs.batch >= 0) | (fs.t_start != 0) | (fs.t_stop != FOREVER)] = -1
-        lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        hi = np.full(n, -1, dtype=np.int64)
-        np.minimum.at(lo, sc.owner, stage)
-        np.maximum.at(hi, sc.owner, stage)
-        return np.where((lo == hi) & (lo >= 0), lo, -1)
+        return common_value(stage, sc)
 
     def group_size(self, stage: int) -> int:
         """How many scenarios of ``stage`` fit in the memory budget at once (counting the stacked
@@ -638,10 +634,8 @@ class GroupedForward:
         """Carry the faulty channels ``y`` ``[B, rows, ...]`` (channel ``channels[r]`` in row ``r``)
         of ``stage`` through the channel-local stages after it: the stage reached and the channels there."""
         reached = stage
-        while self._local_exact(reached + 1, batch, y.shape[1]):
+        while (carry := self._local_map(reached + 1, batch, y.shape[1])) is not None:
             reached += 1
-            carry = channel_map(self.suffix.stages[reached])
-            assert carry is not None  # _local_exact checked it
             y = carry(y, channels)
         return reached, y
 
@@ -744,17 +738,18 @@ class GroupedForward:
             self._exact[key] = exact
         return self._exact[key]
 
-    def _local_exact(self, stage: int, batch: int, n_rows: int) -> bool:
-        """Whether ``stage`` computes each channel from the same input channel alone
-        (:func:`channel_map`), so that it reproduces ``n_rows`` picked channels of its golden output
+    def _local_map(self, stage: int, batch: int, n_rows: int) -> ChannelMap | None:
+        """How ``stage`` computes each channel from the same input channel alone
+        (:func:`channel_map`), where that reproduces ``n_rows`` picked channels of its golden output
         from those of its golden input bit for bit, and of its output on a perturbed input
-        (:func:`perturb`: golden values, zeros after a ReLU, can hide a kernel that computes otherwise)."""
+        (:func:`perturb`: golden values, zeros after a ReLU, can hide a kernel that computes
+        otherwise); None where it does not."""
         if stage >= len(self.suffix.stages):
-            return False
+            return None
         module = self.suffix.stages[stage]
         carry = channel_map(module)
         if carry is None:
-            return False
+            return None
         key = ("local", stage, batch, n_rows)
         if key not in self._exact:
             before = self._golden_out(batch, stage - 1)
@@ -763,7 +758,7 @@ class GroupedForward:
             with torch.no_grad():
                 self._exact[key] = (same_bits(carry(before[:, pick], pick), self._golden_out(batch, stage)[:, pick])
                                     and same_bits(carry(perturbed[:, pick], pick), module(perturbed)[:, pick]))
-        return self._exact[key]
+        return carry if self._exact[key] else None
 
     def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], like: torch.Tensor) -> torch.Tensor:
         """The faulty value of every fault in ``take`` (in the dtype and on the device of the layer's
@@ -837,9 +832,27 @@ class GroupTimer:
         return 1 if alone is not None and grouped is not None and grouped >= alone else largest
 
 
+def common_value(values: np.ndarray, sc: Scenarios) -> np.ndarray:
+    """Per scenario, the value all its faults share (``values[j]`` for fault ``j``), -1 where
+    they differ or it has none.
+
+    Example:
+        >>> import resil
+        >>> from resil.campaign.evaluator import scenarios_of
+        >>> sc = scenarios_of([resil.FaultSet("w", [0, 1], [1, 1]), resil.FaultSet("w", [0], [1]), resil.FaultSet("w", [], [])])
+        >>> common_value(np.array([3, 3, 5]), sc).tolist()
+        [3, 5, -1]
+    """
+    lo = np.full(len(sc.ids), np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(len(sc.ids), np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(lo, sc.owner, values)
+    np.maximum.at(hi, sc.owner, values)
+    return np.where(lo == hi, lo, -1)
+
+
 def faults_on_outputs(sc: Scenarios, sites: SiteList) -> np.ndarray:
     """Per scenario: 0 if its faults all sit in stored tensors (weights, biases), 1 if all in
-    computed outputs, 2 if both (a group is evaluated one way, so the kinds are grouped apart).
+    computed outputs, -1 if both (a group is evaluated one way, so the kinds are grouped apart).
 
     Example:
         >>> import resil
@@ -850,11 +863,7 @@ def faults_on_outputs(sc: Scenarios, sites: SiteList) -> np.ndarray:
         [0, 1]
     """
     fs = sc.faults
-    batched = np.array([sites[name].batched for name in fs.site_names], dtype=np.int64)[fs.site.astype(np.int64)]
-    lo, hi = np.ones(len(sc.ids), dtype=np.int64), np.zeros(len(sc.ids), dtype=np.int64)
-    np.minimum.at(lo, sc.owner, batched)
-    np.maximum.at(hi, sc.owner, batched)
-    return np.where(lo == hi, lo, 2)
+    return common_value(np.array([sites[name].batched for name in fs.site_names], dtype=np.int64)[fs.site.astype(np.int64)], sc)
 
 
 def run_grouped(
