@@ -30,8 +30,8 @@ ChannelMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ChannelLayer:
-    """A layer computed as ``f(x, weight, bias)`` with output channels on dimension 1, channel ``c``
-    from ``weight[c]`` and ``bias[c]`` alone."""
+    """A layer computed as ``f(x, weight, bias)``, output channel ``c`` (on dimension
+    :meth:`channel_dim` of the output) from ``weight[c]`` and ``bias[c]`` alone."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -41,27 +41,29 @@ class ChannelLayer:
         raise NotImplementedError
 
     def rows(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Output channels ``channels`` alone (``[B, len(channels), ...]``) from the weight and bias rows of those channels."""
+        """Output channels ``channels`` alone (``len(channels)`` of them on dimension :meth:`channel_dim`)
+        from the weight and bias rows of those channels."""
         return self.full(x, weight, bias)
 
-    def channels_first(self, x: torch.Tensor) -> bool:
-        """Whether the output for input ``x`` has its channels on dimension 1."""
-        return True
+    def channel_dim(self, x: torch.Tensor) -> int | None:
+        """The dimension of the output channels for input ``x`` (None: no batched output channels)."""
+        return 1
 
 
 class LinearLayer(ChannelLayer):
-    """``nn.Linear``: output features are channels when the input is ``[B, features]``.
+    """``nn.Linear``: output features are channels, on the last dimension (``[B, features]``,
+    or ``[B, tokens, features]``: features last).
 
     Example:
-        >>> LinearLayer(torch.nn.Linear(2, 2)).channels_first(torch.zeros(3, 5, 2))
-        False
+        >>> LinearLayer(torch.nn.Linear(2, 2)).channel_dim(torch.zeros(3, 5, 2))
+        2
     """
 
     def full(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, weight, bias)
 
-    def channels_first(self, x: torch.Tensor) -> bool:
-        return x.dim() == 2  # on [B, T, F] the output channels are last
+    def channel_dim(self, x: torch.Tensor) -> int | None:
+        return x.dim() - 1 if x.dim() >= 2 else None
 
 
 class ConvLayer(ChannelLayer):

@@ -42,8 +42,10 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,9 +60,41 @@ from ..site import Site, SiteList
 from .samplers import Scenarios
 from .suffix import SuffixForward, sharing_modules
 
-#: touched rows: the scenario (position in the group) and output channel of each, and a
-#: function ``(input batch, call) -> [B, rows, ...]`` giving their faulty values
-Touched = tuple[np.ndarray, np.ndarray, Callable[[int, int], torch.Tensor]]
+
+def channels_on_1(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` seen with its dimension ``dim`` (a layer's output channels) on dimension 1.
+
+    Example:
+        >>> tuple(channels_on_1(torch.zeros(4, 7, 3), 2).shape)
+        (4, 3, 7)
+    """
+    return t if dim == 1 else t.movedim(dim, 1)
+
+
+class Touched(NamedTuple):
+    """The touched rows of a group's faults in one stage: the scenario (position in the group) and
+    output channel of each, and a function ``(input batch, call) -> [B, rows, ...]`` giving their
+    faulty values (channels on dimension 1, wherever ``dim``, the stage's output has them)."""
+
+    scen: np.ndarray
+    channel: np.ndarray
+    rows: Callable[[int, int], torch.Tensor]
+    dim: int = 1
+
+    def channels(self, out: torch.Tensor) -> torch.Tensor:
+        """A stage output ``[B, ...]`` seen with its channels on dimension 1, as :attr:`rows` gives them."""
+        return channels_on_1(out, self.dim)
+
+    def back(self, h: torch.Tensor, lead: int) -> torch.Tensor:
+        """Outputs with ``lead`` leading dimensions before the batch's (stacked copies: 1; gathered
+        rows: 0), channels after them, in the stage's own layout again.
+
+        Example:
+            >>> t = Touched(np.zeros(0), np.zeros(0), lambda b, c: torch.zeros(0), dim=2)
+            >>> tuple(t.back(torch.zeros(5, 4, 3, 7), 1).shape)
+            (5, 4, 7, 3)
+        """
+        return h if self.dim == 1 else h.movedim(lead + 1, lead + self.dim).contiguous()
 
 
 def bit_pattern(t: torch.Tensor) -> torch.Tensor:
@@ -216,6 +250,7 @@ class GroupedForward:
         self._alone: dict[tuple[object, ...], torch.Tensor] = {}  # per check and input batch: outputs of Probe.alone inputs
         self._codes: dict[str, torch.Tensor] = {}
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._dims: dict[int, int | None] = {}  # per stage: the dimension of its layer's output channels
         self._sharing: dict[int, set[int]] | None = None
         #: scenarios found masked where their faulty values were patched in (fault dropping)
         self.dropped = 0
@@ -224,6 +259,28 @@ class GroupedForward:
         self._row_seconds: dict[tuple[str, int], float] = {}  # measured: the rest from a stage, and gathering for it
         #: measured costs that choose each stage's group size
         self.timer = GroupTimer()
+        #: seconds spent in exactness checks (each paid once: not a cost of the groups that met it)
+        self.check_seconds = 0.0
+        self._checking = 0  # depth of nested checks
+
+    @contextmanager
+    def checking(self) -> Iterator[None]:
+        """Within: an exactness check, its time added to :attr:`check_seconds` (nested checks once)."""
+        t0 = time.perf_counter()
+        self._checking += 1
+        try:
+            yield
+        finally:
+            self._checking -= 1
+            if not self._checking:
+                self.check_seconds += time.perf_counter() - t0
+
+    def _check(self, key: tuple[object, ...], compute: Callable[[], bool]) -> bool:
+        """The outcome of exactness check ``key``: ``compute()``, run (and timed as checking) once."""
+        if key not in self._exact:
+            with self.checking():
+                self._exact[key] = compute()
+        return self._exact[key]
 
     def stored_codes(self, site: Site) -> torch.Tensor:
         """The stored codes of ``site`` (flat), read once: the model is not changed between scenarios."""
@@ -268,17 +325,21 @@ class GroupedForward:
         In an ``nn.Sequential`` this holds per input too: only the (scenario, input) pairs that
         differ there run the rest, gathered into one batch (:meth:`_rest`)."""
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
+        return self._outputs(stage, sc, positions, sites, touched)
+
+    def _outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList, touched: Touched | None) -> torch.Tensor | None:
+        """:meth:`outputs` from the group's touched rows (None: the stage computes them, run alone)."""
         n = len(positions)
         batches = range(len(self.suffix.batches))
         if not self.sequential:  # the model's own forward, the faulted stage's calls replaced
             if touched is None:
                 return None
-            row_scen, row_channel, rows = touched
+            row_scen, row_channel, rows, _ = touched
             calls = [[rows(b, c) for c in range(len(self.suffix.recorded[b][stage]))] for b in batches]
-            pairs = [(y, self._golden_out(b, stage, c)) for b in batches for c, y in enumerate(calls[b])]
-            live = self._live(n, row_scen, pairs, row_channel)
+            per_call = [[touched.channels(self._golden_out(b, stage, c)) for c in range(len(calls[b]))] for b in batches]
+            live = self._live(n, row_scen, [(y, per_call[b][c]) for b in batches for c, y in enumerate(calls[b])], row_channel)
             keep, row_scen, row_channel, calls = self._keep(live, row_scen, row_channel, calls)
-            outs = [self._replayed(stage, b, [self._stack(self._golden_out(b, stage, c), y, row_scen, row_channel, len(keep))
+            outs = [self._replayed(stage, b, [touched.back(self._stack(per_call[b][c], y, row_scen, row_channel, len(keep)), 1)
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
@@ -286,19 +347,19 @@ class GroupedForward:
             return self._rest(n, [stage + 1] * len(alone), differ, lambda b, scen, inp, size: self._gather(alone[b], scen, inp, size),
                               lambda b, keep: alone[b][torch.from_numpy(keep)])
         else:
-            row_scen, row_channel, rows = touched
+            row_scen, row_channel, rows, _ = touched
             channels = torch.from_numpy(row_channel)
-            carried = [self._carry(stage, b, rows(b, 0), channels) for b in batches]
-            differ = [self._live_pairs(n, row_scen, y, self._golden_out(b, reached), row_channel) for b, (reached, y) in enumerate(carried)]
+            # channels carried through the channel-local stages after it (those read channels on dimension 1)
+            carried = [self._carry(stage, b, rows(b, 0), channels) if touched.dim == 1 else (stage, rows(b, 0)) for b in batches]
+            golden = [touched.channels(self._golden_out(b, reached)) for b, (reached, _) in enumerate(carried)]
+            differ = [self._live_pairs(n, row_scen, y, golden[b], row_channel) for b, (_, y) in enumerate(carried)]
 
             def stacked(b: int, keep: np.ndarray) -> torch.Tensor:
-                reached, y = carried[b]
-                _, scen_k, channel_k, ys = self._keep(np.isin(np.arange(n), keep), row_scen, row_channel, [[y]])
-                return self._stack(self._golden_out(b, reached), ys[0][0], scen_k, channel_k, len(keep))
+                _, scen_k, channel_k, ys = self._keep(np.isin(np.arange(n), keep), row_scen, row_channel, [[carried[b][1]]])
+                return touched.back(self._stack(golden[b], ys[0][0], scen_k, channel_k, len(keep)), 1)
 
             def gathered(b: int, scen: np.ndarray, inp: np.ndarray, size: int) -> torch.Tensor:
-                reached, y = carried[b]
-                return self._patched(self._golden_out(b, reached), y, row_scen, row_channel, scen, inp, size)
+                return touched.back(self._patched(golden[b], carried[b][1], row_scen, row_channel, scen, inp, size), 0)
 
             return self._rest(n, [reached + 1 for reached, _ in carried], differ, gathered, stacked)
         return self._assemble(n, keep, outs)
@@ -370,17 +431,15 @@ class GroupedForward:
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the replayed forward over ``s`` stacked copies of the golden outputs of
         ``stage`` passes the check of :meth:`Probe.copies` (checked once per shape)."""
-        key = ("replay", stage, batch, s)
-        if key not in self._exact:
+        def exact() -> bool:
             recorded = self.suffix.recorded[batch][stage]
             probe = Probe.copies(len(recorded[0]), s)
             try:
                 alone = self._alone_out(("replay", stage, batch), lambda: self._replay(stage, batch, [probe.alone(o) for o in recorded]))
-                out = self._replay(stage, batch, [probe.batch(o) for o in recorded])
-                self._exact[key] = probe.matches(out, self.suffix.outputs[batch], alone)
+                return probe.matches(self._replay(stage, batch, [probe.batch(o) for o in recorded]), self.suffix.outputs[batch], alone)
             except (RuntimeError, ValueError, StopIteration):
-                self._exact[key] = False
-        return self._exact[key]
+                return False
+        return self._check(("replay", stage, batch, s), exact)
 
     def _stage_alone(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[torch.Tensor]:
         """Stage ``stage`` run once per scenario under its faults: ``[batch] -> [S, B, ...]``."""
@@ -470,14 +529,14 @@ class GroupedForward:
     def _rest_exact(self, key: tuple[object, ...], stage: int, batch: int, probe: Probe) -> bool:
         """Whether the stages from ``stage`` on pass the check of ``probe`` (:class:`Probe`) over the
         golden inputs of batch ``batch`` there (checked once per ``key``)."""
-        if key not in self._exact:
+        def exact() -> bool:
             x = self._input(batch, stage)
             t0 = time.perf_counter()
             out = self._after_rows(stage, probe.batch(x))
             self._note_cost(("rest", stage), time.perf_counter() - t0, len(probe.rows))
             alone = self._alone_out(("rest", stage, batch), lambda: self._after_rows(stage, probe.alone(x)))
-            self._exact[key] = probe.matches(out, self._golden_out(batch, len(self.suffix.stages) - 1), alone)
-        return self._exact[key]
+            return probe.matches(out, self._golden_out(batch, len(self.suffix.stages) - 1), alone)
+        return self._check(key, exact)
 
     def _alone_out(self, key: tuple[object, ...], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The outputs of a check's :meth:`Probe.alone` inputs, computed once per ``key``."""
@@ -523,10 +582,18 @@ class GroupedForward:
         module = self.suffix.stages[stage]
         return adapter_for(module).channel_layer(module)
 
+    def _channel_dim(self, stage: int) -> int | None:
+        """The dimension of ``stage``'s output channels (its layer says), the same at every call; None where it has none."""
+        if stage not in self._dims:
+            layer = self._channel_layer(stage)
+            dims = {None} if layer is None else {layer.channel_dim(self._input(b, stage, c)) for b in range(len(self.suffix.batches))
+                                                 for c in range(len(self.suffix.recorded[b][stage]))}
+            self._dims[stage] = dims.pop() if len(dims) == 1 else None
+        return self._dims[stage]
+
     def _patchable(self, stage: int, sc: Scenarios, take: np.ndarray, sites: SiteList) -> list[Site] | None:
         module = self.suffix.stages[stage]
-        layer = self._channel_layer(stage)
-        if layer is None or not layer.channels_first(self._input(0, stage)):
+        if self._channel_dim(stage) is None:
             return None
         if not self.patch_allowed(module):
             return None
@@ -583,18 +650,21 @@ class GroupedForward:
             b_rows[torch.from_numpy(row_of[~is_w])] = values[torch.from_numpy(~is_w)]
         w_rows = w_rows.reshape(len(rows), *weight.shape[1:])
 
+        dim = self._channel_dim(stage)
+        assert dim is not None  # _patchable checked it
+
         def recompute(batch: int, call: int) -> torch.Tensor:
             with torch.no_grad():
                 x = self._input(batch, stage, call)
                 if alone:
-                    return layer.rows(x, w_rows, b_rows, rows % channels)
-                return self._packed(layer, x, weight, bias, w_rows, b_rows, rows % channels)
+                    return channels_on_1(layer.rows(x, w_rows, b_rows, rows % channels), dim)
+                return self._packed(layer, x, weight, bias, w_rows, b_rows, rows % channels, dim)
 
-        return rows // channels, rows % channels, recompute
+        return Touched(rows // channels, rows % channels, recompute, dim)
 
     @staticmethod
     def _packed(layer: ChannelLayer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                w_rows: torch.Tensor, b_rows: torch.Tensor | None, channels: np.ndarray) -> torch.Tensor:
+                w_rows: torch.Tensor, b_rows: torch.Tensor | None, channels: np.ndarray, dim: int) -> torch.Tensor:
         """Faulty output channels computed in their own positions of full-shape layer calls: each
         call holds at most one faulty row per channel (the rest golden), so every channel comes
         from the very kernel and position the full layer uses. For layers whose result for a
@@ -612,7 +682,7 @@ class GroupedForward:
             b = None if bias is None else bias.clone()
             if b is not None and b_rows is not None:
                 b[ch] = b_rows[sel]
-            y = layer.full(x, w, b)
+            y = channels_on_1(layer.full(x, w, b), dim)
             if out is None:
                 out = y.new_empty((y.shape[0], len(channels), *y.shape[2:]))
             out[:, sel] = y[:, ch]
@@ -621,14 +691,13 @@ class GroupedForward:
 
     def _full_exact(self, stage: int, batch: int, sites: SiteList) -> bool:
         """Whether the full layer computed from its sites' values reproduces its golden output at every call."""
-        key = ("full", stage, batch)
-        if key not in self._exact:
+        def exact() -> bool:
             weight, bias = self._layer_values(stage, sites)
             layer = self._channel_layer(stage)
             assert layer is not None  # _patchable checked it
-            self._exact[key] = all(same_bits(layer.full(self._input(batch, stage, c), weight, bias), self._golden_out(batch, stage, c))
-                                   for c in range(len(self.suffix.recorded[batch][stage])))
-        return self._exact[key]
+            return all(same_bits(layer.full(self._input(batch, stage, c), weight, bias), self._golden_out(batch, stage, c))
+                       for c in range(len(self.suffix.recorded[batch][stage])))
+        return self._check(("full", stage, batch), exact)
 
     def _carry(self, stage: int, batch: int, y: torch.Tensor, channels: torch.Tensor) -> tuple[int, torch.Tensor]:
         """Carry the faulty channels ``y`` ``[B, rows, ...]`` (channel ``channels[r]`` in row ``r``)
@@ -703,7 +772,7 @@ class GroupedForward:
                 flat[:, row_t[sel], offset[sel]] = site.encoding.decode(fs.models[m].apply(codes, mask, site.encoding))
             return y
 
-        return rows // site.shape[0], row_channel, faulted
+        return Touched(rows // site.shape[0], row_channel, faulted)
 
     def _layer_values(self, stage: int, sites: SiteList) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias a Conv2d/Linear stage computes with, from its sites' codes (decoded once)."""
@@ -722,21 +791,19 @@ class GroupedForward:
         """Whether recomputing exactly these output channels, in this arrangement, reproduces them
         bit for bit at every call (a kernel's result for a channel may depend on where the channel
         sits in the matrix it computes, not only on the shape)."""
-        key = ("rows", stage, batch, channels.tobytes())
-        if key not in self._exact:
+        def exact() -> bool:
             weight, bias = self._layer_values(stage, sites)
             pick = torch.from_numpy(channels)
             w, b = weight[pick], None if bias is None else bias[pick]
-            layer = self._channel_layer(stage)
-            assert layer is not None  # _patchable checked it
-            exact = all(  # every call: a loop must feed the stage the previous stage's output
-                same_bits(layer.rows(self._input(batch, stage, c), w, b, channels),
-                          self._golden_out(batch, stage, c)[:, pick])
+            layer, dim = self._channel_layer(stage), self._channel_dim(stage)
+            assert layer is not None and dim is not None  # _patchable checked it
+            return all(  # every call: a loop must feed the stage the previous stage's output
+                same_bits(channels_on_1(layer.rows(self._input(batch, stage, c), w, b, channels), dim),
+                          channels_on_1(self._golden_out(batch, stage, c), dim)[:, pick])
                 for c in range(len(self.suffix.recorded[batch][stage])))
-            if len(self._exact) > 100_000:  # bounded: a long campaign meets many channel sets
-                self._exact = {k: v for k, v in self._exact.items() if k[0] != "rows"}
-            self._exact[key] = exact
-        return self._exact[key]
+        if len(self._exact) > 100_000:  # bounded: a long campaign meets many channel sets
+            self._exact = {k: v for k, v in self._exact.items() if k[0] != "rows"}
+        return self._check(("rows", stage, batch, channels.tobytes()), exact)
 
     def _local_map(self, stage: int, batch: int, n_rows: int) -> ChannelMap | None:
         """How ``stage`` computes each channel from the same input channel alone
@@ -750,15 +817,14 @@ class GroupedForward:
         carry = channel_map(module)
         if carry is None:
             return None
-        key = ("local", stage, batch, n_rows)
-        if key not in self._exact:
+        def exact() -> bool:
             before = self._golden_out(batch, stage - 1)
             pick = torch.arange(n_rows) % before.shape[1]
             perturbed = perturb(before)
             with torch.no_grad():
-                self._exact[key] = (same_bits(carry(before[:, pick], pick), self._golden_out(batch, stage)[:, pick])
-                                    and same_bits(carry(perturbed[:, pick], pick), module(perturbed)[:, pick]))
-        return carry if self._exact[key] else None
+                return (same_bits(carry(before[:, pick], pick), self._golden_out(batch, stage)[:, pick])
+                        and same_bits(carry(perturbed[:, pick], pick), module(perturbed)[:, pick]))
+        return carry if self._check(("local", stage, batch, n_rows), exact) else None
 
     def _faulty_values(self, sc: Scenarios, take: np.ndarray, chosen: list[Site], like: torch.Tensor) -> torch.Tensor:
         """The faulty value of every fault in ``take`` (in the dtype and on the device of the layer's
@@ -890,12 +956,12 @@ def run_grouped(
                 continue
             chunks = -(-len(members) // size)
             for chunk in np.array_split(members, chunks):
-                t0 = time.perf_counter()
+                t0, checks = time.perf_counter(), grouped.check_seconds
                 outputs = grouped.outputs(int(stage), sc, chunk, sites)
                 if outputs is None:
                     left[chunk] = True
                     continue
                 for k, v in classify(outputs).items():
                     counts[k][chunk] = v
-                grouped.timer.record(int(stage), size, time.perf_counter() - t0, len(chunk))
+                grouped.timer.record(int(stage), size, time.perf_counter() - t0 - (grouped.check_seconds - checks), len(chunk))
     return todo[(stage_of[todo] < 0) | left[todo]], stage_of

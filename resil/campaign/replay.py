@@ -391,7 +391,7 @@ def _numel(value: Any) -> int:
 def _gather(value: Any, rows: torch.Tensor) -> Any:
     """Rows ``rows`` of a recorded batch value (structures too; scalars as they are)."""
     if isinstance(value, torch.Tensor):
-        return value[rows] if value.dim() else value
+        return value.index_select(0, rows) if value.dim() else value  # not value[rows]: ~10x slower on CPU
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(_gather(v, rows) for v in value))
     if isinstance(value, (tuple, list)):

@@ -81,16 +81,14 @@ class TreeGroupedForward(GroupedForward):
         dropped there)."""
         if self.replay.forgotten or not self._stackable(stage):
             return None
-        glues = self._glue(stage)
-        if glues is None:
-            return super().outputs(stage, sc, positions, sites)
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         if touched is None:
             return None
-        row_scen, row_channel, rows = touched
+        glues = self._glue(stage) if touched.dim == 1 else None  # glue carries channels on dimension 1
         n, batches = len(positions), range(len(self.suffix.batches))
-        if not all(self._glue_exact(stage, b, glues[b], len(row_channel)) for b in batches):
-            return super().outputs(stage, sc, positions, sites)
+        if glues is None or not all(self._glue_exact(stage, b, glues[b], len(touched.channel)) for b in batches):
+            return self._outputs(stage, sc, positions, sites, touched)
+        row_scen, row_channel, rows, _ = touched
         channels = torch.from_numpy(row_channel)
         carried = [glues[b].carry(rows(b, 0), channels) for b in batches]
         golden = [self._glue_input(stage, b, glues[b]) for b in batches]
@@ -98,7 +96,7 @@ class TreeGroupedForward(GroupedForward):
         keep, row_scen, row_channel, ys = self._keep(live, row_scen, row_channel, [[y] for y in carried])
         consumer = self.suffix.stage_of[glues[0].consumer]
         if len(keep) and not all(self._consumer_exact(consumer, b, len(keep)) for b in batches):
-            return super().outputs(stage, sc, positions, sites)
+            return self._outputs(stage, sc, positions, sites, touched)
         outs: list[torch.Tensor | None] = []
         for b in batches:
             if not len(keep):
@@ -134,18 +132,16 @@ class TreeGroupedForward(GroupedForward):
         those channels of the consumer's golden input bit for bit, and those of the glue on every
         channel of a perturbed output (golden values, zeros after a ReLU, can hide a kernel that
         computes otherwise; checked once per row count)."""
-        key = ("glue", stage, batch, n_rows)
-        if key not in self._exact:
+        def exact() -> bool:
             out = self._golden_out(batch, stage)
             pick = torch.arange(n_rows) % out.shape[1]
             want = self._glue_input(stage, batch, glue)
             perturbed = perturb(out)
             with torch.no_grad():
                 got = glue.carry(out[:, pick], pick)
-                exact = got.shape[1:] == want[:, pick].shape[1:] and same_bits(got, want[:, pick])
-                self._exact[key] = exact and same_bits(glue.carry(perturbed[:, pick], pick),
-                                                       glue.carry(perturbed, torch.arange(out.shape[1]))[:, pick])
-        return self._exact[key]
+                return (got.shape[1:] == want[:, pick].shape[1:] and same_bits(got, want[:, pick])
+                        and same_bits(glue.carry(perturbed[:, pick], pick), glue.carry(perturbed, torch.arange(out.shape[1]))[:, pick]))
+        return self._check(("glue", stage, batch, n_rows), exact)
 
     def _consume(self, consumer: int, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -154,13 +150,12 @@ class TreeGroupedForward(GroupedForward):
     def _consumer_exact(self, consumer: int, batch: int, s: int) -> bool:
         """Whether the consumer over ``s`` stacked copies of its golden input passes the check of
         :meth:`Probe.copies` (checked once per shape)."""
-        key = ("consume", consumer, batch, s)
-        if key not in self._exact:
+        def exact() -> bool:
             x = self._input(batch, consumer)
             probe = Probe.copies(len(x), s)
             alone = self._alone_out(("consume", consumer, batch), lambda: self._consume(consumer, probe.alone(x)))
-            self._exact[key] = probe.matches(self._consume(consumer, probe.batch(x)), self._golden_out(batch, consumer), alone)
-        return self._exact[key]
+            return probe.matches(self._consume(consumer, probe.batch(x)), self._golden_out(batch, consumer), alone)
+        return self._check(("consume", consumer, batch, s), exact)
 
     def _traces(self, stage: int) -> list[FaultTrace | None]:
         """Per input batch, the trace of faults in ``stage``'s module (:meth:`ModuleReplay.trace`)."""
@@ -227,18 +222,18 @@ class TreeGroupedForward(GroupedForward):
         """:meth:`_prefix_mode` for ``size`` gathered rows (:meth:`Probe.gathered`), checked once per size."""
         key = ("gather", stage, batch, size)
         if key not in self._gathered:
-            self._gathered[key] = self._prefix_mode(stage, batch, Probe.gathered(len(self.suffix.batches[batch]), size))
+            with self.checking():
+                self._gathered[key] = self._prefix_mode(stage, batch, Probe.gathered(len(self.suffix.batches[batch]), size))
         return self._gathered[key]
 
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """As :meth:`GroupedForward._replay_exact`: :meth:`_prefix_mode` for ``s`` stacked copies of
         the batch (:meth:`Probe.copies`), whose answer :meth:`_replay` then uses."""
-        key = ("replay", stage, batch, s)
-        if key not in self._exact:
+        def exact() -> bool:
             mode = self._prefix_mode(stage, batch, Probe.copies(len(self.suffix.batches[batch]), s))
-            self._stack_prefix[key[1:]] = bool(mode)
-            self._exact[key] = mode is not None
-        return self._exact[key]
+            self._stack_prefix[(stage, batch, s)] = bool(mode)
+            return mode is not None
+        return self._check(("replay", stage, batch, s), exact)
 
     def _prefix_mode(self, stage: int, batch: int, probe: Probe) -> bool | None:
         """How the model's forward, ``stage`` returning the :class:`Probe` rows of its golden outputs,
