@@ -49,6 +49,7 @@ from ..injection import inject
 from ..site import SiteList
 from .criteria import OUTCOMES, Criterion, criterion_from_spec, judge
 from .grouped import GroupedForward, run_grouped, same_bits
+from .layout import layout_sensitive_op
 from .per_sample import SampleGather, split_by_batch
 from .replay import ModuleReplay
 from .samplers import Scenarios
@@ -148,6 +149,12 @@ class Evaluator:
         self.golden = Golden(output, labels, correct)
         self.grouped = TreeGroupedForward(self.replay) if self.replay is not None else GroupedForward(self.suffix)
         self.per_sample = SampleGather(model, inputs, output, batch_size)
+        #: the op whose bits depend on where a value sits in its tensor (:mod:`~resil.campaign.layout`),
+        #: for which fast mode stacks and gathers no scenarios (None: none found, or plain mode)
+        self.stacking_off: str | None = None
+        if self.fast:
+            ends = {0, len(self.suffix.batches) - 1}  # the last batch may be smaller: other tails
+            self.stacking_off = next((op for b in sorted(ends) if (op := layout_sensitive_op(model, self.suffix.batches[b]))), None)
         #: scenarios evaluated by a forward pass (alone or in a group), not decided without one
         self.runs = 0
 
@@ -175,7 +182,7 @@ class Evaluator:
         todo = np.flatnonzero(~unchanged)
         self.runs += len(todo)
         stage_of = np.full(n, -1, dtype=np.int64)
-        if self.fast:
+        if self.fast and self.stacking_off is None:
             todo = self.per_sample.run(sc, todo, self.sites, self.judge, counts)
             todo, stage_of = run_grouped(self.grouped, sc, todo, self.sites, self.judge, counts)
         replay = self.replay if self.fast else None

@@ -251,6 +251,7 @@ class GroupedForward:
         self._codes: dict[str, torch.Tensor] = {}
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._dims: dict[int, int | None] = {}  # per stage: the dimension of its layer's output channels
+        self._batched: dict[int, bool] = {}
         self._sharing: dict[int, set[int]] | None = None
         #: scenarios found masked where their faulty values were patched in (fault dropping)
         self.dropped = 0
@@ -324,8 +325,20 @@ class GroupedForward:
         call and input batch) is masked there: it gets the golden output without running the rest.
         In an ``nn.Sequential`` this holds per input too: only the (scenario, input) pairs that
         differ there run the rest, gathered into one batch (:meth:`_rest`)."""
+        if not self.batched(stage):
+            return None
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         return self._outputs(stage, sc, positions, sites, touched)
+
+    def batched(self, stage: int) -> bool:
+        """Whether every call of ``stage`` returned a tensor batched like its input batch (dimension
+        0 the inputs): scenarios are stacked along it. A module called on a table of its own (a
+        positional embedding of ``torch.arange(L)``, a Linear on learned queries) is not."""
+        if stage not in self._batched:
+            self._batched[stage] = all(
+                isinstance(o, torch.Tensor) and o.dim() > 0 and len(o) == len(x)
+                for b, x in enumerate(self.suffix.batches) for o in self.suffix.recorded[b][stage])
+        return self._batched[stage]
 
     def _outputs(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList, touched: Touched | None) -> torch.Tensor | None:
         """:meth:`outputs` from the group's touched rows (None: the stage computes them, run alone)."""
@@ -341,6 +354,8 @@ class GroupedForward:
             keep, row_scen, row_channel, calls = self._keep(live, row_scen, row_channel, calls)
             outs = [self._replayed(stage, b, [touched.back(self._stack(per_call[b][c], y, row_scen, row_channel, len(keep)), 1)
                                               for c, y in enumerate(calls[b])]) if len(keep) else None for b in batches]
+            if len(keep) and any(o is None for o in outs):
+                return None
         elif touched is None:
             alone = self._stage_alone(stage, sc, positions, sites)
             differ = [differing_pairs(h, self._golden_out(b, stage)) for b, h in enumerate(alone)]
@@ -414,16 +429,21 @@ class GroupedForward:
     def _golden_out(self, batch: int, stage: int, call: int = 0) -> torch.Tensor:
         return self.suffix.recorded[batch][stage][call]
 
-    def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor:
+    def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor | None:
         """The model's own forward over input batch ``batch`` with the stages before ``stage``
-        replaying their golden outputs and ``stage`` returning the stacked ``calls`` ``[S, B, ...]``."""
+        replaying their golden outputs and ``stage`` returning the stacked ``calls`` ``[S, B, ...]``;
+        one copy at a time where stacking fails its check; None where that fails too (the
+        scenarios then run alone: a full forward where the replay leaves the golden calls)."""
         s, b = calls[0].shape[:2]
         if not self._replay_exact(stage, batch, s):
-            return torch.stack([self._replay(stage, batch, [c[i] for c in calls]) for i in range(s)])
+            if s > 1 and self._replay_exact(stage, batch, 1):
+                outs = [self._replay(stage, batch, [c[i] for c in calls]) for i in range(s)]
+                return None if any(o is None for o in outs) else torch.stack(outs)  # type: ignore[arg-type]
+            return None
         out = self._replay(stage, batch, [c.reshape(s * b, *c.shape[2:]) for c in calls])
-        return out.reshape(s, b, *out.shape[1:])
+        return None if out is None else out.reshape(s, b, *out.shape[1:])
 
-    def _replay(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor:
+    def _replay(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor | None:
         sources = {k: self.suffix.recorded[batch][k] for k in range(stage)}
         with torch.no_grad():
             return self.suffix.forward_with(batch, {**sources, stage: calls})
@@ -431,12 +451,18 @@ class GroupedForward:
     def _replay_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the replayed forward over ``s`` stacked copies of the golden outputs of
         ``stage`` passes the check of :meth:`Probe.copies` (checked once per shape)."""
+        def replayed(calls: list[torch.Tensor]) -> torch.Tensor:
+            out = self._replay(stage, batch, calls)
+            if out is None:
+                raise ValueError("the replay left the golden module calls")
+            return out
+
         def exact() -> bool:
             recorded = self.suffix.recorded[batch][stage]
             probe = Probe.copies(len(recorded[0]), s)
             try:
-                alone = self._alone_out(("replay", stage, batch), lambda: self._replay(stage, batch, [probe.alone(o) for o in recorded]))
-                return probe.matches(self._replay(stage, batch, [probe.batch(o) for o in recorded]), self.suffix.outputs[batch], alone)
+                alone = self._alone_out(("replay", stage, batch), lambda: replayed([probe.alone(o) for o in recorded]))
+                return probe.matches(replayed([probe.batch(o) for o in recorded]), self.suffix.outputs[batch], alone)
             except (RuntimeError, ValueError, StopIteration):
                 return False
         return self._check(("replay", stage, batch, s), exact)

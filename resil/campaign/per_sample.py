@@ -74,7 +74,11 @@ class SampleGather:
         self.model, self.inputs, self.golden, self.rows = model, inputs, golden, max(1, rows)
         self.max_group = int(max(1, min(self.rows, budget // max(golden.numel(), 1))))
         self._exact: dict[int, bool] = {}
-        self._alone: torch.Tensor | None = None  # outputs of Probe.alone inputs
+        self._alone: torch.Tensor | None = None  # outputs of Probe.alone inputs, batch by batch as plain mode runs them
+        starts = np.arange(len(inputs)) // self.rows * self.rows
+        from_end = np.minimum(starts + self.rows, len(inputs)) - 1 - np.arange(len(inputs))
+        #: the inputs probed first: every input batch's last ones (kernels compute a batch's tail rows apart)
+        self.order = np.lexsort((-np.arange(len(inputs)), from_end))
 
     @staticmethod
     def eligible(sc: Scenarios) -> np.ndarray:
@@ -105,12 +109,14 @@ class SampleGather:
 
     def _gather_exact(self, r: int) -> bool:
         """Whether a forward over ``r`` inputs gathered out of their places passes the check of
-        :meth:`~resil.campaign.grouped.Probe.gathered` (checked once per number of rows)."""
+        :meth:`~resil.campaign.grouped.Probe.gathered` over the inputs in :attr:`order`, against
+        outputs computed batch by batch (checked once per number of rows)."""
         if r not in self._exact:
-            probe = Probe.gathered(len(self.inputs), r)
+            gathered = Probe.gathered(len(self.inputs), r)
+            probe = Probe(self.order[gathered.rows], gathered.perturbed)
             with torch.no_grad():
                 if self._alone is None:
-                    self._alone = self.model(probe.alone(self.inputs))
+                    self._alone = torch.cat([self.model(probe.alone(x)) for x in self.inputs.split(self.rows)])
                 self._exact[r] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, self._alone)
         return self._exact[r]
 

@@ -47,7 +47,7 @@ from .dataflow import Call, CallTracker, FaultTrace, held_tensors, trace_faults
 from .grouped import same_bits
 from .suffix import nbytes, sharing_modules
 
-__all__ = ["ModuleReplay", "records_inputs"]
+__all__ = ["Diverged", "ModuleReplay", "records_inputs"]
 
 
 def records_inputs(module: nn.Module) -> bool:
@@ -85,7 +85,7 @@ class _Plan:
     widest: int
 
 
-class _Diverged(RuntimeError):
+class Diverged(RuntimeError):
     """A forward's module calls left the golden order (control flow that depends on the faults)."""
 
 
@@ -220,7 +220,7 @@ class ModuleReplay:
             if any(p.calls for p in plans):
                 try:
                     exact = same_bits(self._forward(plans), torch.cat(self.outputs))
-                except (RuntimeError, StopIteration):  # _Diverged included
+                except (RuntimeError, StopIteration):  # Diverged included
                     exact = False
             self._exact[ids] = exact
         return self._exact[ids]
@@ -231,7 +231,7 @@ class ModuleReplay:
         if self._exact.get(self._targets(targets), False):
             try:
                 return self._forward([self.plan(targets, b) for b in range(len(self.batches))])
-            except _Diverged:
+            except Diverged:
                 pass
         with torch.no_grad():
             return torch.cat([self.model(x) for x in self.batches])
@@ -249,7 +249,7 @@ class ModuleReplay:
                    own: Iterator[Any] | None = None) -> Iterator[None]:
         """Within: the modules of ``plan`` return their recorded outputs (their rows ``rows`` if
         given) at their replayed calls; ``target`` (if given) returns the next of ``own`` at each call.
-        Raises :class:`_Diverged` at the end if the calls did not follow the golden run's."""
+        Raises :class:`Diverged` at the end if the calls did not follow the golden run's."""
         count = dict.fromkeys(plan.calls, 0)
         wrapped = [self.modules[k] for k in plan.calls]
         before = {id(m): [_versions(o) for o in self.recorded[id(m)][batch]] for m in wrapped}
@@ -287,7 +287,7 @@ class ModuleReplay:
         try:
             yield
             if count != plan.counts:
-                raise _Diverged(f"module calls left the golden order: {count} calls, not {plan.counts}")
+                raise Diverged(f"module calls left the golden order: {count} calls, not {plan.counts}")
         finally:
             for m in (*wrapped, *([target] if target is not None else [])):
                 del m.forward

@@ -102,7 +102,8 @@ class CampaignRunner:
             "version": 1, "name": self.spec.name, "model": self.label, "spec": self.spec.to_dict(), "spec_hash": self.spec.hash(),
             "fingerprint": self.fingerprint, "live": self.live, "model_mode": "train" if self.model.training else "eval",
             "criterion": self.evaluator.criterion.spec(), "labels": self.labels is not None, "mode": self.evaluator.mode,
-            "nondeterministic": self.evaluator.nondeterministic, "fast_off": self.evaluator.fast_off, "numerics": self.numerics,
+            "nondeterministic": self.evaluator.nondeterministic, "fast_off": self.evaluator.fast_off,
+            "stacking_off": self.evaluator.stacking_off, "numerics": self.numerics,
             **self.sampler.manifest(), "scenarios": self.scenarios, "shard_size": self.spec.run.shard_size,
             "shards": self.shards, "inputs": len(self.inputs), "golden_accuracy": self.golden.accuracy, "space": self.space.total,
             "layers": list(dict.fromkeys(layer_of(s) for s in self.space.sites)),  # in network order, for reports

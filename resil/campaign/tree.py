@@ -41,7 +41,7 @@ from torch import nn
 from .dataflow import FaultTrace
 from .glue import Glue, glue_after
 from .grouped import GroupedForward, Probe, differing_pairs, gathered_size, perturb, same_bits
-from .replay import ModuleReplay
+from .replay import Diverged, ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
 
@@ -79,7 +79,7 @@ class TreeGroupedForward(GroupedForward):
         through the glue and patched into that module's recorded input, which then computes for
         the whole group as the faulted module (scenarios whose carried channels equal golden are
         dropped there)."""
-        if self.replay.forgotten or not self._stackable(stage):
+        if self.replay.forgotten or not self.batched(stage) or not self._stackable(stage):
             return None
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         if touched is None:
@@ -105,6 +105,8 @@ class TreeGroupedForward(GroupedForward):
             x = self._stack(golden[b], ys[b][0], row_scen, row_channel, len(keep))
             y = self._consume(consumer, x.reshape(len(keep) * len(golden[b]), *self._input(b, consumer).shape[1:]))
             outs.append(self._replayed(consumer, b, [y.reshape(len(keep), len(golden[b]), *y.shape[1:])]))
+            if outs[-1] is None:
+                return None
         return self._assemble(n, keep, outs)
 
     def _glue(self, stage: int) -> list[Glue] | None:
@@ -192,9 +194,12 @@ class TreeGroupedForward(GroupedForward):
         s = len(calls[0]) // n
         stack = self._stack_prefix.get((stage, batch, s), True) and s > 1
         rows = torch.arange(n).repeat(s) if stack else None  # s stacked copies of the batch
-        return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
+        try:
+            return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
+        except (Diverged, StopIteration):  # the module calls left the golden order (PyTorch's fused paths skip submodules without hooks)
+            return None
 
-    def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor:
+    def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor | None:
         """As :meth:`GroupedForward._replayed`, but where the patched outputs leave some (scenario,
         input) rows bit-identical to golden at every call of the faulted module (a flipped
         activation that is not the max of its pooling window, say), only the other rows run,
@@ -214,8 +219,11 @@ class TreeGroupedForward(GroupedForward):
         rows = torch.cat([live % n, pad])
         faulty = [torch.cat([y.reshape(s * n, *y.shape[2:])[live], g[pad]]) for y, g in zip(calls, golden, strict=True)]
         out = self.suffix.outputs[batch].unsqueeze(0).repeat(s, *([1] * self.suffix.outputs[batch].dim()))
-        out.reshape(s * n, *out.shape[2:])[live] = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty,
-                                                                               rows if mode else None)[: len(live)]
+        try:
+            ran = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty, rows if mode else None)
+        except (Diverged, StopIteration):
+            return None
+        out.reshape(s * n, *out.shape[2:])[live] = ran[: len(live)]
         return out
 
     def _gather_mode(self, stage: int, batch: int, size: int) -> bool | None:
