@@ -115,6 +115,28 @@ def test_a_nondeterministic_model_is_refused_before_anything_is_written(tmp_path
     assert not (tmp_path / "refused").exists()
 
 
+class RunningMean(nn.Module):
+    """An eval-mode model whose forward updates a buffer of its own: each run sees the last one's state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+        self.register_buffer("mean", torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        self.mean.mul_(0.9).add_(0.1 * y.mean(0))
+        return y - self.mean
+
+
+def test_a_model_that_updates_its_own_buffer_is_refused_naming_it(tmp_path):
+    x, y = torch.randn(30, 6), torch.randint(0, 3, (30,))
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20))
+    with pytest.raises(resil.FaultError, match=r"changes the model's own tensors \(mean"):
+        rc.run(spec, tmp_path / "refused", model=RunningMean().eval(), data=(x, y))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_nondeterminism_accepted_runs_plain_and_says_so(tmp_path):
     x, y = torch.randn(30, 6), torch.randint(0, 3, (30,))
     spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20), run=rc.RunSpec(nondeterministic=True))

@@ -117,6 +117,7 @@ class Evaluator:
         self.criterion = criterion_from_spec(criterion)
         self.sites = sites if sites is not None else list_sites(model, inputs[:2], pruned=pruned)
         self.suffix = SuffixForward(model, inputs, batch_size)
+        state = {name: t._version for name, t in (*model.named_parameters(), *model.named_buffers())}
         budget = int(memory_mb) << 20
         output = self.suffix.run_from(0) if mode == "plain" else self.suffix.golden(budget) if self.suffix.stages else None
         #: suffix replay for other module trees (and for an ``nn.Sequential`` whose stage outputs pass the budget)
@@ -137,10 +138,12 @@ class Evaluator:
         self.nondeterministic = not same_bits(plain, output)
         if self.nondeterministic:
             if not nondeterministic:
+                changed = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t._version != state.get(name)]
                 cause = "the model is in training mode (dropout, batch statistics)" if model.training else \
+                    f"its forward changes the model's own tensors ({', '.join(changed[:3])}: a running statistic or counter)" if changed else \
                     "a layer draws random numbers in eval mode (dropout forced on, noise injection) or a kernel is nondeterministic"
                 raise FaultError(f"two fault-free runs of {type(model).__name__} gave different outputs: {cause}. Outcomes would "
-                                 "mix the fault's effect with that randomness; call model.eval() or remove the randomness, or "
+                                 "mix the fault's effect with that variation; call model.eval() or remove the randomness or state update, or "
                                  "accept it with nondeterministic=True ([run] nondeterministic = true), which runs every "
                                  "scenario as a plain full forward")
             self.mode = "plain"
