@@ -139,12 +139,15 @@ class Evaluator:
         if self.nondeterministic:
             if not nondeterministic:
                 changed = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t._version != state.get(name)]
-                cause = "the model is in training mode (dropout, batch statistics)" if model.training else \
-                    f"its forward changes the model's own tensors ({', '.join(changed[:3])}: a running statistic or counter)" if changed else \
-                    "a layer draws random numbers in eval mode (dropout forced on, noise injection) or a kernel is nondeterministic"
+                if model.training:
+                    cause = "the model is in training mode (dropout, batch statistics)"
+                elif changed:
+                    cause = f"its forward changes the model's own tensors ({', '.join(changed[:3])}: a running statistic or counter)"
+                else:
+                    cause = "a layer draws random numbers in eval mode (dropout forced on, noise injection) or a kernel is nondeterministic"
                 raise FaultError(f"two fault-free runs of {type(model).__name__} gave different outputs: {cause}. Outcomes would "
-                                 "mix the fault's effect with that variation; call model.eval() or remove the randomness or state update, or "
-                                 "accept it with nondeterministic=True ([run] nondeterministic = true), which runs every "
+                                 "mix the fault's effect with that variation; call model.eval() or remove the randomness or "
+                                 "state update, or accept it with nondeterministic=True ([run] nondeterministic = true), which runs every "
                                  "scenario as a plain full forward")
             self.mode = "plain"
         _warn_non_finite(model, output)
