@@ -68,6 +68,7 @@ class TreeGroupedForward(GroupedForward):
         self._gathered: dict[tuple[object, ...], bool | None] = {}
         self._glues: dict[int, list[Glue] | None] = {}
         self._traced: dict[tuple[str, int], bool] = {}  # what the traces of a stage's faults allow (cached)
+        self._diverged: set[int] = set()  # stages whose replays left the golden module calls: run alone
 
     def outputs(self, stage: int, sc: Any, positions: Any, sites: Any) -> torch.Tensor | None:
         """As :meth:`GroupedForward.outputs`; None (run alone) once later code changed a recorded
@@ -79,7 +80,7 @@ class TreeGroupedForward(GroupedForward):
         through the glue and patched into that module's recorded input, which then computes for
         the whole group as the faulted module (scenarios whose carried channels equal golden are
         dropped there)."""
-        if self.replay.forgotten or not self.batched(stage) or not self._stackable(stage):
+        if self.replay.forgotten or stage in self._diverged or not self.batched(stage) or not self._stackable(stage):
             return None
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         if touched is None:
@@ -197,6 +198,7 @@ class TreeGroupedForward(GroupedForward):
         try:
             return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
         except (Diverged, StopIteration):  # the module calls left the golden order (PyTorch's fused paths skip submodules without hooks)
+            self._diverged.add(stage)
             return None
 
     def _replayed(self, stage: int, batch: int, calls: list[torch.Tensor]) -> torch.Tensor | None:
@@ -222,6 +224,7 @@ class TreeGroupedForward(GroupedForward):
         try:
             ran = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty, rows if mode else None)
         except (Diverged, StopIteration):
+            self._diverged.add(stage)
             return None
         out.reshape(s * n, *out.shape[2:])[live] = ran[: len(live)]
         return out
@@ -253,6 +256,9 @@ class TreeGroupedForward(GroupedForward):
         try:  # the perturbed rows' reference: the forward with their inputs perturbed in their own places
             alone = self._alone_out(("prefix", stage, batch),
                                     lambda: self.replay.stacked_forward(batch, module, [probe.alone(o) for o in recorded], None))
+        except Diverged:
+            self._diverged.add(stage)
+            return None
         except (RuntimeError, ValueError, StopIteration):
             return None
         faulty = [probe.batch(o) for o in recorded]
