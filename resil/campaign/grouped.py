@@ -437,8 +437,8 @@ class GroupedForward:
         s, b = calls[0].shape[:2]
         if not self._replay_exact(stage, batch, s):
             if s > 1 and self._replay_exact(stage, batch, 1):
-                outs = [self._replay(stage, batch, [c[i] for c in calls]) for i in range(s)]
-                return None if any(o is None for o in outs) else torch.stack(outs)  # type: ignore[arg-type]
+                outs = [o for i in range(s) if (o := self._replay(stage, batch, [c[i] for c in calls])) is not None]
+                return torch.stack(outs) if len(outs) == s else None
             return None
         out = self._replay(stage, batch, [c.reshape(s * b, *c.shape[2:]) for c in calls])
         return None if out is None else out.reshape(s, b, *out.shape[1:])

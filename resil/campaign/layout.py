@@ -36,6 +36,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from .grouped import same_bits
+
 __all__ = ["layout_sensitive_op"]
 
 _ROWS_OPS = {torch.ops.aten.mm.default: 0, torch.ops.aten.addmm.default: 1, torch.ops.aten.convolution.default: 0}
@@ -51,13 +53,8 @@ def _strided(t: Any) -> Any:
     return wide.copy_(t)
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    t = t.contiguous()
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]) if t.is_floating_point() else t
-
-
 def _same(a: Any, b: Any) -> bool:
-    return not isinstance(a, torch.Tensor) or (a.shape == b.shape and bool(torch.equal(_bits(a), _bits(b))))
+    return not isinstance(a, torch.Tensor) or same_bits(a, b)
 
 
 class _Audit(TorchDispatchMode):
@@ -66,12 +63,11 @@ class _Audit(TorchDispatchMode):
         self.found: str | None = None
         self.batch = batch
 
-    def _whole_chunks(self, out: Any) -> bool:
-        """Whether every layout of ``out``'s rows leaves no tail: one thread (several split a
-        tensor at other places), dimension 0 the batch and each row a multiple of 64 elements
-        (the widest vector loop step)."""
-        return (isinstance(out, torch.Tensor) and torch.get_num_threads() == 1 and out.dim() > 0 and len(out) == self.batch
-                and (out.numel() // self.batch) % 64 == 0)
+    def _whole_chunks(self, shape: torch.Size) -> bool:
+        """Whether every layout of the rows of an output of ``shape`` leaves no tail: one thread
+        (several split a tensor at other places), dimension 0 the batch and each row a multiple of
+        64 elements (the widest vector loop step)."""
+        return torch.get_num_threads() == 1 and len(shape) > 0 and shape[0] == self.batch and (shape.numel() // self.batch) % 64 == 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -85,8 +81,11 @@ class _Audit(TorchDispatchMode):
         """A test of ``func``'s output, computed before ``func`` runs (in-place ops change their inputs)."""
         floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
         if torch.Tag.pointwise in func.tags and floats and any(a.numel() > 1 for a in floats):
+            tensors = [a.shape for a in args if isinstance(a, torch.Tensor)]
+            if self._whole_chunks(torch.broadcast_shapes(*tensors)):  # a pointwise op's output has the broadcast shape
+                return None
             scalar = func(*tree_map(_strided, args), **tree_map(_strided, kwargs))
-            return lambda out: self._whole_chunks(out) or _same(out, scalar)
+            return lambda out: _same(out, scalar)
         if func in _ROWS_OPS:
             at = _ROWS_OPS[func]
             x = args[at]
@@ -96,12 +95,10 @@ class _Audit(TorchDispatchMode):
                 return None
             pairs = []
             for r in sorted({int(v) for v in torch.linspace(0, n - 1, _SAMPLES).round()}):
-                results = []
-                for place in (n - 1, body):  # row r's input in the last row, then in the body
-                    moved = x.clone()
-                    moved[place] = x[r]
-                    results.append(func(*args[:at], moved, *args[at + 1:], **kwargs)[place])
-                pairs.append(results)
+                moved = x.clone()
+                moved[n - 1] = moved[body] = x[r]  # row r's input in the last row and in the body
+                y = func(*args[:at], moved, *args[at + 1:], **kwargs)
+                pairs.append((y[n - 1], y[body]))
             return lambda out: all(_same(last, inside) for last, inside in pairs)
         return None
 

@@ -195,9 +195,15 @@ class TreeGroupedForward(GroupedForward):
         s = len(calls[0]) // n
         stack = self._stack_prefix.get((stage, batch, s), True) and s > 1
         rows = torch.arange(n).repeat(s) if stack else None  # s stacked copies of the batch
+        return self._stacked_forward(stage, batch, calls, rows)
+
+    def _stacked_forward(self, stage: int, batch: int, calls: list[torch.Tensor], rows: torch.Tensor | None) -> Any:
+        """:meth:`ModuleReplay.stacked_forward` with ``stage`` returning ``calls``; None where the
+        forward left the golden module calls (PyTorch's fused paths skip submodules without
+        hooks), and ``stage`` runs alone from then on."""
         try:
             return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
-        except (Diverged, StopIteration):  # the module calls left the golden order (PyTorch's fused paths skip submodules without hooks)
+        except (Diverged, StopIteration):
             self._diverged.add(stage)
             return None
 
@@ -220,12 +226,10 @@ class TreeGroupedForward(GroupedForward):
         pad = torch.arange(size - len(live)) % n  # inputs whose golden rows fill the batch up to its checked size
         rows = torch.cat([live % n, pad])
         faulty = [torch.cat([y.reshape(s * n, *y.shape[2:])[live], g[pad]]) for y, g in zip(calls, golden, strict=True)]
-        out = self.suffix.outputs[batch].unsqueeze(0).repeat(s, *([1] * self.suffix.outputs[batch].dim()))
-        try:
-            ran = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty, rows if mode else None)
-        except (Diverged, StopIteration):
-            self._diverged.add(stage)
+        ran = self._stacked_forward(stage, batch, faulty, rows if mode else None)
+        if ran is None:
             return None
+        out = self.suffix.outputs[batch].unsqueeze(0).repeat(s, *([1] * self.suffix.outputs[batch].dim()))
         out.reshape(s * n, *out.shape[2:])[live] = ran[: len(live)]
         return out
 
