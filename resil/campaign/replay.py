@@ -45,6 +45,7 @@ from torch.utils._pytree import tree_leaves
 from ..adapter_registry import adapter_for
 from .dataflow import Call, CallTracker, FaultTrace, held_tensors, trace_faults
 from .grouped import same_bits
+from .hookpaths import hooked, mirrored
 from .suffix import nbytes, sharing_modules
 
 __all__ = ["Diverged", "ModuleReplay", "records_inputs"]
@@ -118,6 +119,9 @@ class ModuleReplay:
         self._operations: dict[int, bool] = {}  # per batch: whether its first input alone runs the same operations
         self._traces: dict[tuple[frozenset[int], int], FaultTrace | None] = {}
         self._exact: dict[frozenset[int], bool] = {}
+        #: modules that replays hook, as the golden run did, so that they call their submodules
+        #: (a fused path taken only without hooks; :func:`~resil.campaign.hookpaths.mirrored`)
+        self.hooked: list[nn.Module] = []
 
     def golden(self) -> torch.Tensor:
         """The full forward over every batch, recording calls, outputs and state changes."""
@@ -131,6 +135,7 @@ class ModuleReplay:
         for pos, c in enumerate(self.calls[0]):
             self.first_start.setdefault(c.module, pos)
         recorder.finish()
+        self.hooked = mirrored(self.model, self.batches, self.calls[0])
         return torch.cat(self.outputs)
 
     def _targets(self, targets: Iterable[nn.Module]) -> frozenset[int]:
@@ -268,12 +273,12 @@ class ModuleReplay:
                     return compute(*args, **kwargs)
                 skip(k, index)
                 out = self.recorded[k][batch][index]
-                return out if rows is None else _gather(out, rows)
+                return out if rows is None else _gather(out, rows, len(self.batches[batch]))
             return forward
 
-        def replacing(m: nn.Module, source: Iterator[Any]) -> Callable[..., Any]:
-            calls = [0]
+        calls = [0]  # the target's calls
 
+        def replacing(m: nn.Module, source: Iterator[Any]) -> Callable[..., Any]:
             def forward(*args: Any, **kwargs: Any) -> Any:
                 skip(id(m), calls[0])
                 calls[0] += 1
@@ -285,9 +290,12 @@ class ModuleReplay:
         if target is not None and own is not None:
             target.forward = replacing(target, own)
         try:
-            yield
+            with hooked(self.hooked):
+                yield
             if count != plan.counts:
                 raise Diverged(f"module calls left the golden order: {count} calls, not {plan.counts}")
+            if target is not None and own is not None and calls[0] != sum(c.module == id(target) for c in self.calls[batch]):
+                raise Diverged(f"the faulted module was called {calls[0]} times, not as in the golden run")  # its outputs unused
         finally:
             for m in (*wrapped, *([target] if target is not None else [])):
                 del m.forward
@@ -327,7 +335,8 @@ class ModuleReplay:
             True
         """
         with torch.no_grad(), self._replaying(batch, self.plan([target], batch), rows, target, iter(calls)):
-            return self.model(self.batches[batch] if rows is None else _gather(self.batches[batch], rows))
+            x = self.batches[batch]
+            return self.model(x if rows is None else _gather(x, rows, len(x)))
 
 
 class _Recorder(CallTracker):
@@ -388,14 +397,16 @@ def _numel(value: Any) -> int:
     return max((t.numel() for t in tree_leaves(value) if isinstance(t, torch.Tensor)), default=1)
 
 
-def _gather(value: Any, rows: torch.Tensor) -> Any:
-    """Rows ``rows`` of a recorded batch value (structures too; scalars as they are)."""
+def _gather(value: Any, rows: torch.Tensor, n: int) -> Any:
+    """Rows ``rows`` of a recorded value of an ``n``-input batch (structures too): tensors batched
+    like the input (dimension 0 of length ``n``) are gathered; the rest (scalars, a positional
+    table of the module's own) stays as it is."""
     if isinstance(value, torch.Tensor):
-        return value.index_select(0, rows) if value.dim() else value  # not value[rows]: ~10x slower on CPU
+        return value.index_select(0, rows) if value.dim() and len(value) == n else value  # not value[rows]: ~10x slower on CPU
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_gather(v, rows) for v in value))
+        return type(value)(*(_gather(v, rows, n) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(_gather(v, rows) for v in value)
+        return type(value)(_gather(v, rows, n) for v in value)
     if isinstance(value, dict):
-        return {k: _gather(v, rows) for k, v in value.items()}
+        return {k: _gather(v, rows, n) for k, v in value.items()}
     return value
