@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
@@ -45,7 +46,8 @@ from ..errors import FaultError
 from ..registry import Registry
 
 __all__ = [
-    "OUTCOMES", "AccuracyDrop", "Criterion", "Deviation", "Top1", "TopK", "count_correct", "criterion_from_spec", "criterion_names",
+    "OUTCOMES", "AccuracyDrop", "Criterion", "Deviation", "Top1", "TopK", "check_class_indices", "count_correct",
+    "criterion_from_spec", "criterion_names",
     "judge",
     "register_criterion",
 ]
@@ -85,6 +87,30 @@ def _number(name: str, v: object, low: float, high: float = math.inf) -> None:
         raise FaultError(f"{name} must be a finite number {span}, got {v!r}")
 
 
+def check_class_indices(labels: torch.Tensor, golden: torch.Tensor) -> None:
+    """Raise a :class:`~resil.errors.FaultError` unless ``labels`` hold one value per input of
+    outputs ``golden`` ``[N, K]``; warn where they are not class indices in ``0..K-1``.
+
+    Example:
+        >>> try:
+        ...     check_class_indices(torch.eye(3)[[0, 2]], torch.zeros(2, 3))
+        ... except FaultError as e:
+        ...     print(str(e)[:60])
+        labels have shape [2, 3]: one class index per input is expec
+    """
+    n, k = golden.shape[0], golden[0].numel()
+    if labels.numel() != n:
+        raise FaultError(f"labels have shape {list(labels.shape)}: one class index per input is expected (one-hot or "
+                         "probability labels? pass labels.argmax(1))")
+    values = labels.reshape(-1).double()
+    if bool((values != values.round()).any()):
+        warnings.warn("labels are not whole numbers, so no output matches its label: the 'correct' counts are 0 (a criterion "
+                      "such as 'deviation' judges float targets)", RuntimeWarning, stacklevel=4)
+    elif int(values.min()) < 0 or int(values.max()) >= k:
+        warnings.warn(f"labels run from {int(values.min())} to {int(values.max())}, but the model gives {k} scores per input "
+                      f"(classes 0..{k - 1}): inputs with other labels never count as correct", RuntimeWarning, stacklevel=4)
+
+
 class Criterion:
     """Base class of criteria (subclasses are frozen dataclasses registered by name)."""
 
@@ -98,6 +124,14 @@ class Criterion:
     def correct(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per run and input: whether the output agrees with the label (default: argmax equals the label)."""
         return outputs.argmax(2) == labels.reshape(1, -1).to(outputs.device)
+
+    def check_labels(self, labels: torch.Tensor, golden: torch.Tensor) -> None:
+        """Raise a :class:`~resil.errors.FaultError` naming what is wrong when ``labels`` cannot be
+        judged against outputs like ``golden`` ``[N, K]``: by default one class index in
+        ``0..K-1`` per input (:func:`check_class_indices`), unless a subclass judges labels with
+        its own :meth:`correct`."""
+        if type(self).correct is Criterion.correct:
+            check_class_indices(labels, golden)
 
     def is_critical(self, counts: Mapping[str, np.ndarray], inputs: int, golden_correct: int) -> np.ndarray:
         """Per scenario, from its outcome counts over ``inputs`` inputs: default, some input failed."""
@@ -150,6 +184,9 @@ class TopK(Criterion):
     def wrong(self, outputs: torch.Tensor, golden: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return ~(self._top(outputs) == golden.argmax(1).view(1, -1, 1)).any(2)
 
+    def check_labels(self, labels: torch.Tensor, golden: torch.Tensor) -> None:
+        check_class_indices(labels, golden)
+
     def correct(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return (self._top(outputs) == labels.reshape(1, -1, 1).to(outputs.device)).any(2)
 
@@ -186,6 +223,14 @@ class Deviation(Criterion):
     def wrong(self, outputs: torch.Tensor, golden: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         gold = golden.double().unsqueeze(0)
         return (outputs.double() - gold).abs().amax(2) > self._limit(gold)
+
+    def check_labels(self, labels: torch.Tensor, golden: torch.Tensor) -> None:
+        """Floating labels are targets with the output's values per input; integer ones class indices."""
+        if not labels.is_floating_point():
+            check_class_indices(labels, golden)
+        elif labels.numel() != golden.numel():
+            raise FaultError(f"Deviation: the targets have {labels.numel() // max(len(labels), 1)} values per input, "
+                             f"the outputs {golden[0].numel()}")
 
     def correct(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not labels.is_floating_point():  # class indices: the outputs are scores

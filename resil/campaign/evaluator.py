@@ -151,6 +151,8 @@ class Evaluator:
                                  "scenario as a plain full forward")
             self.mode = "plain"
         _warn_non_finite(model, output)
+        if labels is not None:
+            self.criterion.check_labels(labels, output.reshape(len(output), -1))
         correct = -1 if labels is None else int(judge(self.criterion, output.unsqueeze(0), output, labels)["correct"][0])
         self.golden = Golden(output, labels, correct)
         self.grouped = TreeGroupedForward(self.replay) if self.replay is not None else GroupedForward(self.suffix)

@@ -9,7 +9,8 @@ then replace the golden rows of their scenario.
 Guard: once per gathered size, a forward of that many inputs gathered out of their places, every
 other one perturbed, must give the unperturbed rows their golden outputs and the perturbed ones
 their outputs in a forward of the whole input set perturbed alike, bit for bit
-(:class:`~resil.campaign.grouped.Probe`). A model whose outputs depend on the batch (batch
+(:class:`~resil.campaign.grouped.Probe`), and one input changed alone in a batch as plain mode runs
+it must leave the others' outputs bit-identical (:meth:`SampleGather.isolated`). A model whose outputs depend on the batch (batch
 statistics, normalising by the batch maximum, kernels whose reduction order changes with the
 batch size or a row's position) fails it, and its per-sample scenarios then run one at a time
 over the whole input set, as in plain mode.
@@ -35,7 +36,7 @@ from torch import nn
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
-from .grouped import Probe, local_faults
+from .grouped import Probe, local_faults, perturb, same_bits
 from .samplers import Scenarios
 
 __all__ = ["SampleGather", "split_by_batch"]
@@ -75,6 +76,7 @@ class SampleGather:
         self.max_group = int(max(1, min(self.rows, budget // max(golden.numel(), 1))))
         self._exact: dict[int, bool] = {}
         self._alone: torch.Tensor | None = None  # outputs of Probe.alone inputs, batch by batch as plain mode runs them
+        self._isolated: bool | None = None
         starts = np.arange(len(inputs)) // self.rows * self.rows
         from_end = np.minimum(starts + self.rows, len(inputs)) - 1 - np.arange(len(inputs))
         #: the inputs probed first: every input batch's last ones (kernels compute a batch's tail rows apart)
@@ -111,6 +113,8 @@ class SampleGather:
         """Whether a forward over ``r`` inputs gathered out of their places passes the check of
         :meth:`~resil.campaign.grouped.Probe.gathered` over the inputs in :attr:`order`, against
         outputs computed batch by batch (checked once per number of rows)."""
+        if r not in self._exact and not self.isolated():
+            self._exact[r] = False
         if r not in self._exact:
             gathered = Probe.gathered(len(self.inputs), r)
             probe = Probe(self.order[gathered.rows], gathered.perturbed)
@@ -119,6 +123,30 @@ class SampleGather:
                     self._alone = torch.cat([self.model(probe.alone(x)) for x in self.inputs.split(self.rows)])
                 self._exact[r] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, self._alone)
         return self._exact[r]
+
+    def isolated(self) -> bool:
+        """Whether, in the first and the last input batch as plain mode runs them, one input changed
+        alone (its first or its last, perturbed as by :func:`~resil.campaign.grouped.perturb`, or
+        scaled by 1e4 or by -1e4) leaves every other input's output bit-identical: a model that
+        compares each input with a batch statistic (its median, its maximum) fails it even where
+        that comparison happens to agree on the gathered probe rows (checked once)."""
+        if self._isolated is None:
+            batches = self.inputs.split(self.rows)
+            golden = self.golden.split(self.rows)
+            changes = [perturb] + ([lambda t: t * 1e4, lambda t: t * -1e4] if self.inputs.is_floating_point() else [])
+            self._isolated = True
+            with torch.no_grad():
+                for b in sorted({0, len(batches) - 1}):
+                    x = batches[b]
+                    for row in sorted({0, len(x) - 1}):
+                        for change in changes:
+                            moved = x.clone()
+                            moved[row] = change(x[row])
+                            others = torch.arange(len(x)) != row
+                            if not same_bits(self.model(moved)[others], golden[b][others]):
+                                self._isolated = False
+                                return False
+        return self._isolated
 
     def run(self, sc: Scenarios, todo: np.ndarray, sites: SiteList, judge: object, counts: dict[str, np.ndarray]) -> np.ndarray:
         """Evaluate the per-sample scenarios among positions ``todo`` into ``counts``; return the rest."""

@@ -23,7 +23,7 @@ from .executors import SerialExecutor, in_flight, restarted, starts_slowly, work
 from .live import LIVE, load_live, save_live
 from .samplers import PVF_STUDY, Sampler, Scenarios, sampler_class
 from .sources import as_data, check_forward, fingerprint_model, fingerprint_tensors, load_data, load_model, select, zoo_models
-from .space import FaultSpace, layer_of
+from .space import FaultSpace, check_per_sample, layer_of
 from .spec import CampaignSpec, spec_from_dict
 from .store import Store
 
@@ -59,6 +59,8 @@ class CampaignRunner:
         self.sites = self.evaluator.sites
         self.fault_model = fault_model_from_spec(spec.faults.model)
         self.space = FaultSpace.select(self.sites, spec.sites, spec.faults, self.fault_model.uses_bits, self.fault_model.span)
+        if spec.faults.per_sample:
+            check_per_sample(self.space.sites, self.model, self.evaluator.suffix.batches)
         self.sampler: Sampler = sampler_class(spec.sampler.kind).build(self, samples=len(self.inputs) if spec.faults.per_sample else 0)
 
     def _data(self, data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

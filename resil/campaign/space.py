@@ -6,12 +6,14 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..errors import FaultError
-from ..site import Site, SiteList
+from ..site import Site, SiteList, tensor_at
 
 if TYPE_CHECKING:
     from .spec import FaultSpec, SiteSpec
@@ -21,6 +23,43 @@ def layer_of(site: Site) -> str:
     """The module a site belongs to: ``conv1`` for ``conv1.weight`` and ``conv1:out``."""
     name = site.name.split(":")[0]
     return name if site.batched else name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def check_per_sample(sites: tuple[Site, ...], model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Refuse per-sample faults on computed sites whose module is called on other than the whole
+    input batch (an expert of a mixture called on ``h[mask]``): a fault naming input ``b`` would hit
+    row ``b`` of what the module received, another input or none. One forward over the first and
+    over the last of ``batches``.
+
+    Raises:
+        FaultError: naming the sites and the rows their modules saw.
+    """
+    seen: dict[str, set[tuple[int, int]]] = {}
+    size = [0]
+
+    def watch(site: Site) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            t = tensor_at(out, site.path)
+            if isinstance(t, torch.Tensor) and site.batch_dim is not None and t.dim() > site.batch_dim:
+                seen.setdefault(site.name, set()).add((int(t.shape[site.batch_dim]), size[0]))
+        return hook
+
+    handles = [s.module.register_forward_hook(watch(s)) for s in sites if s.batched]
+    try:
+        with torch.no_grad():
+            for x in {id(b): b for b in (batches[0], batches[-1])}.values():
+                size[0] = len(x)
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    partial = {name: [(r, n) for r, n in calls if r != n] for name, calls in seen.items()}
+    partial = {name: calls for name, calls in partial.items() if calls}
+    if partial:
+        shown = "; ".join(f"{name!r} got {min(calls)[0]} rows of a batch of {min(calls)[1]}" for name, calls in list(partial.items())[:3])
+        raise FaultError(f"per_sample faults name an input by its row in a site's output, but the modules of {len(partial)} "
+                         f"site(s) are called on other than the whole input batch ({shown}): a fault "
+                         "would hit another input or none. Leave them out of [sites] include, or set per_sample = false")
 
 
 def _bits_of(site: Site, requested: tuple[int, ...], span: int) -> np.ndarray:

