@@ -12,6 +12,7 @@ from torch import nn
 
 from .adapter_registry import adapter_for
 from .encodings import FloatEncoding, encoding_of
+from .errors import FaultError
 from .hooks import forward_hooks
 from .site import OutputPath, OutputTensor, Site, SiteList, SiteOptions, is_structure, replace_at, tensors_in
 
@@ -176,7 +177,13 @@ def _record(model: nn.Module, example: Any) -> dict[nn.Module, _Seen]:
     each call."""
     seen: dict[nn.Module, _Seen] = {}
 
+    names = {m: n for n, m in model.named_modules()}
+
     def record(mod: nn.Module, args: Any, out: Any) -> None:
+        if any(t.is_nested for _, t in tensors_in(out)):
+            raise FaultError(f"module {names.get(mod) or type(mod).__name__!r} returns a nested tensor, whose elements "
+                             "resil cannot address (nn.TransformerEncoder with enable_nested_tensor=True and a padding "
+                             "mask makes one): build it with enable_nested_tensor=False")
         if mod not in seen:
             seen[mod] = _describe(out)
         elif seen[mod].primary is not None and _describe(out).primary != seen[mod].primary:

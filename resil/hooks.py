@@ -11,6 +11,23 @@ from torch import nn
 Hook = Callable[[nn.Module, Any, Any], Any]
 
 
+def carries_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` runs forward hooks after its ``forward`` (its own, or global module
+    hooks): what it returns to its caller is then not what its ``forward`` returns, so a replay
+    that shadows its ``forward`` with a recorded output would run them a second time. Pre-hooks
+    (``torch.nn.utils.prune``'s) do not count: a shadowed ``forward`` ignores its arguments.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> before = carries_hooks(lin); h = lin.register_forward_hook(lambda m, a, o: o * 2)
+        >>> before, carries_hooks(lin)
+        (False, True)
+    """
+    from torch.nn.modules import module as torch_module
+
+    return bool(module._forward_hooks or torch_module._global_forward_hooks)
+
+
 @contextmanager
 def forward_hooks(hooks: Iterable[tuple[nn.Module, Hook]]) -> Iterator[None]:
     """Register each ``(module, hook)`` as a forward hook; remove them all on exit, even on an exception.

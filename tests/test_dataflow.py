@@ -242,3 +242,22 @@ def test_state_kept_in_a_list_counts_as_state():
     r = ModuleReplay(net, [torch.randn(4, 3)])
     r.golden()
     assert id(net.cell) in r.stateful and id(net.cell) not in r.plan([net.a], 0).calls
+
+
+def test_what_faults_in_several_modules_reach_is_the_union_of_what_each_ones_reach():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.d = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.b(x) + self.a(x)
+            return self.d(torch.relu(self.c(x)) * h)
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(5, 4)
+    replay = ModuleReplay(net, [x])
+    replay.golden()
+    for pair in ([net.a, net.c], [net.b, net.c], [net.a, net.d]):
+        direct = trace_faults(net, x, pair)  # one trace with both modules as sources: the oracle
+        assert replay._reached(replay._targets(pair), 0) == direct.reached

@@ -155,3 +155,101 @@ def test_one_hot_labels_are_refused_naming_their_shape_and_labels_past_the_outpu
         rc.CampaignRunner(spec, model, (x, F.one_hot(y, 10)))
     with pytest.warns(RuntimeWarning, match=r"labels run from \d+ to 14, but the model gives 10 scores"):
         rc.CampaignRunner(spec, model, (x, y + 5))
+
+
+class Clamped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 13), nn.Linear(13, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.relu(self.a(x)))
+
+
+def _digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.data[:n], dtype=torch.float32) / 16, torch.tensor(d.target[:n])
+
+
+def _hooked_sequential() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 13), nn.ReLU(), nn.Linear(13, 7), nn.Tanh(), nn.Linear(7, 10))
+    m[2].register_forward_hook(lambda mod, args, out: out * 2 + 1)  # applied twice, the stage's output replayed
+    return m
+
+
+def _hooked_class() -> nn.Module:
+    torch.manual_seed(0)
+    m = Clamped()
+    m.a.register_forward_hook(lambda mod, args, out: out.clamp(-1, 1))  # plain injects after it; a patch before it
+    return m
+
+
+@pytest.mark.parametrize("make", [_hooked_sequential, _hooked_class])
+def test_modules_carrying_the_users_hooks_are_neither_replayed_nor_patched_and_fast_equals_plain(make):
+    t = _tables(make, _digits(17), ("activation",), 300)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+class KeyValueAttention(nn.Module):
+    """Cross-attention shapes: keys and values of their own widths (MultiheadAttention asserts on shapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k, self.v = nn.Linear(12, 7), nn.Linear(12, 5)
+        self.attn = nn.MultiheadAttention(12, 2, batch_first=True, kdim=7, vdim=5)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, _ = self.attn(x, self.k(x), self.v(x), need_weights=False)
+        return self.fc(a.mean(1))
+
+
+def test_a_check_layout_that_trips_a_torch_assert_fails_the_check_and_does_not_crash_the_campaign():
+    torch.manual_seed(0)
+    data = torch.randn(37, 9, 12), torch.randint(0, 4, (37,))
+    t = _tables(KeyValueAttention, data, ("weight",), 100)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+class SequenceFirst(nn.Module):
+    """A Linear on ``x.transpose(0, 1)``: its output ``[L, B, F]`` has the sequence on dimension 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.rnn, self.fc = nn.Linear(4, 8), nn.GRU(8, 12), nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.rnn(self.lin(x.transpose(0, 1)))
+        return self.fc(h[-1])
+
+
+def test_per_sample_faults_on_a_dimension_as_long_as_the_batch_by_chance_are_refused():
+    torch.manual_seed(0)
+    x = torch.randn(18, 9, 4)  # 9 steps, batches of 9 inputs: lin:out is [9, 9, 8]
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=20), sites=rc.SiteSpec(("lin*",), kinds=("activation",)),
+                           faults=rc.FaultSpec(per_sample=True), run=rc.RunSpec(batch_size=9))
+    with pytest.raises(FaultError, match=r"'lin:out' got 9 rows of a batch of 8.*as long as the batch by chance"):
+        rc.CampaignRunner(spec, SequenceFirst().eval(), (x, torch.randint(0, 4, (18,))))
+
+
+class NestedEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(40, 12), nn.Linear(12, 4)
+        layer = nn.TransformerEncoderLayer(12, 2, 20, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.enc(self.emb(x), src_key_padding_mask=x == 0).mean(1))
+
+
+def test_a_module_returning_a_nested_tensor_is_refused_naming_it():
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 40, (37, 9))
+    tokens[::3, -3:] = 0  # padding: the encoder layers pass nested tensors
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=10))
+    with pytest.raises(FaultError, match=r"'enc.layers.0.self_attn' returns a nested tensor.*enable_nested_tensor=False"):
+        rc.CampaignRunner(spec, NestedEncoder().eval(), (tokens, torch.randint(0, 4, (37,))))

@@ -202,7 +202,7 @@ class Evaluator:
                     counts[k][i] = v[0]
                 continue
             targets = [self.sites[faults.site_names[c]].module for c in np.unique(faults.site)]
-            if replay is not None:  # the replay set's check runs before the faults go in
+            if replay is not None and replay.recurring(targets):  # the replay set's check runs before the faults go in
                 replay.check(targets)
             with inject(self.model, faults, sites=self.sites) as applied:
                 if replay is not None:

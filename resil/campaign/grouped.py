@@ -142,6 +142,11 @@ def gathered_size(r: int) -> int:
     return max(2, -(-r // step) * step)
 
 
+#: what a check's forward over a trial layout may raise where the layout does not work for the
+#: model (shape checks, torch's own asserts such as MultiheadAttention's): the check then fails
+LAYOUT_FAILURES = (RuntimeError, ValueError, IndexError, AssertionError, StopIteration)
+
+
 def own_storage(t: torch.Tensor) -> torch.Tensor:
     """A copy of ``t`` (a copy's view into a stacked tensor) in storage of its own, as the golden
     tensors are: MKL's GEMM computes other bits on data that starts off a 16-byte boundary.
@@ -477,7 +482,7 @@ class GroupedForward:
             try:
                 alone = self._alone_out(("replay", stage, batch), lambda: replayed([probe.alone(o) for o in recorded]))
                 return probe.matches(replayed([probe.batch(o) for o in recorded]), self.suffix.outputs[batch], alone)
-            except (RuntimeError, ValueError, StopIteration):
+            except LAYOUT_FAILURES:
                 return False
         return self._check(("replay", stage, batch, s), exact)
 

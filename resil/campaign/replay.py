@@ -43,8 +43,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..adapter_registry import adapter_for
+from ..hooks import carries_hooks
 from .dataflow import Call, CallTracker, FaultTrace, held_tensors, trace_faults
-from .grouped import same_bits
+from .grouped import LAYOUT_FAILURES, same_bits
 from .hookpaths import hooked, mirrored
 from .suffix import nbytes, sharing_modules
 
@@ -110,6 +111,9 @@ class ModuleReplay:
         self.inputs: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> first argument (Conv/Linear only)
         #: per module, the modules sharing a stored tensor with it (tied weights): faulted together
         self.sharing = sharing_modules(model)
+        #: modules carrying the user's hooks (:func:`~resil.hooks.carries_hooks`): never replayed nor
+        #: patched, since shadowing their ``forward`` would run the hooks twice
+        self.hooks_of_their_own = {k for k, m in self.modules.items() if carries_hooks(m)}
         #: modules that change their own tensors (state) in some call: replayed at every call or at none
         self.stateful: set[int] = set()
         #: modules whose recorded outputs later code changed in place after the golden run (not replayed any more)
@@ -119,6 +123,7 @@ class ModuleReplay:
         self._operations: dict[int, bool] = {}  # per batch: whether its first input alone runs the same operations
         self._traces: dict[tuple[frozenset[int], int], FaultTrace | None] = {}
         self._exact: dict[frozenset[int], bool] = {}
+        self._asked: dict[frozenset[int], int] = {}  # per target set, how often :meth:`recurring` was asked
         #: modules that replays hook, as the golden run did, so that they call their submodules
         #: (a fused path taken only without hooks; :func:`~resil.campaign.hookpaths.mirrored`)
         self.hooked: list[nn.Module] = []
@@ -158,7 +163,15 @@ class ModuleReplay:
         return self._plans[key]
 
     def _reached(self, ids: frozenset[int], batch: int) -> list[bool] | None:
-        """Per call of input batch ``batch``, whether faults in modules ``ids`` reach it (None: unknown)."""
+        """Per call of input batch ``batch``, whether faults in modules ``ids`` reach it (None: unknown).
+        For modules that share no tensor, the union of what each one's faults reach: the trace only
+        ever adds what an operation on a reached tensor produces, so one trace per module serves
+        every set of them (scenarios with faults in several modules seldom share a set)."""
+        groups = {self._targets([self.modules[k]]) for k in ids if k in self.modules}
+        if len(groups) > 1:
+            parts = [self._reached(g, batch) for g in groups]
+            known = [p for p in parts if p is not None]
+            return [any(r) for r in zip(*known, strict=True)] if len(known) == len(parts) else None
         trace = self.trace([self.modules[k] for k in ids if k in self.modules], batch)
         return None if trace is None else trace.reached
 
@@ -225,10 +238,18 @@ class ModuleReplay:
             if any(p.calls for p in plans):
                 try:
                     exact = same_bits(self._forward(plans), torch.cat(self.outputs))
-                except (RuntimeError, StopIteration):  # Diverged included
+                except LAYOUT_FAILURES:  # Diverged included
                     exact = False
             self._exact[ids] = exact
         return self._exact[ids]
+
+    def recurring(self, targets: Iterable[nn.Module]) -> bool:
+        """Whether faults in ``targets`` were asked about before (counted per call): worth the one
+        forward of :meth:`check`. Scenarios with faults in several modules seldom share a set, and
+        a first one runs a full forward for less than a check and a replay."""
+        ids = self._targets(targets)
+        self._asked[ids] = self._asked.get(ids, 0) + 1
+        return self._asked[ids] > 1 or ids in self._exact
 
     def run(self, targets: Iterable[nn.Module]) -> torch.Tensor:
         """The output over all batches with the calls the faults cannot reach replayed where
@@ -383,6 +404,7 @@ class _Recorder(CallTracker):
         """Hand the recordings to the replay, leaving out modules whose recordings were changed in place."""
         r = self.replay
         self.dropped |= {k for k, seen in self.versions.items() if any(_versions(value) != v for value, v in seen)}
+        self.dropped |= r.hooks_of_their_own
         r.recorded = {k: v for k, v in self.outputs.items() if k not in self.dropped and k in r.first_start}
         r.inputs = {k: v for k, v in self.args.items() if k in r.recorded}
 

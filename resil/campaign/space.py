@@ -28,28 +28,39 @@ def layer_of(site: Site) -> str:
 def check_per_sample(sites: tuple[Site, ...], model: nn.Module, batches: list[torch.Tensor]) -> None:
     """Refuse per-sample faults on computed sites whose module is called on other than the whole
     input batch (an expert of a mixture called on ``h[mask]``): a fault naming input ``b`` would hit
-    row ``b`` of what the module received, another input or none. One forward over the first and
-    over the last of ``batches``.
+    row ``b`` of what the module received, another input or none; or whose output dimension taken
+    for the batch only happens to be as long (``[L, B, F]`` with ``L == B``), which a forward over
+    the first batch less one input shows. Forwards over the first and the last of ``batches``.
 
     Raises:
         FaultError: naming the sites and the rows their modules saw.
     """
     seen: dict[str, set[tuple[int, int]]] = {}
-    size = [0]
+    run: dict[str, set[tuple[int, int]]] = {}  # this forward's (rows, batch size) per site
+    size = 0
 
     def watch(site: Site) -> Any:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             t = tensor_at(out, site.path)
             if isinstance(t, torch.Tensor) and site.batch_dim is not None and t.dim() > site.batch_dim:
-                seen.setdefault(site.name, set()).add((int(t.shape[site.batch_dim]), size[0]))
+                run.setdefault(site.name, set()).add((int(t.shape[site.batch_dim]), size))
         return hook
 
+    trials = [batches[0], batches[-1]] + ([batches[0][:-1]] if len(batches[0]) > 1 else [])
     handles = [s.module.register_forward_hook(watch(s)) for s in sites if s.batched]
     try:
-        with torch.no_grad():
-            for x in {id(b): b for b in (batches[0], batches[-1])}.values():
-                size[0] = len(x)
-                model(x)
+        for i, x in enumerate(trials):
+            run.clear()
+            size = len(x)
+            try:
+                with torch.no_grad():
+                    model(x)
+            except Exception:
+                if i < 2:
+                    raise
+                continue  # a model that runs only at its batch size: the first two forwards stand
+            for name, calls in run.items():
+                seen.setdefault(name, set()).update(calls)
     finally:
         for h in handles:
             h.remove()
@@ -57,9 +68,10 @@ def check_per_sample(sites: tuple[Site, ...], model: nn.Module, batches: list[to
     partial = {name: calls for name, calls in partial.items() if calls}
     if partial:
         shown = "; ".join(f"{name!r} got {min(calls)[0]} rows of a batch of {min(calls)[1]}" for name, calls in list(partial.items())[:3])
-        raise FaultError(f"per_sample faults name an input by its row in a site's output, but the modules of {len(partial)} "
-                         f"site(s) are called on other than the whole input batch ({shown}): a fault "
-                         "would hit another input or none. Leave them out of [sites] include, or set per_sample = false")
+        raise FaultError(f"per_sample faults name an input by its row in a site's output, but {len(partial)} site(s) do not hold "
+                         f"one row per input ({shown}: a module called on part of the batch, or a dimension as long as the "
+                         "batch by chance): a fault would hit another input or none. Leave them out of [sites] include, "
+                         "or set per_sample = false")
 
 
 def _bits_of(site: Site, requested: tuple[int, ...], span: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hooks import Hook, forward_hooks
+from ..hooks import Hook, carries_hooks, forward_hooks
 from ..site import Site
 
 
@@ -82,7 +82,11 @@ class SuffixForward:
         the first, the previous stage's latest output for the others): an ``nn.Sequential``
         subclass whose own forward feeds a stage anything else (a later stage's output, in a
         loop) could make a stage before the faulted one see the fault, so replaying it would be
-        wrong; such a model runs as a module tree (:mod:`resil.campaign.replay`)."""
+        wrong; such a model runs as a module tree (:mod:`resil.campaign.replay`), as does one
+        with a stage that carries hooks of the user's (:func:`~resil.hooks.carries_hooks`)."""
+        if any(carries_hooks(stage) for stage in self.stages):
+            self.stages, self.stage_of = [], {}
+            return None
         chained = [True]
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]

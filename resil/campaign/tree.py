@@ -40,7 +40,7 @@ from torch import nn
 
 from .dataflow import FaultTrace
 from .glue import Glue, glue_after
-from .grouped import GroupedForward, Probe, differing_pairs, gathered_size, perturb, same_bits
+from .grouped import LAYOUT_FAILURES, GroupedForward, Probe, differing_pairs, gathered_size, perturb, same_bits
 from .replay import Diverged, ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
@@ -263,13 +263,13 @@ class TreeGroupedForward(GroupedForward):
         except Diverged:
             self._diverged.add(stage)
             return None
-        except (RuntimeError, ValueError, StopIteration):
+        except LAYOUT_FAILURES:
             return None
         faulty = [probe.batch(o) for o in recorded]
         for gathered in (False, True):
             try:
                 out = self.replay.stacked_forward(batch, module, faulty, torch.from_numpy(probe.rows) if gathered else None)
-            except (RuntimeError, ValueError, StopIteration):
+            except LAYOUT_FAILURES:
                 continue
             if probe.matches(out, self.suffix.outputs[batch], alone):
                 return gathered
