@@ -253,3 +253,44 @@ def test_a_module_returning_a_nested_tensor_is_refused_naming_it():
     spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=10))
     with pytest.raises(FaultError, match=r"'enc.layers.0.self_attn' returns a nested tensor.*enable_nested_tensor=False"):
         rc.CampaignRunner(spec, NestedEncoder().eval(), (tokens, torch.randint(0, 4, (37,))))
+
+
+class Doubles(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(2)  # changes what the stage before returned
+
+
+def _in_place_stage() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), Doubles(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 10))
+
+
+def _in_place_pre_hook() -> nn.Module:
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 10))
+    m[2].register_forward_pre_hook(lambda mod, args: (args[0].mul_(2), None)[1])
+    return m
+
+
+@pytest.mark.parametrize("make", [_in_place_stage, _in_place_pre_hook])
+def test_a_sequential_whose_stage_changes_its_input_in_place_runs_as_a_module_tree_and_equals_plain(make):
+    x, y = _digits(33)
+    t = _tables(make, (x.reshape(-1, 1, 8, 8), y), ("activation",), 100, batch_size=11)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+def test_a_one_output_head_on_batches_under_17_is_audited_as_two_stacked_copies():
+    from resil.campaign.layout import layout_sensitive_op
+
+    x, _ = _digits(33)
+
+    def head() -> nn.Module:
+        torch.manual_seed(2)
+        return nn.Sequential(nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 1))
+
+    net = head().eval()
+    with torch.no_grad():  # the premise, by torch alone: these 5 rows stacked twice compute other bits
+        h = net[1](net[0](x[:5]))
+        alone, twice = net[2](h), net[2](torch.cat([h, h]))
+    assert not (torch.equal(twice[:5], alone) and torch.equal(twice[5:], alone))
+    assert layout_sensitive_op(net, x[:5]) == "addmm"
+    t = _tables(head, (x, torch.zeros(33, dtype=torch.long)), ("weight",), 200, batch_size=5)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])

@@ -15,8 +15,11 @@ pointwise op on strided copies of its inputs (which run the scalar loop everywhe
 result (where its rows could meet a tail: each row of the batch a multiple of 64 elements, on one
 thread, never does), and a product or convolution with one input row placed in the batch's last
 row against the same row placed 16 rows earlier (kernels whose bits depend on a row's place
-modulo 2..16 are the :class:`~resil.campaign.grouped.Probe`'s concern; batches of fewer than 17
-are not tried). The first op that differs is returned; the fast mode then stacks and
+modulo 2..16 are the :class:`~resil.campaign.grouped.Probe`'s concern; in a batch of fewer than
+17 rows a product with one output column, whose bits change with the rows by value, is tried
+whole, as two stacked copies, against its own result; other products' changes with the number
+of rows show on most values, which the probe's perturbed rows see). The first op that differs
+is returned; the fast mode then stacks and
 gathers nothing for the model and keeps the one-scenario-at-a-time suffix replay, which computes
 every batch in its own layout.
 
@@ -91,8 +94,13 @@ class _Audit(TorchDispatchMode):
             x = args[at]
             n = len(x) if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
             body = n - 1 - _PERIOD  # a row in the body at the last row's place modulo the period
-            if body < 0:
-                return None
+            if body < 0:  # too few rows for that: a one-column product (whose bits change with the rows, by value)
+                bias = args[0] if at == 1 else None  # is tried whole, as two stacked copies, as fast mode stacks it
+                columns = args[1].shape[0] if func is torch.ops.aten.convolution.default else args[at + 1].shape[-1]
+                if n < 2 or columns != 1 or (isinstance(bias, torch.Tensor) and bias.dim() == 2 and len(bias) != 1):
+                    return None
+                twice = func(*args[:at], torch.cat([x, x]), *args[at + 1:], **kwargs)
+                return lambda out: _same(twice[:n], out) and _same(twice[n:], out)
             pairs = []
             for r in sorted({int(v) for v in torch.linspace(0, n - 1, _SAMPLES).round()}):
                 moved = x.clone()

@@ -47,7 +47,7 @@ from ..hooks import carries_hooks
 from .dataflow import Call, CallTracker, FaultTrace, held_tensors, trace_faults
 from .grouped import LAYOUT_FAILURES, same_bits
 from .hookpaths import hooked, mirrored
-from .suffix import nbytes, sharing_modules
+from .suffix import nbytes, sharing_modules, versions
 
 __all__ = ["Diverged", "ModuleReplay", "records_inputs"]
 
@@ -56,17 +56,6 @@ def records_inputs(module: nn.Module) -> bool:
     """Whether the golden inputs of ``module`` are recorded too: its adapter can recompute its
     touched output channels alone (:meth:`resil.site.Adapter.channel_layer`)."""
     return adapter_for(module).channel_layer(module) is not None
-
-
-def _versions(value: Any) -> tuple[int, ...]:
-    """The in-place version counters of the tensors in a recorded value."""
-    if isinstance(value, torch.Tensor):
-        return (value._version,)
-    if isinstance(value, (tuple, list)):
-        return sum((_versions(v) for v in value), ())
-    if isinstance(value, dict):
-        return sum((_versions(v) for v in value.values()), ())
-    return ()
 
 
 @dataclass
@@ -107,6 +96,7 @@ class ModuleReplay:
         self.modules = {id(m): m for m in model.modules() if m is not model}
         self.first_start: dict[int, int] = {}  # module id -> position (in start order) of its first call in batch 0
         self.calls: list[list[Call]] = []  # [batch] -> every module call in start order
+        self.call_counts: list[Counter[int]] = []  # [batch] -> module id -> its golden calls
         self.recorded: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> output
         self.inputs: dict[int, list[list[Any]]] = {}  # module id -> [batch][call] -> first argument (Conv/Linear only)
         #: per module, the modules sharing a stored tensor with it (tied weights): faulted together
@@ -140,6 +130,7 @@ class ModuleReplay:
         for pos, c in enumerate(self.calls[0]):
             self.first_start.setdefault(c.module, pos)
         recorder.finish()
+        self.call_counts = [Counter(c.module for c in calls) for calls in self.calls]
         self.hooked = mirrored(self.model, self.batches, self.calls[0])
         return torch.cat(self.outputs)
 
@@ -278,7 +269,7 @@ class ModuleReplay:
         Raises :class:`Diverged` at the end if the calls did not follow the golden run's."""
         count = dict.fromkeys(plan.calls, 0)
         wrapped = [self.modules[k] for k in plan.calls]
-        before = {id(m): [_versions(o) for o in self.recorded[id(m)][batch]] for m in wrapped}
+        before = {id(m): [versions(o) for o in self.recorded[id(m)][batch]] for m in wrapped}
 
         def skip(k: int, index: int) -> None:
             for d, n in plan.skips.get((k, index), ()):
@@ -315,7 +306,7 @@ class ModuleReplay:
                 yield
             if count != plan.counts:
                 raise Diverged(f"module calls left the golden order: {count} calls, not {plan.counts}")
-            if target is not None and own is not None and calls[0] != sum(c.module == id(target) for c in self.calls[batch]):
+            if target is not None and own is not None and calls[0] != self.call_counts[batch][id(target)]:
                 raise Diverged(f"the faulted module was called {calls[0]} times, not as in the golden run")  # its outputs unused
         finally:
             for m in (*wrapped, *([target] if target is not None else [])):
@@ -325,7 +316,7 @@ class ModuleReplay:
     def _forget_changed(self, chosen: list[nn.Module], batch: int, before: dict[int, list[tuple[int, ...]]]) -> None:
         """Stop replaying modules whose recorded outputs later code changed in place (this run's
         result is right: the change came after the module returned, as in a full forward)."""
-        changed = [m for m in chosen if [_versions(o) for o in self.recorded[id(m)][batch]] != before[id(m)]]
+        changed = [m for m in chosen if [versions(o) for o in self.recorded[id(m)][batch]] != before[id(m)]]
         for m in changed:
             del self.recorded[id(m)]
             self.inputs.pop(id(m), None)
@@ -395,15 +386,15 @@ class _Recorder(CallTracker):
             return
         self.used += size
         self.outputs[k][self.batch].append(out)
-        self.versions.setdefault(k, []).append((out, _versions(out)))
+        self.versions.setdefault(k, []).append((out, versions(out)))
         if k in self.args:
             self.args[k][self.batch].append(first)
-            self.versions[k].append((first, _versions(first)))
+            self.versions[k].append((first, versions(first)))
 
     def finish(self) -> None:
         """Hand the recordings to the replay, leaving out modules whose recordings were changed in place."""
         r = self.replay
-        self.dropped |= {k for k, seen in self.versions.items() if any(_versions(value) != v for value, v in seen)}
+        self.dropped |= {k for k, seen in self.versions.items() if any(versions(value) != v for value, v in seen)}
         self.dropped |= r.hooks_of_their_own
         r.recorded = {k: v for k, v in self.outputs.items() if k not in self.dropped and k in r.first_start}
         r.inputs = {k: v for k, v in self.args.items() if k in r.recorded}

@@ -22,6 +22,17 @@ from ..hooks import Hook, carries_hooks, forward_hooks
 from ..site import Site
 
 
+def versions(value: Any) -> tuple[int, ...]:
+    """The in-place version counters of the tensors in a recorded value."""
+    if isinstance(value, torch.Tensor):
+        return (value._version,)
+    if isinstance(value, (tuple, list)):
+        return sum((versions(v) for v in value), ())
+    if isinstance(value, dict):
+        return sum((versions(v) for v in value.values()), ())
+    return ()
+
+
 def nbytes(value: Any) -> int:
     """Bytes held by the tensors of a value (structures too)."""
     if isinstance(value, torch.Tensor):
@@ -51,16 +62,18 @@ def sharing_modules(model: nn.Module) -> dict[int, set[int]]:
     return {k: {k}.union(*(owners[ptr] for ptr in storages)) for k, storages in own.items()}
 
 
-def _recorder(calls: list[list[Any]], k: int, x: torch.Tensor, chained: list[bool]) -> Hook:
-    """A forward hook appending each output of stage ``k`` to ``calls[k]``; it clears ``chained[0]``
-    when the call's first argument is not what a chain of stages would feed it: the input batch
-    ``x`` for stage 0, the latest output of stage ``k - 1`` (or that output's first entry) otherwise."""
+def _recorder(calls: list[list[Any]], k: int, x: torch.Tensor, chained: list[bool], seen: list[tuple[Any, tuple[int, ...]]]) -> Hook:
+    """A forward hook appending each output of stage ``k`` to ``calls[k]`` (and to ``seen`` with its
+    in-place version counters); it clears ``chained[0]`` when the call's first argument is not what
+    a chain of stages would feed it: the input batch ``x`` for stage 0, the latest output of stage
+    ``k - 1`` (or that output's first entry) otherwise."""
     def record(module: nn.Module, args: Any, out: object) -> None:
         fed = x if k == 0 else (calls[k - 1][-1] if calls[k - 1] else None)
         first = args[0] if args else None
         if not (first is fed or (isinstance(fed, (tuple, list)) and len(fed) and first is fed[0])):
             chained[0] = False
         calls[k].append(out)
+        seen.append((out, versions(out)))
     return record
 
 
@@ -83,18 +96,21 @@ class SuffixForward:
         subclass whose own forward feeds a stage anything else (a later stage's output, in a
         loop) could make a stage before the faulted one see the fault, so replaying it would be
         wrong; such a model runs as a module tree (:mod:`resil.campaign.replay`), as does one
-        with a stage that carries hooks of the user's (:func:`~resil.hooks.carries_hooks`)."""
+        with a stage that carries hooks of the user's (:func:`~resil.hooks.carries_hooks`) or one
+        that changes what it is fed in place (``x.mul_(2)``: replays would pile the change up)."""
         if any(carries_hooks(stage) for stage in self.stages):
             self.stages, self.stage_of = [], {}
             return None
         chained = [True]
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
-            with forward_hooks((stage, _recorder(calls, k, x, chained)) for k, stage in enumerate(self.stages)), torch.no_grad():
+            seen: list[tuple[Any, tuple[int, ...]]] = [(x, versions(x))]
+            with forward_hooks((stage, _recorder(calls, k, x, chained, seen)) for k, stage in enumerate(self.stages)), torch.no_grad():
                 self.outputs.append(self.model(x))
             self.recorded.append(calls)
             too_big = budget is not None and len(self.recorded) == 1 and nbytes(calls) * len(self.batches) > budget
-            if too_big or not chained[0]:
+            changed = any(versions(value) != v for value, v in seen)  # a stage changed what it was fed in place
+            if too_big or not chained[0] or changed:
                 self.stages, self.stage_of, self.recorded, self.outputs = [], {}, [], []
                 return None
         return torch.cat(self.outputs)
