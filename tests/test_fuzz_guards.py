@@ -294,3 +294,21 @@ def test_a_one_output_head_on_batches_under_17_is_audited_as_two_stacked_copies(
     assert layout_sensitive_op(net, x[:5]) == "addmm"
     t = _tables(head, (x, torch.zeros(33, dtype=torch.long)), ("weight",), 200, batch_size=5)
     pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+def test_inputs_of_full_batches_are_gathered_when_a_last_batch_of_one_input_is_not():
+    x, y = _digits(65)  # batches of 32, 32 and 1
+
+    def cnn() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 10))
+
+    data = x.reshape(-1, 1, 8, 8), y
+    t = _tables(cnn, data, ("activation",), 300, per_sample=True, batch_size=32)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+    torch.manual_seed(0)
+    spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=300), sites=rc.SiteSpec(kinds=("activation",)),
+                           faults=rc.FaultSpec(per_sample=True), run=rc.RunSpec(shard_size=300, batch_size=32))
+    runner = rc.CampaignRunner(spec, cnn().eval(), data)
+    runner.run_shard(0)
+    checked = runner.evaluator.per_sample._exact
+    assert any(ok for (_, full_only), ok in checked.items() if full_only)  # the 64 inputs of full batches gathered

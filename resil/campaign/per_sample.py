@@ -74,13 +74,15 @@ class SampleGather:
     def __init__(self, model: nn.Module, inputs: torch.Tensor, golden: torch.Tensor, rows: int, budget: int = 1 << 24) -> None:
         self.model, self.inputs, self.golden, self.rows = model, inputs, golden, max(1, rows)
         self.max_group = int(max(1, min(self.rows, budget // max(golden.numel(), 1))))
-        self._exact: dict[int, bool] = {}
+        self._exact: dict[tuple[int, bool], bool] = {}  # (gathered rows, only inputs of full-size batches) -> passed
         self._alone: torch.Tensor | None = None  # outputs of Probe.alone inputs, batch by batch as plain mode runs them
         self._isolated: bool | None = None
         starts = np.arange(len(inputs)) // self.rows * self.rows
         from_end = np.minimum(starts + self.rows, len(inputs)) - 1 - np.arange(len(inputs))
         #: the inputs probed first: every input batch's last ones (kernels compute a batch's tail rows apart)
         self.order = np.lexsort((-np.arange(len(inputs)), from_end))
+        #: per input, whether its batch has the full size (all but a smaller last batch)
+        self.full = np.arange(len(inputs)) < max(len(inputs) // self.rows * self.rows, min(len(inputs), self.rows))
 
     @staticmethod
     def eligible(sc: Scenarios) -> np.ndarray:
@@ -100,7 +102,7 @@ class SampleGather:
         sample = sc.faults.batch[take]
         pairs, row_of = np.unique(scen * len(self.inputs) + sample, return_inverse=True)
         pair_scen, pair_sample = pairs // len(self.inputs), pairs % len(self.inputs)
-        if not self._gather_exact(len(pair_sample)):
+        if not self._gather_exact(len(pair_sample), bool(self.full[pair_sample].all())):
             return None
         faults = sc.faults[take].with_batch(row_of.reshape(-1))
         with torch.no_grad(), inject(self.model, faults, sites=sites):
@@ -109,20 +111,24 @@ class SampleGather:
         out[torch.from_numpy(pair_scen), torch.from_numpy(pair_sample)] = y
         return out
 
-    def _gather_exact(self, r: int) -> bool:
+    def _gather_exact(self, r: int, full_only: bool = False) -> bool:
         """Whether a forward over ``r`` inputs gathered out of their places passes the check of
-        :meth:`~resil.campaign.grouped.Probe.gathered` over the inputs in :attr:`order`, against
-        outputs computed batch by batch (checked once per number of rows)."""
-        if r not in self._exact and not self.isolated():
-            self._exact[r] = False
-        if r not in self._exact:
-            gathered = Probe.gathered(len(self.inputs), r)
-            probe = Probe(self.order[gathered.rows], gathered.perturbed)
+        :meth:`~resil.campaign.grouped.Probe.gathered` over the inputs in :attr:`order` (only those
+        of full-size input batches if ``full_only``: a smaller last batch computes its inputs with
+        other kernels, which must not keep the others from gathering), against outputs computed
+        batch by batch (checked once per number of rows)."""
+        key = (r, full_only)
+        if key not in self._exact and not self.isolated():
+            self._exact[key] = False
+        if key not in self._exact:
+            order = self.order[self.full[self.order]] if full_only else self.order
+            gathered = Probe.gathered(len(order), r)
+            probe = Probe(order[gathered.rows], gathered.perturbed)
             with torch.no_grad():
                 if self._alone is None:
                     self._alone = torch.cat([self.model(probe.alone(x)) for x in self.inputs.split(self.rows)])
-                self._exact[r] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, self._alone)
-        return self._exact[r]
+                self._exact[key] = probe.matches(self.model(probe.batch(self.inputs)), self.golden, self._alone)
+        return self._exact[key]
 
     def isolated(self) -> bool:
         """Whether, in the first and the last input batch as plain mode runs them, one input changed
@@ -153,19 +159,22 @@ class SampleGather:
         mine = todo[self.eligible(sc)[todo]]
         if not len(mine):
             return todo
+        apart = np.zeros(len(sc.ids), dtype=bool)  # scenarios with an input of a smaller last batch: grouped apart
+        np.logical_or.at(apart, sc.owner, (sc.faults.batch >= 0) & ~self.full[np.maximum(sc.faults.batch, 0)])
         per = np.bincount(sc.owner, minlength=len(sc.ids))
         left: list[np.ndarray] = []
-        start = 0
-        while start < len(mine):  # groups of scenarios whose rows fit one forward
-            rows = np.cumsum(per[mine[start:]])
-            stop = start + max(1, min(self.max_group, int(np.searchsorted(rows, self.rows, side="right"))))
-            chunk = mine[start:stop]
-            outputs = self.outputs(sc, chunk, sites)
-            if outputs is None:
-                left.append(chunk)
-            else:
-                for k, v in judge(outputs).items():  # type: ignore[operator]
-                    counts[k][chunk] = v
-            start = stop
+        for part in (mine[~apart[mine]], mine[apart[mine]]):
+            start = 0
+            while start < len(part):  # groups of scenarios whose rows fit one forward
+                rows = np.cumsum(per[part[start:]])
+                stop = start + max(1, min(self.max_group, int(np.searchsorted(rows, self.rows, side="right"))))
+                chunk = part[start:stop]
+                outputs = self.outputs(sc, chunk, sites)
+                if outputs is None:
+                    left.append(chunk)
+                else:
+                    for k, v in judge(outputs).items():  # type: ignore[operator]
+                        counts[k][chunk] = v
+                start = stop
         rest = np.setdiff1d(todo, mine)
         return np.sort(np.concatenate([rest, *left])) if left else rest
