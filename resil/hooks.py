@@ -48,3 +48,26 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, Hook]]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def pre_hooks(hooks: Iterable[tuple[nn.Module, Callable[..., Any]]], with_kwargs: bool = False) -> Iterator[None]:
+    """Register each ``(module, hook)`` as a forward pre-hook (``hook(module, args, kwargs)`` with
+    ``with_kwargs``); remove them all on exit, even on an exception.
+
+    Example:
+        >>> import torch
+        >>> lin, seen = torch.nn.Linear(2, 1), []
+        >>> with pre_hooks([(lin, lambda m, args: seen.append(args[0].shape))]):
+        ...     _ = lin(torch.zeros(3, 2))
+        >>> _ = lin(torch.zeros(3, 2)); seen, len(lin._forward_pre_hooks)
+        ([torch.Size([3, 2])], 0)
+    """
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

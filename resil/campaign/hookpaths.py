@@ -25,8 +25,8 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -34,21 +34,16 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from ..encodings import FLOAT_ENCODINGS
+from ..hooks import pre_hooks
 from .dataflow import Call
 from .grouped import perturb, same_bits
 
 __all__ = ["hook_dependent", "hooked", "mirrored", "paths_agree"]
 
 
-@contextmanager
-def hooked(modules: Iterable[nn.Module]) -> Iterator[None]:
+def hooked(modules: Iterable[nn.Module]) -> AbstractContextManager[None]:
     """Within: each of ``modules`` carries a no-op forward pre-hook (its hooked path runs)."""
-    handles = [m.register_forward_pre_hook(_no_op) for m in modules]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return pre_hooks((m, _no_op) for m in modules)
 
 
 def _no_op(module: nn.Module, args: Any) -> None:
@@ -101,13 +96,8 @@ def _first_inputs(model: nn.Module, x: Any, modules: list[nn.Module]) -> dict[in
     def keep(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         inputs.setdefault(id(m), (args, kwargs))
 
-    handles = [m.register_forward_pre_hook(keep, with_kwargs=True) for m in modules]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with pre_hooks(((m, keep) for m in modules), with_kwargs=True), torch.no_grad():
+        model(x)
     return inputs
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import FaultError
+from ..hooks import forward_hooks
 from ..site import Site, SiteList, tensor_at
 
 if TYPE_CHECKING:
@@ -47,23 +48,18 @@ def check_per_sample(sites: tuple[Site, ...], model: nn.Module, batches: list[to
         return hook
 
     trials = [batches[0], batches[-1]] + ([batches[0][:-1]] if len(batches[0]) > 1 else [])
-    handles = [s.module.register_forward_hook(watch(s)) for s in sites if s.batched]
-    try:
+    with forward_hooks((s.module, watch(s)) for s in sites if s.batched), torch.no_grad():
         for i, x in enumerate(trials):
             run.clear()
             size = len(x)
             try:
-                with torch.no_grad():
-                    model(x)
+                model(x)
             except Exception:
                 if i < 2:
                     raise
                 continue  # a model that runs only at its batch size: the first two forwards stand
             for name, calls in run.items():
                 seen.setdefault(name, set()).update(calls)
-    finally:
-        for h in handles:
-            h.remove()
     partial = {name: [(r, n) for r, n in calls if r != n] for name, calls in seen.items()}
     partial = {name: calls for name, calls in partial.items() if calls}
     if partial:

@@ -99,7 +99,7 @@ class SuffixForward:
         with a stage that carries hooks of the user's (:func:`~resil.hooks.carries_hooks`) or one
         that changes what it is fed in place (``x.mul_(2)``: replays would pile the change up)."""
         if any(carries_hooks(stage) for stage in self.stages):
-            self.stages, self.stage_of = [], {}
+            self._as_tree()
             return None
         chained = [True]
         for x in self.batches:
@@ -111,9 +111,13 @@ class SuffixForward:
             too_big = budget is not None and len(self.recorded) == 1 and nbytes(calls) * len(self.batches) > budget
             changed = any(versions(value) != v for value, v in seen)  # a stage changed what it was fed in place
             if too_big or not chained[0] or changed:
-                self.stages, self.stage_of, self.recorded, self.outputs = [], {}, [], []
+                self._as_tree()
                 return None
         return torch.cat(self.outputs)
+
+    def _as_tree(self) -> None:
+        """Keep no stages nor recordings: the model runs as a module tree."""
+        self.stages, self.stage_of, self.recorded, self.outputs = [], {}, [], []
 
     def first_stage(self, sites: Iterable[Site]) -> int:
         """The first stage any of ``sites`` belongs to (0 when unknown: run everything)."""

@@ -72,7 +72,7 @@ from ..campaign.criteria import AccuracyDrop, Criterion, count_correct
 from ..discovery import sites as list_sites
 from ..errors import FaultError
 from ..faults import FaultSet
-from ..hooks import forward_hooks
+from ..hooks import forward_hooks, pre_hooks
 from ..injection import Faults, as_fault_set, inject
 from ..site import SiteList
 
@@ -399,12 +399,8 @@ def _capture(relus: dict[nn.Module, list[torch.Tensor]]) -> Iterator[None]:
         relus[mod].append(a[0])
         return (a[0].clone(),) if getattr(mod, "inplace", False) else None
 
-    hooks = [m.register_forward_pre_hook(pre) for m in relus]
-    try:
+    with pre_hooks((m, pre) for m in relus):
         yield
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def _operand_penalty(t: _Target, z: torch.Tensor, margin: float) -> torch.Tensor:
