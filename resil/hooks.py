@@ -40,14 +40,8 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, Hook]]) -> Iterator[None]:
         >>> _ = lin(torch.zeros(3, 2)); seen, len(lin._forward_hooks)
         ([torch.Size([3, 1])], 0)
     """
-    handles = []
-    try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_hook(hook))
+    with _registered(module.register_forward_hook(hook) for module, hook in hooks):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -63,11 +57,19 @@ def pre_hooks(hooks: Iterable[tuple[nn.Module, Callable[..., Any]]], with_kwargs
         >>> _ = lin(torch.zeros(3, 2)); seen, len(lin._forward_pre_hooks)
         ([torch.Size([3, 2])], 0)
     """
-    handles = []
+    with _registered(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs) for module, hook in hooks):
+        yield
+
+
+@contextmanager
+def _registered(handles: Iterable[Any]) -> Iterator[None]:
+    """Within: the hooks whose registration handles ``handles`` yields (registered one by one as it
+    is drawn); all removed on exit, even when a registration or the block raises."""
+    made = []
     try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
+        for h in handles:
+            made.append(h)
         yield
     finally:
-        for h in handles:
+        for h in made:
             h.remove()
