@@ -28,7 +28,8 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
             sample) and dtype of every computed site, into the returned list only: a later call
             without an example knows no shapes again. Stateful modules (spiking neurons) are
             reset afterwards. The outputs of modules that forward pass never calls are left
-            out (e.g. ``nn.MultiheadAttention`` uses its ``out_proj`` weight without calling it).
+            out (e.g. ``nn.MultiheadAttention`` uses its ``out_proj`` weight without calling it),
+            as are outputs of integers or booleans (indices from an argmax, a mask).
             A module whose output is a structure (tuple, list, dict, nested; e.g. ``nn.LSTM``'s
             ``(output, (h_n, c_n))``) gets one site per floating tensor in it, named by its path
             (``lstm:out[0]``, ``lstm:out[1][0]``, ``m:out[logits]``); each tensor's batch
@@ -48,6 +49,10 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
         >>> [(x.name, x.shape, x.batch_dim) for x in resil.sites(lstm, torch.zeros(2, 5, 3)) if x.batched]
         [(':out[0]', (5, 4), 0), (':out[1][0]', (1, 4), 1), (':out[1][1]', (1, 4), 1)]
     """
+    scripted = [name or type(model).__name__ for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        raise FaultError(f"{', '.join(scripted[:3])} is a TorchScript module (torch.jit.script or trace): resil injects faults "
+                         "through forward hooks, which TorchScript modules do not support; pass the eager module")
     outputs = ExampleOutputs(model, example) if example is not None else None
     options = SiteOptions(pruned=pruned, example=outputs)
     found: list[Site] = []
@@ -57,7 +62,7 @@ def sites(model: nn.Module, example: Any = None, *, pruned: str = "live") -> Sit
             continue
         adapter = adapter_for(module)
         found.extend(_with_output_shape(s, outputs) for s in adapter.sites(prefix, module, options)
-                     if outputs is None or s.kind != "activation" or outputs.called(s.module))  # an output never computed is no site
+                     if outputs is None or s.kind != "activation" or (outputs.called(s.module) and not _integral(s, outputs)))
         if adapter.claims_children:
             claimed.append(prefix)
     return SiteList(found)
@@ -210,6 +215,13 @@ def _leaving_no_trace(model: nn.Module) -> Iterator[None]:
             for table, name, b, value in saved:
                 b.copy_(value)
                 table[name] = b
+
+
+def _integral(site: Site, outputs: ExampleOutputs) -> bool:
+    """Whether an activation site is a module's output tensor of integers or booleans (indices from
+    an argmax, a mask): no value to corrupt, so no site (an output never computed is none either)."""
+    out = outputs.primary(site.module)
+    return not site.path and out is not None and not (out[1].is_floating_point or out[1].is_complex)
 
 
 def _with_output_shape(site: Site, outputs: ExampleOutputs | None) -> Site:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -64,11 +65,13 @@ def test_a_model_that_mixes_the_batch_gets_the_plain_answer(tmp_path, make):
 def test_the_probe_perturbs_the_second_and_the_last_copy():
     from resil.campaign.grouped import Probe
 
-    t = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
-    assert torch.equal(Probe.copies(2, 4).batch(t), torch.cat([t, t * 2 + 1, t, t * 2 + 1]))
+    t = torch.tensor([[1.0, -2.0, 4.0], [3.0, 0.5, 1.0]])
+    big = float(np.finfo(np.float32).max)  # the last perturbed row holds extreme values, negated at every third element
+    extreme = torch.tensor([[big, big, -big]])
+    assert torch.equal(Probe.copies(2, 4).batch(t), torch.cat([t, t * 2 + 1, t, t[:1] * 2 + 1, extreme]))
     probe = Probe.copies(2, 3)
     stacked = probe.batch(t)
-    assert torch.equal(stacked[:2], t) and torch.equal(stacked[2:], torch.cat([t * 2 + 1, t * 2 + 1]))
+    assert torch.equal(stacked[:2], t) and torch.equal(stacked[2:], torch.cat([t * 2 + 1, t[:1] * 2 + 1, extreme]))
     relu = torch.relu
     assert probe.matches(relu(stacked), relu(t), relu(probe.alone(t)))  # a per-sample layer passes
     assert not probe.matches(BatchMax()(stacked), BatchMax()(t), BatchMax()(probe.alone(t)))  # the batch maximum moved

@@ -164,5 +164,8 @@ def test_time_windowed_snn_faults_on_one_input_are_gathered_and_match_plain():
     plain = Evaluator(model, x, labels, batch_size=5, mode="plain")
     a, b = fast.evaluate_faults(faults), plain.evaluate_faults(faults)
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert fast.per_sample._exact and all(fast.per_sample._exact.values())  # gathered, not run alone
+    # the inputs of full batches gathered, not run alone (whether the last batch's 2 inputs pass their
+    # probe depends on the CPU's kernels: on an AVX512-FP16 Xeon they do not, and run alone)
+    full = {k: v for k, v in fast.per_sample._exact.items() if k[1]}
+    assert full and all(full.values())
     assert (a["masked"] >= 11).all() and (a["masked"] < 12).any()

@@ -40,7 +40,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten_with_path, tree_leaves
 
-__all__ = ["Call", "CallTracker", "FaultTrace", "Operation", "held_tensors", "trace_faults"]
+__all__ = ["Call", "CallTracker", "FaultTrace", "Operation", "held_tensors", "read_replays", "trace_faults"]
 
 #: operations whose result leaves torch as a Python value (it can steer control flow)
 _TO_PYTHON = frozenset({"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "__complex__", "__array__", "numpy",
@@ -303,3 +303,113 @@ def trace_faults(model: nn.Module, x: Any, targets: Iterable[nn.Module]) -> Faul
         model(x)
     return FaultTrace(trace.calls, None if trace.escaped else trace.reached, trace.operations, trace.tape, trace.ended_at,
                       trace.call_reads, trace.call_writes)
+
+
+#: results of reading a tensor that do not depend on its values or its shape
+_SHAPELESS = (torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+class _Readers(CallTracker):
+    """The trace of :func:`read_replays`: storages labelled by the replayed values they derive from,
+    labels that are combined in one operation merged (union-find), and the labels that the rest
+    of the forward reads."""
+
+    def __init__(self, model: nn.Module, replayed: dict[int, frozenset[int]], target: int) -> None:
+        super().__init__(model)
+        self.replayed, self.target = replayed, target
+        self.label: dict[int, int] = {}  # storage -> label
+        self.parent: list[int] = [0, 1]  # label 0: the model's input; label 1: the target's (stacked) outputs
+        self.read: set[int] = {1}  # labels whose values the computed part of the forward reads
+        self.names: dict[tuple[int, int], int] = {}  # replayed call -> its label
+        self.shortcut: list[int] = []  # positions of the replayed and target calls in progress
+        self.keep: list[torch.Tensor] = []
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = a = self.parent[self.parent[a]]
+        return a
+
+    def merge(self, labels: Iterable[int]) -> int | None:
+        roots = {self.find(a) for a in labels}
+        if not roots:
+            return None
+        root = min(roots)
+        for r in roots:
+            self.parent[r] = root
+        return root
+
+    def labels_of(self, value: Any) -> set[int]:
+        return {self.label[k] for k in map(_storage, _tensors(value)) if k in self.label}
+
+    def attach(self, value: Any, label: int) -> None:
+        for t in _tensors(value):
+            self.keep.append(t)
+            k = _storage(t)
+            self.label[k] = label if k not in self.label else self.merge([label, self.label[k]])  # type: ignore[assignment]
+
+    def started(self, m: nn.Module, pos: int, args: Any) -> None:
+        c = self.calls[pos]
+        if self.shortcut:
+            return
+        if id(m) == self.target or c.index in self.replayed.get(id(m), ()):
+            self.shortcut.append(pos)
+        elif next(m.children(), None) is None:  # a leaf that computes reads what it receives (a container hands it on)
+            self.read |= self.labels_of(args)
+
+    def ended(self, m: nn.Module, pos: int, out: Any) -> None:
+        if not self.shortcut or self.shortcut[-1] != pos:
+            return
+        self.shortcut.pop()
+        c = self.calls[pos]
+        if id(m) == self.target:
+            self.attach(out, 1)
+        else:
+            self.parent.append(len(self.parent))
+            self.names[(c.module, c.index)] = self.parent[-1]
+            self.attach(out, self.parent[-1])
+
+    def operation(self, func: Any, args: Any, kwargs: dict[str, Any], result: Any) -> None:
+        if self.shortcut:  # inside a replayed call: it does not run
+            return
+        inputs = list(_tensors((args, kwargs)))
+        self.keep.extend(inputs)
+        label = self.merge(self.labels_of(inputs))
+        if label is None:
+            return
+        outputs = list(_tensors(result))
+        if not outputs and not isinstance(result, _SHAPELESS):  # a shape or a value that leaves torch
+            self.read.add(label)
+        self.attach(outputs, label)
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") or name.startswith("__i") or name == "__setitem__" or "out" in kwargs:  # writes in place
+            self.attach(inputs[:1], label)
+
+
+def read_replays(model: nn.Module, x: Any, replayed: dict[int, frozenset[int]], target: nn.Module) -> tuple[set[tuple[int, int]], bool]:
+    """In a forward of ``model`` over ``x`` where the calls ``replayed`` (module id -> call indices,
+    the outermost ones) return golden outputs and ``target`` returns stacked rows, which replayed
+    outputs, and whether the input, the stacked part reads: the (module id, call index) of each
+    replayed call whose output, through any glue, meets the target's outputs in an operation,
+    reaches a call that computes or the model's output, or gives a shape or a Python value. The
+    others are read only by replayed calls (which ignore their arguments) and may stay unstacked.
+    Runs one fault-free forward; ``x`` must run the golden module calls.
+
+    Example:
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.a, self.b, self.c = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        ...     def forward(self, x):
+        ...         h = self.b(torch.relu(self.a(x)))    # a's output feeds only b, which replays
+        ...         return self.c(h) + h                 # b's output meets c's
+        >>> net = Net()
+        >>> calls, uses_input = read_replays(net, torch.randn(1, 2), {id(net.a): frozenset({0}), id(net.b): frozenset({0})}, net.c)
+        >>> sorted({id(net.a): "a", id(net.b): "b"}[k] for k, _ in calls), uses_input
+        (['b'], False)
+    """
+    trace = _Readers(model, replayed, id(target))
+    trace.attach(x, 0)
+    with torch.no_grad(), trace, _Operations(trace.operation):
+        out = model(x)
+    trace.read |= trace.labels_of(out)
+    read = {trace.find(a) for a in trace.read}
+    return {c for c, a in trace.names.items() if trace.find(a) in read}, trace.find(0) in read

@@ -127,7 +127,14 @@ class Evaluator:
             output = self.replay.golden()
         #: why fast mode is off for this model (None: it is on, or plain mode was asked for)
         self.fast_off: str | None = None
+        weights = {name: p._version for name, p in model.named_parameters()}
         plain = self.suffix.run_from(0)
+        rewritten = [name for name, p in model.named_parameters() if p._version != weights[name]]
+        if rewritten:
+            raise FaultError(f"the forward of {type(model).__name__} changes its own parameters in place ({', '.join(rewritten[:3])}; "
+                             "nn.Embedding(max_norm=...) renormalises the rows it looks up): the model would rewrite a fault "
+                             "injected there and carry changes from one scenario into the next; remove the in-place update "
+                             "(renormalise the weights once beforehand, max_norm=None) before running faults on it")
         if self.replay is not None and not same_bits(plain, output) and same_bits(self.suffix.run_from(0), plain):
             self.fast_off = (f"{type(model).__name__} computes other bits while forward hooks are attached (resil records module "
                              "outputs through hooks), as a module that takes a fused path only without hooks does "
@@ -144,7 +151,8 @@ class Evaluator:
                 elif changed:
                     cause = f"its forward changes the model's own tensors ({', '.join(changed[:3])}: a running statistic or counter)"
                 else:
-                    cause = "a layer draws random numbers in eval mode (dropout forced on, noise injection) or a kernel is nondeterministic"
+                    cause = ("a layer draws random numbers in eval mode (dropout forced on, noise injection), the forward keeps "
+                             "Python state between calls (a call counter, a cached previous batch), or a kernel is nondeterministic")
                 raise FaultError(f"two fault-free runs of {type(model).__name__} gave different outputs: {cause}. Outcomes would "
                                  "mix the fault's effect with that variation; call model.eval() or remove the randomness or "
                                  "state update, or accept it with nondeterministic=True ([run] nondeterministic = true), which runs every "

@@ -74,19 +74,39 @@ def hook_dependent(model: nn.Module, x: Any, calls: list[Call]) -> list[nn.Modul
         found += [modules[k] for k in new]
 
 
-def mirrored(model: nn.Module, batches: list[Any], calls: list[Call]) -> list[nn.Module]:
+def mirrored(model: nn.Module, batches: list[Any], calls: list[Call]) -> tuple[list[nn.Module], set[int]]:
     """The modules a replay must hook to follow the golden (hooked) run over ``batches`` (whose
     first batch made ``calls``): the :func:`hook_dependent` ones, if :func:`paths_agree` holds for
     each on its inputs from the first and the last batch; else none (a replay then leaves the
-    golden calls, and its scenarios run alone)."""
+    golden calls, and its scenarios run alone). Second, the ids of the modules inside
+    hook-dependent ones that are not hooked (every submodule where hooks do not explain the
+    missing calls): the golden run's calls and data flow inside them are not what a replay
+    computes, so they are neither replayed, nor stacked, nor patched.
+
+    Example:
+        >>> class Sneaky(nn.Module):                 # another computation without hooks
+        ...     def __init__(self):
+        ...         super().__init__(); self.lin = nn.Linear(2, 2)
+        ...     def forward(self, x):
+        ...         return self.lin(x) if self._forward_pre_hooks else 2 * self.lin.weight.sum() + x
+        >>> from resil.campaign.dataflow import CallTracker
+        >>> net, x = nn.Sequential(Sneaky()), torch.randn(1, 2)
+        >>> with torch.no_grad(), CallTracker(net) as t:
+        ...     _ = net(x)
+        >>> hooks, inside = mirrored(net, [x], t.calls)
+        >>> hooks, inside == {id(net[0].lin)}
+        ([], True)
+    """
     found = hook_dependent(model, batches[0], calls)
+    if found is None:
+        return [], {id(m) for m in model.modules() if m is not model}
     if not found:
-        return []
+        return [], set()
     for x in {0: batches[0], len(batches) - 1: batches[-1]}.values():
         inputs = _first_inputs(model, x, found)
         if not all(k in inputs and paths_agree(m, *inputs[k]) for k, m in ((id(m), m) for m in found)):
-            return []
-    return found
+            return [], {id(d) for m in found for d in m.modules() if d is not m}
+    return found, set()
 
 
 def _first_inputs(model: nn.Module, x: Any, modules: list[nn.Module]) -> dict[int, tuple[tuple[Any, ...], dict[str, Any]]]:

@@ -36,10 +36,15 @@ from torch import nn
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
-from .grouped import Probe, local_faults, perturb, same_bits
+from .grouped import Probe, extreme, local_faults, perturb, same_bits
 from .samplers import Scenarios
 
-__all__ = ["SampleGather", "split_by_batch"]
+__all__ = ["MIN_ROWS", "SampleGather", "split_by_batch"]
+
+#: the fewest rows a gathered forward runs (padded with unfaulted copies of its inputs), unless plain
+#: mode runs one of them in a smaller batch: matrix products over one or two rows take other kernels
+#: (MKL's), whose bits differ on some values only, which a probe of so few rows cannot see
+MIN_ROWS = 4
 
 
 def split_by_batch(faults: FaultSet, sizes: Sequence[int]) -> list[FaultSet]:
@@ -83,6 +88,8 @@ class SampleGather:
         self.order = np.lexsort((-np.arange(len(inputs)), from_end))
         #: per input, whether its batch has the full size (all but a smaller last batch)
         self.full = np.arange(len(inputs)) < max(len(inputs) // self.rows * self.rows, min(len(inputs), self.rows))
+        #: per input, the size of its batch as plain mode runs it
+        self.sizes = np.minimum(starts + self.rows, len(inputs)) - starts
 
     @staticmethod
     def eligible(sc: Scenarios) -> np.ndarray:
@@ -102,13 +109,15 @@ class SampleGather:
         sample = sc.faults.batch[take]
         pairs, row_of = np.unique(scen * len(self.inputs) + sample, return_inverse=True)
         pair_scen, pair_sample = pairs // len(self.inputs), pairs % len(self.inputs)
-        if not self._gather_exact(len(pair_sample), bool(self.full[pair_sample].all())):
+        least = min(MIN_ROWS, int(self.sizes[pair_sample].min()))  # not past what plain mode runs them in
+        rows = np.resize(pair_sample, max(len(pair_sample), least))  # unfaulted copies pad it
+        if not self._gather_exact(len(rows), bool(self.full[pair_sample].all())):
             return None
         faults = sc.faults[take].with_batch(row_of.reshape(-1))
         with torch.no_grad(), inject(self.model, faults, sites=sites):
-            y = self.model(self.inputs[torch.from_numpy(pair_sample)])
+            y = self.model(self.inputs[torch.from_numpy(rows)])
         out = self.golden.unsqueeze(0).repeat(len(positions), *([1] * self.golden.dim()))
-        out[torch.from_numpy(pair_scen), torch.from_numpy(pair_sample)] = y
+        out[torch.from_numpy(pair_scen), torch.from_numpy(pair_sample)] = y[: len(pair_sample)]
         return out
 
     def _gather_exact(self, r: int, full_only: bool = False) -> bool:
@@ -132,14 +141,20 @@ class SampleGather:
 
     def isolated(self) -> bool:
         """Whether, in the first and the last input batch as plain mode runs them, one input changed
-        alone (its first or its last, perturbed as by :func:`~resil.campaign.grouped.perturb`, or
-        scaled by 1e4 or by -1e4) leaves every other input's output bit-identical: a model that
-        compares each input with a batch statistic (its median, its maximum) fails it even where
-        that comparison happens to agree on the gathered probe rows (checked once)."""
+        alone (its first or its last, perturbed as by :func:`~resil.campaign.grouped.perturb`,
+        scaled by 1e4 or by -1e4, filled with extreme values (:func:`~resil.campaign.grouped.extreme`,
+        and negated), or with NaN)
+        leaves every other input's output bit-identical: a model that compares each input with a
+        batch statistic (its median, its maximum) fails it even where that comparison happens to
+        agree on the gathered probe rows, and so does a batch-level guard that only extreme values
+        trip (``torch.where(h.abs().amax() > 1e5, 0, h)``; checked once)."""
         if self._isolated is None:
             batches = self.inputs.split(self.rows)
             golden = self.golden.split(self.rows)
-            changes = [perturb] + ([lambda t: t * 1e4, lambda t: t * -1e4] if self.inputs.is_floating_point() else [])
+            changes = [perturb]
+            if self.inputs.is_floating_point():
+                changes += [lambda t: t * 1e4, lambda t: t * -1e4, extreme, lambda t: -extreme(t),
+                            lambda t: torch.full_like(t, float("nan"))]
             self._isolated = True
             with torch.no_grad():
                 for b in sorted({0, len(batches) - 1}):

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -44,12 +44,12 @@ from torch.utils._pytree import tree_leaves
 
 from ..adapter_registry import adapter_for
 from ..hooks import carries_hooks
-from .dataflow import Call, CallTracker, FaultTrace, held_tensors, trace_faults
+from .dataflow import Call, CallTracker, FaultTrace, held_tensors, read_replays, trace_faults
 from .grouped import LAYOUT_FAILURES, same_bits
 from .hookpaths import hooked, mirrored
-from .suffix import nbytes, sharing_modules, versions
+from .suffix import batch_outputs, nbytes, sharing_modules, versions
 
-__all__ = ["Diverged", "ModuleReplay", "records_inputs"]
+__all__ = ["Diverged", "Gathering", "ModuleReplay", "records_inputs"]
 
 
 def records_inputs(module: nn.Module) -> bool:
@@ -76,6 +76,11 @@ class _Plan:
     widest: int
 
 
+#: how a stacked forward treats the replayed outputs and the input: as recorded, gathered by rows
+#: where the stacked part reads them (:meth:`ModuleReplay.stacked_reads`), or all gathered
+Gathering = Literal["recorded", "read", "all"]
+
+
 class Diverged(RuntimeError):
     """A forward's module calls left the golden order (control flow that depends on the faults)."""
 
@@ -94,6 +99,8 @@ class ModuleReplay:
         self.model, self.batches, self.budget = model, list(batches), budget
         self.names = {id(m): n for n, m in model.named_modules() if m is not model}
         self.modules = {id(m): m for m in model.modules() if m is not model}
+        #: every module by id, the model itself included (its own parameters and buffers are fault sites too)
+        self.owners = {id(m): m for m in model.modules()}
         self.first_start: dict[int, int] = {}  # module id -> position (in start order) of its first call in batch 0
         self.calls: list[list[Call]] = []  # [batch] -> every module call in start order
         self.call_counts: list[Counter[int]] = []  # [batch] -> module id -> its golden calls
@@ -114,9 +121,13 @@ class ModuleReplay:
         self._traces: dict[tuple[frozenset[int], int], FaultTrace | None] = {}
         self._exact: dict[frozenset[int], bool] = {}
         self._asked: dict[frozenset[int], int] = {}  # per target set, how often :meth:`recurring` was asked
+        self._read: dict[tuple[int, int], tuple[set[tuple[int, int]], bool] | None] = {}
         #: modules that replays hook, as the golden run did, so that they call their submodules
         #: (a fused path taken only without hooks; :func:`~resil.campaign.hookpaths.mirrored`)
         self.hooked: list[nn.Module] = []
+        #: modules inside hook-dependent ones that replays do not hook: the golden run's calls and
+        #: data flow there are not a replay's, so they never replay and their faults are not traced
+        self.unfollowed: set[int] = set()
 
     def golden(self) -> torch.Tensor:
         """The full forward over every batch, recording calls, outputs and state changes."""
@@ -131,8 +142,8 @@ class ModuleReplay:
             self.first_start.setdefault(c.module, pos)
         recorder.finish()
         self.call_counts = [Counter(c.module for c in calls) for calls in self.calls]
-        self.hooked = mirrored(self.model, self.batches, self.calls[0])
-        return torch.cat(self.outputs)
+        self.hooked, self.unfollowed = mirrored(self.model, self.batches, self.calls[0])
+        return batch_outputs(self.outputs, self.batches)
 
     def _targets(self, targets: Iterable[nn.Module]) -> frozenset[int]:
         return frozenset(k for t in targets for k in self.sharing.get(id(t), {id(t)}))
@@ -158,30 +169,36 @@ class ModuleReplay:
         For modules that share no tensor, the union of what each one's faults reach: the trace only
         ever adds what an operation on a reached tensor produces, so one trace per module serves
         every set of them (scenarios with faults in several modules seldom share a set)."""
-        groups = {self._targets([self.modules[k]]) for k in ids if k in self.modules}
+        if ids & self.unfollowed:
+            return None
+        groups = {self._targets([self.owners[k]]) for k in ids if k in self.owners}
         if len(groups) > 1:
             parts = [self._reached(g, batch) for g in groups]
             known = [p for p in parts if p is not None]
             return [any(r) for r in zip(*known, strict=True)] if len(known) == len(parts) else None
-        trace = self.trace([self.modules[k] for k in ids if k in self.modules], batch)
+        trace = self.trace([self.owners[k] for k in ids if k in self.owners], batch)
         return None if trace is None else trace.reached
 
     def trace(self, targets: Iterable[nn.Module], batch: int) -> FaultTrace | None:
         """The :func:`~resil.campaign.dataflow.trace_faults` trace of faults in ``targets`` over input
         batch ``batch`` (cached), None where its module calls differ from the golden run's. Traced
         on the batch's first input alone where that runs the same operations and module calls as
-        the whole batch (checked once per batch), else on the whole batch (then without its
+        the whole batch (checked once per batch; a model that cannot run one input, such as a
+        BatchNorm on batch statistics, cannot), else on the whole batch (then without its
         operations, which would hold the whole batch's values)."""
         ids = self._targets(targets)
         if (ids, batch) not in self._traces:
             x = self.batches[batch]
             if batch not in self._operations:
                 whole = trace_faults(self.model, x, [])
-                one = trace_faults(self.model, x[:1], [])
-                self._operations[batch] = (whole.calls == self.calls[batch] and one.calls == whole.calls
+                try:
+                    one = trace_faults(self.model, x[:1], [])
+                except LAYOUT_FAILURES:  # a model that cannot run one input (batch statistics need two)
+                    one = None
+                self._operations[batch] = (one is not None and whole.calls == self.calls[batch] and one.calls == whole.calls
                                            and one.operations == whole.operations)
             one_input = self._operations[batch]
-            trace = trace_faults(self.model, x[:1] if one_input else x, [self.modules[k] for k in ids if k in self.modules])
+            trace = trace_faults(self.model, x[:1] if one_input else x, [self.owners[k] for k in ids if k in self.owners])
             if not one_input:  # its operations hold the whole batch's values: keep only the calls
                 trace = replace(trace, tape=[], ended_at={})
             self._traces[(ids, batch)] = trace if trace.calls == self.calls[batch] else None
@@ -189,7 +206,8 @@ class ModuleReplay:
 
     def _plan_from(self, calls: list[Call], reached: list[bool], ids: frozenset[int], batch: int) -> _Plan:
         blocked = {c.module for c, r in zip(calls, reached, strict=True) if r and c.module in self.stateful}
-        eligible = [not r and c.module in self.recorded and c.module not in blocked for c, r in zip(calls, reached, strict=True)]
+        eligible = [not r and c.module in self.recorded and c.module not in blocked and c.module not in self.unfollowed
+                    for c, r in zip(calls, reached, strict=True)]
         covered = [False] * len(calls)  # inside a replayed call
         replayed = [False] * len(calls)
         chosen: dict[int, set[int]] = {}
@@ -263,9 +281,10 @@ class ModuleReplay:
 
     @contextmanager
     def _replaying(self, batch: int, plan: _Plan, rows: torch.Tensor | None = None, target: nn.Module | None = None,
-                   own: Iterator[Any] | None = None) -> Iterator[None]:
+                   own: Iterator[Any] | None = None, read: tuple[set[tuple[int, int]], bool] | None = None) -> Iterator[None]:
         """Within: the modules of ``plan`` return their recorded outputs (their rows ``rows`` if
-        given) at their replayed calls; ``target`` (if given) returns the next of ``own`` at each call.
+        given: at every replayed call, or at those of ``read``'s calls if given) at their replayed
+        calls; ``target`` (if given) returns the next of ``own`` at each call.
         Raises :class:`Diverged` at the end if the calls did not follow the golden run's."""
         count = dict.fromkeys(plan.calls, 0)
         wrapped = [self.modules[k] for k in plan.calls]
@@ -285,7 +304,9 @@ class ModuleReplay:
                     return compute(*args, **kwargs)
                 skip(k, index)
                 out = self.recorded[k][batch][index]
-                return out if rows is None else _gather(out, rows, len(self.batches[batch]))
+                if rows is None or (read is not None and (k, index) not in read[0]):
+                    return out
+                return _gather(out, rows, len(self.batches[batch]))
             return forward
 
         calls = [0]  # the target's calls
@@ -313,7 +334,7 @@ class ModuleReplay:
                 del m.forward
             self._forget_changed(wrapped, batch, before)
 
-    def _forget_changed(self, chosen: list[nn.Module], batch: int, before: dict[int, list[tuple[int, ...]]]) -> None:
+    def _forget_changed(self, chosen: list[nn.Module], batch: int, before: dict[int, list[tuple[object, ...]]]) -> None:
         """Stop replaying modules whose recorded outputs later code changed in place (this run's
         result is right: the change came after the module returned, as in a full forward)."""
         changed = [m for m in chosen if [versions(o) for o in self.recorded[id(m)][batch]] != before[id(m)]]
@@ -324,14 +345,18 @@ class ModuleReplay:
         if changed:
             self._exact.clear()
             self._plans.clear()
+            self._read.clear()
 
-    def stacked_forward(self, batch: int, target: nn.Module, calls: Sequence[Any], rows: torch.Tensor | None) -> Any:
+    def stacked_forward(self, batch: int, target: nn.Module, calls: Sequence[Any], rows: torch.Tensor | None,
+                        only_read: bool = False) -> Any:
         """The model's forward over input batch ``batch`` in which ``target`` returns ``calls[i]``
         (many scenarios' rows stacked along the batch) at its ``i``-th call and the calls its faults
         cannot reach replay their golden outputs: as recorded (``rows`` None: cheap, right when
         nothing but replayed modules reads them), or their rows ``rows`` (the input each stacked
         row belongs to), with the input batch gathered the same way (glue such as a residual
-        addition then sees stacked tensors everywhere). The rest computes on what it receives.
+        addition then sees stacked tensors everywhere); with ``only_read``, only the replayed
+        outputs (and the input) that the stacked part reads (:meth:`stacked_reads`) are gathered.
+        The rest computes on what it receives.
 
         Example:
             >>> class Net(torch.nn.Module):
@@ -346,9 +371,27 @@ class ModuleReplay:
             >>> torch.equal(r.stacked_forward(0, net.a, [a_out[rows]], rows), g[rows])
             True
         """
-        with torch.no_grad(), self._replaying(batch, self.plan([target], batch), rows, target, iter(calls)):
+        read = self.stacked_reads(target, batch) if only_read and rows is not None else None
+        with torch.no_grad(), self._replaying(batch, self.plan([target], batch), rows, target, iter(calls), read):
             x = self.batches[batch]
-            return self.model(x if rows is None else _gather(x, rows, len(x)))
+            return self.model(x if rows is None or (read is not None and not read[1]) else _gather(x, rows, len(x)))
+
+    def stacked_reads(self, target: nn.Module, batch: int) -> tuple[set[tuple[int, int]], bool] | None:
+        """For :meth:`stacked_forward` with ``target`` over input batch ``batch``: the replayed calls
+        (module id, call index) whose outputs, and whether the input, the stacked part reads
+        (:func:`~resil.campaign.dataflow.read_replays`; cached), traced on the batch's first input
+        alone where that runs the same operations (:meth:`trace`); None where the trace's module
+        calls differ from the golden run's."""
+        key = (id(target), batch)
+        if key not in self._read:
+            x = self.batches[batch]
+            self.trace([target], batch)  # decides whether the first input alone runs the batch's operations
+            try:
+                one = x[:1] if self._operations[batch] else x
+                self._read[key] = read_replays(self.model, one, self.plan([target], batch).calls, target)
+            except LAYOUT_FAILURES:
+                self._read[key] = None
+        return self._read[key]
 
 
 class _Recorder(CallTracker):
@@ -361,7 +404,7 @@ class _Recorder(CallTracker):
         self.outputs: dict[int, list[list[Any]]] = {k: [[] for _ in replay.batches] for k in replay.modules}
         self.args: dict[int, list[list[Any]]] = {k: [[] for _ in replay.batches] for k, m in replay.modules.items() if records_inputs(m)}
         self.dropped: set[int] = set()
-        self.versions: dict[int, list[tuple[Any, tuple[int, ...]]]] = {}
+        self.versions: dict[int, list[tuple[Any, tuple[object, ...]]]] = {}
         self._held: list[dict[str, tuple[int, int]]] = []
 
     def start(self, batch: int) -> None:

@@ -18,19 +18,46 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import FaultError
 from ..hooks import Hook, carries_hooks, forward_hooks
 from ..site import Site
 
 
-def versions(value: Any) -> tuple[int, ...]:
-    """The in-place version counters of the tensors in a recorded value."""
+def versions(value: Any) -> tuple[object, ...]:
+    """The in-place version counters of the tensors in a recorded value; an inference tensor
+    (``torch.inference_mode`` in a forward) has none and counts as changed at every look.
+
+    Example:
+        >>> t = torch.zeros(2); before = versions([t]); _ = t.add_(1)
+        >>> before == versions([t]), versions(torch.inference_mode()(torch.zeros)(1)) == versions(t)
+        (False, False)
+    """
     if isinstance(value, torch.Tensor):
-        return (value._version,)
+        return (object(),) if value.is_inference() else (value._version,)
     if isinstance(value, (tuple, list)):
         return sum((versions(v) for v in value), ())
     if isinstance(value, dict):
         return sum((versions(v) for v in value.values()), ())
     return ()
+
+
+def batch_outputs(outputs: Sequence[Any], batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The outputs of the input batches ``batches``, one per batch, as one tensor; a
+    :class:`~resil.errors.FaultError` where one is no tensor with a row per input (a ``squeeze()``
+    drops the batch dimension of a batch of one input) or their shapes differ past the batch.
+
+    Example:
+        >>> batch_outputs([torch.zeros(2, 3), torch.zeros(1, 3)], [torch.zeros(2, 4), torch.zeros(1, 4)]).shape
+        torch.Size([3, 3])
+    """
+    for out, x in zip(outputs, batches, strict=True):
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or len(out) != len(x) or out.shape[1:] != outputs[0].shape[1:]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise FaultError(f"the model's output over a batch of {len(x)} input{'' if len(x) == 1 else 's'} is {got}; it must have "
+                             f"one row per input, each shaped {tuple(outputs[0].shape[1:])} as in the first batch: keep the batch "
+                             "dimension (x.squeeze() drops it for a batch of one input; squeeze named dimensions) or pick a "
+                             "batch size that leaves no such batch")
+    return torch.cat(list(outputs))
 
 
 def nbytes(value: Any) -> int:
@@ -62,7 +89,7 @@ def sharing_modules(model: nn.Module) -> dict[int, set[int]]:
     return {k: {k}.union(*(owners[ptr] for ptr in storages)) for k, storages in own.items()}
 
 
-def _recorder(calls: list[list[Any]], k: int, x: torch.Tensor, chained: list[bool], seen: list[tuple[Any, tuple[int, ...]]]) -> Hook:
+def _recorder(calls: list[list[Any]], k: int, x: torch.Tensor, chained: list[bool], seen: list[tuple[Any, tuple[object, ...]]]) -> Hook:
     """A forward hook appending each output of stage ``k`` to ``calls[k]`` (and to ``seen`` with its
     in-place version counters); it clears ``chained[0]`` when the call's first argument is not what
     a chain of stages would feed it: the input batch ``x`` for stage 0, the latest output of stage
@@ -104,7 +131,7 @@ class SuffixForward:
         chained = [True]
         for x in self.batches:
             calls: list[list[Any]] = [[] for _ in self.stages]
-            seen: list[tuple[Any, tuple[int, ...]]] = [(x, versions(x))]
+            seen: list[tuple[Any, tuple[object, ...]]] = [(x, versions(x))]
             with forward_hooks((stage, _recorder(calls, k, x, chained, seen)) for k, stage in enumerate(self.stages)), torch.no_grad():
                 self.outputs.append(self.model(x))
             self.recorded.append(calls)
@@ -113,7 +140,7 @@ class SuffixForward:
             if too_big or not chained[0] or changed:
                 self._as_tree()
                 return None
-        return torch.cat(self.outputs)
+        return batch_outputs(self.outputs, self.batches)
 
     def _as_tree(self) -> None:
         """Keep no stages nor recordings: the model runs as a module tree."""
@@ -126,7 +153,8 @@ class SuffixForward:
     def run_from(self, stage: int) -> torch.Tensor:
         """The output over all inputs, with stages before ``stage`` replayed from the golden run."""
         with torch.no_grad():
-            return torch.cat([self.forward_with(b, {k: self.recorded[b][k] for k in range(stage)}) for b in range(len(self.batches))])
+            return batch_outputs([self.forward_with(b, {k: self.recorded[b][k] for k in range(stage)}) for b in range(len(self.batches))],
+                                 self.batches)
 
     def forward_with(self, batch: int, sources: dict[int, Sequence[Any]]) -> Any:
         """The model's own forward over input batch ``batch``, each stage ``k`` in ``sources``

@@ -41,7 +41,7 @@ from torch import nn
 from .dataflow import FaultTrace
 from .glue import Glue, glue_after
 from .grouped import LAYOUT_FAILURES, GroupedForward, Probe, differing_pairs, gathered_size, perturb, same_bits
-from .replay import Diverged, ModuleReplay
+from .replay import Diverged, Gathering, ModuleReplay
 
 __all__ = ["TreeGroupedForward", "TreeStages"]
 
@@ -64,8 +64,8 @@ class TreeGroupedForward(GroupedForward):
         super().__init__(TreeStages(replay), budget, max_group)  # type: ignore[arg-type]
         self.sequential = False
         self.replay = replay
-        self._stack_prefix: dict[tuple[int, int, int], bool] = {}
-        self._gathered: dict[tuple[object, ...], bool | None] = {}
+        self._stack_prefix: dict[tuple[int, int, int], Gathering] = {}
+        self._gathered: dict[tuple[object, ...], Gathering | None] = {}
         self._glues: dict[int, list[Glue] | None] = {}
         self._traced: dict[tuple[str, int], bool] = {}  # what the traces of a stage's faults allow (cached)
         self._diverged: set[int] = set()  # stages whose replays left the golden module calls: run alone
@@ -80,7 +80,8 @@ class TreeGroupedForward(GroupedForward):
         through the glue and patched into that module's recorded input, which then computes for
         the whole group as the faulted module (scenarios whose carried channels equal golden are
         dropped there)."""
-        if self.replay.forgotten or stage in self._diverged or not self.batched(stage) or not self._stackable(stage):
+        if (self.replay.forgotten or stage in self._diverged or id(self.suffix.stages[stage]) in self.replay.unfollowed
+                or not self.batched(stage) or not self._stackable(stage)):
             return None
         touched = self._touched_weights(stage, sc, positions, sites) or self._touched_output(stage, sc, positions, sites)
         if touched is None:
@@ -120,7 +121,7 @@ class TreeGroupedForward(GroupedForward):
             glues = [g for g in found if g is not None]
             consumer = glues[0].consumer if glues else None
             ok = (len(glues) == len(found) and all(g.consumer == consumer for g in glues)
-                  and consumer in self.replay.inputs and consumer in self.suffix.stage_of)
+                  and consumer in self.replay.inputs and consumer in self.suffix.stage_of and consumer not in self.replay.unfollowed)
             self._glues[stage] = glues if ok else None
         return self._glues[stage]
 
@@ -183,7 +184,8 @@ class TreeGroupedForward(GroupedForward):
         with the unfaulted weight while the layer's touched channels are recomputed alone)."""
         stage = self.suffix.stage_of[id(module)]
         if ("patch", stage) not in self._traced:
-            self._traced[("patch", stage)] = (id(module) in self.replay.inputs and super().patch_allowed(module)
+            self._traced[("patch", stage)] = (id(module) in self.replay.inputs and id(module) not in self.replay.unfollowed
+                                              and super().patch_allowed(module)
                                               and not any(t is None or t.reads_held_outside(module) for t in self._traces(stage)))
         return self._traced[("patch", stage)]
 
@@ -193,16 +195,17 @@ class TreeGroupedForward(GroupedForward):
     def _replay(self, stage: int, batch: int, calls: list[torch.Tensor]) -> Any:
         n = len(self.suffix.batches[batch])
         s = len(calls[0]) // n
-        stack = self._stack_prefix.get((stage, batch, s), True) and s > 1
-        rows = torch.arange(n).repeat(s) if stack else None  # s stacked copies of the batch
-        return self._stacked_forward(stage, batch, calls, rows)
+        mode = self._stack_prefix.get((stage, batch, s), "all") if s > 1 else "recorded"
+        return self._stacked_forward(stage, batch, calls, torch.arange(n).repeat(s), mode)  # s stacked copies of the batch
 
-    def _stacked_forward(self, stage: int, batch: int, calls: list[torch.Tensor], rows: torch.Tensor | None) -> Any:
-        """:meth:`ModuleReplay.stacked_forward` with ``stage`` returning ``calls``; None where the
-        forward left the golden module calls (PyTorch's fused paths skip submodules without
-        hooks), and ``stage`` runs alone from then on."""
+    def _stacked_forward(self, stage: int, batch: int, calls: list[torch.Tensor], rows: torch.Tensor, mode: Gathering) -> Any:
+        """:meth:`ModuleReplay.stacked_forward` with ``stage`` returning ``calls``, the replayed
+        outputs gathered by ``rows`` as ``mode`` says; None where the forward left the golden
+        module calls (PyTorch's fused paths skip submodules without hooks), and ``stage`` runs
+        alone from then on."""
         try:
-            return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, rows)
+            return self.replay.stacked_forward(batch, self.suffix.stages[stage], calls, None if mode == "recorded" else rows,
+                                               only_read=mode == "read")
         except (Diverged, StopIteration):
             self._diverged.add(stage)
             return None
@@ -226,14 +229,14 @@ class TreeGroupedForward(GroupedForward):
         pad = torch.arange(size - len(live)) % n  # inputs whose golden rows fill the batch up to its checked size
         rows = torch.cat([live % n, pad])
         faulty = [torch.cat([y.reshape(s * n, *y.shape[2:])[live], g[pad]]) for y, g in zip(calls, golden, strict=True)]
-        ran = self._stacked_forward(stage, batch, faulty, rows if mode else None)
+        ran = self._stacked_forward(stage, batch, faulty, rows, mode)
         if ran is None:
             return None
         out = self.suffix.outputs[batch].unsqueeze(0).repeat(s, *([1] * self.suffix.outputs[batch].dim()))
         out.reshape(s * n, *out.shape[2:])[live] = ran[: len(live)]
         return out
 
-    def _gather_mode(self, stage: int, batch: int, size: int) -> bool | None:
+    def _gather_mode(self, stage: int, batch: int, size: int) -> Gathering | None:
         """:meth:`_prefix_mode` for ``size`` gathered rows (:meth:`Probe.gathered`), checked once per size."""
         key = ("gather", stage, batch, size)
         if key not in self._gathered:
@@ -246,16 +249,18 @@ class TreeGroupedForward(GroupedForward):
         the batch (:meth:`Probe.copies`), whose answer :meth:`_replay` then uses."""
         def exact() -> bool:
             mode = self._prefix_mode(stage, batch, Probe.copies(len(self.suffix.batches[batch]), s))
-            self._stack_prefix[(stage, batch, s)] = bool(mode)
+            self._stack_prefix[(stage, batch, s)] = mode or "recorded"
             return mode is not None
         return self._check(("replay", stage, batch, s), exact)
 
-    def _prefix_mode(self, stage: int, batch: int, probe: Probe) -> bool | None:
+    def _prefix_mode(self, stage: int, batch: int, probe: Probe) -> Gathering | None:
         """How the model's forward, ``stage`` returning the :class:`Probe` rows of its golden outputs,
-        passes the probe's check: False with the replayed outputs as recorded (cheap: the glue
-        before ``stage`` runs once), True with them and the input gathered by the probe's rows
-        (glue mixing them with the stacked rows), None not at all (kernels that change with the
-        batch size or a row's position, models that mix the batch)."""
+        passes the probe's check (the first of these that does): ``"recorded"``, the replayed
+        outputs as recorded (cheap: the glue before ``stage`` runs once); ``"read"``, those the
+        stacked part reads (:meth:`ModuleReplay.stacked_reads`) and the input if it does gathered
+        by the probe's rows (a residual addition's identity branch, say); ``"all"``, every one and
+        the input gathered; None not at all (kernels that change with the batch size or a row's
+        position, models that mix the batch)."""
         recorded, module = self.suffix.recorded[batch][stage], self.suffix.stages[stage]
         try:  # the perturbed rows' reference: the forward with their inputs perturbed in their own places
             alone = self._alone_out(("prefix", stage, batch),
@@ -266,13 +271,16 @@ class TreeGroupedForward(GroupedForward):
         except LAYOUT_FAILURES:
             return None
         faulty = [probe.batch(o) for o in recorded]
-        for gathered in (False, True):
+        readable = self.replay.stacked_reads(module, batch) is not None
+        modes: list[Gathering] = ["recorded", "read", "all"] if readable else ["recorded", "all"]
+        for mode in modes:
             try:
-                out = self.replay.stacked_forward(batch, module, faulty, torch.from_numpy(probe.rows) if gathered else None)
+                out = self.replay.stacked_forward(batch, module, faulty, None if mode == "recorded" else torch.from_numpy(probe.rows),
+                                                  only_read=mode == "read")
             except LAYOUT_FAILURES:
                 continue
             if probe.matches(out, self.suffix.outputs[batch], alone):
-                return gathered
+                return mode
         return None
 
     def group_size(self, stage: int) -> int:
