@@ -12,6 +12,8 @@ against the plain loop as the oracle:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import pytest
 import torch
@@ -21,7 +23,7 @@ from torch.nn import functional as F
 import resil.campaign as rc
 
 
-def _tables(make: type[nn.Module], kinds: tuple[str, ...], scenarios: int = 150, per_sample: bool = False,
+def _tables(make: Callable[[], nn.Module], kinds: tuple[str, ...], scenarios: int = 150, per_sample: bool = False,
             bits: tuple[int, ...] | None = None, batch_size: int = 32, inputs: int = 80) -> dict[str, pd.DataFrame]:
     torch.manual_seed(12)
     data = torch.randn(inputs, 10), torch.randint(0, 4, (inputs,))
@@ -210,3 +212,89 @@ def test_models_fast_mode_cannot_follow_are_refused_naming_the_cause_before_anyt
         rc.run(spec, tmp_path / "run", model=make().eval(), data=data(), progress=False)
     assert all(w in str(e.value) for w in words), str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+# -- round 2 of session 10: guards a whole faulty scenario trips, NaN guards, keyword calls -----------
+
+
+class ScenarioGuard(nn.Module):
+    """A batch-level guard that one extreme row does not trip but a weight fault (a column huge in
+    every input of its scenario) does."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a, self.b, self.c = how, nn.Linear(10, 12), nn.Linear(12, 12), nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b(torch.relu(self.a(x)))
+        if self.how == "median":  # per-feature outliers replaced by the batch median
+            m = h.median(dim=0).values
+            h = torch.where(h.abs() > 50 * (m.abs() + 1), m, h)
+        elif self.how == "isinf":
+            h = torch.where(torch.isinf(h).any(), torch.zeros_like(h), h)
+        elif self.how == "finite":
+            h = torch.where(~torch.isfinite(h).all(), torch.zeros_like(h), h)
+        elif self.how == "nan-feature":
+            h = torch.where(torch.isnan(h).any(dim=0), 0.0, h)
+        elif self.how == "majority":  # clamp once most rows hold an outlier
+            h = torch.where((h.abs() > 100).any(1).float().mean() > 0.5, h.clamp(-100, 100), h)
+        elif self.how == "saturated":  # a feature saturated over the whole batch is dropped
+            t = torch.tanh(h)
+            h = torch.where((t.abs() > 0.999).all(dim=0), 0.0, t)
+        return self.c(torch.relu(h))
+
+
+@pytest.mark.parametrize("how", ["median", "isinf", "finite", "nan-feature", "majority", "saturated"])
+def test_a_batch_guard_a_whole_faulty_scenario_or_nan_trips_is_not_stacked_and_fast_equals_plain(how):
+    t = _tables(lambda: ScenarioGuard(how), ("weight", "bias", "activation"), 200, bits=(30,), inputs=64)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+class HalfGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 12), nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(torch.where(h.mean(0) > -1e3, h, -h))
+
+
+def test_a_float16_batch_gate_is_not_stacked_and_fast_equals_plain():
+    torch.manual_seed(3)
+    data = (torch.randn(64, 10) * 3).half(), torch.randint(0, 4, (64,))
+    out = {}
+    for mode in ("plain", "fast"):
+        torch.manual_seed(0)
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=200), sites=rc.SiteSpec(kinds=("weight", "activation")),
+                               faults=rc.FaultSpec(bits=(14,)), run=rc.RunSpec(mode=mode, shard_size=200, batch_size=32))
+        out[mode] = pd.DataFrame(rc.CampaignRunner(spec, HalfGate().half().eval(), data).run_shard(0))
+    pd.testing.assert_frame_equal(out["fast"], out["plain"])
+
+
+class KeywordCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc = nn.Linear(10, 12), nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(input=torch.relu(self.a(x)))
+
+
+def test_a_layer_called_with_its_input_as_a_keyword_runs_and_fast_equals_plain():
+    t = _tables(KeywordCalls, ("weight", "activation"), 150)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
+
+
+@pytest.mark.parametrize(("batch_size", "inputs"), [(2, 9), (3, 10), (5, 21)])
+def test_per_sample_faults_on_an_input_alone_in_the_last_batch_equal_plain(batch_size, inputs):
+    torch.manual_seed(5)
+    data = torch.randn(inputs, 10), torch.randint(0, 4, (inputs,))
+    out = {}
+    for mode in ("plain", "fast"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=150), sites=rc.SiteSpec(kinds=("activation",)),
+                               faults=rc.FaultSpec(per_sample=True), run=rc.RunSpec(mode=mode, shard_size=150, batch_size=batch_size))
+        out[mode] = pd.DataFrame(rc.CampaignRunner(spec, net, data).run_shard(0))
+    pd.testing.assert_frame_equal(out["fast"], out["plain"])

@@ -73,7 +73,8 @@ def test_the_rows_that_run_are_the_inputs_whose_feature_is_not_zero(monkeypatch)
     forward = ModuleReplay.stacked_forward
 
     def counted(self, batch, target, calls, rows, only_read=False):
-        sizes.append(len(calls[0]))
+        if not ev.grouped._checking:  # the group's forwards, not the exactness checks' (stacked copies, by design)
+            sizes.append(len(calls[0]))
         return forward(self, batch, target, calls, rows, only_read)
 
     monkeypatch.setattr(ModuleReplay, "stacked_forward", counted)

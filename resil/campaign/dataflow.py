@@ -87,7 +87,8 @@ class Call:
 
 
 class CallTracker:
-    """Forward hooks on every submodule of ``model`` that list its calls (:class:`Call`) as they start.
+    """Forward hooks on every submodule of ``model`` that list its calls (:class:`Call`) as they start
+    (subclasses see a call's arguments with its keyword arguments after the positional ones).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
@@ -107,8 +108,9 @@ class CallTracker:
     def __enter__(self) -> CallTracker:
         for m in self.model.modules():
             if m is not self.model:
-                self._handles.append(m.register_forward_pre_hook(self._pre))
-                self._handles.append(m.register_forward_hook(self._post))
+                self._handles.append(m.register_forward_pre_hook(lambda m, a, kw: self._pre(m, _arguments(a, kw)), with_kwargs=True))
+                self._handles.append(m.register_forward_hook(lambda m, a, kw, out: self._post(m, _arguments(a, kw), out),
+                                                             with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -134,6 +136,12 @@ class CallTracker:
 
     def ended(self, m: nn.Module, pos: int, out: Any) -> None:
         """Called as call ``pos`` of ``m`` returns ``out`` (for subclasses)."""
+
+
+def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """A call's arguments as one tuple, keyword arguments after the positional ones (``head(input=h)``
+    then reads as ``head(h)``)."""
+    return (*args, *kwargs.values()) if kwargs else args
 
 
 def _storage(t: torch.Tensor) -> int:

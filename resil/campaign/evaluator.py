@@ -131,10 +131,11 @@ class Evaluator:
         plain = self.suffix.run_from(0)
         rewritten = [name for name, p in model.named_parameters() if p._version != weights[name]]
         if rewritten:
-            raise FaultError(f"the forward of {type(model).__name__} changes its own parameters in place ({', '.join(rewritten[:3])}; "
-                             "nn.Embedding(max_norm=...) renormalises the rows it looks up): the model would rewrite a fault "
-                             "injected there and carry changes from one scenario into the next; remove the in-place update "
-                             "(renormalise the weights once beforehand, max_norm=None) before running faults on it")
+            raise FaultError(f"the forward of {type(model).__name__} changes its own parameters in place ({', '.join(rewritten[:3])}): "
+                             "the model would rewrite a fault injected there and carry changes from one scenario into the next; "
+                             "move the update out of the forward (a weight clipped in forward: clip it once beforehand; "
+                             "nn.Embedding(max_norm=...), which renormalises the rows it looks up: renormalise once and set "
+                             "max_norm=None)")
         if self.replay is not None and not same_bits(plain, output) and same_bits(self.suffix.run_from(0), plain):
             self.fast_off = (f"{type(model).__name__} computes other bits while forward hooks are attached (resil records module "
                              "outputs through hooks), as a module that takes a fused path only without hooks does "

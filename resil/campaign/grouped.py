@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -178,6 +179,17 @@ def extreme(t: torch.Tensor) -> torch.Tensor:
     return (signs * big).reshape(t.shape)
 
 
+def non_finite(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (floating-point) filled with NaN, infinity and minus infinity in turn.
+
+    Example:
+        >>> non_finite(torch.zeros(4)).tolist()
+        [nan, inf, -inf, nan]
+    """
+    cycle = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=t.dtype, device=t.device)
+    return cycle[torch.arange(t.numel(), device=t.device) % 3].reshape(t.shape)
+
+
 @dataclass(frozen=True)
 class Probe:
     """A layout for the exactness checks of stacked and gathered rows: the golden rows ``rows``
@@ -189,7 +201,7 @@ class Probe:
     row gives what the same computation gives that input, perturbed alike, in its own place in
     the batch (:meth:`alone`): kernels may sum in an order that depends on a row's position (MKL's
     GEMM does, by row parity), which golden values can hide (sparse ones, after a ReLU or a
-    spike), so perturbed rows sit away from their own places too. Where more than one row is
+    spike), so perturbed rows sit away from their own places too. Where more than two rows are
     perturbed, the last holds extreme values instead (:attr:`extreme`): the largest finite value,
     and its negative at every third element, as exponent flips give them (one row, so that no two
     cancel in a batch sum; no NaN, which would hide it from a batch maximum); only the unperturbed
@@ -207,6 +219,29 @@ class Probe:
 
     rows: np.ndarray
     perturbed: np.ndarray
+    #: what the perturbed rows hold instead of :func:`perturb`'s values (floating point only):
+    #: ``"non_finite"`` (:func:`non_finite`; only the other rows are compared) or ``"extreme"``
+    #: (:func:`extreme`, compared with the same inputs so filled in their own places)
+    fill: str = ""
+
+    @staticmethod
+    def isolating(n: int) -> tuple[Probe, Probe]:
+        """Two stacked copies of a batch of ``n`` each: the last row NaN and infinities, and the
+        whole second copy extreme, as a fault in a weight makes a channel of every input of its
+        scenario. A batch-level guard that only such values trip (``if torch.isnan(h).any()``, a
+        feature dropped where the whole batch saturates, an outlier replaced by the batch median)
+        then changes the golden copy, or computes the extreme copy otherwise than it computes those
+        inputs alone. Apart from the other probes, where a NaN row would hide their extreme row from
+        a batch maximum.
+
+        Example:
+            >>> nan, big = Probe.isolating(2)
+            >>> t = torch.tensor([[1.0], [2.0]])
+            >>> nan.batch(t).flatten().tolist(), big.batch(t).flatten().tolist()[2:], big.alone(t).flatten().tolist()
+            ([1.0, 2.0, 1.0, nan], [3.4028234663852886e+38, 3.4028234663852886e+38], [3.4028234663852886e+38, 3.4028234663852886e+38])
+        """
+        rows = np.tile(np.arange(n), 2)
+        return Probe(rows, np.array([2 * n - 1]), "non_finite"), Probe(rows, np.arange(n, 2 * n), "extreme")
 
     @staticmethod
     def copies(n: int, s: int) -> Probe:
@@ -225,8 +260,9 @@ class Probe:
 
     @property
     def extreme(self) -> np.ndarray:
-        """The perturbed row that holds extreme values (none, or the last where more than one is perturbed)."""
-        return self.perturbed[-1:] if len(self.perturbed) > 1 else self.perturbed[:0]
+        """The perturbed row of an ordinary probe that holds extreme values: none, or the last where
+        more than two are perturbed, so that two ordinary ones stay."""
+        return self.perturbed[-1:] if not self.fill and len(self.perturbed) > 2 else self.perturbed[:0]
 
     @property
     def some(self) -> bool:
@@ -237,17 +273,19 @@ class Probe:
         """The probe's batch from the golden batch ``t``."""
         out = t[torch.from_numpy(self.rows)]
         picked = torch.from_numpy(self.perturbed)
+        if self.fill and out.is_floating_point():
+            out[picked] = (non_finite if self.fill == "non_finite" else extreme)(out[picked])
+            return out
         out[picked] = perturb(out[picked])
         if out.is_floating_point():
             for row in self.extreme.tolist():
                 out[row] = extreme(out[row])
         return out
 
-    @staticmethod
-    def alone(t: torch.Tensor) -> torch.Tensor:
+    def alone(self, t: torch.Tensor) -> torch.Tensor:
         """The golden batch ``t`` with every input perturbed in its own place (the same for every
-        probe, so callers compute its outputs once)."""
-        return perturb(t)
+        probe of one :attr:`fill`, so callers compute its outputs once per fill)."""
+        return extreme(t) if self.fill == "extreme" and t.is_floating_point() else perturb(t)
 
     def matches(self, out: torch.Tensor, golden: torch.Tensor, alone: torch.Tensor) -> bool:
         """Whether outputs ``out`` of :meth:`batch` rows equal the golden outputs ``golden`` where
@@ -257,7 +295,7 @@ class Probe:
         golden_rows = np.setdiff1d(np.arange(len(self.rows)), self.perturbed)
         if not same_bits(out[torch.from_numpy(golden_rows)], golden[torch.from_numpy(self.rows[golden_rows])]):
             return False
-        ordinary = np.setdiff1d(self.perturbed, self.extreme)
+        ordinary = self.perturbed[:0] if self.fill == "non_finite" else np.setdiff1d(self.perturbed, self.extreme)
         return same_bits(out[torch.from_numpy(ordinary)], alone[torch.from_numpy(self.rows[ordinary])])
 
 
@@ -502,15 +540,16 @@ class GroupedForward:
                 raise ValueError("the replay left the golden module calls")
             return out
 
-        def exact() -> bool:
+        def exact(probe: Probe) -> bool:
             recorded = self.suffix.recorded[batch][stage]
-            probe = Probe.copies(len(recorded[0]), s)
             try:
-                alone = self._alone_out(("replay", stage, batch), lambda: replayed([probe.alone(o) for o in recorded]))
+                alone = self._alone_out(("replay", stage, batch, probe.fill), lambda: replayed([probe.alone(o) for o in recorded]))
                 return probe.matches(replayed([probe.batch(o) for o in recorded]), self.suffix.outputs[batch], alone)
             except LAYOUT_FAILURES:
                 return False
-        return self._check(("replay", stage, batch, s), exact)
+        n = len(self.suffix.recorded[batch][stage][0])
+        return (self._check(("replay", stage, batch, s), lambda: exact(Probe.copies(n, s)))
+                and (s < 2 or all(self._check(("replay", stage, batch, p.fill), partial(exact, p)) for p in Probe.isolating(n))))
 
     def _stage_alone(self, stage: int, sc: Scenarios, positions: np.ndarray, sites: SiteList) -> list[torch.Tensor]:
         """Stage ``stage`` run once per scenario under its faults: ``[batch] -> [S, B, ...]``."""
@@ -605,7 +644,7 @@ class GroupedForward:
             t0 = time.perf_counter()
             out = self._after_rows(stage, probe.batch(x))
             self._note_cost(("rest", stage), time.perf_counter() - t0, len(probe.rows))
-            alone = self._alone_out(("rest", stage, batch), lambda: self._after_rows(stage, probe.alone(x)))
+            alone = self._alone_out(("rest", stage, batch, probe.fill), lambda: self._after_rows(stage, probe.alone(x)))
             return probe.matches(out, self._golden_out(batch, len(self.suffix.stages) - 1), alone)
         return self._check(key, exact)
 
@@ -618,8 +657,10 @@ class GroupedForward:
     def _stacking_exact(self, stage: int, batch: int, s: int) -> bool:
         """Whether the stages from ``stage`` on give, over ``s`` stacked copies of the golden
         input, each copy's golden output bit for bit, copies 1.. perturbed (:meth:`Probe.copies`;
-        checked once per shape)."""
-        return self._rest_exact(("stack", stage, batch, s), stage, batch, Probe.copies(len(self._input(batch, stage)), s))
+        checked once per shape), and the :meth:`Probe.isolating` probes pass."""
+        n = len(self._input(batch, stage))
+        return (self._rest_exact(("stack", stage, batch, s), stage, batch, Probe.copies(n, s))
+                and (s < 2 or all(self._rest_exact(("stack", stage, batch, p.fill), stage, batch, p) for p in Probe.isolating(n))))
 
     def _gather_exact(self, stage: int, batch: int, r: int) -> bool:
         """Whether the stages from ``stage`` on may run over ``r`` rows gathered from the scenarios'

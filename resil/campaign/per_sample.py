@@ -36,7 +36,7 @@ from torch import nn
 from ..faults import FaultSet
 from ..injection import inject
 from ..site import SiteList
-from .grouped import Probe, extreme, local_faults, perturb, same_bits
+from .grouped import Probe, extreme, local_faults, non_finite, perturb, same_bits
 from .samplers import Scenarios
 
 __all__ = ["MIN_ROWS", "SampleGather", "split_by_batch"]
@@ -143,7 +143,7 @@ class SampleGather:
         """Whether, in the first and the last input batch as plain mode runs them, one input changed
         alone (its first or its last, perturbed as by :func:`~resil.campaign.grouped.perturb`,
         scaled by 1e4 or by -1e4, filled with extreme values (:func:`~resil.campaign.grouped.extreme`,
-        and negated), or with NaN)
+        and negated), or with NaN and infinities)
         leaves every other input's output bit-identical: a model that compares each input with a
         batch statistic (its median, its maximum) fails it even where that comparison happens to
         agree on the gathered probe rows, and so does a batch-level guard that only extreme values
@@ -153,8 +153,7 @@ class SampleGather:
             golden = self.golden.split(self.rows)
             changes = [perturb]
             if self.inputs.is_floating_point():
-                changes += [lambda t: t * 1e4, lambda t: t * -1e4, extreme, lambda t: -extreme(t),
-                            lambda t: torch.full_like(t, float("nan"))]
+                changes += [lambda t: t * 1e4, lambda t: t * -1e4, extreme, lambda t: -extreme(t), non_finite]
             self._isolated = True
             with torch.no_grad():
                 for b in sorted({0, len(batches) - 1}):

@@ -270,18 +270,36 @@ class TreeGroupedForward(GroupedForward):
             return None
         except LAYOUT_FAILURES:
             return None
-        faulty = [probe.batch(o) for o in recorded]
         readable = self.replay.stacked_reads(module, batch) is not None
         modes: list[Gathering] = ["recorded", "read", "all"] if readable else ["recorded", "all"]
         for mode in modes:
-            try:
-                out = self.replay.stacked_forward(batch, module, faulty, None if mode == "recorded" else torch.from_numpy(probe.rows),
-                                                  only_read=mode == "read")
-            except LAYOUT_FAILURES:
-                continue
-            if probe.matches(out, self.suffix.outputs[batch], alone):
+            if self._passes(stage, batch, probe, mode, alone) and all(self._isolates(stage, batch, p, mode)
+                                                                      for p in Probe.isolating(len(recorded[0]))):
                 return mode
         return None
+
+    def _isolates(self, stage: int, batch: int, probe: Probe, mode: Gathering) -> bool:
+        """:meth:`_passes` for a :meth:`Probe.isolating` probe, checked once per gathering mode."""
+        def passes() -> bool:
+            recorded, module = self.suffix.recorded[batch][stage], self.suffix.stages[stage]
+            try:
+                alone = self._alone_out(("prefix", stage, batch, probe.fill),
+                                        lambda: self.replay.stacked_forward(batch, module, [probe.alone(o) for o in recorded], None))
+            except LAYOUT_FAILURES:
+                return False
+            return self._passes(stage, batch, probe, mode, alone)
+        return self._check(("isolating", stage, batch, probe.fill, mode), passes)
+
+    def _passes(self, stage: int, batch: int, probe: Probe, mode: Gathering, alone: torch.Tensor) -> bool:
+        """Whether the model's forward, ``stage`` returning ``probe``'s rows of its golden outputs and
+        the replayed outputs gathered as ``mode`` says, passes ``probe``'s check."""
+        recorded, module = self.suffix.recorded[batch][stage], self.suffix.stages[stage]
+        try:
+            out = self.replay.stacked_forward(batch, module, [probe.batch(o) for o in recorded],
+                                              None if mode == "recorded" else torch.from_numpy(probe.rows), only_read=mode == "read")
+        except LAYOUT_FAILURES:
+            return False
+        return probe.matches(out, self.suffix.outputs[batch], alone)
 
     def group_size(self, stage: int) -> int:
         """How many scenarios fit the budget: the widest output computed on the stacked batch (of
