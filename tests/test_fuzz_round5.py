@@ -24,9 +24,11 @@ import resil.campaign as rc
 
 
 def _tables(make: Callable[[], nn.Module], kinds: tuple[str, ...], scenarios: int = 150, per_sample: bool = False,
-            bits: tuple[int, ...] | None = None, batch_size: int = 32, inputs: int = 80) -> dict[str, pd.DataFrame]:
+            bits: tuple[int, ...] | None = None, batch_size: int = 32, inputs: int = 80,
+            data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, pd.DataFrame]:
+    """Plain and fast tables of one campaign (``data``, or seeded random [inputs, 10] rows and labels)."""
     torch.manual_seed(12)
-    data = torch.randn(inputs, 10), torch.randint(0, 4, (inputs,))
+    data = data if data is not None else (torch.randn(inputs, 10), torch.randint(0, 4, (inputs,)))
     faults = rc.FaultSpec(per_sample=per_sample, **({"bits": bits} if bits else {}))
     out = {}
     for mode in ("plain", "fast"):
@@ -263,13 +265,8 @@ class HalfGate(nn.Module):
 def test_a_float16_batch_gate_is_not_stacked_and_fast_equals_plain():
     torch.manual_seed(3)
     data = (torch.randn(64, 10) * 3).half(), torch.randint(0, 4, (64,))
-    out = {}
-    for mode in ("plain", "fast"):
-        torch.manual_seed(0)
-        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=200), sites=rc.SiteSpec(kinds=("weight", "activation")),
-                               faults=rc.FaultSpec(bits=(14,)), run=rc.RunSpec(mode=mode, shard_size=200, batch_size=32))
-        out[mode] = pd.DataFrame(rc.CampaignRunner(spec, HalfGate().half().eval(), data).run_shard(0))
-    pd.testing.assert_frame_equal(out["fast"], out["plain"])
+    t = _tables(lambda: HalfGate().half(), ("weight", "activation"), 200, bits=(14,), data=data)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
 
 
 class KeywordCalls(nn.Module):
@@ -290,11 +287,9 @@ def test_a_layer_called_with_its_input_as_a_keyword_runs_and_fast_equals_plain()
 def test_per_sample_faults_on_an_input_alone_in_the_last_batch_equal_plain(batch_size, inputs):
     torch.manual_seed(5)
     data = torch.randn(inputs, 10), torch.randint(0, 4, (inputs,))
-    out = {}
-    for mode in ("plain", "fast"):
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
-        spec = rc.CampaignSpec(sampler=rc.SamplerSpec(kind="uniform", scenarios=150), sites=rc.SiteSpec(kinds=("activation",)),
-                               faults=rc.FaultSpec(per_sample=True), run=rc.RunSpec(mode=mode, shard_size=150, batch_size=batch_size))
-        out[mode] = pd.DataFrame(rc.CampaignRunner(spec, net, data).run_shard(0))
-    pd.testing.assert_frame_equal(out["fast"], out["plain"])
+
+    def mlp() -> nn.Module:
+        return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5))
+
+    t = _tables(mlp, ("activation",), 150, per_sample=True, batch_size=batch_size, data=data)
+    pd.testing.assert_frame_equal(t["fast"], t["plain"])
