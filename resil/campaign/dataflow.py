@@ -398,7 +398,7 @@ def read_replays(model: nn.Module, x: Any, replayed: dict[int, frozenset[int]], 
     the outermost ones) return golden outputs and ``target`` returns stacked rows, which replayed
     outputs, and whether the input, the stacked part reads: the (module id, call index) of each
     replayed call whose output, through any glue, meets the target's outputs in an operation,
-    reaches a call that computes or the model's output, or gives a shape or a Python value. The
+    reaches a leaf module that computes or the model's output, or gives a shape or a Python value. The
     others are read only by replayed calls (which ignore their arguments) and may stay unstacked.
     Runs one fault-free forward; ``x`` must run the golden module calls.
 

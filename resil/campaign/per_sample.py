@@ -83,13 +83,13 @@ class SampleGather:
         self._alone: torch.Tensor | None = None  # outputs of Probe.alone inputs, batch by batch as plain mode runs them
         self._isolated: bool | None = None
         starts = np.arange(len(inputs)) // self.rows * self.rows
-        from_end = np.minimum(starts + self.rows, len(inputs)) - 1 - np.arange(len(inputs))
+        #: per input, the size of its batch as plain mode runs it
+        self.sizes = np.minimum(starts + self.rows, len(inputs)) - starts
+        from_end = starts + self.sizes - 1 - np.arange(len(inputs))
         #: the inputs probed first: every input batch's last ones (kernels compute a batch's tail rows apart)
         self.order = np.lexsort((-np.arange(len(inputs)), from_end))
         #: per input, whether its batch has the full size (all but a smaller last batch)
-        self.full = np.arange(len(inputs)) < max(len(inputs) // self.rows * self.rows, min(len(inputs), self.rows))
-        #: per input, the size of its batch as plain mode runs it
-        self.sizes = np.minimum(starts + self.rows, len(inputs)) - starts
+        self.full = self.sizes == self.sizes.max()
 
     @staticmethod
     def eligible(sc: Scenarios) -> np.ndarray:

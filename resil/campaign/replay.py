@@ -380,8 +380,8 @@ class ModuleReplay:
         """For :meth:`stacked_forward` with ``target`` over input batch ``batch``: the replayed calls
         (module id, call index) whose outputs, and whether the input, the stacked part reads
         (:func:`~resil.campaign.dataflow.read_replays`; cached), traced on the batch's first input
-        alone where that runs the same operations (:meth:`trace`); None where the trace's module
-        calls differ from the golden run's."""
+        alone where that runs the same operations (:meth:`trace`); None where that forward fails
+        (:data:`~resil.campaign.grouped.LAYOUT_FAILURES`)."""
         key = (id(target), batch)
         if key not in self._read:
             x = self.batches[batch]

@@ -272,9 +272,10 @@ class TreeGroupedForward(GroupedForward):
             return None
         readable = self.replay.stacked_reads(module, batch) is not None
         modes: list[Gathering] = ["recorded", "read", "all"] if readable else ["recorded", "all"]
+        faulty = [probe.batch(o) for o in recorded]
         for mode in modes:
-            if self._passes(stage, batch, probe, mode, alone) and all(self._isolates(stage, batch, p, mode)
-                                                                      for p in Probe.isolating(len(recorded[0]))):
+            if self._passes(stage, batch, probe, faulty, mode, alone) and all(self._isolates(stage, batch, p, mode)
+                                                                              for p in Probe.isolating(len(recorded[0]))):
                 return mode
         return None
 
@@ -287,15 +288,14 @@ class TreeGroupedForward(GroupedForward):
                                         lambda: self.replay.stacked_forward(batch, module, [probe.alone(o) for o in recorded], None))
             except LAYOUT_FAILURES:
                 return False
-            return self._passes(stage, batch, probe, mode, alone)
+            return self._passes(stage, batch, probe, [probe.batch(o) for o in recorded], mode, alone)
         return self._check(("isolating", stage, batch, probe.fill, mode), passes)
 
-    def _passes(self, stage: int, batch: int, probe: Probe, mode: Gathering, alone: torch.Tensor) -> bool:
-        """Whether the model's forward, ``stage`` returning ``probe``'s rows of its golden outputs and
-        the replayed outputs gathered as ``mode`` says, passes ``probe``'s check."""
-        recorded, module = self.suffix.recorded[batch][stage], self.suffix.stages[stage]
+    def _passes(self, stage: int, batch: int, probe: Probe, faulty: list[Any], mode: Gathering, alone: torch.Tensor) -> bool:
+        """Whether the model's forward, ``stage`` returning ``faulty`` (``probe``'s rows of its golden
+        outputs) and the replayed outputs gathered as ``mode`` says, passes ``probe``'s check."""
         try:
-            out = self.replay.stacked_forward(batch, module, [probe.batch(o) for o in recorded],
+            out = self.replay.stacked_forward(batch, self.suffix.stages[stage], faulty,
                                               None if mode == "recorded" else torch.from_numpy(probe.rows), only_read=mode == "read")
         except LAYOUT_FAILURES:
             return False
